@@ -1,0 +1,60 @@
+"""The ``invismap`` command line: parse, call a stage's library function, report errors in one line.
+
+Each stage package has a ``cli.py`` with ``add_parser(subparsers)``; its parser sets ``func`` to a
+function taking the parsed ``argparse.Namespace``. Nothing here computes anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from invismap import __version__
+from invismap.errors import InvismapError
+
+# Stage modules that contribute subcommands, in the order ``invismap --help`` lists them.
+STAGE_CLIS = [
+    "invismap.data.cli",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="invismap",
+        description="Pixel invisibility maps: where a color camera cannot be trusted, learned from "
+                    "color/thermal pairs without labels.",
+    )
+    parser.add_argument("--version", action="version", version=f"invismap {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
+    parser.add_argument("-v", "--verbose", action="store_true", help="more log output")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for mod in STAGE_CLIS:
+        importlib.import_module(mod).add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(message)s", stream=sys.stderr)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        result = args.func(args)
+    except InvismapError as e:
+        if args.debug:
+            raise
+        print(f"invismap: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("invismap: interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

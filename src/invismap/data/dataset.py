@@ -1,0 +1,150 @@
+"""``PairDataset``: aligned color/thermal tensors with the same geometry applied to both and their boxes.
+
+Each item is a dict with fixed keys::
+
+    name          str
+    condition     str
+    rgb           (3, H, W) float32 in 0..1        letterboxed color image
+    thermal       (1, H, W) float32 in 0..1        letterboxed thermal image (one channel)
+    color_boxes   (N, 5) float32 [cls, x1, y1, x2, y2] in canvas pixels (empty if not labelled)
+    thermal_boxes (M, 5) float32 likewise for the thermal labels
+    letterbox     Letterbox mapping canvas pixels back to the original image
+
+H and W are multiples of 32. Use :func:`collate_pairs` as the DataLoader's ``collate_fn``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from invismap.data.letterbox import Letterbox, apply_letterbox, letterbox_params
+from invismap.data.manifest import Manifest, Sample, read_yolo_labels, yolo_to_xyxy
+from invismap.errors import InvismapError, file_error
+from invismap.io import read_color, read_thermal
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Geometric augmentation applied identically to both images and their boxes (training only)."""
+
+    hflip: float = 0.5  # probability of a horizontal flip
+    scale: tuple[float, float] = (1.0, 1.0)  # random zoom range (1 = none); >1 crops, <1 shrinks
+    translate: float = 0.0  # max shift as a fraction of the image size
+
+
+def load_pair(sample: Sample) -> tuple[np.ndarray, np.ndarray]:
+    """Read and validate one pair: RGB ``(H, W, 3)`` uint8 and thermal ``(H, W)`` uint8 of equal size."""
+    rgb = read_color(sample.color)
+    thr = read_thermal(sample.thermal)
+    if rgb.shape[:2] != thr.shape[:2]:
+        raise file_error(sample.thermal, f"size {thr.shape[1]}x{thr.shape[0]} differs from its color twin "
+                         f"{sample.color.name} ({rgb.shape[1]}x{rgb.shape[0]})", "register the pair first")
+    return rgb, thr
+
+
+def load_boxes(sample: Sample, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """Color and thermal boxes of a sample as ``(N, 5)`` pixel ``[cls, x1, y1, x2, y2]``."""
+    return (yolo_to_xyxy(read_yolo_labels(sample.color_labels), width, height),
+            yolo_to_xyxy(read_yolo_labels(sample.thermal_labels), width, height))
+
+
+def _random_affine(w: int, h: int, aug: Augment, rng: np.random.Generator) -> np.ndarray:
+    """A 2x3 affine (flip, zoom about the center, shift) drawn from ``aug``."""
+    s = rng.uniform(*aug.scale)
+    tx, ty = rng.uniform(-aug.translate, aug.translate, size=2) * (w, h)
+    flip = rng.random() < aug.hflip
+    sx = -s if flip else s
+    # x' = sx * (x - w/2) + w/2 + tx
+    return np.array([[sx, 0, (1 - sx) * w / 2 + tx], [0, s, (1 - s) * h / 2 + ty]], np.float32)
+
+
+def _warp_boxes(boxes: np.ndarray, m: np.ndarray, w: int, h: int) -> np.ndarray:
+    if len(boxes) == 0:
+        return boxes
+    xs = boxes[:, [1, 3]] * m[0, 0] + m[0, 2]
+    ys = boxes[:, [2, 4]] * m[1, 1] + m[1, 2]
+    out = np.stack([boxes[:, 0], xs.min(1), ys.min(1), xs.max(1), ys.max(1)], 1)
+    out[:, [1, 3]] = out[:, [1, 3]].clip(0, w)
+    out[:, [2, 4]] = out[:, [2, 4]].clip(0, h)
+    keep = ((out[:, 3] - out[:, 1]) > 2) & ((out[:, 4] - out[:, 2]) > 2)
+    return out[keep].astype(np.float32)
+
+
+class PairDataset(Dataset):
+    """Color/thermal pairs of a :class:`Manifest`, letterboxed to ``size`` (multiple of 32).
+
+    Args:
+        manifest: the pairs.
+        size: longest side of the canvas; with ``square=False`` the short side is padded only to the next
+            multiple of 32 (640x480 stays 640x480).
+        augment: geometric augmentation (same for both modalities), or None.
+        seed: base seed; item ``i`` at epoch ``e`` draws from ``(seed, e, i)`` so runs are reproducible.
+        cache: keep decoded, letterboxed pairs in memory (decode once; augmentation still varies).
+    """
+
+    def __init__(self, manifest: Manifest, size: int = 640, augment: Augment | None = None, seed: int = 0,
+                 square: bool = False, cache: bool = False):
+        if len(manifest) == 0:
+            raise InvismapError("dataset is empty: no pairs match the selected split/condition")
+        if size % 32:
+            raise InvismapError(f"image size {size} must be a multiple of 32")
+        self.manifest, self.size, self.augment, self.seed = manifest, size, augment, seed
+        self.square, self.epoch = square, 0
+        self._cache: dict[int, tuple] | None = {} if cache else None
+
+    def __len__(self) -> int:
+        return len(self.manifest)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Change the augmentation draw (call once per epoch)."""
+        self.epoch = epoch
+
+    def _load(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, Letterbox]:
+        if self._cache is not None and i in self._cache:
+            return self._cache[i]
+        s = self.manifest[i]
+        rgb, thr = load_pair(s)
+        h, w = thr.shape
+        cboxes, tboxes = load_boxes(s, w, h)
+        lb = letterbox_params(w, h, self.size, auto=not self.square)
+        rgb, thr = apply_letterbox(rgb, lb), apply_letterbox(thr, lb)
+        for b in (cboxes, tboxes):
+            b[:, 1:] = lb.boxes_to_canvas(b[:, 1:]) if len(b) else b[:, 1:]
+        item = (rgb, thr, cboxes, tboxes, lb)
+        if self._cache is not None:
+            self._cache[i] = item
+        return item
+
+    def __getitem__(self, i: int) -> dict:
+        rgb, thr, cboxes, tboxes, lb = self._load(i)
+        if self.augment is not None:
+            rng = np.random.default_rng((self.seed, self.epoch, i))
+            h, w = thr.shape
+            m = _random_affine(w, h, self.augment, rng)
+            rgb = cv2.warpAffine(rgb, m, (w, h), flags=cv2.INTER_LINEAR, borderValue=(114, 114, 114))
+            thr = cv2.warpAffine(thr, m, (w, h), flags=cv2.INTER_LINEAR, borderValue=114)
+            cboxes, tboxes = _warp_boxes(cboxes, m, w, h), _warp_boxes(tboxes, m, w, h)
+        s = self.manifest[i]
+        return dict(
+            name=s.name, condition=s.condition,
+            rgb=torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))).float().div_(255),
+            thermal=torch.from_numpy(np.ascontiguousarray(thr))[None].float().div_(255),
+            color_boxes=torch.from_numpy(cboxes), thermal_boxes=torch.from_numpy(tboxes), letterbox=lb,
+        )
+
+
+def collate_pairs(items: list[dict]) -> dict:
+    """Stack images into ``(B, C, H, W)``; boxes stay lists (their counts differ)."""
+    out = {k: [it[k] for it in items] for k in items[0]}
+    shapes = {tuple(t.shape) for t in out["rgb"]}
+    if len(shapes) > 1:
+        raise InvismapError(f"pairs of different letterboxed sizes {sorted(shapes)} in one batch: "
+                            "use square=True or batch_size=1")
+    out["rgb"] = torch.stack(out["rgb"])
+    out["thermal"] = torch.stack(out["thermal"])
+    return out

@@ -1,0 +1,35 @@
+"""Importers: turn a dataset's own layout into an invismap pair dataset (``manifest.csv`` + labels).
+
+Each importer is ``import_xxx(src, dst) -> Manifest``; images stay where they are (the manifest points at
+them), labels are converted to YOLO txt with COCO class ids under ``dst/labels/{color,thermal}/``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Callable
+
+from invismap.data.manifest import Manifest
+from invismap.errors import InvismapError
+
+# format name -> "module:function" (imported lazily so one broken importer does not break the others)
+IMPORTERS: dict[str, str] = {
+    "msrs": "invismap.data.importers.msrs:import_msrs",
+}
+
+
+def get_importer(fmt: str) -> Callable[..., Manifest]:
+    """The import function for a format name; unknown names list the known ones."""
+    if fmt not in IMPORTERS:
+        raise InvismapError(f"unknown dataset format '{fmt}' (known: {', '.join(sorted(IMPORTERS))})")
+    module, func = IMPORTERS[fmt].split(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def import_dataset(fmt: str, src: str | Path, dst: str | Path, **options) -> Manifest:
+    """Import ``src`` in format ``fmt`` into the pair dataset folder ``dst``."""
+    src = Path(src)
+    if not src.is_dir():
+        raise InvismapError(f"{src}: source folder not found")
+    return get_importer(fmt)(src, Path(dst), **options)

@@ -1,0 +1,166 @@
+"""File input/output that never leaves half-written files and rejects bad images clearly.
+
+Every file the project writes goes through :func:`atomic_write` (temp file in the same folder, then
+``os.replace``), so a crash or a kill leaves either the old file or the new one, never a mix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import IO, Any, Iterator
+
+import cv2
+import numpy as np
+
+from invismap.errors import InvismapError, file_error
+
+# Corrupt files are reported by our own one-line errors; OpenCV's C++ warnings would only add noise.
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
+    """Open a temporary file next to ``path``; on success rename it over ``path``.
+
+    Example:
+        >>> with atomic_write("/tmp/x.txt", "w") as f:  # doctest: +SKIP
+        ...     f.write("hello")
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise _write_error(path, e) from None
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        _remove_quietly(tmp)
+        raise _write_error(path, e) from None
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+
+
+def _remove_quietly(p: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(p)
+
+
+def _write_error(path: Path, e: OSError) -> InvismapError:
+    if e.errno == errno.ENOSPC:
+        return file_error(path, "disk full while writing", "free some space and run again")
+    if e.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
+        return file_error(path, "output folder is not writable", "choose another --out folder")
+    return file_error(path, f"cannot write: {e.strerror}")
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write ``obj`` as indented JSON, atomically."""
+    with atomic_write(path, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=False, default=_json_default)
+        f.write("\n")
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def write_image(path: str | Path, image: np.ndarray) -> None:
+    """Write an image (``(H, W)`` or ``(H, W, 3)`` RGB, uint8 or uint16) atomically; format from suffix."""
+    path = Path(path)
+    if image.ndim == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(path.suffix or ".png", image)
+    if not ok:
+        raise file_error(path, "could not encode image")
+    with atomic_write(path, "wb") as f:
+        f.write(buf.tobytes())
+
+
+def _decode(path: Path) -> np.ndarray:
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except FileNotFoundError:
+        raise file_error(path, "file not found") from None
+    except OSError as e:
+        raise file_error(path, f"cannot read: {e.strerror}") from None
+    if data.size == 0:
+        raise file_error(path, "empty file (0 bytes)", "re-copy or remove it")
+    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise file_error(path, "not a readable image (corrupt or truncated)", "re-copy or remove it")
+    if not np.issubdtype(img.dtype, np.integer) and not np.isfinite(img).all():
+        raise file_error(path, "image holds NaN or inf values")
+    return img
+
+
+def read_color(path: str | Path) -> np.ndarray:
+    """Read a color image as RGB uint8 ``(H, W, 3)``. Gray images are replicated to 3 channels."""
+    path = Path(path)
+    img = _decode(path)
+    if img.dtype != np.uint8:
+        raise file_error(path, f"color image has dtype {img.dtype}, expected 8-bit", "convert it to 8-bit RGB")
+    if img.ndim == 2:
+        return np.repeat(img[:, :, None], 3, axis=2)
+    if img.shape[2] == 4:
+        img = img[:, :, :3]
+    if img.shape[2] != 3:
+        raise file_error(path, f"color image has {img.shape[2]} channels, expected 3")
+    return np.ascontiguousarray(img[:, :, ::-1])
+
+
+def read_thermal(path: str | Path) -> np.ndarray:
+    """Read a thermal frame as one channel uint8 ``(H, W)``.
+
+    8-bit frames are kept as they are. 16-bit frames (FLIR raw counts) are mapped to 8 bits with a
+    robust percentile stretch: the 1st and 99th percentiles go to 0 and 255, so a few hot or dead
+    pixels do not wash out the scene. 3-channel frames must have identical channels (a gray image
+    stored as RGB) and are reduced to one; a false-color palette is refused.
+    """
+    path = Path(path)
+    img = _decode(path)
+    if img.ndim == 3:
+        if img.shape[2] == 4:
+            img = img[:, :, :3]
+        if img.shape[2] != 3:
+            raise file_error(path, f"thermal image has {img.shape[2]} channels, expected 1 or 3")
+        if not (np.array_equal(img[:, :, 0], img[:, :, 1]) and np.array_equal(img[:, :, 1], img[:, :, 2])):
+            raise file_error(path, "thermal image has 3 different channels (false-color palette?)",
+                             "export the raw gray thermal frames instead")
+        img = img[:, :, 0]
+    if img.dtype == np.uint8:
+        return img
+    if img.dtype == np.uint16:
+        return stretch_16bit(img)
+    raise file_error(path, f"thermal image has dtype {img.dtype}, expected 8- or 16-bit")
+
+
+def stretch_16bit(img: np.ndarray, low_pct: float = 1.0, high_pct: float = 99.0) -> np.ndarray:
+    """Map a 16-bit frame ``(H, W)`` to uint8 by a percentile stretch (constant frames give 0)."""
+    lo, hi = np.percentile(img, [low_pct, high_pct])
+    if hi <= lo:
+        return np.zeros(img.shape, np.uint8)
+    out = (img.astype(np.float32) - lo) * (255.0 / (hi - lo))
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) of an image file, decoding it (which also validates it)."""
+    img = _decode(Path(path))
+    return img.shape[1], img.shape[0]

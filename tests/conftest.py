@@ -1,0 +1,46 @@
+"""Shared fixtures: where the real assets are, a deterministic torch setup."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def find_assets() -> Path | None:
+    """``$INVISMAP_ASSETS`` or ``../shared/assets`` beside the repository."""
+    env = os.environ.get("INVISMAP_ASSETS")
+    for cand in ([Path(env)] if env else []) + [REPO.parent / "shared" / "assets"]:
+        if (cand / "data" / "msrs").is_dir():
+            return cand.resolve()
+    return None
+
+
+@pytest.fixture(scope="session")
+def assets() -> Path:
+    """The real shared assets folder (weights/, data/msrs, data/roadscene)."""
+    found = find_assets()
+    if found is None:
+        pytest.skip("real assets not found: set INVISMAP_ASSETS=../shared/assets")
+    return found
+
+
+@pytest.fixture(scope="session")
+def msrs_dir(assets: Path) -> Path:
+    return assets / "data" / "msrs"
+
+
+@pytest.fixture(scope="session")
+def weights_dir(assets: Path) -> Path:
+    return assets / "weights"
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_torch():
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
+    yield
