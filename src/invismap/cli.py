@@ -17,6 +17,7 @@ from invismap.errors import InvismapError
 # Stage modules that contribute subcommands, in the order ``invismap --help`` lists them.
 STAGE_CLIS = [
     "invismap.data.cli",
+    "invismap.assets_cli",
 ]
 
 

@@ -120,10 +120,12 @@ class PairDataset(Dataset):
             self._cache[i] = item
         return item
 
-    def __getitem__(self, i: int) -> dict:
+    def __getitem__(self, index: int) -> dict:
+        # Indices past the end select a later epoch's augmentation (see engine.loop.StepBatchSampler).
+        extra_epochs, i = divmod(int(index), len(self.manifest))
         rgb, thr, cboxes, tboxes, lb = self._load(i)
         if self.augment is not None:
-            rng = np.random.default_rng((self.seed, self.epoch, i))
+            rng = np.random.default_rng((self.seed, self.epoch + extra_epochs, i))
             h, w = thr.shape
             m = _random_affine(w, h, self.augment, rng)
             rgb = cv2.warpAffine(rgb, m, (w, h), flags=cv2.INTER_LINEAR, borderValue=(114, 114, 114))
