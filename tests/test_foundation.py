@@ -206,3 +206,13 @@ def test_every_subcommand_has_help(capsys):
             main([name, "--help"])
         assert e.value.code == 0
     assert "data" in subs
+
+
+def test_thermal_channels_gray_jpeg_accepted_palette_refused(tmp_path):
+    gray = np.tile(np.linspace(0, 255, 64, dtype=np.uint8), (48, 1))
+    cv2.imwrite(str(tmp_path / "g.jpg"), cv2.merge([gray, gray, gray]), [cv2.IMWRITE_JPEG_QUALITY, 80])
+    assert read_thermal(tmp_path / "g.jpg").shape == (48, 64)
+    palette = cv2.applyColorMap(gray, cv2.COLORMAP_JET)
+    cv2.imwrite(str(tmp_path / "p.png"), palette)
+    with pytest.raises(InvismapError, match="p.png: thermal image has 3 different channels"):
+        read_thermal(tmp_path / "p.png")

@@ -130,8 +130,8 @@ def read_thermal(path: str | Path) -> np.ndarray:
 
     8-bit frames are kept as they are. 16-bit frames (FLIR raw counts) are mapped to 8 bits with a
     robust percentile stretch: the 1st and 99th percentiles go to 0 and 255, so a few hot or dead
-    pixels do not wash out the scene. 3-channel frames must have identical channels (a gray image
-    stored as RGB) and are reduced to one; a false-color palette is refused.
+    pixels do not wash out the scene. 3-channel frames must be gray stored as RGB (channels equal up to
+    JPEG noise) and are reduced to one; a false-color palette is refused.
     """
     path = Path(path)
     img = _decode(path)
@@ -140,10 +140,12 @@ def read_thermal(path: str | Path) -> np.ndarray:
             img = img[:, :, :3]
         if img.shape[2] != 3:
             raise file_error(path, f"thermal image has {img.shape[2]} channels, expected 1 or 3")
-        if not (np.array_equal(img[:, :, 0], img[:, :, 1]) and np.array_equal(img[:, :, 1], img[:, :, 2])):
+        # Gray stored as RGB; JPEG compression may make the channels differ by a few levels (LLVIP, KAIST).
+        spread = np.abs(img.astype(np.int16) - img[:, :, :1].astype(np.int16)).mean()
+        if spread > 2.0:
             raise file_error(path, "thermal image has 3 different channels (false-color palette?)",
                              "export the raw gray thermal frames instead")
-        img = img[:, :, 0]
+        img = img[:, :, 0] if spread == 0 else cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
     if img.dtype == np.uint8:
         return img
     if img.dtype == np.uint16:

@@ -16,6 +16,11 @@ from invismap.errors import InvismapError
 # format name -> "module:function" (imported lazily so one broken importer does not break the others)
 IMPORTERS: dict[str, str] = {
     "msrs": "invismap.data.importers.msrs:import_msrs",
+    "roadscene": "invismap.data.importers.roadscene:import_roadscene",
+    "llvip": "invismap.data.importers.llvip:import_llvip",
+    "kaist": "invismap.data.importers.kaist:import_kaist",
+    "flir": "invismap.data.importers.flir:import_flir",
+    "m3fd": "invismap.data.importers.m3fd:import_m3fd",
 }
 
 

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
+import logging
+import xml.etree.ElementTree as ET
+from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 
-from invismap.data.manifest import Sample
+from invismap.data.manifest import Sample, write_yolo_labels
 from invismap.errors import InvismapError, file_error
 from invismap.io import image_size
 
@@ -76,4 +81,78 @@ def require(cond: bool, path: Path, problem: str, fix: str = "") -> None:
         raise file_error(path, problem, fix)
 
 
-__all__ = ["list_images", "pair_by_stem", "check_pair_sizes", "box_iou", "require", "InvismapError"]
+
+
+log = logging.getLogger(__name__)
+
+
+def read_voc(path: Path) -> tuple[tuple[int, int] | None, list[tuple[str, list[float]]]]:
+    """A VOC xml's declared ``(width, height)`` (None if absent) and its ``(class, [x1, y1, x2, y2])``s."""
+    try:
+        root = ET.parse(path).getroot()
+        size = root.find("size")
+        wh = None if size is None else tuple(int(float(size.findtext(k))) for k in ("width", "height"))
+        objects = [(obj.findtext("name", "").strip(),
+                    [float(obj.find("bndbox").findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax")])
+                   for obj in root.iter("object")]
+    except (ET.ParseError, OSError, AttributeError, TypeError, ValueError) as e:
+        raise file_error(path, f"not a readable Pascal VOC annotation ({type(e).__name__})",
+                         "each <object> needs <name> and <bndbox> with xmin/ymin/xmax/ymax") from None
+    return (wh if wh and all(wh) else None), objects
+
+
+def write_pixel_labels(out: Path, boxes: list, classes: list, width: int, height: int,
+                       source: str | Path) -> None:
+    """Check pixel xyxy ``boxes`` against a ``width`` x ``height`` image, then write them as YOLO txt.
+
+    Overshoot of up to 5% of the image is annotation slop and is clipped; more, an empty/inverted box or a
+    non-number means the labels belong to another image size or are corrupt, and raises naming ``source``.
+    """
+    arr = np.asarray(boxes, float).reshape(-1, 4)
+    tol = 0.05 * max(width, height)
+    for x1, y1, x2, y2 in arr:
+        if not (np.isfinite([x1, y1, x2, y2]).all() and x1 < x2 and y1 < y2 and x1 >= -tol and y1 >= -tol
+                and x2 <= width + tol and y2 <= height + tol):
+            raise file_error(source, f"box [{x1:g}, {y1:g}, {x2:g}, {y2:g}] is out of range for its "
+                             f"{width}x{height} image", "fix or delete that box")
+    write_yolo_labels(out, arr, np.asarray(classes, int), width, height)
+
+
+def hash_split(name: str, test_fraction: float) -> str:
+    """Deterministic ``train``/``test`` split of a sample name (same answer on every machine and run)."""
+    frac = float(test_fraction)
+    if not 0 < frac < 1:
+        raise InvismapError(f"test_fraction must be between 0 and 1, got {test_fraction}")
+    return "test" if int(hashlib.sha1(name.encode()).hexdigest()[:8], 16) / 2**32 < frac else "train"
+
+
+def log_dropped(source: Path, dropped: Counter) -> None:
+    if dropped:
+        log.warning("%s: dropped %d boxes of classes with no COCO equivalent (%s)", source,
+                    sum(dropped.values()), ", ".join(f"{k}: {v}" for k, v in sorted(dropped.items())))
+
+
+def voc_thermal_labels(samples: list[Sample], sizes: dict[str, tuple[int, int]], ann_dir: Path,
+                       class_map: dict[str, int], dst: Path) -> list[Sample]:
+    """``samples`` with thermal labels converted from ``ann_dir/NAME.xml`` (one xml per pair required).
+
+    Class names match ``class_map`` case-insensitively; others are dropped and counted in a warning.
+    """
+    out_samples, dropped = [], Counter()
+    for s in samples:
+        xml = ann_dir / f"{s.name}.xml"
+        if not xml.is_file():
+            raise file_error(xml, f"annotation missing for pair {s.name}", "every pair needs its xml")
+        declared, objects = read_voc(xml)
+        if declared and declared != sizes[s.name]:
+            raise file_error(xml, f"declares a {declared[0]}x{declared[1]} image but {s.thermal.name} is "
+                             f"{sizes[s.name][0]}x{sizes[s.name][1]}", "use the xml that matches the image")
+        keep = [(class_map[c.lower()], b) for c, b in objects if c.lower() in class_map]
+        dropped.update(c for c, _ in objects if c.lower() not in class_map)
+        out = dst / "labels" / "thermal" / f"{s.name}.txt"
+        write_pixel_labels(out, [b for _, b in keep], [c for c, _ in keep], *sizes[s.name], xml)
+        out_samples.append(replace(s, thermal_labels=out))
+    log_dropped(ann_dir, dropped)
+    return out_samples
+
+

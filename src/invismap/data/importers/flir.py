@@ -1,0 +1,119 @@
+"""FLIR ADAS / FLIR-aligned importer: thermal + color frames paired by frame id, COCO-json thermal boxes.
+
+Default layout, FLIR-aligned (Zhang et al. 2020)::
+
+    JPEGImages/FLIR_XXXXX_PreviewData.jpeg   thermal
+    JPEGImages/FLIR_XXXXX_RGB.jpg            color (already registered to the thermal frame)
+
+Options describe other layouts: ``thermal_dir``/``color_dir`` (relative to SRC) and ``thermal_suffix``/
+``color_suffix`` (a stem must end with it; "" takes every image). FLIR ADAS v1 is ``thermal_dir="train/
+thermal_16_bit", thermal_suffix="", color_dir="train/RGB", color_suffix=""`` (16-bit TIFFs are fine). A
+pair's frame id is the last run of digits in the stem without its suffix; the name is ``FLIR_<digits>``.
+Raw FLIR ADAS color frames are larger than the thermal ones and not registered: the import then stops
+and asks to register first. ADAS v2 names thermal and color differently (a map file pairs them): unsupported.
+
+``annotations``: optional COCO json (a path, or one relative to SRC) whose images are the *thermal*
+frames (matched by frame id), so the boxes become thermal labels. Categories map by name: person 0,
+bike/bicycle 1, car 2, motor/motorcycle 3, bus 5, truck 7, dog 16; others are dropped (and counted). Frames
+absent from the json are not labelled. ``split`` is written for every pair (import train and val separately).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter, defaultdict
+from dataclasses import replace
+from pathlib import Path
+
+from invismap.data.importers.common import check_pair_sizes, list_images, pair_by_stem
+from invismap.data.importers.common import log_dropped, write_pixel_labels
+from invismap.data.manifest import SPLITS, Manifest, Sample, save_manifest
+from invismap.errors import InvismapError, file_error
+
+FLIR_TO_COCO = {"person": 0, "bike": 1, "bicycle": 1, "car": 2, "motor": 3, "motorcycle": 3, "bus": 5,
+                "truck": 7, "dog": 16}
+
+
+def _frame_id(stem: str, suffix: str) -> str | None:
+    if not stem.endswith(suffix):
+        return None
+    digits = re.findall(r"\d+", stem[:len(stem) - len(suffix)])
+    return f"FLIR_{digits[-1]}" if digits else None
+
+
+def _by_frame(folder: Path, suffix: str) -> dict[str, Path]:
+    frames: dict[str, Path] = {}
+    for stem, path in list_images(folder).items():
+        key = _frame_id(stem, suffix)
+        if key in frames:
+            raise file_error(path, f"same frame id as {frames[key].name}", "keep one file per frame")
+        if key:
+            frames[key] = path
+    if not frames:
+        raise file_error(folder, f"no image names ending in '{suffix}' with a frame number",
+                         "set the thermal_suffix/color_suffix options")
+    return frames
+
+
+def _read_coco(path: Path, suffix: str) -> tuple[dict[str, dict], dict[str, list], Counter]:
+    """Per frame id: the json's image entry and its ``(class, [x1, y1, x2, y2])`` boxes; dropped counts."""
+    try:
+        coco = json.loads(path.read_text(encoding="utf-8"))
+        names = {c["id"]: c["name"].strip().lower() for c in coco.get("categories", [])}
+        images = {im["id"]: im for im in coco["images"]}
+        frames = {_frame_id(Path(im["file_name"]).stem.removesuffix(suffix), ""): im
+                  for im in images.values()}
+        boxes, dropped = defaultdict(list), Counter()
+        for a in coco.get("annotations", []):
+            key = _frame_id(Path(images[a["image_id"]]["file_name"]).stem.removesuffix(suffix), "")
+            name = names[a["category_id"]]
+            x, y, w, h = (float(v) for v in a["bbox"])
+            if name in FLIR_TO_COCO:
+                boxes[key].append((FLIR_TO_COCO[name], [x, y, x + w, y + h]))
+            else:
+                dropped[name] += 1
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise file_error(path, f"not a readable COCO json ({type(e).__name__}: {e})",
+                         "needs images[id, file_name], annotations[image_id, category_id, bbox], "
+                         "categories[id, name]") from None
+    return frames, boxes, dropped
+
+
+def import_flir(src: Path, dst: Path, progress: bool = True, thermal_dir: str = "JPEGImages",
+                color_dir: str = "JPEGImages", thermal_suffix: str = "_PreviewData",
+                color_suffix: str = "_RGB", annotations: str | Path | None = None,
+                split: str = "all") -> Manifest:
+    """Import FLIR frames into ``dst`` (manifest.csv + labels/thermal); returns the manifest."""
+    src, dst = Path(src).resolve(), Path(dst).resolve()
+    if split not in SPLITS:
+        raise InvismapError(f"split '{split}' is not one of {', '.join(SPLITS)}")
+    cdir, tdir = src / color_dir, src / thermal_dir
+    pairs = pair_by_stem(_by_frame(cdir, color_suffix), _by_frame(tdir, thermal_suffix), cdir, tdir)
+    samples = [Sample(name, c, t, "unknown", split) for name, c, t in pairs]
+    sizes = check_pair_sizes(samples, progress=progress)
+    if annotations is not None:
+        ann = Path(annotations) if Path(annotations).is_file() else src / annotations
+        if not ann.is_file():
+            raise file_error(ann, "annotation file not found", "give the COCO json of the thermal frames")
+        frames, boxes, dropped = _read_coco(ann, thermal_suffix)
+        if not frames.keys() & sizes.keys():
+            raise file_error(ann, f"none of its {len(frames)} images is one of the {len(samples)} thermal "
+                             "frames", "give the json that annotates these frames")
+        for i, s in enumerate(samples):
+            if s.name not in frames:
+                continue  # not labelled
+            declared = (frames[s.name].get("width"), frames[s.name].get("height"))
+            if all(declared) and tuple(declared) != sizes[s.name]:
+                raise file_error(ann, f"image {frames[s.name]['file_name']} is {declared[0]}x{declared[1]} "
+                                 f"there but {s.thermal.name} is {sizes[s.name][0]}x{sizes[s.name][1]}",
+                                 "use the json of these thermal frames")
+            out = dst / "labels" / "thermal" / f"{s.name}.txt"
+            frame = boxes.get(s.name, [])
+            write_pixel_labels(out, [b for _, b in frame], [c for c, _ in frame], *sizes[s.name],
+                               f"{ann} [{frames[s.name]['file_name']}]")
+            samples[i] = replace(s, thermal_labels=out)
+        log_dropped(ann, dropped)
+    manifest = Manifest(samples, dst)
+    save_manifest(manifest, dst / "manifest.csv")
+    return manifest

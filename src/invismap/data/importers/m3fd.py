@@ -1,0 +1,61 @@
+"""M3FD (Liu et al., TarDAL, CVPR 2022) detection-set importer.
+
+Layout: ``Vis/NAME.png`` (color), ``Ir/NAME.png`` (thermal, registered to the color frame) and optional
+``Annotation/NAME.xml`` (Pascal VOC). Classes map to COCO: People -> person 0, Car -> car 2, Bus -> bus 5,
+Motorcycle -> motorcycle 3, Truck -> truck 7; Lamp (street lamps) has no COCO class and is dropped (counted).
+
+M3FD draws one set of boxes on the registered pair and uses it for both modalities. We store it as *thermal*
+labels only (the objects present), never as color labels: copying it to color would claim the color camera
+sees every object, which is exactly what invismap has to find out.
+
+Condition is ``unknown`` unless ``conditions`` names a CSV with columns ``name,condition`` (day, night, ...;
+a path, or one relative to SRC). Split: ``all``, or with ``test_fraction`` a deterministic train/test split
+by a hash of the name.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from invismap.data.importers.common import check_pair_sizes, list_images, pair_by_stem
+from invismap.data.importers.common import hash_split, voc_thermal_labels
+from invismap.data.manifest import CONDITIONS, Manifest, Sample, save_manifest
+from invismap.errors import file_error
+
+M3FD_TO_COCO = {"people": 0, "car": 2, "bus": 5, "motorcycle": 3, "truck": 7}
+
+
+def _read_conditions(path: Path) -> dict[str, str]:
+    if not path.is_file():
+        raise file_error(path, "conditions CSV not found", "give a CSV with columns name,condition")
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if not {"name", "condition"} <= set(reader.fieldnames or []):
+            raise file_error(path, "needs columns name,condition",
+                             f"it has {', '.join(reader.fieldnames or [])}")
+        table = {row["name"].strip(): row["condition"].strip() for row in reader}
+    for name, cond in table.items():
+        if cond not in CONDITIONS:
+            raise file_error(path, f"pair {name}: condition '{cond}' not one of {', '.join(CONDITIONS)}")
+    return table
+
+
+def import_m3fd(src: Path, dst: Path, progress: bool = True, conditions: str | Path | None = None,
+               test_fraction: float | None = None) -> Manifest:
+    """Import an M3FD folder into ``dst`` (manifest.csv + labels/thermal); returns the manifest."""
+    src, dst = Path(src).resolve(), Path(dst).resolve()
+    cdir, tdir = src / "Vis", src / "Ir"
+    pairs = pair_by_stem(list_images(cdir), list_images(tdir), cdir, tdir)
+    table = {}
+    if conditions is not None:
+        table = _read_conditions(Path(conditions) if Path(conditions).is_file() else src / conditions)
+    samples = [Sample(name, c, t, table.get(name, "unknown"),
+                      "all" if test_fraction is None else hash_split(name, test_fraction))
+               for name, c, t in pairs]
+    sizes = check_pair_sizes(samples, progress=progress)
+    if (src / "Annotation").is_dir():
+        samples = voc_thermal_labels(samples, sizes, src / "Annotation", M3FD_TO_COCO, dst)
+    manifest = Manifest(samples, dst)
+    save_manifest(manifest, dst / "manifest.csv")
+    return manifest

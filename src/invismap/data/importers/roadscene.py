@@ -1,0 +1,97 @@
+"""RoadScene (Xu et al., U2Fusion, TPAMI 2020) importer.
+
+Layout: ``crop_LR_visible/NAME.jpg`` (color) and ``cropinfrared/NAME.jpg`` (thermal), pixel-aligned crops of
+FLIR ADAS frames (NAME is ``FLIR_xxxxx``). Optional ``_meta/`` (added by invismap's shared assets, not part of
+RoadScene itself):
+
+- ``roadscene_meta.csv``: one row per frame with ``name``, ``flir_aligned_split``, ``daynight`` (the
+  condition: day/night/unknown), ``crop_w``, ``crop_h``, ``n_boxes_in_crop``. A frame is *annotated* when
+  ``flir_aligned_split`` is set: it is in the FLIR-aligned split lists, whose thermal frames FLIR labelled.
+- ``roadscene_flir_boxes_crop.json``: ``{"boxes": {NAME: [{"category": "car", "xyxy_crop": [x1, y1, x2, y2]},
+  ...]}}``, FLIR's thermal annotations mapped into crop pixels. They become *thermal* labels (person 0,
+  bike -> bicycle 1, car 2); an annotated frame without boxes gets an empty file, other frames none.
+
+There are no color labels. Split: ``all``, or with ``test_fraction`` a deterministic train/test split by a
+hash of the name. Example: ``import_roadscene(Path("assets/data/roadscene"), Path("runs/roadscene"))``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+from invismap.data.importers.common import check_pair_sizes, list_images, pair_by_stem
+from invismap.data.importers.common import hash_split, log_dropped, write_pixel_labels
+from invismap.data.manifest import CONDITIONS, Manifest, Sample, save_manifest
+from invismap.errors import file_error
+
+ROADSCENE_TO_COCO = {"person": 0, "bike": 1, "car": 2}
+
+
+def _read_meta(path: Path) -> dict[str, dict]:
+    if not path.is_file():
+        return {}
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = {"name", "flir_aligned_split", "daynight"} - set(reader.fieldnames or [])
+        if missing:
+            raise file_error(path, f"lacks column(s) {', '.join(sorted(missing))}",
+                             "use the CSV from the shared _meta folder")
+        rows = {row["name"].strip(): row for row in reader}
+    for name, row in rows.items():
+        if row["daynight"].strip() not in CONDITIONS:
+            raise file_error(path, f"frame {name}: condition '{row['daynight']}' is not one of "
+                             f"{', '.join(CONDITIONS)}")
+    return rows
+
+
+def _read_boxes(path: Path) -> dict[str, list] | None:
+    if not path.is_file():
+        return None
+    try:
+        return dict(json.loads(path.read_text(encoding="utf-8"))["boxes"])
+    except (ValueError, KeyError, TypeError):
+        raise file_error(path, "not a RoadScene box file", 'expected {"boxes": {NAME: [...]}}') from None
+
+
+def import_roadscene(src: Path, dst: Path, progress: bool = True,
+                     test_fraction: float | None = None) -> Manifest:
+    """Import a RoadScene folder into ``dst`` (manifest.csv + labels/thermal); returns the manifest."""
+    src, dst = Path(src).resolve(), Path(dst).resolve()
+    cdir, tdir = src / "crop_LR_visible", src / "cropinfrared"
+    pairs = pair_by_stem(list_images(cdir), list_images(tdir), cdir, tdir)
+    meta_path = src / "_meta" / "roadscene_meta.csv"
+    boxes_path = src / "_meta" / "roadscene_flir_boxes_crop.json"
+    meta, boxes = _read_meta(meta_path), _read_boxes(boxes_path)
+    samples = [Sample(name, c, t, meta.get(name, {}).get("daynight", "unknown").strip() or "unknown",
+                      "all" if test_fraction is None else hash_split(name, test_fraction))
+               for name, c, t in pairs]
+    sizes = check_pair_sizes(samples, progress=progress)
+    dropped = Counter()
+    for i, s in enumerate(samples):
+        row, (w, h) = meta.get(s.name, {}), sizes[s.name]
+        if row.get("crop_w") and (int(row["crop_w"]), int(row["crop_h"])) != (w, h):
+            raise file_error(meta_path, f"frame {s.name} is {row['crop_w']}x{row['crop_h']} here but its "
+                             f"images are {w}x{h}", "the meta belongs to another crop of RoadScene")
+        if boxes is None or not row.get("flir_aligned_split", "").strip():
+            continue  # no box file, or a frame FLIR-aligned does not hold: not labelled
+        frame = boxes.get(s.name, [])
+        if row.get("n_boxes_in_crop") and int(row["n_boxes_in_crop"]) != len(frame):
+            raise file_error(boxes_path, f"frame {s.name} has {len(frame)} boxes but the meta CSV says "
+                             f"{row['n_boxes_in_crop']}", "use the JSON and CSV from the same _meta folder")
+        try:
+            keep = [(ROADSCENE_TO_COCO[b["category"]], b["xyxy_crop"]) for b in frame
+                    if b["category"] in ROADSCENE_TO_COCO]
+            dropped.update(b["category"] for b in frame if b["category"] not in ROADSCENE_TO_COCO)
+        except (KeyError, TypeError):
+            raise file_error(boxes_path, f"frame {s.name}: a box lacks 'category' or 'xyxy_crop'") from None
+        out = dst / "labels" / "thermal" / f"{s.name}.txt"
+        write_pixel_labels(out, [b for _, b in keep], [c for c, _ in keep], w, h, f"{boxes_path} [{s.name}]")
+        samples[i] = replace(s, thermal_labels=out)
+    log_dropped(boxes_path, dropped)
+    manifest = Manifest(samples, dst)
+    save_manifest(manifest, dst / "manifest.csv")
+    return manifest
