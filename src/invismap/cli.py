@@ -18,6 +18,8 @@ from invismap.errors import InvismapError
 STAGE_CLIS = [
     "invismap.data.cli",
     "invismap.assets_cli",
+    "invismap.detector.cli",
+    "invismap.distill.cli",
 ]
 
 

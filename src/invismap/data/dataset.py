@@ -35,6 +35,7 @@ class Augment:
     hflip: float = 0.5  # probability of a horizontal flip
     scale: tuple[float, float] = (1.0, 1.0)  # random zoom range (1 = none); >1 crops, <1 shrinks
     translate: float = 0.0  # max shift as a fraction of the image size
+    crop: tuple[int, int] | None = None  # random (height, width) crop, multiples of 32, same scale as eval
 
 
 def load_pair(sample: Sample) -> tuple[np.ndarray, np.ndarray]:
@@ -131,6 +132,12 @@ class PairDataset(Dataset):
             rgb = cv2.warpAffine(rgb, m, (w, h), flags=cv2.INTER_LINEAR, borderValue=(114, 114, 114))
             thr = cv2.warpAffine(thr, m, (w, h), flags=cv2.INTER_LINEAR, borderValue=114)
             cboxes, tboxes = _warp_boxes(cboxes, m, w, h), _warp_boxes(tboxes, m, w, h)
+            if self.augment.crop is not None:
+                ch, cw = min(self.augment.crop[0], h), min(self.augment.crop[1], w)
+                y0, x0 = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+                shift = np.array([[1, 0, -x0], [0, 1, -y0]], np.float32)
+                rgb, thr = rgb[y0:y0 + ch, x0:x0 + cw], thr[y0:y0 + ch, x0:x0 + cw]
+                cboxes, tboxes = _warp_boxes(cboxes, shift, cw, ch), _warp_boxes(tboxes, shift, cw, ch)
         s = self.manifest[i]
         return dict(
             name=s.name, condition=s.condition,

@@ -1,0 +1,148 @@
+"""``invismap distill CONFIG.yaml``: train a thermal student on daytime pairs, write a thermal detector.
+
+Run folder::
+
+    RUN/config.yaml            resolved config
+    RUN/ckpt/last.pt, best.pt  training state (resume with --resume)
+    RUN/student.pt             student weights + calibrated invisibility thresholds t_k
+    RUN/thermal_detector.pt    student + teacher heads, usable as --model wherever a detector is taken
+    RUN/summary.json           time, pairs/s, losses, thresholds
+    RUN/tb/                    TensorBoard logs
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from invismap.config import dump_config, to_dict
+from invismap.data.dataset import Augment, PairDataset, collate_pairs
+from invismap.data.manifest import Manifest, load_manifest
+from invismap.detector.zoo import load_detector
+from invismap.distill.student import ThermalStudent, student_checkpoint
+from invismap.distill.task import DistillTask
+from invismap.engine.checkpoint import save_checkpoint
+from invismap.engine.loop import TrainConfig, fit, resolve_device
+from invismap.errors import InvismapError
+from invismap.invisibility.score import calibrate_thresholds, feature_distance
+from invismap.io import atomic_write, write_json
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AugmentConfig:
+    hflip: float = 0.5
+    scale: tuple[float, float] = (0.9, 1.1)
+    translate: float = 0.05
+    crop: tuple[int, int] | None = (256, 320)  # random crops at full scale: cheaper steps, same scale as eval
+
+
+@dataclass
+class DistillConfig:
+    """One distillation experiment."""
+
+    data: str = ""  # manifest.csv (or its folder) of aligned pairs
+    teacher: str = "yolov5n"  # model name or file
+    loss: Literal["mid", "head", "mid+head"] = "mid"
+    head_weight: float = 0.1  # lambda on the head term of mid+head
+    init: Literal["teacher", "random"] = "teacher"
+    input_mode: Literal["replicate", "conv1"] = "replicate"
+    size: int = 640  # letterbox size (longest side)
+    conditions: list[str] = field(default_factory=lambda: ["day"])  # which pairs to distil on
+    split: str = "train"
+    max_pairs: int = 0  # use only the first N training pairs (0 = all): the pairs curve
+    val_every_nth: int = 10  # every n-th training pair is held out for validation (0 = none)
+    threshold_percentile: float = 99.0  # t_k = this percentile of daytime d_k on held-out pairs
+    cache: bool = True  # keep decoded, letterboxed pairs in memory
+    freeze_bn: bool = True
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=600, batch_size=8, lr=1e-3,
+                                                                   warmup_steps=30, eval_every=100))
+
+
+def split_pairs(manifest: Manifest, cfg: DistillConfig) -> tuple[Manifest, Manifest | None]:
+    """Training pairs and held-out validation pairs (every ``val_every_nth``) of the selected ones."""
+    pool = manifest.select(condition=cfg.conditions, split=cfg.split)
+    if len(pool) == 0:
+        raise InvismapError(f"{cfg.data}: no {'/'.join(cfg.conditions)} pairs in split '{cfg.split}'")
+    n = cfg.val_every_nth
+    val = [s for i, s in enumerate(pool) if n and i % n == n - 1]
+    train = [s for i, s in enumerate(pool) if not (n and i % n == n - 1)]
+    if cfg.max_pairs:
+        if cfg.max_pairs > len(train):
+            raise InvismapError(f"max_pairs={cfg.max_pairs} but only {len(train)} training pairs exist")
+        train = train[:cfg.max_pairs]
+    return Manifest(train, manifest.root), (Manifest(val, manifest.root) if val else None)
+
+
+@torch.no_grad()
+def calibrate(teacher, student: ThermalStudent, pairs: Manifest, size: int, percentile: float,
+              device: torch.device) -> list[float]:
+    """t_k from daytime pairs: the ``percentile`` of the per-cell distance d_k at each scale."""
+    ds = PairDataset(pairs, size=size)
+    student.eval()
+    per_scale: list[list[torch.Tensor]] = []
+    for i in range(len(ds)):
+        item = ds[i]
+        t = teacher.neck_features(item["rgb"][None].to(device))
+        s = student(item["thermal"][None].to(device))
+        rows, cols = item["letterbox"].content_slice()
+        for k, (a, b) in enumerate(zip(t, s)):
+            stride = item["rgb"].shape[1] // a.shape[2]
+            d = feature_distance(a, b)[0]
+            d = d[rows.start // stride: -(-rows.stop // stride), cols.start // stride: -(-cols.stop // stride)]
+            if len(per_scale) <= k:
+                per_scale.append([])
+            per_scale[k].append(d.flatten().cpu())
+    return calibrate_thresholds([torch.cat(d) for d in per_scale], percentile)
+
+
+def run_distill(cfg: DistillConfig, run_dir: str | Path, resume: bool = False, progress: bool = True,
+                stop_at: int | None = None) -> dict:
+    """Train the student, calibrate t_k, write ``student.pt`` and ``thermal_detector.pt``; returns summary."""
+    run_dir = Path(run_dir)
+    manifest = load_manifest(cfg.data)
+    train_pairs, val_pairs = split_pairs(manifest, cfg)
+    teacher = load_detector(cfg.teacher)
+    torch.manual_seed(cfg.train.seed)
+    student = ThermalStudent(teacher, cfg.input_mode, cfg.init, seed=cfg.train.seed)
+    a = cfg.augment
+    aug = Augment(hflip=a.hflip, scale=a.scale, translate=a.translate, crop=a.crop)
+    train_set = PairDataset(train_pairs, cfg.size, augment=aug, seed=cfg.train.seed, cache=cfg.cache,
+                            square=a.crop is None)
+    val_set = PairDataset(val_pairs, cfg.size, cache=cfg.cache) if val_pairs else None
+    if run_dir.joinpath("config.yaml").exists() and not resume and (run_dir / "ckpt" / "last.pt").exists():
+        raise InvismapError(f"{run_dir}: a run already exists here (add --resume to continue it, "
+                            "or choose another folder)")
+    with atomic_write(run_dir / "config.yaml", "w") as f:
+        f.write(dump_config(cfg))
+    log.info(f"distilling {cfg.teacher} -> thermal student on {len(train_pairs)} pairs "
+             f"({'/'.join(cfg.conditions)}, split {cfg.split}), loss={cfg.loss}, {cfg.train.max_steps} steps")
+    task = DistillTask(teacher, student, cfg.loss, cfg.head_weight, cfg.freeze_bn,
+                       extra={"teacher": cfg.teacher})
+    t0 = time.time()
+    summary = fit(task, train_set, cfg.train, run_dir, val_set=val_set, collate_fn=collate_pairs,
+                  resume=resume, full_config=cfg, progress=progress, stop_at=stop_at)
+    if summary["steps"] < cfg.train.max_steps:
+        return summary  # interrupted on purpose: no final artefacts yet
+    device = resolve_device(cfg.train.device)
+    student = task.net.module if hasattr(task.net, "module") else task.net
+    calib_pairs = val_pairs if val_pairs else train_pairs
+    thresholds = calibrate(teacher.to(device), student, calib_pairs, cfg.size, cfg.threshold_percentile, device)
+    common = dict(teacher=cfg.teacher, thresholds=thresholds, threshold_percentile=cfg.threshold_percentile,
+                  config=to_dict(cfg))
+    save_checkpoint(run_dir / "student.pt", {"kind": "student", **student_checkpoint(student.cpu(), **common)})
+    save_checkpoint(run_dir / "thermal_detector.pt",
+                    {"kind": "thermal_detector", **student_checkpoint(student, **common)})
+    summary.update(thresholds=thresholds, train_pairs=len(train_pairs),
+                   val_pairs=len(val_pairs) if val_pairs else 0, total_seconds=time.time() - t0)
+    write_json(run_dir / "summary.json", summary)
+    log.info(f"wrote {run_dir / 'thermal_detector.pt'} ({summary['pairs_per_s']:.2f} pairs/s, "
+             f"t_k = {', '.join(f'{t:.3g}' for t in thresholds)})")
+    return summary

@@ -1,0 +1,85 @@
+"""Distillation as a :class:`~invismap.engine.loop.Task`: frozen teacher on color, student on thermal."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from invismap.detector.base import Detector
+from invismap.distill.losses import distill_loss
+from invismap.distill.student import ThermalStudent, student_checkpoint
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module
+
+
+class DistillTask(nn.Module):
+    """Trains ``net`` (a :class:`ThermalStudent`) to reproduce ``teacher``'s neck features.
+
+    Batch norm layers of the student stay in eval mode (``freeze_bn``): with the small batches this runs
+    on, batch statistics are noisy, and frozen statistics make DDP match one process exactly.
+    """
+
+    kind = "student"
+
+    def __init__(self, teacher: Detector, student: ThermalStudent, loss: str = "mid", head_weight: float = 0.1,
+                 freeze_bn: bool = True, extra: dict[str, Any] | None = None):
+        super().__init__()
+        self.teacher = freeze(teacher)
+        self.net = student
+        self.loss, self.head_weight, self.freeze_bn = loss, head_weight, freeze_bn
+        self.extra = extra or {}
+
+    def train(self, mode: bool = True) -> "DistillTask":
+        super().train(mode)
+        self.teacher.eval()
+        if self.freeze_bn:
+            for m in self.net.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
+
+    def _losses(self, batch: dict) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            teacher_feats = self.teacher.neck_features(batch["rgb"])
+        student_feats = self.net(batch["thermal"])
+        return distill_loss(self.loss, student_feats, teacher_feats, self.teacher.heads, self.head_weight)
+
+    def configure_optimizers(self, cfg) -> dict[str, torch.optim.Optimizer]:
+        params = [p for p in self.net.parameters() if p.requires_grad]
+        return {"main": torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)}
+
+    def training_step(self, batch: dict) -> dict[str, torch.Tensor]:
+        parts = self._losses(batch)
+        out = {"loss/main": parts.pop("total")}
+        out.update({f"distill/{k}": v.detach() for k, v in parts.items()})
+        return out
+
+    @torch.no_grad()
+    def validation_step(self, batch: dict) -> dict[str, float]:
+        parts = self._losses(batch)
+        return {"loss": float(parts.pop("total")), **{k: float(v) for k, v in parts.items()}}
+
+    @torch.no_grad()
+    def log_images(self, writer, batch: dict, step: int) -> None:
+        """Channel-mean |feature| of teacher (color) and student (thermal) at each scale, first image."""
+        teacher = self.teacher.neck_features(batch["rgb"][:1])
+        student = self.net.module(batch["thermal"][:1]) if hasattr(self.net, "module") else self.net(
+            batch["thermal"][:1])
+        for k, (t, s) in enumerate(zip(teacher, student)):
+            pair = torch.cat([t[0].abs().mean(0), s[0].abs().mean(0)], dim=1)
+            writer.add_image(f"features/scale{k}_teacher|student", (pair / pair.max().clamp_min(1e-6))[None], step)
+        writer.add_image("input/color", batch["rgb"][0], step)
+        writer.add_image("input/thermal", batch["thermal"][0], step)
+
+    def extra_checkpoint(self) -> dict[str, Any]:
+        student = self.net.module if hasattr(self.net, "module") else self.net
+        ckpt = student_checkpoint(student, **self.extra)
+        ckpt.pop("student")  # the engine stores the weights under 'model'
+        return ckpt
