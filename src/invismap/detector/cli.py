@@ -1,0 +1,153 @@
+"""``invismap detect`` and ``invismap eval-detector``: run a detector on images, score it on a dataset.
+
+Examples:
+    invismap detect --model yolov5n photos/ --out runs/detect
+    invismap eval-detector --data runs/msrs --model yolov5n --images thermal --labels thermal \\
+        --condition night --split test --json runs/eval/thermal_night.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    d = sub.add_parser("detect", help="detect objects in images with a color detector",
+                       description="Write OUT/<image>.png with boxes drawn and OUT/detections.json "
+                                   "(COCO results format; category_id = 0-based COCO-80 class id).")
+    d.add_argument("source", help="an image file or a folder of images")
+    d.add_argument("--model", default="yolov5n", help="model name (yolov5n, ...) or .pt/.cfg file")
+    d.add_argument("--out", required=True, help="output folder")
+    d.add_argument("--modality", choices=("color", "thermal"), default="color",
+                   help="read images as color RGB or as one-channel thermal (fed as gray RGB)")
+    d.add_argument("--conf", type=float, default=0.25, help="score threshold")
+    d.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold")
+    d.add_argument("--size", type=int, default=640, help="letterbox size (longest side)")
+    d.set_defaults(func=_detect)
+
+    e = sub.add_parser("eval-detector", help="COCO AP of a detector on a pair dataset",
+                       description="AP50 and AP50:95 per class (person, bicycle, car) and their mean.")
+    e.add_argument("--data", required=True, help="manifest.csv or its folder")
+    e.add_argument("--model", default="yolov5n", help="model name (yolov5n, ...) or .pt/.cfg file")
+    e.add_argument("--images", choices=("color", "thermal"), default="color", help="images to detect on")
+    e.add_argument("--labels", choices=("color", "thermal"), default="color", help="labels to score against")
+    e.add_argument("--condition", help="only this condition (day, night, ...)")
+    e.add_argument("--split", help="only this split (e.g. test)")
+    e.add_argument("--size", type=int, default=640, help="letterbox size (longest side)")
+    e.add_argument("--conf", type=float, default=0.001, help="score threshold")
+    e.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold")
+    e.add_argument("--multi-label", action="store_true",
+                   help="YOLOv5 val.py multi-label NMS (a box may count for several classes); default: best class")
+    e.add_argument("--json", required=True, help="output JSON file")
+    e.set_defaults(func=_eval)
+
+
+def _detect(args: argparse.Namespace) -> int:
+    from invismap.detector.postprocess import detect
+    from invismap.detector.zoo import load_detector
+    from invismap.io import read_color, read_thermal, write_image, write_json
+
+    files = list_images(Path(args.source))
+    model = load_detector(args.model)
+    read = read_color if args.modality == "color" else read_thermal
+    out = Path(args.out)
+    results, images = [], []
+    batch = 8
+    for k in range(0, len(files), batch):
+        chunk = files[k:k + batch]
+        imgs = [read(f) for f in chunk]
+        for f, img, det in zip(chunk, imgs, detect(model, imgs, size=args.size, conf=args.conf, iou=args.iou,
+                                                     batch_size=batch)):
+            image_id = len(images) + 1
+            images.append({"id": image_id, "file_name": str(f), "width": img.shape[1], "height": img.shape[0]})
+            for (x1, y1, x2, y2), s, c in zip(det.boxes.tolist(), det.scores.tolist(), det.classes.tolist()):
+                results.append({"image_id": image_id, "file_name": str(f), "category_id": int(c),
+                                "category_name": model.names[c], "bbox": [round(v, 2) for v in
+                                                                           (x1, y1, x2 - x1, y2 - y1)],
+                                "score": round(s, 5)})
+            write_image(out / f"{f.stem}.png", draw_detections(img, det, model.names))
+            log.info("%s: %d detections", f.name, len(det))
+    write_json(out / "detections.json", results)
+    print(f"{len(results)} detections in {len(files)} images -> {out}/ (detections.json, annotated PNGs)")
+    return 0
+
+
+def list_images(source: Path) -> list[Path]:
+    """The image files of ``source`` (a file, or a folder's images sorted by name, not recursive)."""
+    from invismap.errors import InvismapError, file_error
+
+    if source.is_file():
+        return [source]
+    if not source.is_dir():
+        raise file_error(source, "not found", "give an image file or a folder of images")
+    files = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise InvismapError(f"{source}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+    return files
+
+
+def draw_detections(image: np.ndarray, det, names: list[str]) -> np.ndarray:
+    """RGB ``(H, W, 3)`` copy of ``image`` (gray is expanded) with labelled boxes drawn."""
+    import cv2
+
+    img = np.repeat(image[:, :, None], 3, axis=2) if image.ndim == 2 else image.copy()
+    thick = max(1, round(max(img.shape[:2]) / 400))
+    for (x1, y1, x2, y2), s, c in zip(det.boxes, det.scores, det.classes):
+        hue = (int(c) * 47) % 180  # a stable color per class
+        color = cv2.cvtColor(np.uint8([[[hue, 220, 255]]]), cv2.COLOR_HSV2RGB)[0, 0].tolist()
+        p1, p2 = (int(x1), int(y1)), (int(x2), int(y2))
+        cv2.rectangle(img, p1, p2, color, thick)
+        cv2.putText(img, f"{names[int(c)]} {s:.2f}", (p1[0], max(p1[1] - 3, 10)), cv2.FONT_HERSHEY_SIMPLEX,
+                    0.25 * (thick + 1), color, 1, cv2.LINE_AA)
+    return img
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from invismap.data.manifest import load_manifest
+    from invismap.detector.evaluate import evaluate_detector
+    from invismap.detector.zoo import load_detector
+    from invismap.io import write_json
+
+    manifest = load_manifest(args.data)
+    model = load_detector(args.model)
+    res = evaluate_detector(model, manifest, images=args.images, labels=args.labels, condition=args.condition,
+                            split=args.split, size=args.size, conf=args.conf, iou=args.iou,
+                            multi_label=args.multi_label)
+    res["model"] = str(args.model)
+    res["data"] = str(args.data)
+    print(f"{args.model} on {args.images} images vs {args.labels} labels "
+          f"(condition={args.condition or 'all'}, split={args.split or 'all'}, {res['n_images']} images)")
+    print(format_ap_table(res))
+    write_json(args.json, _nan_to_none(res))
+    print(f"wrote {args.json}")
+    return 0
+
+
+def _nan_to_none(obj):
+    """JSON has no NaN: undefined APs (no ground truth) become null."""
+    if isinstance(obj, dict):
+        return {k: _nan_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_nan_to_none(v) for v in obj]
+    return None if isinstance(obj, float) and math.isnan(obj) else obj
+
+
+def format_ap_table(res: dict) -> str:
+    """Plain-text table of :func:`~invismap.detector.evaluate.coco_ap` output, AP in percent."""
+    def pct(v: float) -> str:
+        return "  n/a" if v is None or math.isnan(v) else f"{100 * v:5.1f}"
+
+    lines = [f"{'class':<10} {'n_gt':>6} {'n_det':>7} {'AP50':>6} {'AP50:95':>8}"]
+    for name, c in res["classes"].items():
+        lines.append(f"{name:<10} {c['n_gt']:>6} {c['n_det']:>7} {pct(c['AP50']):>6} {pct(c['AP50_95']):>8}")
+    lines.append(f"{'all':<10} {'':>6} {'':>7} {pct(res['AP50']):>6} {pct(res['AP50_95']):>8}")
+    return "\n".join(lines)

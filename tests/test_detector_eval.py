@@ -1,0 +1,135 @@
+"""COCO AP on hand-computable cases, and detector evaluation / CLI on a few real MSRS pairs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+import numpy as np
+import pytest
+
+from invismap.data.manifest import load_manifest
+from invismap.detector import cli as detector_cli
+from invismap.detector.base import Detections
+from invismap.detector.evaluate import coco_ap, evaluate_detector
+from invismap.detector.zoo import load_detector
+from invismap.errors import InvismapError
+
+SIZE = (200, 100)
+
+
+def _gt(*rows):
+    return np.array(rows, np.float32).reshape(-1, 5)
+
+
+def _det(rows):
+    rows = np.array(rows, np.float32).reshape(-1, 6)  # x1 y1 x2 y2 score cls
+    return Detections(rows[:, :4], rows[:, 4], rows[:, 5].astype(np.int64))
+
+
+GT = [_gt([0, 10, 10, 50, 90], [2, 100, 20, 180, 60]), _gt([0, 30, 30, 70, 95])]
+
+
+def test_perfect_predictions_give_ap_1():
+    dets = [_det([[*g[1:], 0.9, g[0]] for g in gt]) for gt in GT]
+    res = coco_ap(GT, dets, [SIZE, SIZE])
+    assert res["AP50"] == pytest.approx(1.0) and res["AP50_95"] == pytest.approx(1.0)
+    assert res["classes"]["person"] == {"id": 0, "AP50": pytest.approx(1.0), "AP50_95": pytest.approx(1.0),
+                                        "n_gt": 2, "n_det": 2}
+    assert math.isnan(res["classes"]["bicycle"]["AP50"])  # no ground truth: undefined, not in the mean
+    assert res["n_images"] == 2
+
+
+def test_no_detections_give_ap_0():
+    res = coco_ap(GT, [_det([]), _det([])], [SIZE, SIZE])
+    assert res["AP50"] == 0.0 and res["AP50_95"] == 0.0
+    assert res["classes"]["car"]["AP50"] == 0.0
+
+
+def test_half_recall_and_loose_boxes():
+    # One of two people found exactly: precision 1 up to recall 0.5 -> 51 of 101 recall points.
+    res = coco_ap([GT[0][:1], GT[1]], [_det([[10, 10, 50, 90, 0.9, 0]]), _det([])], [SIZE, SIZE], classes=[0])
+    assert res["AP50"] == pytest.approx(51 / 101)
+    # A box with IoU 0.62 matches at IoU thresholds 0.50, 0.55, 0.60 only: 3 of 10.
+    x2 = 10 + 40 * 0.62  # same height, 62% of the width, inside the truth
+    res = coco_ap([GT[0][:1]], [_det([[10, 10, x2, 90, 0.9, 0]])], [SIZE], classes=[0])
+    assert res["AP50"] == pytest.approx(1.0) and res["AP50_95"] == pytest.approx(0.3)
+
+
+def test_wrong_class_and_other_classes_ignored():
+    # A car box on the person: a false positive for car, a miss for person; class 5 is not evaluated.
+    dets = [_det([[10, 10, 50, 90, 0.9, 2], [100, 20, 180, 60, 0.8, 2], [0, 0, 5, 5, 0.99, 5]])]
+    res = coco_ap([GT[0]], dets, [SIZE])
+    assert res["classes"]["person"]["AP50"] == 0.0
+    assert res["classes"]["car"]["AP50"] == pytest.approx(0.5, abs=0.01)  # recall 1 at precision 0.5
+    assert res["classes"]["car"]["n_det"] == 2 and "bus" not in res["classes"]
+    with pytest.raises(ValueError, match="one of each"):
+        coco_ap(GT, dets, [SIZE])
+
+
+@pytest.fixture(scope="module")
+def tiny_manifest(msrs_dir, tmp_path_factory):
+    """Four test pairs (2 day, 2 night) of the real MSRS, labels read in place."""
+    names = ["00279D", "00200D", "00024N", "00026N"]
+    root = tmp_path_factory.mktemp("msrs_tiny")
+    lines = ["name,color,thermal,condition,split,timestamp,color_labels,thermal_labels"]
+    for n in names:
+        lines.append(f"{n},{msrs_dir}/vi/{n}.png,{msrs_dir}/ir/{n}.png,{'day' if n.endswith('D') else 'night'},"
+                     f"test,,{msrs_dir}/labels/visible/{n}.txt,{msrs_dir}/labels/infrared/{n}.txt")
+    (root / "manifest.csv").write_text("\n".join(lines) + "\n")
+    return root / "manifest.csv"
+
+
+@pytest.fixture(scope="module")
+def yolov5n(weights_dir):
+    return load_detector(weights_dir / "yolov5n.pt")
+
+
+def test_evaluate_detector_on_real_pairs(yolov5n, tiny_manifest):
+    manifest = load_manifest(tiny_manifest)
+    res = evaluate_detector(yolov5n, manifest, images="color", labels="color", condition="day", progress=False)
+    assert res["n_images"] == 2 and res["settings"]["condition"] == "day"
+    assert set(res["classes"]) == {"person", "bicycle", "car"}
+    assert 0.3 < res["AP50"] <= 1.0  # yolov5n sees people and cars in daylight color images
+    assert res["AP50_95"] < res["AP50"]
+    thermal = evaluate_detector(yolov5n, manifest, images="thermal", labels="thermal", progress=False)
+    assert thermal["n_images"] == 4 and 0.0 <= thermal["AP50"] <= 1.0
+    with pytest.raises(InvismapError, match="--images must be one of"):
+        evaluate_detector(yolov5n, manifest, images="radar")
+    with pytest.raises(InvismapError, match="no pair with"):
+        evaluate_detector(yolov5n, manifest, split="train")
+
+
+def _run(argv):
+    parser = argparse.ArgumentParser()
+    detector_cli.add_parser(parser.add_subparsers())
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def test_cli_eval_detector_writes_json(tiny_manifest, weights_dir, tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    _run(["eval-detector", "--data", str(tiny_manifest), "--model", str(weights_dir / "yolov5n.pt"),
+          "--images", "color", "--labels", "thermal", "--condition", "night", "--json", str(out)])
+    res = json.loads(out.read_text())  # strict JSON: undefined APs are null, not NaN
+    assert res["settings"]["labels"] == "thermal" and res["n_images"] == 2
+    printed = capsys.readouterr().out
+    assert "person" in printed and "AP50" in printed and f"{100 * res['AP50']:5.1f}" in printed
+
+
+def test_cli_detect_writes_images_and_results(msrs_dir, weights_dir, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for n in ("00001D", "00010N"):
+        (src / f"{n}.png").write_bytes((msrs_dir / "ir" / f"{n}.png").read_bytes())
+    (src / "notes.txt").write_text("not an image")
+    out = tmp_path / "out"
+    _run(["detect", "--model", str(weights_dir / "yolov5n.pt"), str(src), "--out", str(out),
+          "--modality", "thermal", "--conf", "0.2"])
+    assert sorted(p.name for p in out.iterdir()) == ["00001D.png", "00010N.png", "detections.json"]
+    results = json.loads((out / "detections.json").read_text())
+    assert results and {"image_id", "category_id", "bbox", "score"} <= set(results[0])
+    assert all(r["score"] > 0.2 and r["bbox"][2] > 0 for r in results)
+    with pytest.raises(InvismapError, match="no images"):
+        _run(["detect", str(tmp_path), "--out", str(out)])  # holds only folders
