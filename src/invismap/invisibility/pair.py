@@ -1,0 +1,67 @@
+"""Pair scores for whole images and datasets: teacher(color) vs student(thermal) -> invisibility map.
+
+Example:
+    >>> scorer = PairScorer.from_checkpoint("runs/distill/distill/student.pt")  # doctest: +SKIP
+    >>> F = scorer.score(rgb, thermal)  # (H, W) float32 in [0, 1], original pixels  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from invismap.data.letterbox import apply_letterbox, letterbox_params, map_to_original
+from invismap.detector.base import Detector
+from invismap.detector.zoo import load_detector
+from invismap.distill.student import ThermalStudent, load_student
+from invismap.engine.checkpoint import load_checkpoint
+from invismap.errors import file_error
+from invismap.invisibility.score import invisibility_score
+
+
+class PairScorer:
+    """Computes the invisibility score F of color/thermal pairs with a teacher and a distilled student.
+
+    Args:
+        teacher: the frozen color detector.
+        student: the thermal student distilled from it.
+        thresholds: t_k per neck scale, fine to coarse (calibrated ones are stored in ``student.pt``).
+        size: letterbox size the networks run at.
+    """
+
+    def __init__(self, teacher: Detector, student: ThermalStudent, thresholds: Sequence[float], size: int = 640):
+        if len(thresholds) != len(teacher.strides):
+            raise ValueError(f"{len(thresholds)} thresholds for {len(teacher.strides)} neck scales")
+        self.teacher, self.student = teacher.eval(), student.eval()
+        self.thresholds, self.size = [float(t) for t in thresholds], size
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, thresholds: Sequence[float] | None = None,
+                        size: int | None = None) -> "PairScorer":
+        """Student + its calibrated thresholds from ``student.pt``; the teacher named inside it."""
+        path = Path(path)
+        ckpt = load_checkpoint(path, ("student", "thermal_detector"))
+        if thresholds is None and "thresholds" not in ckpt:
+            raise file_error(path, "has no calibrated thresholds", "pass thresholds explicitly")
+        teacher = load_detector(ckpt.get("teacher", "yolov5n"))
+        size = size or int(ckpt.get("config", {}).get("size", 640))
+        return cls(teacher, load_student(ckpt, path), thresholds or ckpt["thresholds"], size)
+
+    @torch.no_grad()
+    def score_canvas(self, rgb: torch.Tensor, thermal: torch.Tensor) -> torch.Tensor:
+        """Letterboxed batch ``(B, 3, H, W)`` + ``(B, 1, H, W)`` in 0..1 -> ``(B, H, W)`` F."""
+        t = self.teacher.neck_features(rgb)
+        s = self.student(thermal)
+        return invisibility_score(t, s, self.thresholds, rgb.shape[-2:])
+
+    def score(self, rgb: np.ndarray, thermal: np.ndarray) -> np.ndarray:
+        """One pair, RGB ``(H, W, 3)`` and thermal ``(H, W)`` uint8 -> ``(H, W)`` float32 F in original pixels."""
+        lb = letterbox_params(rgb.shape[1], rgb.shape[0], self.size, stride=max(self.teacher.strides))
+        device = next(self.teacher.parameters()).device
+        x_rgb = torch.from_numpy(apply_letterbox(rgb, lb).transpose(2, 0, 1).copy()).float().div(255)[None]
+        x_thr = torch.from_numpy(apply_letterbox(thermal, lb)).float().div(255)[None, None]
+        f = self.score_canvas(x_rgb.to(device), x_thr.to(device))[0].cpu().numpy()
+        return map_to_original(f, lb).astype(np.float32)
