@@ -19,7 +19,9 @@ STAGE_CLIS = [
     "invismap.data.cli",
     "invismap.assets_cli",
     "invismap.detector.cli",
+    "invismap.registration.cli",
     "invismap.distill.cli",
+    "invismap.invisibility.cli",
 ]
 
 
