@@ -30,32 +30,37 @@ class PairScorer:
         student: the thermal student distilled from it.
         thresholds: t_k per neck scale, fine to coarse (calibrated ones are stored in ``student.pt``).
         size: letterbox size the networks run at.
+        offsets: b_k per scale (daytime floor of d_k; see :mod:`invismap.invisibility.score`), or None.
     """
 
-    def __init__(self, teacher: Detector, student: ThermalStudent, thresholds: Sequence[float], size: int = 640):
+    def __init__(self, teacher: Detector, student: ThermalStudent, thresholds: Sequence[float], size: int = 640,
+                 offsets: Sequence[float] | None = None):
         if len(thresholds) != len(teacher.strides):
             raise ValueError(f"{len(thresholds)} thresholds for {len(teacher.strides)} neck scales")
         self.teacher, self.student = teacher.eval(), student.eval()
         self.thresholds, self.size = [float(t) for t in thresholds], size
+        self.offsets = None if offsets is None else [float(b) for b in offsets]
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, thresholds: Sequence[float] | None = None,
-                        size: int | None = None) -> "PairScorer":
-        """Student + its calibrated thresholds from ``student.pt``; the teacher named inside it."""
+                        size: int | None = None, offsets: Sequence[float] | None = None) -> "PairScorer":
+        """Student + its calibrated thresholds (and offsets) from ``student.pt``; the teacher named inside it."""
         path = Path(path)
         ckpt = load_checkpoint(path, ("student", "thermal_detector"))
         if thresholds is None and "thresholds" not in ckpt:
             raise file_error(path, "has no calibrated thresholds", "pass thresholds explicitly")
         teacher = load_detector(ckpt.get("teacher", "yolov5n"))
         size = size or int(ckpt.get("config", {}).get("size", 640))
-        return cls(teacher, load_student(ckpt, path), thresholds or ckpt["thresholds"], size)
+        if offsets is None and thresholds is None:
+            offsets = ckpt.get("offsets")
+        return cls(teacher, load_student(ckpt, path), thresholds or ckpt["thresholds"], size, offsets)
 
     @torch.no_grad()
     def score_canvas(self, rgb: torch.Tensor, thermal: torch.Tensor) -> torch.Tensor:
         """Letterboxed batch ``(B, 3, H, W)`` + ``(B, 1, H, W)`` in 0..1 -> ``(B, H, W)`` F."""
         t = self.teacher.neck_features(rgb)
         s = self.student(thermal)
-        return invisibility_score(t, s, self.thresholds, rgb.shape[-2:])
+        return invisibility_score(t, s, self.thresholds, rgb.shape[-2:], self.offsets)
 
     def score(self, rgb: np.ndarray, thermal: np.ndarray) -> np.ndarray:
         """One pair, RGB ``(H, W, 3)`` and thermal ``(H, W)`` uint8 -> ``(H, W)`` float32 F in original pixels."""

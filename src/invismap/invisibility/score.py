@@ -8,6 +8,10 @@ color image and the student's features of the thermal image; the score is
 so F is in [0, 1]: 0 where the two modalities agree (the color camera sees what thermal sees), 1 where
 every scale disagrees by at least its threshold t_k. The paper's t = (4, 3.5, 3.2) belong to YOLOv3's
 feature scale; :func:`calibrate_thresholds` derives t_k from daytime pairs for any teacher.
+
+A distilled student never matches the teacher exactly, so d_k has a floor b_k > 0 even on daytime pairs.
+Optional offsets subtract it: ``F = mean_k clip((d_k - b_k) / (t_k - b_k), 0, 1)``; with b_k = 0 (the
+default) this is the paper's formula.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ def feature_distance(teacher_feat: torch.Tensor, student_feat: torch.Tensor) -> 
 
 
 def invisibility_score(teacher_feats: Sequence[torch.Tensor], student_feats: Sequence[torch.Tensor],
-                       thresholds: Sequence[float], size: tuple[int, int]) -> torch.Tensor:
+                       thresholds: Sequence[float], size: tuple[int, int],
+                       offsets: Sequence[float] | None = None) -> torch.Tensor:
     """The invisibility map F in [0, 1].
 
     Args:
@@ -36,15 +41,19 @@ def invisibility_score(teacher_feats: Sequence[torch.Tensor], student_feats: Seq
         student_feats: student neck features of the thermal image, same shapes.
         thresholds: t_k per scale, in the same (fine to coarse) order.
         size: ``(H, W)`` of the network input the map is upsampled to.
+        offsets: b_k per scale (the daytime floor of d_k), or None for the paper's b_k = 0.
 
     Returns:
         ``(B, H, W)`` float tensor in [0, 1].
     """
     if not (len(teacher_feats) == len(student_feats) == len(thresholds)):
         raise ValueError("need one teacher feature, one student feature and one threshold per scale")
+    offsets = [0.0] * len(thresholds) if offsets is None else offsets
+    if len(offsets) != len(thresholds) or any(b >= t for b, t in zip(offsets, thresholds)):
+        raise ValueError(f"need one offset per scale, each below its threshold: {offsets} vs {thresholds}")
     maps = []
-    for t, s, thr in zip(teacher_feats, student_feats, thresholds):
-        d = feature_distance(t.float(), s.float()) / float(thr)
+    for t, s, thr, b in zip(teacher_feats, student_feats, thresholds, offsets):
+        d = (feature_distance(t.float(), s.float()) - float(b)) / (float(thr) - float(b))
         d = F.interpolate(d[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
         maps.append(d.clamp(0, 1))  # clamp after upsampling keeps the map in [0, 1]
     return torch.stack(maps).mean(0)
