@@ -22,6 +22,7 @@ STAGE_CLIS = [
     "invismap.registration.cli",
     "invismap.distill.cli",
     "invismap.invisibility.cli",
+    "invismap.invisibility.predict",
 ]
 
 

@@ -1,0 +1,416 @@
+"""Train the color-only invisibility predictor: a U-Net regressing the pair score F, no labels used.
+
+Paper "Pixel Invisibility", Section 3.4: F (:mod:`invismap.invisibility.score`) needs both images and two
+detectors; the deployable predictor sees the color frame only and learns F from pairs of every condition.
+
+Targets are precomputed, because F costs a teacher and a student forward pass per pair. A target cache is a
+folder of ``NAME.npy`` files (one per pair, keyed by the manifest's sample name, float16, values in [0, 1])
+holding ``(H, W)`` maps either of the letterboxed canvas of a :class:`PairDataset` with the same
+``size``/``square`` (what :func:`cache_targets` writes) or of the original image (letterboxed here).
+
+Augmentation: only horizontal flips, applied to the image, the target and the valid mask together inside
+:class:`TargetMapDataset`. Geometric augmentation of the base dataset would move the image away from its
+cached target, so it is refused; photometric augmentation would change what F measures (a darkened image
+*is* less visible), so there is none.
+
+Loss: BCE with logits on the soft targets, masked to the image (letterbox padding excluded). Synthetic
+check (40 MSRS train pairs day+night, 9 held out, 160 px, batch 8, lr 3e-3, hflip, two seeds each; targets
+``1 - blurred brightness`` and the F-like saturating ``clamp((0.45 - blurred brightness) / 0.25, 0, 1)``),
+held-out MAE of the sigmoid map:
+
+    ==========================  ===============  ===============
+    target, steps               BCE with logits  MSE of sigmoid
+    ==========================  ===============  ===============
+    darkness, 150               0.051            0.054
+    saturating, 150             0.094            0.106
+    saturating, 500             0.075            0.079
+    ==========================  ===============  ===============
+
+BCE converges faster (its gradient does not vanish where the sigmoid saturates, and F saturates at 0 and 1
+over large areas) and ends with a lower MAE at an equal MSE. ``loss: mse`` stays available.
+
+Run folder of :func:`train_predictor`::
+
+    RUN/config.yaml            resolved config
+    RUN/ckpt/last.pt, best.pt  training state (resume with resume=True)
+    RUN/predictor.pt           deployable: U-Net config + weights + input size (load_predictor)
+    RUN/tb/                    TensorBoard: losses, val/loss, val/mae, rgb | target | prediction images
+
+Example:
+    >>> path = train_predictor(PredictorConfig(), "runs/msrs", "runs/targets/msrs", "runs/predictor")  # doctest: +SKIP
+    >>> model, meta = load_predictor(path)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from invismap.config import dump_config, from_dict
+from invismap.data.dataset import PairDataset
+from invismap.data.letterbox import Letterbox, apply_letterbox
+from invismap.data.manifest import Manifest, load_manifest
+from invismap.engine.checkpoint import check_state_dict, load_checkpoint, save_checkpoint
+from invismap.engine.loop import Task, TrainConfig, fit
+from invismap.errors import InvismapError, file_error
+from invismap.invisibility.unet import InvisibilityUNet, UNetConfig
+from invismap.io import atomic_write, write_json
+
+log = logging.getLogger(__name__)
+
+KIND = "predictor"
+NORMALISATION = "rgb 0..1"  # what the U-Net expects: RGB, float, values in 0..1, letterboxed with gray 114
+LOSSES = ("bce", "mse")
+TARGETS_META = "targets.json"
+
+
+@dataclass
+class PredictorConfig:
+    """One predictor training run."""
+
+    data: str = ""  # manifest.csv (or its folder) of the pairs the targets were computed on
+    targets: str = ""  # target cache folder (NAME.npy per pair)
+    size: int = 640  # letterbox size (longest side); inference uses the same size by default
+    square: bool = False  # pad to size x size (needed when images of several aspect ratios are mixed)
+    conditions: list[str] = field(default_factory=list)  # empty = all conditions
+    split: str = "train"
+    val_every_nth: int = 10  # every n-th pair is held out for validation (0 = none)
+    hflip: float = 0.5
+    loss: Literal["bce", "mse"] = "bce"
+    cache: bool = True  # keep decoded, letterboxed pairs and targets in memory
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=2000, batch_size=8, lr=2e-3,
+                                                                   weight_decay=1e-4, warmup_steps=50,
+                                                                   eval_every=200, image_every=200))
+
+
+# --------------------------------------------------------------------------------------------- data
+
+def target_path(target_dir: str | Path, name: str) -> Path:
+    """Where the cached target of sample ``name`` lives (path separators in names become ``__``)."""
+    return Path(target_dir) / (name.replace("/", "__").replace("\\", "__") + ".npy")
+
+
+def save_target(target_dir: str | Path, name: str, target: np.ndarray | torch.Tensor) -> Path:
+    """Write one ``(H, W)`` (or ``(1, H, W)``) map in [0, 1] as float16 ``NAME.npy``, atomically."""
+    if isinstance(target, torch.Tensor):
+        target = target.detach().cpu().numpy()
+    target = np.asarray(target, np.float32).squeeze()
+    if target.ndim != 2:
+        raise ValueError(f"a target map must be (H, W) or (1, H, W), got {target.shape}")
+    path = target_path(target_dir, name)
+    with atomic_write(path, "wb") as f:
+        np.save(f, np.clip(target, 0, 1).astype(np.float16))
+    return path
+
+
+def load_target(path: Path, lb: Letterbox) -> np.ndarray:
+    """A cached map as a float32 ``(H, W)`` canvas of ``lb`` (canvas-sized or original-sized file)."""
+    try:
+        target = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise file_error(path, "no cached target for this pair",
+                         "compute the targets for every pair of the manifest first") from None
+    except (ValueError, OSError) as e:
+        raise file_error(path, f"not a readable .npy target ({e})", "recompute it") from None
+    target = np.asarray(target, np.float32).squeeze()
+    if target.shape == (lb.height, lb.width):
+        pass
+    elif target.shape == (lb.orig_h, lb.orig_w):
+        target = apply_letterbox(target, lb, pad_value=0)
+    else:
+        raise file_error(path, f"target is {target.shape[-1]}x{target.shape[0]}, expected the canvas "
+                         f"{lb.width}x{lb.height} or the image {lb.orig_w}x{lb.orig_h}",
+                         "recompute the targets with the same size/square settings")
+    if not np.isfinite(target).all():
+        raise file_error(path, "target holds NaN or inf", "recompute it")
+    return np.clip(target, 0, 1)
+
+
+def valid_mask(lb: Letterbox) -> torch.Tensor:
+    """``(1, H, W)`` float mask: 1 on the image, 0 on the letterbox padding."""
+    mask = torch.zeros(1, lb.height, lb.width)
+    rows, cols = lb.content_slice()
+    mask[:, rows, cols] = 1
+    return mask
+
+
+class TargetMapDataset(Dataset):
+    """A :class:`PairDataset` with the target map attached: items ``name, condition, rgb, target, valid``.
+
+    Args:
+        base: the pairs, without geometric augmentation (it would misalign cached targets).
+        target_fn: ``item -> (1, H, W)`` target on the canvas, computed on the fly (slow: teacher and
+            student per item); or
+        target_dir: the target cache (fast), see :func:`cache_targets`.
+        hflip: probability of flipping image, target and mask together (0 for validation).
+        seed: with the epoch and index, fixes the flips (indices past the end are later epochs).
+        cache: keep loaded target maps in memory (float16).
+
+    Shape:
+        rgb ``(3, H, W)`` in 0..1, target ``(1, H, W)`` in [0, 1], valid ``(1, H, W)`` in {0, 1}.
+    """
+
+    def __init__(self, base: PairDataset, target_fn: Callable[[dict], torch.Tensor] | None = None,
+                 target_dir: str | Path | None = None, hflip: float = 0.0, seed: int = 0, cache: bool = True):
+        if (target_fn is None) == (target_dir is None):
+            raise ValueError("give exactly one of target_fn and target_dir")
+        if base.augment is not None:
+            raise InvismapError("TargetMapDataset needs a PairDataset without augmentation (targets are "
+                                "precomputed on the unaugmented canvas); use its hflip instead")
+        if target_dir is not None:
+            if not Path(target_dir).is_dir():
+                raise file_error(target_dir, "target cache folder not found", "compute the targets first")
+            missing = [s.name for s in base.manifest if not target_path(target_dir, s.name).is_file()]
+            if missing:  # fail before training starts, not at the first batch that needs one
+                raise file_error(target_dir, f"no cached target for {len(missing)} of {len(base)} pairs "
+                                 f"(e.g. {missing[0]})", "compute the targets for every pair first")
+        self.base, self.target_fn, self.hflip, self.seed = base, target_fn, hflip, seed
+        self.target_dir = Path(target_dir) if target_dir is not None else None
+        self._cache: dict[int, torch.Tensor] | None = {} if cache else None
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def _target(self, i: int, item: dict) -> torch.Tensor:
+        if self._cache is not None and i in self._cache:
+            return self._cache[i].float()
+        if self.target_fn is not None:
+            target = torch.as_tensor(self.target_fn(item)).float().reshape(1, *item["rgb"].shape[1:])
+        else:
+            target = torch.from_numpy(load_target(target_path(self.target_dir, item["name"]),
+                                                  item["letterbox"]))[None]
+        if self._cache is not None:
+            self._cache[i] = target.half()
+        return target
+
+    def __getitem__(self, index: int) -> dict:
+        epoch, i = divmod(int(index), len(self.base))
+        item = self.base[i]
+        rgb, target, valid = item["rgb"], self._target(i, item), valid_mask(item["letterbox"])
+        if target.shape[1:] != rgb.shape[1:]:
+            raise InvismapError(f"pair {item['name']}: target {tuple(target.shape)} does not fit the image "
+                                f"canvas {tuple(rgb.shape)}")
+        if self.hflip > 0 and np.random.default_rng((self.seed, epoch, i)).random() < self.hflip:
+            rgb, target, valid = rgb.flip(-1), target.flip(-1), valid.flip(-1)
+        return {"name": item["name"], "condition": item["condition"], "rgb": rgb, "target": target,
+                "valid": valid}
+
+
+@torch.no_grad()
+def cache_targets(base: PairDataset, target_fn: Callable[[dict], torch.Tensor], target_dir: str | Path,
+                  overwrite: bool = False, progress: bool = True) -> Path:
+    """Compute ``target_fn(item)`` for every pair of ``base`` once and store it under ``target_dir``.
+
+    Writes ``NAME.npy`` (float16 canvas) per pair and ``targets.json`` (size, square, count).
+    """
+    from tqdm import tqdm
+
+    target_dir = Path(target_dir)
+    for i in tqdm(range(len(base)), desc="targets", unit="pair", disable=not progress):
+        name = base.manifest[i].name
+        if not overwrite and target_path(target_dir, name).is_file():
+            continue
+        save_target(target_dir, name, target_fn(base[i]))
+    write_json(target_dir / TARGETS_META, {"size": base.size, "square": base.square, "count": len(base)})
+    return target_dir
+
+
+# --------------------------------------------------------------------------------------------- task
+
+def masked_loss(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None,
+                kind: str = "bce") -> torch.Tensor:
+    """Mean per-pixel loss over valid pixels: BCE with logits on soft targets, or MSE of the sigmoid.
+
+    Shape:
+        logits, target, valid: ``(B, 1, H, W)``.
+    """
+    if kind == "bce":
+        per_pixel = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    elif kind == "mse":
+        per_pixel = (torch.sigmoid(logits) - target).pow(2)
+    else:
+        raise ValueError(f"loss must be one of {LOSSES}, got {kind!r}")
+    if valid is None:
+        return per_pixel.mean()
+    return (per_pixel * valid).sum() / valid.sum().clamp_min(1.0)
+
+
+def masked_mae(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """Mean absolute error over valid pixels (all ``(B, 1, H, W)``)."""
+    err = (pred - target).abs()
+    if valid is None:
+        return err.mean()
+    return (err * valid).sum() / valid.sum().clamp_min(1.0)
+
+
+class PredictorTask(Task):
+    """Trains :class:`InvisibilityUNet` on batches ``{'rgb', 'target', 'valid' (optional)}``.
+
+    Args:
+        unet: the architecture.
+        loss: ``'bce'`` (default) or ``'mse'``, see :func:`masked_loss`.
+        input_size: letterbox size the data is prepared at (stored in the checkpoints).
+    """
+
+    kind = KIND
+
+    def __init__(self, unet: UNetConfig | None = None, loss: str = "bce", input_size: int = 640):
+        super().__init__()
+        if loss not in LOSSES:
+            raise InvismapError(f"predictor loss must be one of {', '.join(LOSSES)}, got {loss!r}")
+        self.unet_config = unet or UNetConfig()
+        self.loss, self.input_size = loss, input_size
+        self.net = InvisibilityUNet(self.unet_config)
+
+    def _forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        logits = self.net(batch["rgb"])
+        target, valid = batch["target"], batch.get("valid")
+        return logits, target, valid, masked_loss(logits, target, valid, self.loss)
+
+    def training_step(self, batch: dict) -> dict[str, torch.Tensor]:
+        """``loss/main`` (the masked loss) and ``train/mae`` of the sigmoid map."""
+        logits, target, valid, loss = self._forward(batch)
+        with torch.no_grad():
+            mae = masked_mae(torch.sigmoid(logits), target, valid)
+        return {"loss/main": loss, "train/mae": mae}
+
+    def validation_step(self, batch: dict) -> dict[str, float]:
+        """``loss`` (selects ``best.pt``), ``mae`` and ``mse`` of the sigmoid map, over valid pixels."""
+        logits, target, valid, loss = self._forward(batch)
+        pred = torch.sigmoid(logits)
+        return {"loss": float(loss), "mae": float(masked_mae(pred, target, valid)),
+                "mse": float(masked_loss(logits, target, valid, "mse"))}
+
+    @torch.no_grad()
+    def log_images(self, writer, batch: dict, step: int) -> None:
+        """Up to 4 rows of ``rgb | target | prediction`` (gray maps) as one TensorBoard image."""
+        was_training = self.net.training
+        self.net.eval()  # no BatchNorm statistics update from a logging pass
+        try:
+            rgb = batch["rgb"][:4]
+            pred = torch.sigmoid(self.net(rgb))
+        finally:
+            self.net.train(was_training)
+        rows = torch.cat([rgb, batch["target"][:4].expand_as(rgb), pred.expand_as(rgb)], -1)  # (N, 3, H, 3W)
+        grid = torch.cat(list(rows), 1)  # (3, N*H, 3W): one row per image
+        if grid.shape[-1] > 1280:  # keep the event file small: 640x480 inputs are logged at half size
+            grid = F.interpolate(grid[None], scale_factor=0.5, mode="bilinear", align_corners=False)[0]
+        writer.add_image("predictor/rgb|target|prediction", grid.clamp(0, 1).cpu(), step)
+
+    def extra_checkpoint(self) -> dict[str, Any]:
+        """The U-Net config and input size, so that ``ckpt/*.pt`` load with :func:`load_predictor` too."""
+        return {"unet_config": asdict(self.unet_config), "input_size": self.input_size,
+                "normalisation": NORMALISATION, "loss": self.loss}
+
+
+# --------------------------------------------------------------------------------------------- run
+
+def split_pairs(manifest: Manifest, cfg: PredictorConfig) -> tuple[Manifest, Manifest | None]:
+    """Training pairs and held-out validation pairs (every ``val_every_nth``) of the selected ones."""
+    pool = manifest.select(condition=cfg.conditions or None, split=cfg.split)
+    if len(pool) == 0:
+        raise InvismapError(f"{cfg.data or 'manifest'}: no pairs in split '{cfg.split}'"
+                            + (f" with condition {'/'.join(cfg.conditions)}" if cfg.conditions else ""))
+    n = cfg.val_every_nth
+    val = [s for i, s in enumerate(pool) if n and i % n == n - 1]
+    train = [s for i, s in enumerate(pool) if not (n and i % n == n - 1)]
+    return Manifest(train, manifest.root), (Manifest(val, manifest.root) if val else None)
+
+
+def train_predictor(cfg: PredictorConfig, manifest: Manifest | str | Path | None = None,
+                    target_dir: str | Path | None = None, run_dir: str | Path = "runs/predictor",
+                    resume: bool = False, progress: bool = True, stop_at: int | None = None) -> Path:
+    """Train the U-Net on cached targets and write ``run_dir/predictor.pt``; returns its path.
+
+    Args:
+        cfg: the run's config.
+        manifest: the pairs (a :class:`Manifest` or its path); default ``cfg.data``.
+        target_dir: the target cache; default ``cfg.targets``.
+        run_dir: output folder (see the module docstring).
+        resume: continue from ``run_dir/ckpt/last.pt``.
+        progress: show a progress bar.
+        stop_at: stop at this step (as an interruption would); ``predictor.pt`` is then not written yet.
+    """
+    run_dir = Path(run_dir)
+    manifest = manifest if manifest is not None else cfg.data
+    if not isinstance(manifest, Manifest):
+        if not str(manifest):
+            raise InvismapError("no pair data given (set data: to a manifest.csv)")
+        manifest = load_manifest(manifest)
+    target_dir = Path(target_dir if target_dir is not None else cfg.targets)
+    if not str(target_dir) or str(target_dir) == ".":
+        raise InvismapError("no target cache given (set targets: to the folder of NAME.npy maps)")
+    train_pairs, val_pairs = split_pairs(manifest, cfg)
+
+    def dataset(pairs: Manifest, hflip: float) -> TargetMapDataset:
+        base = PairDataset(pairs, cfg.size, square=cfg.square, cache=cfg.cache)
+        return TargetMapDataset(base, target_dir=target_dir, hflip=hflip, seed=cfg.train.seed, cache=cfg.cache)
+
+    train_set = dataset(train_pairs, cfg.hflip)
+    val_set = dataset(val_pairs, 0.0) if val_pairs else None
+    if not resume and (run_dir / "ckpt" / "last.pt").exists():
+        raise InvismapError(f"{run_dir}: a run already exists here (resume it, or choose another folder)")
+    with atomic_write(run_dir / "config.yaml", "w") as f:
+        f.write(dump_config(cfg))
+    log.info(f"training the invisibility predictor on {len(train_pairs)} pairs "
+             f"({len(val_pairs) if val_pairs else 0} held out), size {cfg.size}, loss {cfg.loss}, "
+             f"{cfg.train.max_steps} steps")
+    torch.manual_seed(cfg.train.seed)
+    task = PredictorTask(cfg.unet, cfg.loss, cfg.size)
+    summary = fit(task, train_set, cfg.train, run_dir, val_set=val_set, resume=resume, full_config=cfg,
+                  progress=progress, stop_at=stop_at)
+    out = run_dir / "predictor.pt"
+    if summary["steps"] < cfg.train.max_steps:
+        return out  # interrupted on purpose: no deployable file yet
+    best = run_dir / "ckpt" / "best.pt"
+    source = best if best.is_file() else run_dir / "ckpt" / "last.pt"
+    state = load_checkpoint(source, KIND)
+    save_checkpoint(out, {
+        "kind": KIND, "unet_config": asdict(cfg.unet), "model": state["model"], "input_size": cfg.size,
+        "square": cfg.square, "normalisation": NORMALISATION, "loss": cfg.loss, "step": state["step"],
+        "weights_from": source.name, "best_val_loss": summary["best_val_loss"], "config": state["config"],
+    })
+    write_json(run_dir / "summary.json", {**summary, "train_pairs": len(train_pairs),
+                                          "val_pairs": len(val_pairs) if val_pairs else 0,
+                                          "weights_from": source.name, "step": state["step"]})
+    log.info(f"wrote {out} (weights of step {state['step']}, from {source.name})")
+    return out
+
+
+def load_predictor(path: str | Path, map_location: str | torch.device = "cpu"
+                   ) -> tuple[InvisibilityUNet, dict[str, Any]]:
+    """The U-Net of a predictor checkpoint (``predictor.pt`` or ``ckpt/*.pt``), in ``eval()`` mode.
+
+    Returns:
+        ``(model, meta)``: meta holds ``unet_config``, ``input_size``, ``normalisation`` and the rest of the
+        checkpoint except the weights and optimizer states.
+
+    Raises:
+        InvismapError: missing or unreadable file, another kind of checkpoint, or weights that do not fit
+            the stored architecture.
+    """
+    state = load_checkpoint(path, KIND, map_location=map_location)
+    if "unet_config" not in state or "model" not in state:
+        raise file_error(path, "predictor checkpoint lacks its U-Net config or weights", "re-train it")
+    try:
+        unet_cfg = from_dict(UNetConfig, state["unet_config"], "unet_config")
+        model = InvisibilityUNet(unet_cfg)
+    except (InvismapError, ValueError, TypeError) as e:
+        raise file_error(path, f"unusable U-Net config: {e}", "re-train with this invismap version") from None
+    check_state_dict(path, model, state["model"])
+    model.load_state_dict(state["model"])
+    model.eval()
+    meta = {k: v for k, v in state.items() if k not in ("model", "optimizers", "rng")}
+    meta["unet_config"] = unet_cfg
+    meta.setdefault("input_size", 640)
+    return model, meta
+
