@@ -44,3 +44,11 @@ def _deterministic_torch():
     torch.manual_seed(0)
     torch.set_num_threads(1)  # tiny tensors: threads only add sync cost (and stall badly on a busy machine)
     yield
+
+
+@pytest.fixture(scope="session")
+def msrs(msrs_dir: Path, tmp_path_factory):
+    """The whole MSRS sample imported once per session (a Manifest)."""
+    from invismap.data.importers import import_dataset
+
+    return import_dataset("msrs", msrs_dir, tmp_path_factory.mktemp("msrs"), progress=False)

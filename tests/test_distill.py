@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from invismap.config import from_dict
-from invismap.data.importers import import_dataset
 from invismap.detector.zoo import load_detector
 from invismap.distill.losses import distill_loss
 from invismap.distill.run import DistillConfig, run_distill
@@ -25,11 +24,6 @@ def monkeypatch_module():
     mp = pytest.MonkeyPatch()
     yield mp
     mp.undo()
-
-
-@pytest.fixture(scope="module")
-def msrs(msrs_dir, tmp_path_factory):
-    return import_dataset("msrs", msrs_dir, tmp_path_factory.mktemp("msrs"), progress=False)
 
 
 def test_student_starts_as_the_teacher(teacher):

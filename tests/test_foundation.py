@@ -15,17 +15,11 @@ import torch
 
 from invismap.cli import main
 from invismap.data.dataset import Augment, PairDataset, collate_pairs
-from invismap.data.importers import import_dataset
 from invismap.data.letterbox import letterbox, map_to_original
-from invismap.data.manifest import Manifest, Sample, load_manifest, read_yolo_labels, save_manifest
+from invismap.data.manifest import load_manifest, read_yolo_labels, save_manifest
 from invismap.data.summary import summarize
 from invismap.errors import InvismapError
 from invismap.io import read_thermal, stretch_16bit
-
-
-@pytest.fixture(scope="module")
-def msrs(msrs_dir, tmp_path_factory) -> Manifest:
-    return import_dataset("msrs", msrs_dir, tmp_path_factory.mktemp("msrs"))
 
 
 def test_msrs_import_counts_match_the_files(msrs, msrs_dir):

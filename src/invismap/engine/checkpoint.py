@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from invismap import __version__
-from invismap.errors import InvismapError, file_error
+from invismap.errors import file_error
 from invismap.io import atomic_write
 
 
