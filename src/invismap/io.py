@@ -166,3 +166,15 @@ def image_size(path: str | Path) -> tuple[int, int]:
     """(width, height) of an image file, decoding it (which also validates it)."""
     img = _decode(Path(path))
     return img.shape[1], img.shape[0]
+
+
+def save_figure(fig, path: str | Path, dpi: int = 120) -> Path:
+    """Render a matplotlib ``Figure`` to PNG in memory, then write it atomically."""
+    import io as _io
+
+    path = Path(path)
+    buf = _io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    with atomic_write(path, "wb") as f:
+        f.write(buf.getvalue())
+    return path

@@ -88,6 +88,16 @@ class Manifest:
                and (keep is None or s.name in keep)]
         return Manifest(out, self.root)
 
+    def holdout(self, every_nth: int) -> tuple["Manifest", "Manifest | None"]:
+        """Split off every ``every_nth`` sample for validation (0 = none): ``(train, val or None)``.
+
+        Deterministic and spread over the list, so a manifest ordered by name gives a representative val set.
+        """
+        n = every_nth
+        val = [s for i, s in enumerate(self.samples) if n and i % n == n - 1]
+        train = [s for i, s in enumerate(self.samples) if not (n and i % n == n - 1)]
+        return Manifest(train, self.root), (Manifest(val, self.root) if val else None)
+
     def counts(self) -> dict[tuple[str, str], int]:
         """Number of samples per (split, condition)."""
         c: dict[tuple[str, str], int] = {}

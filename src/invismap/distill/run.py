@@ -75,14 +75,12 @@ def split_pairs(manifest: Manifest, cfg: DistillConfig) -> tuple[Manifest, Manif
     pool = manifest.select(condition=cfg.conditions, split=cfg.split)
     if len(pool) == 0:
         raise InvismapError(f"{cfg.data}: no {'/'.join(cfg.conditions)} pairs in split '{cfg.split}'")
-    n = cfg.val_every_nth
-    val = [s for i, s in enumerate(pool) if n and i % n == n - 1]
-    train = [s for i, s in enumerate(pool) if not (n and i % n == n - 1)]
+    train, val = pool.holdout(cfg.val_every_nth)
     if cfg.max_pairs:
         if cfg.max_pairs > len(train):
             raise InvismapError(f"max_pairs={cfg.max_pairs} but only {len(train)} training pairs exist")
-        train = train[:cfg.max_pairs]
-    return Manifest(train, manifest.root), (Manifest(val, manifest.root) if val else None)
+        train = Manifest(train.samples[:cfg.max_pairs], train.root)
+    return train, val
 
 
 @torch.no_grad()

@@ -18,7 +18,6 @@ Example:
 
 from __future__ import annotations
 
-import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,20 +25,10 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from invismap.io import atomic_write
+from invismap.io import save_figure
 
 PAPER_POINT = (0.359, 0.775)  # (flagged share, coverage of missed-object pixels), paper Section 4
 PAPER_FITS: dict[str, tuple[float, float]] = {"day": (0.020, 0.028), "night": (0.268, 0.052)}  # Figs. 4/5
-
-
-def save_figure(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
-    """Render ``fig`` to PNG in memory (Agg), then write it atomically."""
-    path = Path(path)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
-    with atomic_write(path, "wb") as f:
-        f.write(buf.getvalue())
-    return path
 
 
 def curves_from_results(results_by_source: Mapping[str, Mapping[str, Any]], condition: str,

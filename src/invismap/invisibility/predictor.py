@@ -320,10 +320,7 @@ def split_pairs(manifest: Manifest, cfg: PredictorConfig) -> tuple[Manifest, Man
     if len(pool) == 0:
         raise InvismapError(f"{cfg.data or 'manifest'}: no pairs in split '{cfg.split}'"
                             + (f" with condition {'/'.join(cfg.conditions)}" if cfg.conditions else ""))
-    n = cfg.val_every_nth
-    val = [s for i, s in enumerate(pool) if n and i % n == n - 1]
-    train = [s for i, s in enumerate(pool) if not (n and i % n == n - 1)]
-    return Manifest(train, manifest.root), (Manifest(val, manifest.root) if val else None)
+    return pool.holdout(cfg.val_every_nth)
 
 
 def train_predictor(cfg: PredictorConfig, manifest: Manifest | str | Path | None = None,

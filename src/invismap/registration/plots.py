@@ -10,27 +10,16 @@ Example:
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
 
-from invismap.io import atomic_write
+from invismap.io import save_figure
 from invismap.registration.displacement import HIST_EDGES, histogram_stats
 
 __all__ = ["plot_displacement_histograms", "plot_row_profile", "save_figure"]
-
-
-def save_figure(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
-    """Render ``fig`` to PNG in memory, then write it atomically."""
-    path = Path(path)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
-    with atomic_write(path, "wb") as f:
-        f.write(buf.getvalue())
-    return path
 
 
 def plot_displacement_histograms(hist_x: Sequence[int], hist_y: Sequence[int], path: str | Path, *,
