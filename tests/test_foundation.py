@@ -169,6 +169,7 @@ def test_contact_sheet_cli(msrs, tmp_path):
 @dataclass
 class _Inner:
     lr: float = 1e-3
+    steps: int = 10
 
 
 @dataclass
@@ -210,3 +211,16 @@ def test_thermal_channels_gray_jpeg_accepted_palette_refused(tmp_path):
     cv2.imwrite(str(tmp_path / "p.png"), palette)
     with pytest.raises(InvismapError, match="p.png: thermal image has 3 different channels"):
         read_thermal(tmp_path / "p.png")
+
+
+@dataclass
+class _Stage:
+    train: _Inner = field(default_factory=lambda: _Inner(lr=0.5, steps=99))
+
+
+def test_partial_section_keeps_the_stage_defaults():
+    from invismap.config import load_config
+
+    assert load_config(_Stage, None, []).train.lr == 0.5
+    cfg = load_config(_Stage, None, ["train.lr=0.25"])
+    assert cfg.train.lr == 0.25 and cfg.train.steps == 99  # not the section class's generic 10

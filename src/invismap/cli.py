@@ -20,6 +20,7 @@ STAGE_CLIS = [
     "invismap.assets_cli",
     "invismap.detector.cli",
     "invismap.registration.cli",
+    "invismap.align.cli",
     "invismap.distill.cli",
     "invismap.invisibility.cli",
     "invismap.invisibility.predict",

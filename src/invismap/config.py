@@ -32,8 +32,21 @@ def from_dict(cls: type[T], data: dict, where: str = "") -> T:
     if unknown:
         key = f"{where}.{unknown[0]}" if where else unknown[0]
         raise InvismapError(f"unknown config key '{key}' (allowed: {', '.join(fields)})")
-    kwargs = {k: _coerce(hints[k], v, f"{where}.{k}" if where else k) for k, v in data.items()}
+    kwargs = {}
+    for k, v in data.items():
+        default = _field_default(fields[k])
+        if dataclasses.is_dataclass(default) and isinstance(v, dict):
+            # A partial section overrides the field's own default (e.g. a stage's TrainConfig), not the
+            # section class's generic defaults.
+            v = {**to_dict(default), **v}
+        kwargs[k] = _coerce(hints[k], v, f"{where}.{k}" if where else k)
     return cls(**kwargs)
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None if f.default is dataclasses.MISSING else f.default
 
 
 def _coerce(tp: Any, value: Any, key: str) -> Any:
