@@ -81,9 +81,9 @@ def test_resume_is_bitwise_identical(tmp_path):
 def test_training_reduces_the_loss(tmp_path):
     task = Regression()
     data = Points()
-    before = float(task.training_step({"x": data.x, "y": data.y})["loss/main"])
+    before = float(task.training_step({"x": data.x, "y": data.y})["loss/main"].detach())
     fit(task, data, cfg(max_steps=60), tmp_path, progress=False)
-    after = float(task.training_step({"x": data.x, "y": data.y})["loss/main"])
+    after = float(task.training_step({"x": data.x, "y": data.y})["loss/main"].detach())
     assert after < 0.2 * before
 
 
