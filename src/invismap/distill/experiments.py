@@ -14,6 +14,7 @@ column (AP50 on them) is the one to choose a variant by; the test columns are th
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -80,7 +81,8 @@ def run_experiment(kind: str, base: DistillConfig, out_dir: str | Path, pair_cou
         run_dir = out_dir / name.replace(" ", "_").replace("+", "p")
         if (run_dir / "thermal_detector.pt").is_file():
             log.info(f"{name}: reusing {run_dir}")
-            summary = {}
+            done = run_dir / "summary.json"
+            summary = json.loads(done.read_text()) if done.is_file() else {}
         else:
             log.info(f"{name}: training in {run_dir}")
             summary = run_distill(cfg, run_dir, resume=(run_dir / "ckpt" / "last.pt").is_file())
