@@ -283,3 +283,29 @@ def test_cli_predict(predictor_file, pairs, tmp_path, capsys):
     args.func(args)
     assert (tmp_path / "o" / f"{pairs[0].name}_overlay.png").is_file()
     assert "wrote maps for 1 input" in capsys.readouterr().out
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the TorchScript exporter: no onnxscript here
+def test_onnx_export_matches_pytorch_and_predicts(predictor_file, pairs, tmp_path, capsys):
+    from invismap.cli import main
+    from invismap.invisibility.export import load_onnx_predictor
+    from invismap.io import read_color
+
+    onnx_path = tmp_path / "predictor.onnx"
+    assert main(["export", "--model", str(predictor_file), "--out", str(onnx_path)]) == 0
+    ort_model, meta = load_onnx_predictor(onnx_path)
+    assert meta["input_size"] == 128 and meta["normalisation"] == "rgb 0..1"
+    model, _ = load_predictor(predictor_file)
+    for shape in [(1, 3, 96, 128), (3, 3, 128, 96)]:  # dynamic batch, height and width
+        x = torch.rand(*shape)
+        with torch.no_grad():
+            assert (ort_model(x) - model(x)).abs().max() < 1e-4
+    rgb = read_color(pairs[0].color)
+    assert np.abs(predict_image(ort_model, rgb, 128) - predict_image(model, rgb, 128)).max() < 1e-4
+    img = tmp_path / "in.png"
+    cv2.imwrite(str(img), rgb[:, :, ::-1])
+    assert main(["predict", "--model", str(onnx_path), str(img), "--out", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "in_map.png").is_file()
+    (tmp_path / "bad.onnx").write_bytes(b"not a model")
+    assert main(["predict", "--model", str(tmp_path / "bad.onnx"), str(img), "--out", str(tmp_path / "o2")]) == 2
+    assert "bad.onnx: not a readable ONNX model" in capsys.readouterr().err

@@ -45,6 +45,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     tp.add_argument("--resume", action="store_true", help="continue from RUN/ckpt/last.pt")
     tp.set_defaults(func=_train_predictor)
 
+    ex = sub.add_parser("export", help="export the predictor to ONNX (dynamic batch and size)",
+                        description="Write an ONNX model of RUN/predictor.pt with its input size and "
+                                    "normalisation in the metadata; run it with 'invismap predict --model X.onnx'.")
+    ex.add_argument("--model", required=True, help="RUN/predictor.pt")
+    ex.add_argument("--out", required=True, help="output .onnx file")
+    ex.set_defaults(func=_export)
+
+
+def _export(args) -> None:
+    from invismap.invisibility.export import export_predictor
+
+    if not str(args.out).endswith(".onnx"):
+        raise InvismapError(f"{args.out}: the output file must end in .onnx")
+    print(f"wrote {export_predictor(args.model, args.out)}")
+
 
 def pair_target_fn(scorer):
     """``PairDataset`` item -> ``(1, H, W)`` pair score on the canvas (for :func:`cache_targets`)."""

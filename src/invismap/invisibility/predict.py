@@ -66,7 +66,7 @@ def predict_images(model: nn.Module, images: Sequence[np.ndarray], size: int = 6
     canvas size, run through ``model`` (logits out, as :class:`InvisibilityUNet`) and mapped back.
     """
     images = [_check_rgb(im) for im in images]
-    device = next(model.parameters()).device
+    device = next(iter(model.parameters()), torch.empty(0)).device  # an ONNX Runtime module has none
     model.eval()
     lbs = [letterbox_params(im.shape[1], im.shape[0], size, 32, auto=True) for im in images]
     groups: dict[tuple[int, int], list[int]] = {}
@@ -302,7 +302,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "NAME_map.npy, NAME_overlay.png per image, NAME_overlay.mp4 per video, "
                                    "and index.json.")
     p.add_argument("source", help="an image, a folder of images, or a video file")
-    p.add_argument("--model", required=True, help="predictor checkpoint (RUN/predictor.pt)")
+    p.add_argument("--model", required=True, help="predictor checkpoint (RUN/predictor.pt) or its .onnx export")
+    p.add_argument("--backend", choices=["torch", "onnxruntime"], default=None,
+                   help="inference engine (default: onnxruntime for .onnx files, torch otherwise)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--size", type=int, default=None,
                    help="letterbox size (default: the size the predictor was trained at)")
@@ -319,7 +321,17 @@ def _predict(args) -> None:
     if args.batch < 1:
         raise InvismapError(f"--batch must be at least 1, got {args.batch}")
     device = resolve_device(args.device)
-    model, meta = load_predictor(args.model)
+    backend = args.backend or ("onnxruntime" if str(args.model).endswith(".onnx") else "torch")
+    if backend == "onnxruntime":
+        from invismap.invisibility.export import load_onnx_predictor
+
+        if not str(args.model).endswith(".onnx"):
+            raise InvismapError(f"{args.model}: --backend onnxruntime needs an .onnx file "
+                                "(make one with 'invismap export')")
+        model, meta = load_onnx_predictor(args.model)
+        device = torch.device("cpu")
+    else:
+        model, meta = load_predictor(args.model)
     size = args.size or int(meta["input_size"])
     if size % 32:
         raise InvismapError(f"--size {size} must be a multiple of 32")
