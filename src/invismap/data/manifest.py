@@ -20,7 +20,7 @@ from __future__ import annotations
 import csv
 import io
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
@@ -252,8 +252,3 @@ def yolo_to_xyxy(labels: np.ndarray, width: int, height: int) -> np.ndarray:
     out[:, 3] = (labels[:, 1] + labels[:, 3] / 2) * width
     out[:, 4] = (labels[:, 2] + labels[:, 4] / 2) * height
     return out
-
-
-def with_split(sample: Sample, split: str) -> Sample:
-    """A copy of ``sample`` with another split."""
-    return replace(sample, split=split)

@@ -76,11 +76,6 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
 
 
-def require(cond: bool, path: Path, problem: str, fix: str = "") -> None:
-    if not cond:
-        raise file_error(path, problem, fix)
-
-
 
 
 log = logging.getLogger(__name__)
