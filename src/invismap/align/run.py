@@ -35,7 +35,7 @@ from torch import nn
 from invismap.align.data import AlignDataset, FieldConfig, motion_cues
 from invismap.align.networks import AlignNetConfig, build_aligngan, generate
 from invismap.align.task import GanTask, LossConfig
-from invismap.config import dump_config, from_dict, to_dict
+from invismap.config import from_dict, to_dict
 from invismap.data.dataset import load_pair
 from invismap.data.manifest import (
     Manifest,
@@ -47,8 +47,9 @@ from invismap.data.manifest import (
 )
 from invismap.engine.checkpoint import check_state_dict, load_checkpoint, save_checkpoint
 from invismap.engine.loop import TrainConfig, fit, resolve_device
+from invismap.engine.rundir import start_run
 from invismap.errors import InvismapError
-from invismap.io import atomic_write, write_image, write_json
+from invismap.io import write_image, write_json
 from invismap.registration.displacement import edge_image
 
 __all__ = ["AlignConfig", "Aligner", "align_dataset", "aligngan_estimators", "load_aligner", "move_boxes",
@@ -117,14 +118,10 @@ def train_aligngan(cfg: AlignConfig, run_dir: str | Path, resume: bool = False, 
         raise InvismapError("config key 'data' is empty: give the manifest of the pairs to train on")
     manifest = load_manifest(cfg.data)
     train_pairs, val_pairs = split_pairs(manifest, cfg)
-    if not resume and (run_dir / "ckpt" / "last.pt").exists():
-        raise InvismapError(f"{run_dir}: a run already exists here (add --resume to continue it, "
-                            "or choose another folder)")
+    start_run(run_dir, cfg, resume)  # before the (slow) datasets: fail fast on an existing run
     train_set = _dataset(train_pairs, cfg, cfg.train.seed, augment=True)
     # Validation draws its own fixed fields (another seed), no flips.
     val_set = _dataset(val_pairs, cfg, cfg.train.seed + 1, augment=False) if val_pairs else None
-    with atomic_write(run_dir / "config.yaml", "w") as f:
-        f.write(dump_config(cfg))
     log.info(f"AlignGAN on {len(train_pairs)} pairs (split {cfg.split or 'all'}), stream b: "
              f"{f'{len(train_set.pairs_b)} neighbour pairs' if train_set.has_stream_b else 'none'}, "
              f"{cfg.train.max_steps} steps of {cfg.train.batch_size} x {cfg.crop}px")

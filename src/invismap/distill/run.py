@@ -20,7 +20,7 @@ from typing import Literal
 
 import torch
 
-from invismap.config import dump_config, to_dict
+from invismap.config import to_dict
 from invismap.data.dataset import Augment, PairDataset, collate_pairs
 from invismap.data.manifest import Manifest, load_manifest
 from invismap.detector.zoo import load_detector
@@ -28,9 +28,10 @@ from invismap.distill.student import ThermalStudent, student_checkpoint
 from invismap.distill.task import DistillTask
 from invismap.engine.checkpoint import save_checkpoint
 from invismap.engine.loop import TrainConfig, fit, resolve_device
+from invismap.engine.rundir import start_run
 from invismap.errors import InvismapError
 from invismap.invisibility.score import calibrate_thresholds, feature_distance
-from invismap.io import atomic_write, write_json
+from invismap.io import write_json
 
 log = logging.getLogger(__name__)
 
@@ -148,11 +149,7 @@ def run_distill(cfg: DistillConfig, run_dir: str | Path, resume: bool = False, p
     train_set = PairDataset(train_pairs, cfg.size, augment=aug, seed=cfg.train.seed, cache=cfg.cache,
                             square=a.crop is None)
     val_set = PairDataset(val_pairs, cfg.size, cache=cfg.cache) if val_pairs else None
-    if run_dir.joinpath("config.yaml").exists() and not resume and (run_dir / "ckpt" / "last.pt").exists():
-        raise InvismapError(f"{run_dir}: a run already exists here (add --resume to continue it, "
-                            "or choose another folder)")
-    with atomic_write(run_dir / "config.yaml", "w") as f:
-        f.write(dump_config(cfg))
+    start_run(run_dir, cfg, resume)
     log.info(f"distilling {cfg.teacher} -> thermal student on {len(train_pairs)} pairs "
              f"({'/'.join(cfg.conditions)}, split {cfg.split}), loss={cfg.loss}, {cfg.train.max_steps} steps")
     task = DistillTask(teacher, student, cfg.loss, cfg.head_weight, cfg.freeze_bn,

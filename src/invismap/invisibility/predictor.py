@@ -54,12 +54,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from invismap.config import dump_config, from_dict
+from invismap.config import from_dict
 from invismap.data.dataset import PairDataset
 from invismap.data.letterbox import Letterbox, apply_letterbox
 from invismap.data.manifest import Manifest, load_manifest
 from invismap.engine.checkpoint import check_state_dict, load_checkpoint, save_checkpoint
 from invismap.engine.loop import Task, TrainConfig, fit
+from invismap.engine.rundir import start_run
 from invismap.errors import InvismapError, file_error
 from invismap.invisibility.unet import InvisibilityUNet, UNetConfig
 from invismap.io import atomic_write, write_json
@@ -354,10 +355,7 @@ def train_predictor(cfg: PredictorConfig, manifest: Manifest | str | Path | None
 
     train_set = dataset(train_pairs, cfg.hflip)
     val_set = dataset(val_pairs, 0.0) if val_pairs else None
-    if not resume and (run_dir / "ckpt" / "last.pt").exists():
-        raise InvismapError(f"{run_dir}: a run already exists here (resume it, or choose another folder)")
-    with atomic_write(run_dir / "config.yaml", "w") as f:
-        f.write(dump_config(cfg))
+    start_run(run_dir, cfg, resume)
     log.info(f"training the invisibility predictor on {len(train_pairs)} pairs "
              f"({len(val_pairs) if val_pairs else 0} held out), size {cfg.size}, loss {cfg.loss}, "
              f"{cfg.train.max_steps} steps")
