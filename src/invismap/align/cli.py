@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import argparse
 
+from invismap.engine.rundir import add_training_arguments, config_and_run_dir
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("align-train", help="train AlignGAN (color -> thermal position) on pairs",
                        description="Train AlignGAN (paper Section 3.1) on registered or weakly aligned "
                                    "pairs; writes RUN/aligngan.pt.")
-    p.add_argument("config", help="YAML config (see configs/align.yaml)")
-    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.max_steps=100 crop=128")
-    p.add_argument("--run", help="run folder (default runs/align/<config name>)")
-    p.add_argument("--resume", action="store_true", help="continue from RUN/ckpt/last.pt")
+    add_training_arguments(p, "align", "align.yaml")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("align", help="move each pair's color image onto its thermal image with AlignGAN",
@@ -27,13 +26,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _train(args) -> None:
-    from pathlib import Path
-
     from invismap.align.run import AlignConfig, train_aligngan
-    from invismap.config import load_config
 
-    cfg = load_config(AlignConfig, args.config, args.overrides)
-    run = Path(args.run) if args.run else Path("runs/align") / Path(args.config).stem
+    cfg, run = config_and_run_dir(AlignConfig, args, "align")
     summary = train_aligngan(cfg, run, resume=args.resume)
     print(f"AlignGAN: {run / 'aligngan.pt'}  ({summary['pairs_per_s']:.2f} pairs/s, {summary['seconds']:.0f} s)")
 

@@ -4,27 +4,22 @@ from __future__ import annotations
 
 import argparse
 
+from invismap.engine.rundir import add_training_arguments, config_and_run_dir
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("distill", help="distil the color teacher into a thermal student (no labels)",
                        description="Train a thermal student on daytime pairs; writes RUN/student.pt and "
                                    "RUN/thermal_detector.pt.")
-    p.add_argument("config", help="YAML config (see configs/distill.yaml)")
-    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. loss=head train.max_steps=100")
-    p.add_argument("--run", help="run folder (default runs/distill/<config name>)")
-    p.add_argument("--resume", action="store_true", help="continue from RUN/ckpt/last.pt")
+    add_training_arguments(p, "distill", "distill.yaml")
     p.set_defaults(func=_distill)
     add_experiment_parser(sub)
 
 
 def _distill(args) -> None:
-    from pathlib import Path
-
-    from invismap.config import load_config
     from invismap.distill.run import DistillConfig, run_distill
 
-    cfg = load_config(DistillConfig, args.config, args.overrides)
-    run = Path(args.run) if args.run else Path("runs/distill") / Path(args.config).stem
+    cfg, run = config_and_run_dir(DistillConfig, args, "distill")
     summary = run_distill(cfg, run, resume=args.resume)
     print(f"thermal detector: {run / 'thermal_detector.pt'}  ({summary['pairs_per_s']:.2f} pairs/s, "
           f"{summary['seconds']:.0f} s)")

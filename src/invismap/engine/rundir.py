@@ -19,3 +19,19 @@ def start_run(run_dir: str | Path, cfg: Any, resume: bool) -> Path:
     with atomic_write(run_dir / "config.yaml", "w") as f:
         f.write(dump_config(cfg))
     return run_dir
+
+
+def add_training_arguments(parser, stage: str, example: str) -> None:
+    """The arguments every trainer command takes: ``CONFIG [key=value ...] [--run RUN] [--resume]``."""
+    parser.add_argument("config", help=f"YAML config (see configs/{example})")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.max_steps=100")
+    parser.add_argument("--run", help=f"run folder (default runs/{stage}/<config name>)")
+    parser.add_argument("--resume", action="store_true", help="continue from RUN/ckpt/last.pt")
+
+
+def config_and_run_dir(cls: type, args, stage: str) -> tuple[Any, Path]:
+    """The typed config (YAML + overrides) and run folder that :func:`add_training_arguments` asked for."""
+    from invismap.config import load_config
+
+    cfg = load_config(cls, args.config, args.overrides)
+    return cfg, Path(args.run) if args.run else Path("runs") / stage / Path(args.config).stem

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from invismap.engine.rundir import add_training_arguments, config_and_run_dir
 from invismap.errors import InvismapError
 
 MAP_HELP = ("map sources: predictor:RUN/predictor.pt, pair:RUN/student.pt, darkness, contrast "
@@ -39,10 +40,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     tp = sub.add_parser("train-predictor", help="train the color-only U-Net on cached pair scores",
                         description="Writes RUN/predictor.pt (deployable) and RUN/ckpt (training state).")
-    tp.add_argument("config", help="YAML config (see configs/predictor.yaml)")
-    tp.add_argument("overrides", nargs="*", help="key=value overrides")
-    tp.add_argument("--run", help="run folder (default runs/predictor/<config name>)")
-    tp.add_argument("--resume", action="store_true", help="continue from RUN/ckpt/last.pt")
+    add_training_arguments(tp, "predictor", "predictor.yaml")
     tp.set_defaults(func=_train_predictor)
 
     ex = sub.add_parser("export", help="export the predictor to ONNX (dynamic batch and size)",
@@ -95,11 +93,9 @@ def _score_pairs(args) -> None:
 
 
 def _train_predictor(args) -> None:
-    from invismap.config import load_config
     from invismap.invisibility.predictor import PredictorConfig, train_predictor
 
-    cfg = load_config(PredictorConfig, args.config, args.overrides)
-    run = Path(args.run) if args.run else Path("runs/predictor") / Path(args.config).stem
+    cfg, run = config_and_run_dir(PredictorConfig, args, "predictor")
     out = train_predictor(cfg, run_dir=run, resume=args.resume)
     print(f"predictor: {out}")
 

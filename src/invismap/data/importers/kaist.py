@@ -27,8 +27,13 @@ from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
-from invismap.data.importers.common import check_pair_sizes, list_images, pair_by_stem
-from invismap.data.importers.common import log_dropped, write_pixel_labels
+from invismap.data.importers.common import (
+    check_pair_sizes,
+    list_images,
+    log_dropped,
+    pair_by_stem,
+    write_pixel_labels,
+)
 from invismap.data.manifest import Manifest, Sample, save_manifest
 from invismap.errors import InvismapError, file_error
 

@@ -18,8 +18,13 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from invismap.data.importers.common import check_pair_sizes, list_images, pair_by_stem
-from invismap.data.importers.common import hash_split, voc_thermal_labels
+from invismap.data.importers.common import (
+    check_pair_sizes,
+    hash_split,
+    list_images,
+    pair_by_stem,
+    voc_thermal_labels,
+)
 from invismap.data.manifest import CONDITIONS, Manifest, Sample, save_manifest
 from invismap.errors import file_error
 

@@ -23,8 +23,14 @@ from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
-from invismap.data.importers.common import check_pair_sizes, list_images, pair_by_stem
-from invismap.data.importers.common import hash_split, log_dropped, write_pixel_labels
+from invismap.data.importers.common import (
+    check_pair_sizes,
+    hash_split,
+    list_images,
+    log_dropped,
+    pair_by_stem,
+    write_pixel_labels,
+)
 from invismap.data.manifest import CONDITIONS, Manifest, Sample, save_manifest
 from invismap.errors import file_error
 
