@@ -24,6 +24,7 @@ STAGE_CLIS = [
     "invismap.distill.cli",
     "invismap.invisibility.cli",
     "invismap.invisibility.predict",
+    "invismap.pipeline.cli",
 ]
 
 

@@ -24,6 +24,7 @@ from invismap.data.manifest import COCO_NAMES, ROAD_CLASSES, load_manifest
 from invismap.detector.evaluate import evaluate_detector
 from invismap.detector.zoo import load_detector
 from invismap.distill.run import DistillConfig, run_distill, split_pairs
+from invismap.errors import InvismapError
 from invismap.io import atomic_write, write_json
 
 log = logging.getLogger(__name__)
@@ -60,13 +61,26 @@ def _variant(base: DistillConfig, changes: dict) -> DistillConfig:
     return from_dict(DistillConfig, data)
 
 
+def variant_dir(out_dir: str | Path, name: str) -> Path:
+    """The run folder of variant ``name`` (e.g. ``mid+head 0.1`` -> ``OUT/midphead_0.1``)."""
+    return Path(out_dir) / name.replace(" ", "_").replace("+", "p")
+
+
 def run_experiment(kind: str, base: DistillConfig, out_dir: str | Path, pair_counts: list[int] | None = None,
-                   eval_split: str = "test", eval_size: int = 640) -> list[dict[str, Any]]:
-    """Run every variant of ``kind`` (``ablation`` or ``pairs``), evaluate, write the tables."""
+                   eval_split: str = "test", eval_size: int = 640,
+                   losses: list[str] | None = None) -> list[dict[str, Any]]:
+    """Run every variant of ``kind`` (``ablation`` or ``pairs``), evaluate, write the tables.
+
+    ``losses`` limits the ablation to those variants of :data:`LOSS_VARIANTS`. A variant whose folder
+    already holds ``thermal_detector.pt`` is evaluated, not trained again.
+    """
     out_dir = Path(out_dir)
     manifest = load_manifest(base.data)
     if kind == "ablation":
-        variants = LOSS_VARIANTS
+        unknown = [v for v in losses or [] if v not in LOSS_VARIANTS]
+        if unknown:
+            raise InvismapError(f"unknown loss variant '{unknown[0]}' (known: {', '.join(LOSS_VARIANTS)})")
+        variants = {k: v for k, v in LOSS_VARIANTS.items() if not losses or k in losses}
     elif kind == "pairs":
         n_all = len(split_pairs(manifest, base)[0]) if not base.max_pairs else base.max_pairs
         counts = [c for c in (pair_counts or [25, 50, 100, 200]) if c < n_all] + [n_all]
@@ -78,7 +92,7 @@ def run_experiment(kind: str, base: DistillConfig, out_dir: str | Path, pair_cou
             {"variant": "teacher on color", **detector_scores(teacher, manifest, "color", eval_split, eval_size)}]
     for name, changes in variants.items():
         cfg = _variant(base, changes)
-        run_dir = out_dir / name.replace(" ", "_").replace("+", "p")
+        run_dir = variant_dir(out_dir, name)
         if (run_dir / "thermal_detector.pt").is_file():
             log.info(f"{name}: reusing {run_dir}")
             done = run_dir / "summary.json"

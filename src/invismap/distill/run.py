@@ -63,6 +63,9 @@ class DistillConfig:
     # b_k = this percentile of daytime d_k (the student's residual floor); null = the paper's b_k = 0.
     # Chosen on MSRS train pairs: same ranking, but day maps sit near 0 and tau = 0.35 becomes meaningful.
     offset_percentile: float | None = 50.0
+    # fixed t_k per neck scale, fine to coarse, instead of calibrating them (then b_k = 0, the paper's formula);
+    # the paper's YOLOv3 values, layers 103/91/79: [3.2, 3.5, 4.0]
+    thresholds: list[float] | None = None
     cache: bool = True  # keep decoded, letterboxed pairs in memory
     freeze_bn: bool = True
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -110,10 +113,17 @@ def calibrate(teacher, student: ThermalStudent, pairs: Manifest, size: int, perc
 
 def write_artifacts(teacher, student: ThermalStudent, cfg: DistillConfig, run_dir: Path,
                     calib_pairs: Manifest) -> tuple[list[float], list[float] | None]:
-    """Calibrate t_k/b_k on daytime ``calib_pairs``; write ``student.pt`` and ``thermal_detector.pt``."""
+    """Calibrate t_k/b_k on daytime ``calib_pairs`` (or take ``cfg.thresholds``); write ``student.pt`` and
+    ``thermal_detector.pt``."""
     device = resolve_device(cfg.train.device)
-    thresholds, offsets = calibrate(teacher.to(device), student.to(device), calib_pairs, cfg.size,
-                                    cfg.threshold_percentile, device, cfg.offset_percentile)
+    if cfg.thresholds:
+        if len(cfg.thresholds) != len(teacher.strides):
+            raise InvismapError(f"config key 'thresholds': {len(cfg.thresholds)} values for the teacher's "
+                                f"{len(teacher.strides)} neck scales")
+        thresholds, offsets = [float(t) for t in cfg.thresholds], None
+    else:
+        thresholds, offsets = calibrate(teacher.to(device), student.to(device), calib_pairs, cfg.size,
+                                        cfg.threshold_percentile, device, cfg.offset_percentile)
     common = dict(teacher=cfg.teacher, thresholds=thresholds, offsets=offsets, config=to_dict(cfg))
     save_checkpoint(run_dir / "student.pt", {"kind": "student", **student_checkpoint(student.cpu(), **common)})
     save_checkpoint(run_dir / "thermal_detector.pt",

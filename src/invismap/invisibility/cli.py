@@ -114,14 +114,22 @@ def map_source(spec: str):
         from invismap.invisibility.pair import PairScorer
 
         scorer = PairScorer.from_checkpoint(path)
-        return "pair", lambda sample, rgb, thermal: scorer.score(rgb, thermal)
+
+        def pair(sample, rgb, thermal):
+            return scorer.score(rgb, thermal)
+
+        return "pair", pair
     if kind == "predictor":
         from invismap.invisibility.predict import predict_image
         from invismap.invisibility.predictor import load_predictor
 
         model, meta = load_predictor(path)
         size = int(meta.get("input_size", 640))
-        return "predictor", lambda sample, rgb, thermal: predict_image(model, rgb, size)
+
+        def predictor(sample, rgb, thermal):
+            return predict_image(model, rgb, size)
+
+        return "predictor", predictor
     raise InvismapError(f"unknown map source '{spec}' ({MAP_HELP})")
 
 

@@ -1,0 +1,148 @@
+"""The config of one whole experiment (``invismap run CONFIG.yaml``): every stage's settings in one file.
+
+Each stage section is that stage's own config (:class:`DistillConfig`, :class:`PredictorConfig`,
+:class:`AlignConfig`); fields that name inputs (``data``, ``targets``) are filled in by the pipeline from
+the upstream stages' outputs, so a user never writes paths between stages. An empty ``data.src`` means the
+assets dataset of that name (``$INVISMAP_ASSETS/data/msrs``); ``$VAR`` in it is expanded.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from invismap.align.run import AlignConfig
+from invismap.config import apply_overrides, from_dict, load_yaml
+from invismap.distill.run import DistillConfig
+from invismap.errors import InvismapError
+from invismap.invisibility.predictor import PredictorConfig
+
+
+@dataclass
+class DataSection:
+    """Which pair dataset to import (``invismap data import FORMAT SRC``)."""
+
+    format: str = "msrs"
+    src: str = ""  # the dataset's folder; empty = the assets dataset named like the format (see `invismap assets`)
+    max_pairs: int = 0  # keep at most this many pairs per (split, condition), evenly spaced; 0 = all
+
+
+@dataclass
+class DisplacementSection:
+    """Residual color/thermal misalignment of the imported pairs (``invismap displacement``)."""
+
+    enabled: bool = True
+    split: str = "train"  # measure on training pairs only: the measured offset may be used to correct all
+    max_pairs: int = 40  # evenly spaced pairs (0 = all)
+
+
+@dataclass
+class RegisterSection:
+    """Remove the measured global color offset from every pair (``invismap register --offset-from``)."""
+
+    enabled: bool = False
+    # which measured offset of the displacement stage to remove (see registration.run.load_offset):
+    # edge_ncc_per_box matches each thermal object's edges in the color image (found -3.3 px in y on MSRS)
+    offset: str = "edge_ncc_per_box"
+
+
+@dataclass
+class AlignSection:
+    """Train AlignGAN on the (registered) pairs and align every pair's color image with it."""
+
+    enabled: bool = False
+    gan: AlignConfig = field(default_factory=AlignConfig)
+
+
+@dataclass
+class EvaluateSection:
+    """Evaluation of the thermal detector and of the invisibility maps."""
+
+    split: str = "test"
+    conditions: list[str] = field(default_factory=lambda: ["day", "night"])
+    conf: float = 0.25  # color detector confidence that counts an object as 'detected'
+    tau: float = 0.35  # the paper's score threshold
+    baselines: list[str] = field(default_factory=lambda: ["darkness", "contrast"])
+    max_pairs: int = 0  # evaluate at most this many pairs per condition (0 = all)
+
+
+@dataclass
+class ExperimentsSection:
+    """The paper's ablations; each variant is a full distillation run (the slow part)."""
+
+    losses: list[str] = field(default_factory=list)  # e.g. [head, "mid+head 0.1"] (see distill.experiments)
+    pairs: list[int] = field(default_factory=list)  # the number-of-pairs curve, e.g. [25, 50]
+    alignment: bool = False  # distil once more on the pairs without registration/alignment (or with, if off)
+    max_steps: int = 0  # steps of each variant (0 = the distill section's)
+
+
+@dataclass
+class ReportSection:
+    gallery: int = 3  # gallery rows per condition
+
+
+@dataclass
+class PipelineConfig:
+    """One experiment, from pairs to report."""
+
+    name: str = ""  # shown in the report; default: the config file's name
+    out: str = ""  # output folder; default runs/<config name>
+    # torch CPU threads (0 = torch's default, one per core). On a small shared machine 1 is safer: with other
+    # jobs running, two-thread torch stalls (measured here: 0.7 s -> 10 s per distillation step).
+    threads: int = 0
+    data: DataSection = field(default_factory=DataSection)
+    displacement: DisplacementSection = field(default_factory=DisplacementSection)
+    register: RegisterSection = field(default_factory=RegisterSection)
+    align: AlignSection = field(default_factory=AlignSection)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    predictor: PredictorConfig = field(default_factory=PredictorConfig)
+    evaluate: EvaluateSection = field(default_factory=EvaluateSection)
+    experiments: ExperimentsSection = field(default_factory=ExperimentsSection)
+    report: ReportSection = field(default_factory=ReportSection)
+
+
+def merge(base: dict, changes: dict) -> dict:
+    """``base`` with ``changes`` applied; nested sections merge key by key."""
+    out = dict(base)
+    for k, v in changes.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def read_with_base(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """A config's YAML; with ``base: other.yaml`` (relative to it), that file's settings under this one's."""
+    path = Path(path)
+    if path.resolve() in seen:
+        raise InvismapError(f"{path}: 'base' chain loops back to itself")
+    data = load_yaml(path)
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise InvismapError(f"{path}: 'base' must be a file name, got {base!r}")
+    return merge(read_with_base(path.parent / base, seen + (path.resolve(),)), data)
+
+
+def load_pipeline_config(path: str | Path, overrides: list[str] | None = None) -> PipelineConfig:
+    """The typed config of ``path`` (+ ``key=value`` overrides), with name, out and data.src resolved.
+
+    A config may start from another with ``base: msrs.yaml`` and change only what differs.
+    """
+    data = apply_overrides(read_with_base(Path(path)), overrides or [])
+    try:
+        cfg = from_dict(PipelineConfig, data)
+    except InvismapError as e:
+        raise InvismapError(f"{path}: {e}") from None
+    cfg.name = cfg.name or Path(path).stem
+    cfg.out = cfg.out or str(Path("runs") / Path(path).stem)
+    if cfg.data.src:
+        src = os.path.expandvars(cfg.data.src)
+        if "$" in src:
+            raise InvismapError(f"{path}: data.src '{cfg.data.src}' names an unset environment variable")
+        cfg.data.src = src
+    else:
+        from invismap.assets import find_asset
+
+        cfg.data.src = str(find_asset(cfg.data.format))
+    return cfg

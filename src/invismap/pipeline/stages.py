@@ -1,0 +1,365 @@
+"""The stages of ``invismap run``, in order; each calls the library function of its pipeline step.
+
+    import -> displacement -> (register) -> (align) -> distill -> targets -> predictor
+           -> eval_detector -> eval_maps -> (experiments) -> gallery -> report
+
+Every stage writes into its own folder ``OUT/<stage>/`` and returns a small JSON-able summary; the data
+stages (import, register, align) each leave a ``manifest.csv`` and later stages read the last of them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from invismap.config import to_dict
+from invismap.data.manifest import Manifest, load_manifest, save_manifest
+from invismap.errors import InvismapError
+from invismap.io import write_json
+from invismap.pipeline.runner import Pipeline, Stage
+
+log = logging.getLogger(__name__)
+
+DATA_STAGES = ("import", "register", "align")
+
+
+def pairs_manifest(p: Pipeline) -> Path:
+    """The manifest later stages train and evaluate on: the last enabled data stage's output."""
+    last = [n for n in DATA_STAGES if p.enabled(n)][-1]
+    return p.dir(last) / ("pairs" if last == "align" else "") / "manifest.csv"
+
+
+def evenly(samples: list, n: int) -> list:
+    """At most ``n`` of ``samples``, evenly spaced (all of them when ``n`` is 0)."""
+    if not n or len(samples) <= n:
+        return list(samples)
+    return [samples[i] for i in np.linspace(0, len(samples) - 1, n).round().astype(int)]
+
+
+def subset(manifest: Manifest, per_group: int, key=lambda s: (s.split, s.condition)) -> Manifest:
+    """At most ``per_group`` evenly spaced pairs of each group (default: each split and condition)."""
+    if not per_group:
+        return manifest
+    groups: dict = {}
+    for s in manifest:
+        groups.setdefault(key(s), []).append(s)
+    keep = {s.name for g in groups.values() for s in evenly(g, per_group)}
+    return Manifest([s for s in manifest if s.name in keep], manifest.root)
+
+
+def _fingerprint(folder: str) -> list:
+    """File names and sizes under ``folder``: a changed dataset changes the import stage's hash."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise InvismapError(f"{root}: dataset folder not found (set data.src, or INVISMAP_ASSETS)")
+    return sorted((p.relative_to(root).as_posix(), p.stat().st_size) for p in root.rglob("*") if p.is_file())
+
+
+# ----------------------------------------------------------------------------------------------- data
+
+def _import(p: Pipeline, d: Path, resume: bool) -> dict:
+    from invismap.data.importers import import_dataset
+    from invismap.data.show import contact_sheet
+    from invismap.data.summary import format_table, summarize
+
+    c = p.cfg.data
+    manifest = subset(import_dataset(c.format, c.src, d), c.max_pairs)
+    save_manifest(manifest, d / "manifest.csv")
+    rows = summarize(manifest)
+    write_json(d / "summary.json", rows)
+    contact_sheet(manifest, d / "contact_sheet.png", max_pairs=8)
+    p.echo(format_table(rows))
+    return {"pairs": len(manifest), "table": rows}
+
+
+def _displacement(p: Pipeline, d: Path, resume: bool) -> dict:
+    from invismap.registration.run import run_displacement
+
+    c = p.cfg.displacement
+    summary = run_displacement(load_manifest(p.dir("import")), d, split=c.split or None,
+                               max_pairs=c.max_pairs or None)
+    return _displacement_summary(summary)
+
+
+def _displacement_summary(s: dict) -> dict:
+    pooled = s.get("pooled", {})
+    return {"pairs": s.get("n_pairs"), "offsets": s.get("offsets", {}),
+            "median_dx": pooled.get("median_dx"), "median_dy": pooled.get("median_dy"),
+            "share_ge_5px": pooled.get("share_ge_big"), "share_x_ge_5px": pooled.get("share_x_ge_big"),
+            "share_y_ge_5px": pooled.get("share_y_ge_big")}
+
+
+def _register(p: Pipeline, d: Path, resume: bool) -> dict:
+    from invismap.registration.run import correct_offset, load_offset, run_displacement
+
+    dx, dy = load_offset(p.dir("displacement"), p.cfg.register.offset)
+    manifest = correct_offset(load_manifest(p.dir("import")), dx, dy, d)
+    c = p.cfg.displacement
+    after = run_displacement(manifest, d / "displacement", split=c.split or None, max_pairs=c.max_pairs or None)
+    return {"pairs": len(manifest), "removed": {"dx": dx, "dy": dy}, "after": _displacement_summary(after)}
+
+
+def _align(p: Pipeline, d: Path, resume: bool) -> dict:
+    from invismap.align.run import align_dataset, train_aligngan
+
+    source = p.dir("register" if p.enabled("register") else "import") / "manifest.csv"
+    gan = dataclasses.replace(p.cfg.align.gan, data=str(source))
+    summary = train_aligngan(gan, d / "gan", resume=resume and (d / "gan" / "ckpt" / "last.pt").is_file())
+    manifest = align_dataset(d / "gan" / "aligngan.pt", source, d / "pairs")
+    return {"pairs": len(manifest), "train": {k: v for k, v in (summary or {}).items() if not isinstance(v, dict)}}
+
+
+# ------------------------------------------------------------------------------------------- training
+
+def distill_config(p: Pipeline, data: Path | None = None, **changes):
+    """The distill section with its data filled in (and ``changes`` applied)."""
+    return dataclasses.replace(p.cfg.distill, data=str(data or pairs_manifest(p)), **changes)
+
+
+def _distill(p: Pipeline, d: Path, resume: bool) -> dict:
+    from invismap.distill.run import run_distill
+
+    summary = run_distill(distill_config(p), d, resume=resume and (d / "ckpt" / "last.pt").is_file())
+    return {k: summary[k] for k in ("steps", "seconds", "pairs_per_s", "thresholds", "offsets", "train_pairs",
+                                    "val_pairs", "best_val_loss") if k in summary}
+
+
+def _targets(p: Pipeline, d: Path, resume: bool) -> dict:
+    from invismap.invisibility.cli import score_pairs
+
+    c = p.cfg.predictor
+    score_pairs(p.dir("distill") / "student.pt", pairs_manifest(p), d, split=c.split, size=c.size)
+    return {"pairs": len(list(d.glob("*.npy"))), "split": c.split}
+
+
+def predictor_config(p: Pipeline):
+    return dataclasses.replace(p.cfg.predictor, data=str(pairs_manifest(p)), targets=str(p.dir("targets")))
+
+
+def _predictor(p: Pipeline, d: Path, resume: bool) -> dict:
+    import json
+
+    from invismap.invisibility.predictor import train_predictor
+
+    train_predictor(predictor_config(p), run_dir=d, resume=resume and (d / "ckpt" / "last.pt").is_file())
+    s = json.loads((d / "summary.json").read_text())
+    return {k: s[k] for k in ("steps", "seconds", "best_val_loss", "step", "train_pairs", "val_pairs") if k in s}
+
+
+# ----------------------------------------------------------------------------------------- evaluation
+
+def _eval_detector(p: Pipeline, d: Path, resume: bool) -> dict:
+    from invismap.detector.zoo import load_detector
+    from invismap.distill.experiments import detector_scores
+
+    manifest, c = load_manifest(pairs_manifest(p)), p.cfg
+    teacher = load_detector(c.distill.teacher)
+    student = load_detector(str(p.dir("distill") / "thermal_detector.pt"))
+    rows = []
+    for name, model, images in (("teacher on color", teacher, "color"), ("teacher on thermal", teacher, "thermal"),
+                                (f"thermal detector ({c.distill.loss})", student, "thermal")):
+        p.echo(f"  AP50 of {name}")
+        rows.append({"variant": name, **detector_scores(model, manifest, images, c.evaluate.split, c.distill.size)})
+    write_json(d / "detector.json", {"split": c.evaluate.split, "size": c.distill.size,
+                                     "labels": "thermal", "rows": rows})
+    return {"rows": rows}
+
+
+def evaluation_pairs(p: Pipeline) -> Manifest:
+    c = p.cfg.evaluate
+    manifest = load_manifest(pairs_manifest(p)).select(condition=c.conditions, split=c.split)
+    manifest = subset(manifest, c.max_pairs, key=lambda s: s.condition)
+    if len(manifest) == 0:
+        raise InvismapError(f"{pairs_manifest(p)}: no pairs in split '{c.split}' with condition {c.conditions}")
+    return manifest
+
+
+def _eval_maps(p: Pipeline, d: Path, resume: bool) -> dict:
+    from invismap.detector.zoo import load_detector
+    from invismap.invisibility.cli import format_results, map_source, write_plots
+    from invismap.invisibility.evaluate import evaluate_maps, teacher_detections
+
+    c = p.cfg.evaluate
+    manifest = evaluation_pairs(p)
+    specs = [f"predictor:{p.dir('predictor') / 'predictor.pt'}", f"pair:{p.dir('distill') / 'student.pt'}",
+             *c.baselines]
+    sources = dict(map_source(s) for s in specs)
+    detections = teacher_detections(manifest, load_detector(p.cfg.distill.teacher), conf=c.conf)
+    results = {name: evaluate_maps(manifest, src, detections, conditions=tuple(c.conditions), tau=c.tau,
+                                   detection_conf=c.conf)
+               for name, src in sources.items()}
+    write_json(d / "invisibility.json", results)
+    write_plots(results, d / "plots")
+    p.echo(format_results(results))
+    return {"headline": headline(results)}
+
+
+def headline(results: dict, set_name: str = "missed") -> dict:
+    """Per map and condition: coverage at tau, flagged at tau, coverage at 35.9% flagged, AUROC."""
+    out: dict = {}
+    for name, res in results.items():
+        for cond, r in res["conditions"].items():
+            s = r["sets"].get(set_name) or {}
+            out.setdefault(name, {})[cond] = {k: s.get(k) for k in ("coverage_at_tau", "flagged_at_tau",
+                                                                     "coverage_at_matched_flagged", "auroc")}
+    return out
+
+
+def _experiments(p: Pipeline, d: Path, resume: bool) -> dict:
+    from invismap.detector.zoo import load_detector
+    from invismap.distill.experiments import LOSS_VARIANTS, detector_scores, run_experiment, variant_dir
+    from invismap.distill.run import run_distill, split_pairs
+
+    c, size, split = p.cfg.experiments, p.cfg.distill.size, p.cfg.evaluate.split
+    steps = {"train": dataclasses.replace(p.cfg.distill.train, max_steps=c.max_steps)} if c.max_steps else {}
+    base = distill_config(p, **steps)
+    main = base.loss if base.loss != "mid+head" else f"mid+head {base.head_weight}"
+    losses = list(c.losses)
+    if not steps:  # the main distill run is one variant of each table: reuse it instead of training it again
+        n_all = len(split_pairs(load_manifest(base.data), base)[0])
+        losses += [main] if main in LOSS_VARIANTS and main not in losses and losses else []
+        for folder in (variant_dir(d / "losses", main), variant_dir(d / "pairs", f"{n_all} pairs")):
+            folder.mkdir(parents=True, exist_ok=True)
+            for f in ("thermal_detector.pt", "summary.json"):
+                shutil.copy2(p.dir("distill") / f, folder / f)
+    out: dict = {}
+    if losses:
+        out["losses"] = run_experiment("ablation", base, d / "losses", losses=losses, eval_split=split,
+                                       eval_size=size)
+    if c.pairs:
+        out["pairs"] = run_experiment("pairs", base, d / "pairs", pair_counts=c.pairs, eval_split=split,
+                                      eval_size=size)
+    if c.alignment:
+        other = p.dir("import") / "manifest.csv"
+        run = d / "alignment_off"
+        if not (run / "thermal_detector.pt").is_file():
+            run_distill(distill_config(p, data=other, **steps), run, resume=(run / "ckpt" / "last.pt").is_file())
+        manifest = load_manifest(pairs_manifest(p))
+        rows = []
+        for name, path in (("with registration/alignment", p.dir("distill") / "thermal_detector.pt"),
+                           ("without (imported pairs)", run / "thermal_detector.pt")):
+            rows.append({"variant": name, **detector_scores(load_detector(str(path)), manifest, "thermal",
+                                                            p.cfg.evaluate.split, size)})
+        write_json(d / "alignment.json", {"rows": rows, "note": "thermal AP50 on the same test pairs; the two "
+                                          "runs differ only in the color images distilled from"})
+        out["alignment"] = rows
+    return out
+
+
+def _gallery(p: Pipeline, d: Path, resume: bool) -> dict:
+    from invismap.report.gallery import write_gallery
+
+    rows = write_gallery(evaluation_pairs(p), p.dir("distill") / "student.pt",
+                         p.dir("predictor") / "predictor.pt", p.cfg.distill.teacher, d,
+                         per_condition=p.cfg.report.gallery, conf=p.cfg.evaluate.conf)
+    return {"images": rows}
+
+
+def _report(p: Pipeline, d: Path, resume: bool) -> dict:
+    from invismap.config import dump_config
+    from invismap.report.html import write_report
+
+    done = [s.name for s in p.stages if s.name != "report"]
+    page = write_report({n: p.dir(n) for n in done}, d, p.cfg.name, dump_config(p.cfg),
+                        {n: p.record(n) or {} for n in done})
+    return {"page": str(page)}
+
+
+def _fmt_ap(rows: list[dict]) -> str:
+    return "; ".join(f"{r['variant']}: day {r.get('day')} / night {r.get('night')}" for r in rows)
+
+
+def _fmt_maps(s: dict) -> str:
+    h = s.get("headline", {})
+    parts = []
+    for name in ("predictor", "pair"):
+        night = h.get(name, {}).get("night")
+        if night and night.get("coverage_at_matched_flagged") is not None:
+            parts.append(f"{name} night: {night['coverage_at_matched_flagged']:.1%} of missed-object pixels "
+                         f"at 35.9% flagged, AUROC {night['auroc']:.3f}")
+    return "; ".join(parts) or "evaluated"
+
+
+def _fmt_displacement(s: dict) -> str:
+    obj = s["offsets"].get("edge_ncc_per_box") or {}
+    text = f"pooled flow median dx {s['median_dx']:+.2f}, dy {s['median_dy']:+.2f} px"
+    if obj:
+        text += f"; per-object offset dx {obj['dx']:+.2f}, dy {obj['dy']:+.2f} px"
+    return text
+
+
+def _plan_distill(cfg) -> str:
+    c = cfg.distill
+    return (f"distil {c.teacher} into a thermal student on {'/'.join(c.conditions)} pairs of split '{c.split}' "
+            f"(loss {c.loss}, {c.train.max_steps} steps, size {c.size}), then calibrate t_k")
+
+
+STAGES = [
+    Stage("import", (), lambda cfg: {**to_dict(cfg.data), "files": _fingerprint(cfg.data.src)}, _import,
+          lambda cfg: f"import {cfg.data.format} pairs from {cfg.data.src}"
+                      + (f" (at most {cfg.data.max_pairs} per split and condition)" if cfg.data.max_pairs else ""),
+          lambda s: f"{s['pairs']} pairs"),
+    Stage("displacement", ("import",), lambda cfg: cfg.displacement, _displacement,
+          lambda cfg: f"measure residual color/thermal displacement (optical flow) on split '{cfg.displacement.split}'",
+          _fmt_displacement,
+          enabled=lambda cfg: cfg.displacement.enabled or cfg.register.enabled),
+    Stage("register", ("import", "displacement"), lambda cfg: cfg.register, _register,
+          lambda cfg: f"remove the measured '{cfg.register.offset}' offset from every color image",
+          lambda s: f"removed dx {s['removed']['dx']:.2f}, dy {s['removed']['dy']:.2f} px from {s['pairs']} pairs",
+          enabled=lambda cfg: cfg.register.enabled),
+    Stage("align", ("import", "register"), lambda cfg: cfg.align, _align,
+          lambda cfg: f"train AlignGAN ({cfg.align.gan.train.max_steps} steps) and align every color image",
+          lambda s: f"aligned {s['pairs']} pairs", enabled=lambda cfg: cfg.align.enabled),
+    Stage("distill", ("import", "register", "align"), lambda cfg: dataclasses.replace(cfg.distill, data=""),
+          _distill, _plan_distill,
+          lambda s: f"{s.get('steps')} steps at {s.get('pairs_per_s', 0):.1f} pairs/s, t_k = "
+                    + ", ".join(f"{t:.3g}" for t in s.get("thresholds", []))),
+    Stage("targets", ("import", "register", "align", "distill"),
+          lambda cfg: {"size": cfg.predictor.size, "split": cfg.predictor.split}, _targets,
+          lambda cfg: f"score every pair of split '{cfg.predictor.split}' with teacher vs student (the "
+                      "predictor's targets)",
+          lambda s: f"{s['pairs']} pair scores cached"),
+    Stage("predictor", ("import", "register", "align", "targets"),
+          lambda cfg: dataclasses.replace(cfg.predictor, data="", targets=""), _predictor,
+          lambda cfg: f"train the color-only U-Net predictor ({cfg.predictor.train.max_steps} steps, "
+                      f"size {cfg.predictor.size})",
+          lambda s: f"weights of step {s.get('step')} (best validation loss {s.get('best_val_loss', 0):.4f})"),
+    Stage("eval_detector", ("import", "register", "align", "distill"), lambda cfg: {"split": cfg.evaluate.split},
+          _eval_detector,
+          lambda cfg: f"thermal AP50 by condition and class on split '{cfg.evaluate.split}'",
+          lambda s: _fmt_ap(s["rows"])),
+    Stage("eval_maps", ("import", "register", "align", "distill", "predictor"),
+          lambda cfg: cfg.evaluate, _eval_maps,
+          lambda cfg: f"evaluate predictor, pair score and {', '.join(cfg.evaluate.baselines) or 'no'} baselines "
+                      f"on split '{cfg.evaluate.split}'",
+          _fmt_maps),
+    Stage("experiments", ("import", "register", "align", "distill"),
+          lambda cfg: {"experiments": cfg.experiments, "distill": dataclasses.replace(cfg.distill, data=""),
+                       "split": cfg.evaluate.split},
+          _experiments,
+          lambda cfg: "distillation ablations: "
+                      + ", ".join(x for x in (f"losses {cfg.experiments.losses}" if cfg.experiments.losses else "",
+                                              f"pairs {cfg.experiments.pairs}" if cfg.experiments.pairs else "",
+                                              "alignment on/off" if cfg.experiments.alignment else "") if x),
+          lambda s: ", ".join(f"{k}: {len(v)} rows" for k, v in s.items()),
+          enabled=lambda cfg: bool(cfg.experiments.losses or cfg.experiments.pairs or cfg.experiments.alignment)),
+    Stage("gallery", ("import", "register", "align", "distill", "predictor"),
+          lambda cfg: {"n": cfg.report.gallery, "evaluate": cfg.evaluate}, _gallery,
+          lambda cfg: f"render {cfg.report.gallery} gallery rows per condition",
+          lambda s: f"{len(s['images'])} images"),
+    Stage("report", ("import", "displacement", "register", "align", "distill", "predictor", "eval_detector",
+                     "eval_maps", "experiments", "gallery"),
+          lambda cfg: {"name": cfg.name}, _report,
+          lambda cfg: "write the HTML report", lambda s: f"open {s['page']}"),
+]
+
+
+def check_config(cfg) -> None:
+    """Refuse combinations that cannot run, before any stage starts."""
+    if cfg.experiments.alignment and not (cfg.register.enabled or cfg.align.enabled):
+        raise InvismapError("experiments.alignment compares distillation with and without registration/alignment:"
+                            " enable register or align too")

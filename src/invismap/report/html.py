@@ -1,0 +1,334 @@
+"""The experiment report: one static HTML page with its PNGs and the JSON files its numbers come from.
+
+Layout of the report folder::
+
+    index.html     the page (no scripts from elsewhere, no server needed)
+    data/*.json    copies of the stage outputs every table is rendered from
+    img/*.png      figures (copied from the stages, plus the ones drawn here)
+
+The page is built from the copies in ``data/`` only, so each number on it can be traced to a file beside it.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import shutil
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+
+from invismap import __version__
+from invismap.data.manifest import COCO_NAMES, ROAD_CLASSES
+from invismap.io import atomic_write, save_figure
+
+# stage output (relative to the stage folder) -> name in data/
+DATA_FILES = {
+    "import": {"summary.json": "pairs.json"},
+    "displacement": {"displacement.json": "displacement.json"},
+    "register": {"displacement/displacement.json": "displacement_registered.json",
+                 "registration.json": "registration.json"},
+    "align": {"gan/summary.json": "aligngan.json"},
+    "distill": {"summary.json": "distill.json"},
+    "predictor": {"summary.json": "predictor.json"},
+    "eval_detector": {"detector.json": "detector.json"},
+    "eval_maps": {"invisibility.json": "invisibility.json"},
+    "experiments": {"losses/table.json": "ablation_losses.json", "pairs/table.json": "ablation_pairs.json",
+                    "alignment.json": "ablation_alignment.json"},
+    "gallery": {"gallery.json": "gallery.json"},
+}
+IMAGE_FILES = {
+    "import": {"contact_sheet.png": "contact_sheet.png"},
+    "displacement": {"displacement_hist.png": "displacement_hist.png"},
+    "register": {"displacement/displacement_hist.png": "displacement_hist_registered.png"},
+}
+CLASSES = [COCO_NAMES[k] for k in ROAD_CLASSES]
+
+CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1700px; color: #222; padding: 0 1em; }
+h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: 0.2em; margin-top: 2em; }
+table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.92em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
+th { background: #f2f2f2; } td:first-child, th:first-child { text-align: left; }
+.figs { display: flex; flex-wrap: wrap; gap: 1em; } .figs img { max-width: 560px; border: 1px solid #ddd; }
+.wide img { max-width: 1200px; } .gallery img { width: 100%; max-width: 1600px; display: block; margin: 0.3em 0 1.2em; }
+.note { color: #555; font-size: 0.92em; max-width: 1100px; } .missing { color: #a33; }
+pre { background: #f7f7f7; padding: 0.8em; font-size: 0.85em; overflow-x: auto; }
+"""
+# After load, the page records how many of its images decoded; a headless browser check reads it.
+CHECK_SCRIPT = """
+window.addEventListener('load', function () {
+  var imgs = Array.prototype.slice.call(document.images);
+  var broken = imgs.filter(function (i) { return !(i.complete && i.naturalWidth > 0); });
+  document.body.setAttribute('data-images', imgs.length);
+  document.body.setAttribute('data-broken', broken.length);
+});
+"""
+
+
+def collect(stage_dirs: Mapping[str, Path], out: Path) -> dict[str, Any]:
+    """Copy the stage outputs the report uses into ``out/data`` and ``out/img``; return the loaded JSON."""
+    (out / "data").mkdir(parents=True, exist_ok=True)
+    (out / "img").mkdir(parents=True, exist_ok=True)
+    data: dict[str, Any] = {}
+    for stage, files in DATA_FILES.items():
+        for rel, name in files.items():
+            src = Path(stage_dirs[stage]) / rel if stage in stage_dirs else None
+            if src is not None and src.is_file():
+                shutil.copy2(src, out / "data" / name)
+                data[name] = json.loads(src.read_text(encoding="utf-8"))
+    images = {stage: dict(files) for stage, files in IMAGE_FILES.items()}
+    if "eval_maps" in stage_dirs:
+        images["eval_maps"] = {f"plots/{p.name}": p.name for p in sorted((Path(stage_dirs["eval_maps"]) / "plots").glob("*.png"))}
+    if "gallery" in stage_dirs:
+        images["gallery"] = {p.name: f"gallery_{p.name}" for p in sorted(Path(stage_dirs["gallery"]).glob("*.png"))}
+    for stage, files in images.items():
+        for rel, name in files.items():
+            src = Path(stage_dirs[stage]) / rel if stage in stage_dirs else None
+            if src is not None and src.is_file():
+                shutil.copy2(src, out / "img" / name)
+    return data
+
+
+# ------------------------------------------------------------------------------------------- helpers
+
+def esc(x: Any) -> str:
+    return html.escape(str(x))
+
+
+def pct(v: Any) -> str:
+    return "n/a" if v is None else f"{100 * v:.1f}%"
+
+
+def num(v: Any, digits: int = 3) -> str:
+    if v is None or v == "":
+        return ""
+    return f"{v:.{digits}f}" if isinstance(v, float) else esc(v)
+
+
+def table(header: list[str], rows: list[list[Any]]) -> str:
+    head = "".join(f"<th>{esc(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def img(out: Path, name: str, alt: str) -> str:
+    if not (out / "img" / name).is_file():
+        return f'<p class="missing">figure {esc(name)} was not produced by this run</p>'
+    return f'<img src="img/{esc(name)}" alt="{esc(alt)}">'
+
+
+def not_run(what: str, how: str) -> str:
+    return f'<p class="note">Not run in this config ({esc(what)}; {esc(how)}).</p>'
+
+
+# ------------------------------------------------------------------------------------------ sections
+
+def section_summary(d: dict) -> str:
+    """The headline numbers, each with where it comes from."""
+    items = []
+    det = {r["variant"]: r for r in (d.get("detector.json") or {}).get("rows", [])}
+    student = next((r for k, r in det.items() if k.startswith("thermal detector")), None)
+    if student:
+        base = det.get("teacher on thermal", {})
+        color = det.get("teacher on color", {})
+        items.append(f"Thermal detector trained without labels: night AP50 <b>{num(student.get('night'), 1)}</b> "
+                     f"(the color teacher run on thermal images: {num(base.get('night'), 1)}; on the color images: "
+                     f"{num(color.get('night'), 1)}); day {num(student.get('day'), 1)}.")
+    res = d.get("invisibility.json") or {}
+    for name, what in (("predictor", "Color-only predictor"), ("pair", "Pair score (needs thermal)")):
+        night = ((res.get(name) or {}).get("conditions") or {}).get("night", {}).get("sets", {}).get("missed")
+        if night:
+            items.append(f"{what}, night: <b>{pct(night['coverage_at_matched_flagged'])}</b> of the pixels of "
+                         f"objects the color detector missed at 35.9% of the image flagged (paper: 77.5%), pixel "
+                         f"AUROC {num(night['auroc'])}.")
+    dark = ((res.get("darkness") or {}).get("conditions") or {}).get("night", {}).get("sets", {}).get("missed")
+    if dark:
+        items.append(f"Baseline 'dark pixels', night: {pct(dark['coverage_at_matched_flagged'])} at 35.9% flagged, "
+                     f"AUROC {num(dark['auroc'])}.")
+    if not items:
+        return ""
+    return "<h2>At a glance</h2><ul>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>"
+
+
+def section_data(d: dict, out: Path) -> str:
+    rows = d.get("pairs.json")
+    if not rows:
+        return ""
+    body = [[esc(r["split"]), esc(r["condition"]), r["pairs"], r["color_boxes"], r["thermal_boxes"],
+             r["thermal_only"]] for r in rows]
+    return ("<h2>Data</h2>" + table(["split", "condition", "pairs", "color boxes", "thermal boxes",
+                                     "thermal-only objects"], body)
+            + '<p class="note">Source: data/pairs.json. Training uses the train split only; every figure below '
+              "is on the evaluation split. Color labels green, thermal labels magenta.</p>"
+            + f'<div class="figs wide">{img(out, "contact_sheet.png", "contact sheet")}</div>')
+
+
+def ap_rows(rows: list[dict]) -> list[list[Any]]:
+    return [[esc(r["variant"]), num(r.get("select night"), 1), num(r.get("day"), 1), num(r.get("night"), 1)]
+            + [num(r.get(f"{c} {k}"), 1) for c in ("day", "night") for k in CLASSES]
+            + [num(r.get("train_seconds"), 0) if "train_seconds" in r else ""] for r in rows]
+
+
+AP_HEADER = (["model / variant", "select night*", "day", "night"] + [f"{c} {k}" for c in ("day", "night") for k in CLASSES]
+             + ["train s"])
+AP_NOTE = ('<p class="note">AP50 (x100, mean over person/bicycle/car) of detections on the thermal images '
+           "against the thermal labels. *select night: the training split's night pairs, never seen by "
+           "distillation (which uses day pairs): choose variants by this column, not by the test columns.</p>")
+
+
+def section_detector(d: dict) -> str:
+    det = d.get("detector.json")
+    if not det:
+        return ""
+    return (f"<h2>Thermal detection without labels</h2>{table(AP_HEADER, ap_rows(det['rows']))}{AP_NOTE}"
+            f'<p class="note">Split {esc(det["split"])}, letterbox {esc(det["size"])}. Source: data/detector.json.</p>')
+
+
+def pairs_curve(rows: list[dict], path: Path) -> None:
+    pts = sorted((int(str(r["variant"]).split()[0]), r) for r in rows if str(r["variant"]).endswith("pairs"))
+    fig = Figure(figsize=(5.5, 4))
+    ax = fig.subplots()
+    base = {r["variant"]: r for r in rows}.get("teacher on thermal")
+    for cond, colour in (("day", "tab:orange"), ("night", "tab:blue")):
+        ax.plot([n for n, _ in pts], [r.get(cond) for _, r in pts], marker="o", color=colour,
+                label=f"thermal detector, {cond}")
+        if base and base.get(cond) is not None:
+            ax.axhline(base[cond], color=colour, ls=":", lw=1, label=f"teacher on thermal, {cond}")
+    ax.set(xlabel="daytime training pairs", ylabel="AP50 (thermal labels)", title="Distillation: number of pairs")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7.5)
+    save_figure(fig, path)
+
+
+def section_experiments(d: dict, out: Path) -> str:
+    parts = ["<h2>Distillation ablations</h2>"]
+    losses = d.get("ablation_losses.json")
+    parts.append("<h3>Loss (mid-level features, detection head, both)</h3>")
+    parts.append(table(AP_HEADER, ap_rows(losses["rows"])) + AP_NOTE if losses
+                 else not_run("loss ablation", "set experiments.losses, e.g. [head, 'mid+head 0.1']"))
+    pairs = d.get("ablation_pairs.json")
+    parts.append("<h3>Number of training pairs</h3>")
+    if pairs:
+        pairs_curve(pairs["rows"], out / "img" / "pairs_curve.png")
+        parts.append(table(AP_HEADER, ap_rows(pairs["rows"])) + f'<div class="figs">{img(out, "pairs_curve.png", "pairs curve")}</div>')
+    else:
+        parts.append(not_run("pairs curve", "set experiments.pairs, e.g. [25, 50]"))
+    align = d.get("ablation_alignment.json")
+    parts.append("<h3>Alignment on / off</h3>")
+    parts.append(table(AP_HEADER, ap_rows(align["rows"])) + f'<p class="note">{esc(align.get("note", ""))}</p>'
+                 if align else not_run("alignment ablation", "enable register or align, and experiments.alignment"))
+    return "".join(parts)
+
+
+def section_maps(d: dict, out: Path) -> str:
+    res = d.get("invisibility.json")
+    if not res:
+        return ""
+    first = next(iter(res.values()))
+    tau = first["settings"]["tau"]
+    parts = ["<h2>Invisibility maps</h2>",
+             f'<p class="note">Objects are the thermal labels. <b>missed</b>: no color-detector box of IoU &ge; 0.5 '
+             f'and the same class at confidence {esc(first["settings"]["detection_conf"])}; <b>invisible</b>: no '
+             f"color label of IoU &ge; 0.5. Coverage = share of the set's object pixels flagged. The paper "
+             f"(night): 77.5% of missed-object pixels at 35.9% of the image flagged. Source: data/invisibility.json.</p>"]
+    for set_name in ("missed", "invisible"):
+        rows = []
+        for name, r in res.items():
+            for cond, c in r["conditions"].items():
+                s = c["sets"].get(set_name)
+                if not s:
+                    continue
+                rows.append([esc(name), esc(cond), c["objects"].get(set_name, ""), pct(s["coverage_at_tau"]),
+                             pct(s["flagged_at_tau"]), pct(s["coverage_at_matched_flagged"]),
+                             num(s["normalised_area"]), num(s["auroc"])])
+        parts.append(f"<h3>{esc(set_name)} objects</h3>")
+        parts.append(table(["map", "condition", "objects", f"coverage @ τ={tau}", f"flagged @ τ={tau}",
+                            "coverage @ 35.9% flagged", "area ≤30% flagged", "pixel AUROC"], rows))
+    rows = []
+    for name, r in res.items():
+        dist = [f"{esc(cond)} {num(c['scores']['mean'])} ± {num(c['scores']['std'])}"
+                for cond, c in r["conditions"].items()]
+        overlap = (r.get("day_vs_night") or {}).get("overlap")
+        rows.append([esc(name), "; ".join(dist), num(overlap)])
+    parts.append("<h3>Score distributions</h3>" + table(["map", "mean ± std of all pixels", "day/night histogram overlap"], rows))
+    conds = list(first["conditions"])
+    figs = [img(out, f"coverage_{c}_{s}.png", f"coverage {c} {s}") for c in conds for s in ("missed", "invisible")]
+    figs += [img(out, f"scores_{name}.png", f"scores {name}") for name in res]
+    parts.append(f'<div class="figs">{"".join(figs)}</div>')
+    return "".join(parts)
+
+
+def _disp_row(label: str, s: dict) -> list[Any]:
+    pooled, offs = s.get("pooled", {}), s.get("offsets", {})
+    obj = offs.get("edge_ncc_per_box") or {}
+    return [esc(label), s.get("n_pairs", ""), num(pooled.get("median_dx"), 2), num(pooled.get("median_dy"), 2),
+            pct(pooled.get("share_x_ge_big")), pct(pooled.get("share_y_ge_big")),
+            f"{num(obj.get('dx'), 2)}, {num(obj.get('dy'), 2)}" if obj else ""]
+
+
+def section_registration(d: dict, out: Path) -> str:
+    before, after = d.get("displacement.json"), d.get("displacement_registered.json")
+    if not before:
+        return ""
+    rows = [_disp_row("imported pairs", before)] + ([_disp_row("after registration", after)] if after else [])
+    figs = img(out, "displacement_hist.png", "displacement histograms")
+    if after:
+        figs += img(out, "displacement_hist_registered.png", "displacement after registration")
+    reg = d.get("registration.json")
+    removed = reg.get("offset_removed") if reg else None
+    note = (f"Removed a global color offset of dx {removed['dx']:+.2f}, dy {removed['dy']:+.2f} px."
+            if removed else "No registration in this config (set register.enabled).")
+    return ("<h2>Residual misalignment</h2>"
+            + table(["pairs", "n", "median dx (px)", "median dy (px)", "|dx| ≥ 5 px", "|dy| ≥ 5 px",
+                     "per-object offset dx, dy"], rows)
+            + f'<p class="note">Dense optical flow between thermal and color edge images, trusted pixels only '
+              f"(dy &lt; 0: color content sits above the thermal content). {esc(note)} Source: "
+              f'data/displacement*.json.</p><div class="figs">{figs}</div>')
+
+
+def section_gallery(d: dict, out: Path) -> str:
+    rows = d.get("gallery.json")
+    if not rows:
+        return ""
+    parts = ["<h2>Gallery</h2>", '<div class="gallery">']
+    for r in rows:
+        parts.append(f"<p>{esc(r['condition'])} &middot; {esc(r['pair'])} &middot; {r['missed']} missed / "
+                     f"{r['detected']} detected thermal objects &middot; mean pair score "
+                     f"{num(r['mean_pair_score'])}, predicted {num(r['mean_predicted'])}</p>")
+        parts.append(img(out, f"gallery_{r['image']}", f"gallery {r['pair']}"))
+    parts.append("</div>")
+    return "".join(parts)
+
+
+def section_run(records: Mapping[str, dict], config_text: str) -> str:
+    rows = [[esc(n), esc(r.get("hash", "")), num(r.get("seconds"), 1)] for n, r in records.items()]
+    return ("<h2>Run</h2>" + table(["stage", "hash", "seconds"], rows)
+            + f"<details><summary>Config (resolved, with every default)</summary><pre>{esc(config_text)}</pre>"
+              "</details>")
+
+
+def write_report(stage_dirs: Mapping[str, Path], out: str | Path, title: str, config_text: str = "",
+                 records: Mapping[str, dict] | None = None) -> Path:
+    """Write ``out/index.html`` (+ ``data/``, ``img/``) from the stage folders of a run; returns the page."""
+    out = Path(out)
+    d = collect(stage_dirs, out)
+    body = "".join([
+        f"<h1>invismap report: {esc(title)}</h1>",
+        f'<p class="note">Generated {time.strftime("%Y-%m-%d %H:%M")} by invismap {esc(__version__)}. '
+        "Where a color road camera cannot be trusted, learned from color/thermal pairs without labels.</p>",
+        section_summary(d), section_data(d, out), section_detector(d), section_experiments(d, out), section_maps(d, out),
+        section_registration(d, out), section_gallery(d, out), section_run(records or {}, config_text),
+    ])
+    page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>invismap: {esc(title)}</title>'
+            f"<style>{CSS}</style></head><body>{body}<script>{CHECK_SCRIPT}</script></body></html>\n")
+    path = out / "index.html"
+    with atomic_write(path, "w") as f:
+        f.write(page)
+    return path
+
+
+__all__ = ["collect", "write_report", "pairs_curve"]

@@ -1,0 +1,169 @@
+"""``invismap run``: stage caching, --from/--only, resume, and one real tiny run from MSRS pairs to the report."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from invismap.cli import main
+from invismap.errors import InvismapError
+from invismap.pipeline.runner import Pipeline, Stage
+
+# ------------------------------------------------------------------------------ runner (toy stages)
+
+
+@dataclass
+class ToyConfig:
+    out: str
+    a: int = 1
+    b: int = 1
+    c: int = 1
+    calls: list = field(default_factory=list)
+
+
+def _toy_stage(name: str, needs: tuple[str, ...], key: str, fail_at: set | None = None) -> Stage:
+    def run(p: Pipeline, folder: Path, resume: bool) -> dict:
+        p.cfg.calls.append((name, resume))
+        if fail_at and name in fail_at:
+            raise KeyboardInterrupt  # an interruption in the middle of the stage
+        (folder / "out.txt").write_text(str(getattr(p.cfg, key)))
+        return {"value": getattr(p.cfg, key)}
+
+    return Stage(name, needs, lambda cfg: {key: getattr(cfg, key)}, run, lambda cfg: f"make {name}",
+                 lambda s: f"value {s['value']}")
+
+
+def toy_pipeline(cfg: ToyConfig, fail_at: set | None = None) -> Pipeline:
+    stages = [_toy_stage("first", (), "a", fail_at), _toy_stage("second", ("first",), "b", fail_at),
+              _toy_stage("third", ("first",), "c", fail_at), _toy_stage("report", ("second", "third"), "a", fail_at)]
+    return Pipeline(cfg, stages, echo=lambda line: None)
+
+
+def test_second_run_is_cached(tmp_path):
+    cfg = ToyConfig(str(tmp_path))
+    assert set(toy_pipeline(cfg).run().values()) == {"ran"}
+    assert set(toy_pipeline(cfg).run().values()) == {"cached"}
+    assert len(cfg.calls) == 4
+
+
+def test_changed_setting_reruns_only_what_depends_on_it(tmp_path):
+    cfg = ToyConfig(str(tmp_path))
+    toy_pipeline(cfg).run()
+    cfg.b = 2
+    status = toy_pipeline(cfg).run()
+    assert status == {"first": "cached", "second": "ran", "third": "cached", "report": "ran"}
+    assert (tmp_path / "second" / "out.txt").read_text() == "2"
+
+
+def test_from_and_only(tmp_path):
+    cfg = ToyConfig(str(tmp_path))
+    toy_pipeline(cfg).run()
+    assert toy_pipeline(cfg).run(start="third") == {"first": "cached", "second": "cached", "third": "ran",
+                                                     "report": "ran"}
+    assert toy_pipeline(cfg).run(only="second") == {"second": "ran"}
+    assert toy_pipeline(cfg).run(start="first", until="third") == {"first": "ran", "third": "ran"}
+    with pytest.raises(InvismapError, match="not a stage of this config"):
+        toy_pipeline(cfg).run(only="nope")
+
+
+def test_only_refuses_stale_inputs(tmp_path):
+    cfg = ToyConfig(str(tmp_path))
+    toy_pipeline(cfg).run()
+    cfg.a = 5  # 'first' is now out of date
+    with pytest.raises(InvismapError, match="'first' it depends on is not up to date"):
+        toy_pipeline(cfg).run(only="second")
+
+
+def test_interrupted_stage_resumes_and_changed_stage_starts_clean(tmp_path):
+    cfg = ToyConfig(str(tmp_path))
+    with pytest.raises(KeyboardInterrupt):
+        toy_pipeline(cfg, fail_at={"second"}).run()
+    record = json.loads((tmp_path / "second" / "stage.json").read_text())
+    assert record["finished"] is False
+    (tmp_path / "second" / "partial.bin").write_text("checkpoint")
+    toy_pipeline(cfg).run()
+    assert ("second", True) in cfg.calls  # same settings: told to resume, its folder kept
+    assert (tmp_path / "second" / "partial.bin").exists()
+    cfg.b = 3
+    toy_pipeline(cfg).run()
+    assert not (tmp_path / "second" / "partial.bin").exists()  # new settings: started from an empty folder
+
+
+# ------------------------------------------------------------------------- a real run, tiny sizes
+
+TINY = """
+data: {format: msrs, max_pairs: 3}
+displacement: {split: train, max_pairs: 2}
+distill:
+  size: 160
+  augment: {crop: [96, 128]}
+  train: {max_steps: 2, batch_size: 2, eval_every: 0, ckpt_every: 1, log_every: 1, image_every: 0, seed: 0}
+predictor:
+  size: 160
+  val_every_nth: 0
+  train: {max_steps: 2, batch_size: 2, eval_every: 0, ckpt_every: 1, image_every: 0, seed: 0}
+report: {gallery: 1}
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, msrs_dir):
+    root = tmp_path_factory.mktemp("pipeline")
+    config = root / "tiny.yaml"
+    config.write_text(TINY)
+    out = root / "out"
+    args = [str(config), f"data.src={msrs_dir}", f"out={out}"]
+    assert main(["run", *args]) == 0
+    return args, out
+
+
+def test_tiny_run_writes_a_report_from_its_own_json(tiny_run):
+    _, out = tiny_run
+    page = (out / "report" / "index.html").read_text()
+    for src in re.findall(r'<img src="([^"]+)"', page):
+        assert (out / "report" / src).is_file(), src
+    assert "not produced by this run" not in page
+    detector = json.loads((out / "report" / "data" / "detector.json").read_text())
+    student = detector["rows"][-1]
+    assert student["variant"].startswith("thermal detector")
+    assert f"<b>{student['night']:.1f}</b>" in page  # the headline number is the one in the JSON beside it
+    maps = json.loads((out / "report" / "data" / "invisibility.json").read_text())
+    assert {"predictor", "pair", "darkness", "contrast"} <= set(maps)
+    cov = maps["predictor"]["conditions"]["night"]["sets"]["missed"]["coverage_at_matched_flagged"]
+    assert f"{100 * cov:.1f}%" in page
+    assert len(json.loads((out / "report" / "data" / "gallery.json").read_text())) == 2
+
+
+def test_tiny_run_second_time_cached_and_predictor_change_reruns_only_its_dependents(tiny_run, capsys):
+    args, out = tiny_run
+    capsys.readouterr()
+    assert main(["run", *args]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("up to date, skipped") == 9 and "done in" not in printed
+    assert main(["run", *args, "predictor.train.lr=0.001"]) == 0
+    printed = capsys.readouterr().out
+    ran = set(re.findall(r"\] (\w+): done in", printed))
+    assert ran == {"predictor", "eval_maps", "gallery", "report"}
+
+
+def test_run_rejects_a_bad_config(tmp_path, capsys):
+    config = tmp_path / "bad.yaml"
+    config.write_text("distill: {loss: everything}\n")
+    assert main(["run", str(config)]) == 2
+    assert "distill.loss" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed (make screenshot)")
+def test_report_renders_in_headless_chromium(tiny_run, tmp_path):
+    from invismap.report.browser import check_page, screenshot
+
+    _, out = tiny_run
+    images, broken = check_page(out / "report" / "index.html")
+    assert images >= 10 and broken == 0
+    shot = screenshot(out / "report" / "index.html", tmp_path / "shot.png", height=2000)
+    assert shot.stat().st_size > 50_000
