@@ -112,12 +112,12 @@ report: {gallery: 1}
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, msrs_dir):
+def tiny_run(tmp_path_factory, msrs_dir, weights_dir):
     root = tmp_path_factory.mktemp("pipeline")
     config = root / "tiny.yaml"
     config.write_text(TINY)
     out = root / "out"
-    args = [str(config), f"data.src={msrs_dir}", f"out={out}"]
+    args = [str(config), f"data.src={msrs_dir}", f"distill.teacher={weights_dir / 'yolov5n.pt'}", f"out={out}"]
     assert main(["run", *args]) == 0
     return args, out
 
@@ -137,6 +137,10 @@ def test_tiny_run_writes_a_report_from_its_own_json(tiny_run):
     cov = maps["predictor"]["conditions"]["night"]["sets"]["missed"]["coverage_at_matched_flagged"]
     assert f"{100 * cov:.1f}%" in page
     assert len(json.loads((out / "report" / "data" / "gallery.json").read_text())) == 2
+    layers = json.loads((out / "report" / "data" / "layers.json").read_text())["rows"]
+    assert [r["scales"] for r in layers] == ["P3", "P4", "P5", "P3+P4+P5"]
+    pair_night = maps["pair"]["conditions"]["night"]["sets"]["missed"]
+    assert layers[-1]["night"]["auroc"] == pytest.approx(pair_night["auroc"])  # all scales = the pair map
 
 
 def test_tiny_run_second_time_cached_and_predictor_change_reruns_only_its_dependents(tiny_run, capsys):

@@ -31,19 +31,25 @@ class PairScorer:
         thresholds: t_k per neck scale, fine to coarse (calibrated ones are stored in ``student.pt``).
         size: letterbox size the networks run at.
         offsets: b_k per scale (daytime floor of d_k; see :mod:`invismap.invisibility.score`), or None.
+        scales: which neck scales (indices, fine to coarse) the score averages; None = all (the layer
+            ablation scores with one scale at a time).
     """
 
     def __init__(self, teacher: Detector, student: ThermalStudent, thresholds: Sequence[float], size: int = 640,
-                 offsets: Sequence[float] | None = None):
+                 offsets: Sequence[float] | None = None, scales: Sequence[int] | None = None):
         if len(thresholds) != len(teacher.strides):
             raise ValueError(f"{len(thresholds)} thresholds for {len(teacher.strides)} neck scales")
+        self.scales = list(range(len(thresholds))) if scales is None else [int(k) for k in scales]
+        if not self.scales or any(not 0 <= k < len(thresholds) for k in self.scales):
+            raise ValueError(f"scales {scales} must be indices of the {len(thresholds)} neck scales")
         self.teacher, self.student = teacher.eval(), student.eval()
         self.thresholds, self.size = [float(t) for t in thresholds], size
         self.offsets = None if offsets is None else [float(b) for b in offsets]
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, thresholds: Sequence[float] | None = None,
-                        size: int | None = None, offsets: Sequence[float] | None = None) -> "PairScorer":
+                        size: int | None = None, offsets: Sequence[float] | None = None,
+                        scales: Sequence[int] | None = None) -> "PairScorer":
         """Student + its calibrated thresholds (and offsets) from ``student.pt``; the teacher named inside it."""
         path = Path(path)
         ckpt = load_checkpoint(path, ("student", "thermal_detector"))
@@ -53,14 +59,17 @@ class PairScorer:
         size = size or int(ckpt.get("config", {}).get("size", 640))
         if offsets is None and thresholds is None:
             offsets = ckpt.get("offsets")
-        return cls(teacher, load_student(ckpt, path), thresholds or ckpt["thresholds"], size, offsets)
+        return cls(teacher, load_student(ckpt, path), thresholds or ckpt["thresholds"], size, offsets, scales)
 
     @torch.no_grad()
     def score_canvas(self, rgb: torch.Tensor, thermal: torch.Tensor) -> torch.Tensor:
         """Letterboxed batch ``(B, 3, H, W)`` + ``(B, 1, H, W)`` in 0..1 -> ``(B, H, W)`` F."""
         t = self.teacher.neck_features(rgb)
         s = self.student(thermal)
-        return invisibility_score(t, s, self.thresholds, rgb.shape[-2:], self.offsets)
+        k = self.scales
+        offsets = None if self.offsets is None else [self.offsets[i] for i in k]
+        return invisibility_score([t[i] for i in k], [s[i] for i in k], [self.thresholds[i] for i in k],
+                                  rgb.shape[-2:], offsets)
 
     def score(self, rgb: np.ndarray, thermal: np.ndarray) -> np.ndarray:
         """One pair, RGB ``(H, W, 3)`` and thermal ``(H, W)`` uint8 -> ``(H, W)`` float32 F in original pixels."""

@@ -65,6 +65,7 @@ class EvaluateSection:
     tau: float = 0.35  # the paper's score threshold
     baselines: list[str] = field(default_factory=lambda: ["darkness", "contrast"])
     max_pairs: int = 0  # evaluate at most this many pairs per condition (0 = all)
+    layers: bool = True  # also score with each neck scale alone (the layer ablation of the pair score)
 
 
 @dataclass

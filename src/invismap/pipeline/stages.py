@@ -195,7 +195,31 @@ def _eval_maps(p: Pipeline, d: Path, resume: bool) -> dict:
     write_json(d / "invisibility.json", results)
     write_plots(results, d / "plots")
     p.echo(format_results(results))
+    if c.layers:
+        layer_ablation(p, manifest, detections, d)
     return {"headline": headline(results)}
+
+
+def layer_ablation(p: Pipeline, manifest: Manifest, detections: dict, d: Path) -> None:
+    """The pair score from each neck scale alone and from all of them: ``d/layers.json``."""
+    from invismap.invisibility.evaluate import evaluate_maps
+    from invismap.invisibility.pair import PairScorer
+
+    c, student = p.cfg.evaluate, p.dir("distill") / "student.pt"
+    rows = []
+    strides = PairScorer.from_checkpoint(student).teacher.strides
+    for scales in [[k] for k in range(len(strides))] + [list(range(len(strides)))]:
+        scorer = PairScorer.from_checkpoint(student, scales=scales)
+
+        def source(sample, rgb, thermal, scorer=scorer):
+            return scorer.score(rgb, thermal)
+
+        source.__name__ = "pair " + "+".join(f"P{int(strides[k]).bit_length() - 1}" for k in scales)
+        res = evaluate_maps(manifest, source, detections, conditions=tuple(c.conditions), tau=c.tau,
+                            detection_conf=c.conf)
+        rows.append({"scales": source.__name__[5:], "strides": [int(strides[k]) for k in scales],
+                     **headline({"pair": res})["pair"]})
+    write_json(d / "layers.json", {"set": "missed", "rows": rows})
 
 
 def headline(results: dict, set_name: str = "missed") -> dict:

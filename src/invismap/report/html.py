@@ -35,7 +35,7 @@ DATA_FILES = {
     "distill": {"summary.json": "distill.json"},
     "predictor": {"summary.json": "predictor.json"},
     "eval_detector": {"detector.json": "detector.json"},
-    "eval_maps": {"invisibility.json": "invisibility.json"},
+    "eval_maps": {"invisibility.json": "invisibility.json", "layers.json": "layers.json"},
     "experiments": {"losses/table.json": "ablation_losses.json", "pairs/table.json": "ablation_pairs.json",
                     "alignment.json": "ablation_alignment.json"},
     "gallery": {"gallery.json": "gallery.json"},
@@ -255,6 +255,17 @@ def section_maps(d: dict, out: Path) -> str:
         overlap = (r.get("day_vs_night") or {}).get("overlap")
         rows.append([esc(name), "; ".join(dist), num(overlap)])
     parts.append("<h3>Score distributions</h3>" + table(["map", "mean ± std of all pixels", "day/night histogram overlap"], rows))
+    layers = d.get("layers.json")
+    if layers:
+        conds = list(first["conditions"])
+        rows = [[esc(r["scales"]), esc(", ".join(map(str, r["strides"])))]
+                + [v for cond in conds for v in (pct((r.get(cond) or {}).get("coverage_at_matched_flagged")),
+                                                   num((r.get(cond) or {}).get("auroc")))] for r in layers["rows"]]
+        parts.append("<h3>Layer ablation: which neck scales the pair score uses</h3>"
+                     + table(["scales", "strides"] + [f"{cond} {m}" for cond in conds
+                                                      for m in ("coverage @ 35.9%", "AUROC")], rows)
+                     + '<p class="note">Missed objects; P3/P4/P5 are the teacher\'s neck outputs at strides 8/16/32 '
+                       "(YOLOv3 layers 103/91/79). Source: data/layers.json.</p>")
     conds = list(first["conditions"])
     figs = [img(out, f"coverage_{c}_{s}.png", f"coverage {c} {s}") for c in conds for s in ("missed", "invisible")]
     figs += [img(out, f"scores_{name}.png", f"scores {name}") for name in res]
