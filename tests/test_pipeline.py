@@ -160,6 +160,10 @@ def test_run_rejects_a_bad_config(tmp_path, capsys):
     config.write_text("distill: {loss: everything}\n")
     assert main(["run", str(config)]) == 2
     assert "distill.loss" in capsys.readouterr().err
+    stage_config = tmp_path / "distill.yaml"
+    stage_config.write_text("teacher: yolov5n\nloss: mid\n")
+    assert main(["run", str(stage_config)]) == 2
+    assert "looks like a config for 'invismap distill'" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed (make screenshot)")

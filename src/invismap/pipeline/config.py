@@ -125,6 +125,19 @@ def read_with_base(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     return merge(read_with_base(path.parent / base, seen + (path.resolve(),)), data)
 
 
+def _stage_config_hint(data: dict) -> str:
+    """A hint when a single stage's config is given to ``invismap run`` (a common mix-up)."""
+    import dataclasses
+
+    known = {f.name for f in dataclasses.fields(PipelineConfig)}
+    for cls, command in ((DistillConfig, "invismap distill"), (PredictorConfig, "invismap train-predictor"),
+                         (AlignConfig, "invismap align-train")):
+        fields = {f.name for f in dataclasses.fields(cls)}
+        if set(data) - known and set(data) <= fields:
+            return f"; this looks like a config for '{command}', not a pipeline config such as configs/demo.yaml"
+    return ""
+
+
 def load_pipeline_config(path: str | Path, overrides: list[str] | None = None) -> PipelineConfig:
     """The typed config of ``path`` (+ ``key=value`` overrides), with name, out and data.src resolved.
 
@@ -134,7 +147,7 @@ def load_pipeline_config(path: str | Path, overrides: list[str] | None = None) -
     try:
         cfg = from_dict(PipelineConfig, data)
     except InvismapError as e:
-        raise InvismapError(f"{path}: {e}") from None
+        raise InvismapError(f"{path}: {e}{_stage_config_hint(data)}") from None
     cfg.name = cfg.name or Path(path).stem
     cfg.out = cfg.out or str(Path("runs") / Path(path).stem)
     if cfg.data.src:
