@@ -61,6 +61,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("invismap: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # a bug rather than a user error: still one line, the traceback with --debug
+        if args.debug:
+            raise
+        print(f"invismap: internal error: {type(e).__name__}: {e} (run again with --debug for the traceback, "
+              "and please report it)", file=sys.stderr)
+        return 1
     return int(result or 0)
 
 

@@ -131,6 +131,12 @@ def load_yaml(path: str | Path) -> dict:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
         raise file_error(path, "config file not found") from None
+    except IsADirectoryError:
+        raise file_error(path, "is a folder, not a config file", "pass a YAML file") from None
+    except UnicodeDecodeError:
+        raise file_error(path, "config is not UTF-8 text", "pass a YAML file") from None
+    except OSError as e:
+        raise file_error(path, f"cannot read the config: {e.strerror}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark else ""

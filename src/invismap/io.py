@@ -57,10 +57,17 @@ def _remove_quietly(p: str) -> None:
 
 
 def _write_error(path: Path, e: OSError) -> InvismapError:
-    if e.errno == errno.ENOSPC:
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
         return file_error(path, "disk full while writing", "free some space and run again")
+    if e.errno == errno.EFBIG:
+        return file_error(path, "file too large for this disk or this process's file size limit (ulimit -f)",
+                          "free some space, raise the limit, or write elsewhere")
     if e.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
         return file_error(path, "output folder is not writable", "choose another --out folder")
+    if e.errno in (errno.ENOTDIR, errno.EEXIST):
+        blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), path.parent)
+        return file_error(path, f"cannot create the output folder: {blocker} is a file, not a folder",
+                          "remove that file or choose another output path")
     return file_error(path, f"cannot write: {e.strerror}")
 
 
@@ -91,6 +98,18 @@ def write_image(path: str | Path, image: np.ndarray) -> None:
         raise file_error(path, "could not encode image")
     with atomic_write(path, "wb") as f:
         f.write(buf.tobytes())
+
+
+def copy_file(src: str | Path, dst: str | Path) -> Path:
+    """Copy ``src`` to ``dst`` atomically (a killed copy leaves the old ``dst`` or none, never half a file)."""
+    import shutil
+
+    try:
+        with open(src, "rb") as fin, atomic_write(dst, "wb") as fout:
+            shutil.copyfileobj(fin, fout, 1 << 20)
+    except FileNotFoundError:
+        raise file_error(src, "file not found") from None
+    return Path(dst)
 
 
 def _decode(path: Path) -> np.ndarray:
@@ -125,13 +144,14 @@ def read_color(path: str | Path) -> np.ndarray:
     return np.ascontiguousarray(img[:, :, ::-1])
 
 
-def read_thermal(path: str | Path) -> np.ndarray:
+def read_thermal(path: str | Path, refuse_palette: bool = True) -> np.ndarray:
     """Read a thermal frame as one channel uint8 ``(H, W)``.
 
     8-bit frames are kept as they are. 16-bit frames (FLIR raw counts) are mapped to 8 bits with a
     robust percentile stretch: the 1st and 99th percentiles go to 0 and 255, so a few hot or dead
     pixels do not wash out the scene. 3-channel frames must be gray stored as RGB (channels equal up to
-    JPEG noise) and are reduced to one; a false-color palette is refused.
+    JPEG noise) and are reduced to one; a false-color palette is refused (``refuse_palette=False``
+    converts it to gray instead: only channel count and bit depth are checked then).
     """
     path = Path(path)
     img = _decode(path)
@@ -142,7 +162,7 @@ def read_thermal(path: str | Path) -> np.ndarray:
             raise file_error(path, f"thermal image has {img.shape[2]} channels, expected 1 or 3")
         # Gray stored as RGB; JPEG compression may make the channels differ by a few levels (LLVIP, KAIST).
         spread = np.abs(img.astype(np.int16) - img[:, :, :1].astype(np.int16)).mean()
-        if spread > 2.0:
+        if spread > 2.0 and refuse_palette:
             raise file_error(path, "thermal image has 3 different channels (false-color palette?)",
                              "export the raw gray thermal frames instead")
         img = img[:, :, 0] if spread == 0 else cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)

@@ -43,9 +43,13 @@ class Letterbox:
 
     def content_slice(self) -> tuple[slice, slice]:
         """Rows and columns of the canvas that hold the image (not the padding)."""
-        h = round(self.orig_h * self.scale)
-        w = round(self.orig_w * self.scale)
+        h, w = _scaled(self.orig_h, self.scale), _scaled(self.orig_w, self.scale)
         return slice(self.pad_y, self.pad_y + h), slice(self.pad_x, self.pad_x + w)
+
+
+def _scaled(n: int, scale: float) -> int:
+    """Pixels a side of ``n`` pixels covers at ``scale``: at least one (a 1x3000 strip stays 1 px wide)."""
+    return max(1, round(n * scale))
 
 
 def letterbox_params(orig_w: int, orig_h: int, size: int | tuple[int, int], stride: int = 32,
@@ -59,7 +63,7 @@ def letterbox_params(orig_w: int, orig_h: int, size: int | tuple[int, int], stri
     if th % stride or tw % stride:
         raise ValueError(f"letterbox size {size} must be a multiple of {stride}")
     scale = min(th / orig_h, tw / orig_w)
-    new_w, new_h = round(orig_w * scale), round(orig_h * scale)
+    new_w, new_h = _scaled(orig_w, scale), _scaled(orig_h, scale)
     if auto:
         tw = math.ceil(new_w / stride) * stride
         th = math.ceil(new_h / stride) * stride

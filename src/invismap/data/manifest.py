@@ -60,6 +60,9 @@ class Sample:
     color_labels: Path | None = None
     thermal_labels: Path | None = None
 
+    def __post_init__(self) -> None:
+        check_sample_name(self.name)  # stages write OUT/.../NAME.png: a name must not lead outside OUT
+
 
 @dataclass
 class Manifest:
@@ -128,7 +131,11 @@ def load_manifest(path: str | Path) -> Manifest:
         raise file_error(path, f"manifest has unknown column(s) {', '.join(unknown)}",
                          f"allowed: {', '.join(COLUMNS)}")
     samples, seen = [], set()
-    for lineno, row in enumerate(reader, start=2):
+    for row in reader:
+        lineno = reader.line_num  # the row's last physical line (a quoted field may span several)
+        if None in row:
+            raise InvismapError(f"{path}:{lineno}: row has more fields than the header "
+                                f"({len(reader.fieldnames or [])} columns; quote paths that hold a comma)")
         samples.append(_parse_row(row, root, f"{path}:{lineno}"))
         if samples[-1].name in seen:
             raise InvismapError(f"{path}:{lineno}: duplicate sample name '{samples[-1].name}'")
@@ -136,6 +143,19 @@ def load_manifest(path: str | Path) -> Manifest:
     if not samples:
         raise file_error(path, "manifest lists no samples", "check the import source folder")
     return Manifest(samples, root)
+
+
+def check_sample_name(name: str, where: str = "") -> str:
+    """Refuse a sample name that is not a plain file stem.
+
+    Stages write ``OUT/<subfolder>/NAME.png`` and the like, so a name holding a path separator or ``..``
+    could write outside the output folder.
+    """
+    if not isinstance(name, str) or any(c in name for c in "/\\\0") or name in (".", ".."):
+        prefix = f"{where}: " if where else ""
+        raise InvismapError(f"{prefix}sample name {name!r} is not a plain file name (outputs are named after "
+                            "it: remove '/', '\\' and '..' from the name column)")
+    return name
 
 
 def _parse_row(row: dict, root: Path, where: str) -> Sample:
@@ -146,6 +166,7 @@ def _parse_row(row: dict, root: Path, where: str) -> Sample:
     name = (row.get("name") or "").strip()
     if not name:
         raise InvismapError(f"{where}: empty sample name")
+    check_sample_name(name, where)
     color, thermal = path_of("color"), path_of("thermal")
     if color is None or thermal is None:
         raise InvismapError(f"{where}: sample '{name}' needs both a color and a thermal path")

@@ -51,11 +51,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.set_defaults(func=_eval)
 
 
+def check_detection_args(args: argparse.Namespace) -> None:
+    """Refuse sizes and thresholds no detector can use, naming the flag and the allowed range."""
+    from invismap.errors import InvismapError
+
+    if not 32 <= args.size <= 8192:
+        raise InvismapError(f"--size {args.size}: must be between 32 and 8192 pixels (e.g. 640)")
+    for flag, v in (("--conf", args.conf), ("--iou", args.iou)):
+        if not (math.isfinite(v) and 0.0 <= v <= 1.0):
+            raise InvismapError(f"{flag} {v}: must be a number in [0, 1]")
+
+
 def _detect(args: argparse.Namespace) -> int:
     from invismap.detector.postprocess import detect
     from invismap.detector.zoo import load_detector
     from invismap.io import read_color, read_thermal, write_image, write_json
 
+    check_detection_args(args)
     files = list_images(Path(args.source))
     model = load_detector(args.model)
     read = read_color if args.modality == "color" else read_thermal
@@ -117,6 +129,7 @@ def _eval(args: argparse.Namespace) -> int:
     from invismap.detector.zoo import load_detector
     from invismap.io import write_json
 
+    check_detection_args(args)
     manifest = load_manifest(args.data)
     model = load_detector(args.model)
     res = evaluate_detector(model, manifest, images=args.images, labels=args.labels, condition=args.condition,

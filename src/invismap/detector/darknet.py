@@ -365,6 +365,8 @@ class DarknetDetector(Detector):
                 if c_in % g or f % g:
                     raise err(f"groups={g} must divide input channels {c_in} and filters {f}")
                 padding = k // 2 if b["pad"] else b["padding"]
+                if padding < 0:
+                    raise err(f"padding={padding} must be >= 0")
                 layer: nn.Module = _Conv(c_in, f, k, st, padding, g, bool(b["batch_normalize"]),
                                          b["activation"])
                 ins, c, s = [prev], f, s_in * st

@@ -13,6 +13,7 @@ Run folder::
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ from invismap.detector.zoo import load_detector
 from invismap.distill.student import ThermalStudent, student_checkpoint
 from invismap.distill.task import DistillTask
 from invismap.engine.checkpoint import save_checkpoint
-from invismap.engine.loop import TrainConfig, fit, resolve_device
+from invismap.engine.loop import TrainConfig, check_train_config, fit, resolve_device
 from invismap.engine.rundir import start_run
 from invismap.errors import InvismapError
 from invismap.invisibility.score import calibrate_thresholds, feature_distance
@@ -72,6 +73,29 @@ class DistillConfig:
     # lr: the student starts at the teacher's weights; above ~5e-4 Adam first wrecks them (measured)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=300, batch_size=8, lr=2e-4,
                                                                    warmup_steps=20, eval_every=100))
+
+
+def check_distill_config(cfg: DistillConfig) -> None:
+    """Refuse values no run can use, naming the config key and what is allowed (before any work)."""
+    def bad(key: str, value, allowed: str) -> InvismapError:
+        return InvismapError(f"config key '{key}': {value!r} is not allowed ({allowed})")
+
+    if cfg.size < 32 or cfg.size % 32:
+        raise bad("size", cfg.size, "a multiple of 32, >= 32, e.g. 640")
+    if not (math.isfinite(cfg.head_weight) and cfg.head_weight >= 0):
+        raise bad("head_weight", cfg.head_weight, "a finite number >= 0")
+    for key in ("val_every_nth", "max_pairs"):
+        if getattr(cfg, key) < 0:
+            raise bad(key, getattr(cfg, key), "an integer >= 0")
+    for key in ("threshold_percentile", "offset_percentile"):
+        v = getattr(cfg, key)
+        if v is not None and not 0 < v <= 100:
+            raise bad(key, v, "a percentile in (0, 100]")
+    if not 0 <= cfg.augment.hflip <= 1:
+        raise bad("augment.hflip", cfg.augment.hflip, "a probability in [0, 1]")
+    if cfg.augment.crop is not None and any(c < 32 or c % 32 for c in cfg.augment.crop):
+        raise bad("augment.crop", list(cfg.augment.crop), "[height, width], multiples of 32, or null")
+    check_train_config(cfg.train)
 
 
 def split_pairs(manifest: Manifest, cfg: DistillConfig) -> tuple[Manifest, Manifest | None]:
@@ -149,6 +173,7 @@ def run_distill(cfg: DistillConfig, run_dir: str | Path, resume: bool = False, p
                 stop_at: int | None = None) -> dict:
     """Train the student, calibrate t_k, write ``student.pt`` and ``thermal_detector.pt``; returns summary."""
     run_dir = Path(run_dir)
+    check_distill_config(cfg)
     manifest = load_manifest(cfg.data)
     train_pairs, val_pairs = split_pairs(manifest, cfg)
     teacher = load_detector(cfg.teacher)

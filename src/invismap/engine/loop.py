@@ -25,8 +25,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from invismap.config import to_dict
-from invismap.engine.checkpoint import load_checkpoint, save_checkpoint
-from invismap.errors import InvismapError
+from invismap.engine.checkpoint import check_state_dict, load_checkpoint, save_checkpoint
+from invismap.errors import InvismapError, file_error
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,29 @@ class Task(nn.Module):
         return {}
 
 
+def check_train_config(cfg: TrainConfig, key: str = "train") -> None:
+    """Refuse settings no run can use, naming the key and what is allowed (before any work is done)."""
+    def bad(name: str, allowed: str) -> InvismapError:
+        return InvismapError(f"config key '{key}.{name}': {getattr(cfg, name)!r} is not allowed ({allowed})")
+
+    for name in ("max_steps", "batch_size", "max_bad_steps"):
+        if getattr(cfg, name) < 1:
+            raise bad(name, "an integer >= 1")
+    for name in ("ckpt_every", "log_every"):
+        if getattr(cfg, name) < 1:
+            raise bad(name, "an integer >= 1")
+    for name in ("warmup_steps", "eval_every", "image_every", "num_workers"):
+        if getattr(cfg, name) < 0:
+            raise bad(name, "an integer >= 0")
+    if not (math.isfinite(cfg.lr) and cfg.lr > 0):
+        raise bad("lr", "a finite number > 0")
+    for name in ("weight_decay", "grad_clip"):
+        if not (math.isfinite(getattr(cfg, name)) and getattr(cfg, name) >= 0):
+            raise bad(name, "a finite number >= 0")
+    if not (math.isfinite(cfg.min_lr_ratio) and 0 <= cfg.min_lr_ratio <= 1):
+        raise bad("min_lr_ratio", "a number in [0, 1]")
+
+
 def lr_at(step: int, cfg: TrainConfig) -> float:
     """Linear warm-up to ``cfg.lr``, then cosine decay to ``cfg.lr * cfg.min_lr_ratio``."""
     if step < cfg.warmup_steps:
@@ -127,7 +150,10 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise InvismapError(f"device '{name}' asked for, but CUDA is not available (use device=cpu)")
-    return torch.device(name)
+    try:
+        return torch.device(name)
+    except (RuntimeError, ValueError):
+        raise InvismapError(f"device '{name}' is not a device (use auto, cpu, cuda or cuda:N)") from None
 
 
 def _init_distributed(cfg: TrainConfig) -> tuple[int, int, torch.device]:
@@ -180,6 +206,7 @@ def fit(task: Task, train_set: Dataset, cfg: TrainConfig, run_dir: str | Path, *
     from tqdm import tqdm
 
     run_dir = Path(run_dir)
+    check_train_config(cfg)
     rank, world, device = _init_distributed(cfg)
     is_main = rank == 0
     torch.manual_seed(cfg.seed)
@@ -187,13 +214,27 @@ def fit(task: Task, train_set: Dataset, cfg: TrainConfig, run_dir: str | Path, *
     optimizers = task.configure_optimizers(cfg)
     start_step, best, bad_steps, skipped = 0, math.inf, 0, 0
     last = run_dir / "ckpt" / "last.pt"
+    if is_main and last.parent.is_dir():
+        # a run killed while writing a checkpoint leaves its temporary file (never the checkpoint) behind
+        for stale in last.parent.glob(".*.tmp"):
+            stale.unlink(missing_ok=True)
     if resume:
         if not last.is_file():
             raise InvismapError(f"{last}: nothing to resume from (start without --resume)")
         state = load_checkpoint(last, task.kind)
+        missing = [k for k in ("model", "optimizers", "step", "rng") if k not in state]
+        if missing:
+            raise file_error(last, f"training checkpoint lacks {', '.join(missing)}",
+                             "resume from a ckpt/last.pt written by training, or start without --resume")
+        check_state_dict(last, task.net, state["model"])
         task.net.load_state_dict(state["model"])
         for name, opt in optimizers.items():
-            opt.load_state_dict(state["optimizers"][name])
+            try:
+                opt.load_state_dict(state["optimizers"][name])
+            except (KeyError, ValueError, TypeError) as e:
+                raise file_error(last, f"optimizer '{name}' state does not fit this run "
+                                 f"({type(e).__name__}: {str(e)[:80]})",
+                                 "resume with the config the run was started with") from None
         start_step, best, skipped = state["step"], state.get("best", math.inf), state.get("skipped_steps", 0)
         torch.set_rng_state(state["rng"]["torch"])
         if is_main:
@@ -203,8 +244,11 @@ def fit(task: Task, train_set: Dataset, cfg: TrainConfig, run_dir: str | Path, *
 
     end_step = cfg.max_steps if stop_at is None else min(stop_at, cfg.max_steps)
     sampler = StepBatchSampler(len(train_set), cfg.batch_size, start_step, end_step, cfg.seed, rank, world)
+    # The loader's own generator: without one, starting its iterator draws from the global torch RNG, so a
+    # resumed run (one more iterator start) would continue with another RNG stream than an uninterrupted one.
     loader = DataLoader(train_set, batch_sampler=sampler, num_workers=cfg.num_workers, collate_fn=collate_fn,
-                        persistent_workers=False, pin_memory=device.type == "cuda")
+                        persistent_workers=False, pin_memory=device.type == "cuda",
+                        generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + start_step))
     writer = None
     if is_main:
         from torch.utils.tensorboard import SummaryWriter
@@ -224,67 +268,71 @@ def fit(task: Task, train_set: Dataset, cfg: TrainConfig, run_dir: str | Path, *
     t0, seen, logged = time.time(), 0, {}
     bar = tqdm(total=cfg.max_steps, initial=start_step, desc=f"train {task.kind}", unit="step",
                disable=not (progress and is_main), dynamic_ncols=True)
-    step = start_step
-    for step, batch in enumerate(loader, start=start_step):
-        task.train()
-        batch = _move(batch, device)
-        for opt in optimizers.values():
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step, cfg) * group.get("lr_scale", 1.0)
-        out = task.training_step(batch)
-        losses = [(k.split("/", 1)[1], v) for k, v in out.items() if k.startswith("loss/")]
-        finite = all(torch.isfinite(v).all() for _, v in losses)
-        if world > 1:  # every rank must agree to skip, or DDP's all-reduce would hang
-            flag = torch.tensor([float(finite)], device=device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-            finite = bool(flag.item())
-        if not finite:
-            bad_steps, skipped = bad_steps + 1, skipped + 1
-            log.warning(f"step {step}: non-finite loss, step skipped ({skipped} so far)")
+    try:  # an error must not leave the progress bar's line open (the error message goes after it)
+        step = start_step
+        for step, batch in enumerate(loader, start=start_step):
+            task.train()
+            batch = _move(batch, device)
             for opt in optimizers.values():
+                for group in opt.param_groups:
+                    group["lr"] = lr_at(step, cfg) * group.get("lr_scale", 1.0)
+            out = task.training_step(batch)
+            losses = [(k.split("/", 1)[1], v) for k, v in out.items() if k.startswith("loss/")]
+            finite = all(torch.isfinite(v).all() for _, v in losses)
+            if world > 1:  # every rank must agree to skip, or DDP's all-reduce would hang
+                flag = torch.tensor([float(finite)], device=device)
+                dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+                finite = bool(flag.item())
+            if not finite:
+                bad_steps, skipped = bad_steps + 1, skipped + 1
+                log.warning(f"step {step}: non-finite loss, step skipped ({skipped} so far)")
+                for opt in optimizers.values():
+                    opt.zero_grad(set_to_none=True)
+                if bad_steps >= cfg.max_bad_steps:
+                    raise InvismapError(f"training stopped: {bad_steps} non-finite losses in a row at step "
+                                        f"{step} (lower the learning rate, or check the inputs for NaN/blank "
+                                        "images)")
+                continue
+            bad_steps = 0
+            for name, loss in losses:
+                opt = optimizers[name]
                 opt.zero_grad(set_to_none=True)
-            if bad_steps >= cfg.max_bad_steps:
-                raise InvismapError(f"training stopped: {bad_steps} non-finite losses in a row at step {step} "
-                                    "(lower the learning rate, or check the inputs for NaN/blank images)")
-            continue
-        bad_steps = 0
-        for name, loss in losses:
-            opt = optimizers[name]
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                params = [p for g in opt.param_groups for p in g["params"]]
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            opt.step()
-        seen += cfg.batch_size * world
-        for k, v in out.items():
-            logged[k] = logged.get(k, 0.0) + float(v.detach() if isinstance(v, torch.Tensor) else v)
-        done = step + 1
-        if is_main and (done % cfg.log_every == 0 or done == cfg.max_steps):
-            n = cfg.log_every if done % cfg.log_every == 0 else (done % cfg.log_every)
-            for k, v in logged.items():
-                writer.add_scalar(k, v / n, done)
-            writer.add_scalar("lr", lr_at(step, cfg), done)
-            writer.add_scalar("throughput/pairs_per_s", seen / max(time.time() - t0, 1e-9), done)
-            main_loss = next((v / n for k, v in logged.items() if k.startswith("loss/")), float("nan"))
-            bar.set_postfix(loss=f"{main_loss:.4g}")
-            logged = {}
-        if is_main and cfg.image_every and done % cfg.image_every == 0:
-            task.log_images(writer, batch, done)
-        if val_set is not None and cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.max_steps):
-            metrics = evaluate(task, val_set, cfg, device, collate_fn)
-            if is_main:
-                for k, v in metrics.items():
-                    writer.add_scalar(f"val/{k}", v, done)
-                if metrics.get("loss", math.inf) < best:
-                    best = metrics["loss"]
-                    checkpoint(done, run_dir / "ckpt" / "best.pt")
-        if done % cfg.ckpt_every == 0 or done in (cfg.max_steps, end_step):
-            checkpoint(done, last)
-        bar.update(1)
-    bar.close()
-    if writer is not None:
-        writer.close()
+                loss.backward()
+                if cfg.grad_clip > 0:
+                    params = [p for g in opt.param_groups for p in g["params"]]
+                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                opt.step()
+            seen += cfg.batch_size * world
+            for k, v in out.items():
+                logged[k] = logged.get(k, 0.0) + float(v.detach() if isinstance(v, torch.Tensor) else v)
+            done = step + 1
+            if is_main and (done % cfg.log_every == 0 or done == cfg.max_steps):
+                n = cfg.log_every if done % cfg.log_every == 0 else (done % cfg.log_every)
+                for k, v in logged.items():
+                    writer.add_scalar(k, v / n, done)
+                writer.add_scalar("lr", lr_at(step, cfg), done)
+                writer.add_scalar("throughput/pairs_per_s", seen / max(time.time() - t0, 1e-9), done)
+                main_loss = next((v / n for k, v in logged.items() if k.startswith("loss/")), float("nan"))
+                bar.set_postfix(loss=f"{main_loss:.4g}")
+                logged = {}
+            if is_main and cfg.image_every and done % cfg.image_every == 0:
+                task.log_images(writer, batch, done)
+            if (val_set is not None and cfg.eval_every
+                    and (done % cfg.eval_every == 0 or done == cfg.max_steps)):
+                metrics = evaluate(task, val_set, cfg, device, collate_fn)
+                if is_main:
+                    for k, v in metrics.items():
+                        writer.add_scalar(f"val/{k}", v, done)
+                    if metrics.get("loss", math.inf) < best:
+                        best = metrics["loss"]
+                        checkpoint(done, run_dir / "ckpt" / "best.pt")
+            if done % cfg.ckpt_every == 0 or done in (cfg.max_steps, end_step):
+                checkpoint(done, last)
+            bar.update(1)
+    finally:
+        bar.close()
+        if writer is not None:
+            writer.close()
     elapsed = time.time() - t0
     if world > 1:
         dist.barrier()

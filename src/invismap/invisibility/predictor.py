@@ -59,7 +59,7 @@ from invismap.data.dataset import PairDataset
 from invismap.data.letterbox import Letterbox, apply_letterbox
 from invismap.data.manifest import Manifest, load_manifest
 from invismap.engine.checkpoint import check_state_dict, load_checkpoint, save_checkpoint
-from invismap.engine.loop import Task, TrainConfig, fit
+from invismap.engine.loop import Task, TrainConfig, check_train_config, fit
 from invismap.engine.rundir import start_run
 from invismap.errors import InvismapError, file_error
 from invismap.invisibility.unet import InvisibilityUNet, UNetConfig
@@ -120,8 +120,12 @@ def load_target(path: Path, lb: Letterbox) -> np.ndarray:
     except FileNotFoundError:
         raise file_error(path, "no cached target for this pair",
                          "compute the targets for every pair of the manifest first") from None
-    except (ValueError, OSError) as e:
-        raise file_error(path, f"not a readable .npy target ({e})", "recompute it") from None
+    except (ValueError, OSError, EOFError) as e:
+        raise file_error(path, f"not a readable .npy target ({str(e)[:120]})", "recompute it") from None
+    if not isinstance(target, np.ndarray) or not (np.issubdtype(target.dtype, np.floating)
+                                                  or np.issubdtype(target.dtype, np.integer)):
+        raise file_error(path, f"target holds {getattr(target, 'dtype', type(target).__name__)} values, "
+                         "expected numbers in [0, 1]", "recompute it")
     target = np.asarray(target, np.float32).squeeze()
     if target.shape == (lb.height, lb.width):
         pass
@@ -324,6 +328,23 @@ def split_pairs(manifest: Manifest, cfg: PredictorConfig) -> tuple[Manifest, Man
     return pool.holdout(cfg.val_every_nth)
 
 
+def check_predictor_config(cfg: PredictorConfig) -> None:
+    """Refuse values no run can use, naming the config key and what is allowed (before any work)."""
+    if cfg.size < 32 or cfg.size % 32:
+        raise InvismapError(f"config key 'size': {cfg.size} is not allowed "
+                            "(a multiple of 32, >= 32, e.g. 640)")
+    if not 0.0 <= cfg.hflip <= 1.0:
+        raise InvismapError(f"config key 'hflip': {cfg.hflip} is not allowed (a probability in [0, 1])")
+    if cfg.val_every_nth < 0:
+        raise InvismapError(f"config key 'val_every_nth': {cfg.val_every_nth} is not allowed "
+                            "(0 = no validation, or n >= 1)")
+    try:
+        InvisibilityUNet(cfg.unet)
+    except ValueError as e:
+        raise InvismapError(f"config key 'unet': {e}") from None
+    check_train_config(cfg.train)
+
+
 def train_predictor(cfg: PredictorConfig, manifest: Manifest | str | Path | None = None,
                     target_dir: str | Path | None = None, run_dir: str | Path = "runs/predictor",
                     resume: bool = False, progress: bool = True, stop_at: int | None = None) -> Path:
@@ -339,6 +360,7 @@ def train_predictor(cfg: PredictorConfig, manifest: Manifest | str | Path | None
         stop_at: stop at this step (as an interruption would); ``predictor.pt`` is then not written yet.
     """
     run_dir = Path(run_dir)
+    check_predictor_config(cfg)
     manifest = manifest if manifest is not None else cfg.data
     if not isinstance(manifest, Manifest):
         if not str(manifest):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ import numpy as np
 from invismap.config import to_dict
 from invismap.data.manifest import Manifest, load_manifest, save_manifest
 from invismap.errors import InvismapError
-from invismap.io import write_json
+from invismap.io import copy_file, write_json
 from invismap.pipeline.runner import Pipeline, Stage
 
 log = logging.getLogger(__name__)
@@ -249,7 +248,7 @@ def _experiments(p: Pipeline, d: Path, resume: bool) -> dict:
         for folder in (variant_dir(d / "losses", main), variant_dir(d / "pairs", f"{n_all} pairs")):
             folder.mkdir(parents=True, exist_ok=True)
             for f in ("thermal_detector.pt", "summary.json"):
-                shutil.copy2(p.dir("distill") / f, folder / f)
+                copy_file(p.dir("distill") / f, folder / f)
     out: dict = {}
     if losses:
         out["losses"] = run_experiment("ablation", base, d / "losses", losses=losses, eval_split=split,

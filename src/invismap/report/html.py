@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import html
 import json
-import shutil
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,7 +22,7 @@ from matplotlib.figure import Figure
 
 from invismap import __version__
 from invismap.data.manifest import COCO_NAMES, ROAD_CLASSES
-from invismap.io import atomic_write, save_figure
+from invismap.io import atomic_write, copy_file, save_figure
 
 # stage output (relative to the stage folder) -> name in data/
 DATA_FILES = {
@@ -78,7 +77,7 @@ def collect(stage_dirs: Mapping[str, Path], out: Path) -> dict[str, Any]:
         for rel, name in files.items():
             src = Path(stage_dirs[stage]) / rel if stage in stage_dirs else None
             if src is not None and src.is_file():
-                shutil.copy2(src, out / "data" / name)
+                copy_file(src, out / "data" / name)
                 data[name] = json.loads(src.read_text(encoding="utf-8"))
     images = {stage: dict(files) for stage, files in IMAGE_FILES.items()}
     if "eval_maps" in stage_dirs:
@@ -89,7 +88,7 @@ def collect(stage_dirs: Mapping[str, Path], out: Path) -> dict[str, Any]:
         for rel, name in files.items():
             src = Path(stage_dirs[stage]) / rel if stage in stage_dirs else None
             if src is not None and src.is_file():
-                shutil.copy2(src, out / "img" / name)
+                copy_file(src, out / "img" / name)
     return data
 
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from invismap.data.manifest import Sample, write_yolo_labels
 from invismap.errors import InvismapError, file_error
-from invismap.io import image_size
+from invismap.io import read_color, read_thermal
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -46,7 +46,9 @@ def pair_by_stem(color: dict[str, Path], thermal: dict[str, Path], color_dir: Pa
 
 
 def check_pair_sizes(samples: Iterable[Sample], progress: bool = True) -> dict[str, tuple[int, int]]:
-    """Decode every image once (catching corrupt files) and require equal color/thermal sizes.
+    """Read every image once with the readers training uses (catching corrupt files, wrong channel counts and
+    bit depths) and require equal color/thermal sizes. False-color thermal frames are refused when read for
+    training, not here.
 
     Returns the (width, height) of each sample.
     """
@@ -55,8 +57,8 @@ def check_pair_sizes(samples: Iterable[Sample], progress: bool = True) -> dict[s
     sizes = {}
     samples = list(samples)
     for s in tqdm(samples, desc="checking images", unit="pair", disable=not progress, leave=False):
-        cw, ch = image_size(s.color)
-        tw, th = image_size(s.thermal)
+        ch, cw = read_color(s.color).shape[:2]
+        th, tw = read_thermal(s.thermal, refuse_palette=False).shape[:2]
         if (cw, ch) != (tw, th):
             raise file_error(s.thermal, f"size {tw}x{th} differs from its color twin {s.color.name} ({cw}x{ch})",
                              "register the pair first: 'invismap register'")
@@ -90,7 +92,7 @@ def read_voc(path: Path) -> tuple[tuple[int, int] | None, list[tuple[str, list[f
         objects = [(obj.findtext("name", "").strip(),
                     [float(obj.find("bndbox").findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax")])
                    for obj in root.iter("object")]
-    except (ET.ParseError, OSError, AttributeError, TypeError, ValueError) as e:
+    except (ET.ParseError, OSError, AttributeError, TypeError, ValueError, OverflowError) as e:
         raise file_error(path, f"not a readable Pascal VOC annotation ({type(e).__name__})",
                          "each <object> needs <name> and <bndbox> with xmin/ymin/xmax/ymax") from None
     return (wh if wh and all(wh) else None), objects
@@ -103,7 +105,14 @@ def write_pixel_labels(out: Path, boxes: list, classes: list, width: int, height
     Overshoot of up to 5% of the image is annotation slop and is clipped; more, an empty/inverted box or a
     non-number means the labels belong to another image size or are corrupt, and raises naming ``source``.
     """
-    arr = np.asarray(boxes, float).reshape(-1, 4)
+    try:
+        arr = np.asarray(boxes, float)
+        if arr.size and (arr.ndim != 2 or arr.shape[1] != 4):
+            raise ValueError(f"shape {arr.shape}")
+    except (ValueError, TypeError) as e:
+        raise file_error(source, f"boxes must be lists of 4 numbers [x1, y1, x2, y2] ({str(e)[:80]})",
+                         "fix or delete the malformed box") from None
+    arr = arr.reshape(-1, 4)
     tol = 0.05 * max(width, height)
     for x1, y1, x2, y2 in arr:
         if not (np.isfinite([x1, y1, x2, y2]).all() and x1 < x2 and y1 < y2 and x1 >= -tol and y1 >= -tol

@@ -78,8 +78,8 @@ def _read_coco(path: Path, suffix: str) -> tuple[dict[str, dict], dict[str, list
                 boxes[key].append((FLIR_TO_COCO[name], [x, y, x + w, y + h]))
             else:
                 dropped[name] += 1
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        raise file_error(path, f"not a readable COCO json ({type(e).__name__}: {e})",
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
+        raise file_error(path, f"not a readable COCO json ({type(e).__name__}: {str(e)[:100]})",
                          "needs images[id, file_name], annotations[image_id, category_id, bbox], "
                          "categories[id, name]") from None
     return frames, boxes, dropped

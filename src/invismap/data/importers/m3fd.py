@@ -16,6 +16,7 @@ by a hash of the name.
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 from invismap.data.importers.common import (
@@ -34,12 +35,15 @@ M3FD_TO_COCO = {"people": 0, "car": 2, "bus": 5, "motorcycle": 3, "truck": 7}
 def _read_conditions(path: Path) -> dict[str, str]:
     if not path.is_file():
         raise file_error(path, "conditions CSV not found", "give a CSV with columns name,condition")
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        if not {"name", "condition"} <= set(reader.fieldnames or []):
-            raise file_error(path, "needs columns name,condition",
-                             f"it has {', '.join(reader.fieldnames or [])}")
-        table = {row["name"].strip(): row["condition"].strip() for row in reader}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise file_error(path, "is not UTF-8 text", "give a CSV with columns name,condition") from None
+    reader = csv.DictReader(io.StringIO(text))
+    if not {"name", "condition"} <= set(reader.fieldnames or []):
+        raise file_error(path, "needs columns name,condition",
+                         f"it has {', '.join(reader.fieldnames or [])}")
+    table = {(row["name"] or "").strip(): (row["condition"] or "").strip() for row in reader}
     for name, cond in table.items():
         if cond not in CONDITIONS:
             raise file_error(path, f"pair {name}: condition '{cond}' not one of {', '.join(CONDITIONS)}")

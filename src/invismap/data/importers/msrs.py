@@ -8,6 +8,7 @@ COCO's) and an optional ``pairs.csv`` whose ``dev_split`` (or ``split``) column 
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 from invismap.data.importers.common import check_pair_sizes, list_images, pair_by_stem
@@ -30,16 +31,23 @@ def _read_splits(src: Path, split_column: str) -> dict[str, str]:
     table = src / "pairs.csv"
     if not table.is_file():
         return {}
-    with open(table, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        if split_column not in (reader.fieldnames or []):
-            raise file_error(table, f"has no '{split_column}' column", f"columns: {', '.join(reader.fieldnames or [])}")
-        splits = {}
-        for row in reader:
-            split = row[split_column].strip()
-            if split not in SPLITS:
-                raise file_error(table, f"pair {row.get('name')}: split '{split}' not one of {', '.join(SPLITS)}")
-            splits[row["name"].strip()] = split
+    try:
+        text = table.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise file_error(table, "is not UTF-8 text", "write it as CSV with columns name,"
+                         f"{split_column}") from None
+    reader = csv.DictReader(io.StringIO(text))
+    for column in ("name", split_column):
+        if column not in (reader.fieldnames or []):
+            raise file_error(table, f"has no '{column}' column",
+                             f"columns: {', '.join(reader.fieldnames or [])}")
+    splits = {}
+    for lineno, row in enumerate(reader, start=2):
+        split = (row[split_column] or "").strip()
+        if split not in SPLITS:
+            raise file_error(f"{table}:{lineno}", f"pair {row.get('name')}: split '{split}' not one of "
+                             f"{', '.join(SPLITS)}")
+        splits[(row["name"] or "").strip()] = split
     return splits
 
 

@@ -18,6 +18,7 @@ hash of the name. Example: ``import_roadscene(Path("assets/data/roadscene"), Pat
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections import Counter
 from dataclasses import replace
@@ -40,17 +41,27 @@ ROADSCENE_TO_COCO = {"person": 0, "bike": 1, "car": 2}
 def _read_meta(path: Path) -> dict[str, dict]:
     if not path.is_file():
         return {}
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        missing = {"name", "flir_aligned_split", "daynight"} - set(reader.fieldnames or [])
-        if missing:
-            raise file_error(path, f"lacks column(s) {', '.join(sorted(missing))}",
-                             "use the CSV from the shared _meta folder")
-        rows = {row["name"].strip(): row for row in reader}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise file_error(path, "is not UTF-8 text", "use the CSV from the shared _meta folder") from None
+    reader = csv.DictReader(io.StringIO(text))
+    missing = {"name", "flir_aligned_split", "daynight"} - set(reader.fieldnames or [])
+    if missing:
+        raise file_error(path, f"lacks column(s) {', '.join(sorted(missing))}",
+                         "use the CSV from the shared _meta folder")
+    # short rows give None for the missing fields, long rows an extra None key: normalise both
+    rows = {(row["name"] or "").strip(): {k: (v or "") for k, v in row.items() if isinstance(k, str)}
+            for row in reader}
     for name, row in rows.items():
-        if row["daynight"].strip() not in CONDITIONS:
+        if (row["daynight"] or "").strip() not in CONDITIONS:
             raise file_error(path, f"frame {name}: condition '{row['daynight']}' is not one of "
                              f"{', '.join(CONDITIONS)}")
+        for key in ("crop_w", "crop_h", "n_boxes_in_crop"):
+            value = (row.get(key) or "").strip()
+            if value and not (value.isdigit() and value.isascii()):
+                raise file_error(path, f"frame {name}: {key} '{value}' is not a whole number",
+                                 "use the CSV from the shared _meta folder")
     return rows
 
 
@@ -59,7 +70,7 @@ def _read_boxes(path: Path) -> dict[str, list] | None:
         return None
     try:
         return dict(json.loads(path.read_text(encoding="utf-8"))["boxes"])
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         raise file_error(path, "not a RoadScene box file", 'expected {"boxes": {NAME: [...]}}') from None
 
 
@@ -79,13 +90,16 @@ def import_roadscene(src: Path, dst: Path, progress: bool = True,
     dropped = Counter()
     for i, s in enumerate(samples):
         row, (w, h) = meta.get(s.name, {}), sizes[s.name]
-        if row.get("crop_w") and (int(row["crop_w"]), int(row["crop_h"])) != (w, h):
+        if (row.get("crop_w") or "").strip() and (int(row["crop_w"]), int(row.get("crop_h") or 0)) != (w, h):
             raise file_error(meta_path, f"frame {s.name} is {row['crop_w']}x{row['crop_h']} here but its "
                              f"images are {w}x{h}", "the meta belongs to another crop of RoadScene")
         if boxes is None or not row.get("flir_aligned_split", "").strip():
             continue  # no box file, or a frame FLIR-aligned does not hold: not labelled
         frame = boxes.get(s.name, [])
-        if row.get("n_boxes_in_crop") and int(row["n_boxes_in_crop"]) != len(frame):
+        if not isinstance(frame, list):
+            raise file_error(boxes_path, f"frame {s.name}: expected a list of boxes, "
+                             f"got {type(frame).__name__}")
+        if (row.get("n_boxes_in_crop") or "").strip() and int(row["n_boxes_in_crop"]) != len(frame):
             raise file_error(boxes_path, f"frame {s.name} has {len(frame)} boxes but the meta CSV says "
                              f"{row['n_boxes_in_crop']}", "use the JSON and CSV from the same _meta folder")
         try:

@@ -1,0 +1,690 @@
+"""Bad input at the command line: one line naming the file (or key) and the fix, exit 2, nothing half-written.
+
+Every row of ``ROWS`` builds a small broken input in ``tmp_path`` (generated images, labels, configs,
+arrays, checkpoints; no real data is copied), runs one ``invismap`` command in-process (or, for rows that need
+a real kernel error or must prove that no traceback reaches the terminal, as a subprocess) and checks:
+
+- the exit code is 2 and stderr holds exactly one ``invismap: error:`` line and no traceback;
+- that line holds every expected fragment (the culprit file or config key, what is wrong, the fix);
+- the command's product (manifest.csv, predictor.pt, the ONNX file, ...) was not written and no temporary
+  ``*.tmp`` file is left in the output folder.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import resource
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from invismap.cli import main
+from invismap.data.importers import import_dataset
+from invismap.engine.checkpoint import save_checkpoint
+from invismap.errors import InvismapError
+from invismap.invisibility.unet import InvisibilityUNet, UNetConfig
+
+W, H = 64, 48  # generated test images
+NAMES = ("0001D", "0002N", "0003D")
+INVISMAP = Path(sys.executable).with_name("invismap")
+
+
+# --------------------------------------------------------------------------------------------- inputs
+
+def make_msrs(src: Path, names=NAMES) -> Path:
+    """A tiny MSRS-layout folder: random 8-bit color/thermal pairs and one box per label file."""
+    rng = np.random.default_rng(0)
+    for sub in ("vi", "ir", "labels/visible", "labels/infrared"):
+        (src / sub).mkdir(parents=True, exist_ok=True)
+    for n in names:
+        cv2.imwrite(str(src / "vi" / f"{n}.png"), rng.integers(0, 255, (H, W, 3), dtype=np.uint8))
+        cv2.imwrite(str(src / "ir" / f"{n}.png"), rng.integers(0, 255, (H, W), dtype=np.uint8))
+        (src / "labels/visible" / f"{n}.txt").write_text("0 0.5 0.5 0.2 0.3\n")
+        (src / "labels/infrared" / f"{n}.txt").write_text("2 0.4 0.5 0.2 0.3\n")
+    return src
+
+
+def make_dataset(t: Path) -> Path:
+    """``make_msrs`` imported into ``t/ds`` (manifest.csv + labels)."""
+    import_dataset("msrs", make_msrs(t / "src"), t / "ds", progress=False)
+    return t / "ds"
+
+
+def make_predictor_config(t: Path, extra: str = "") -> Path:
+    """A dataset, its target cache (one ``NAME.npy`` per pair) and a 2-step predictor config."""
+    ds = make_dataset(t)
+    (t / "tg").mkdir()
+    for n in NAMES:
+        np.save(t / "tg" / f"{n}.npy", np.full((H, W), 0.5, np.float16))
+    cfg = t / "c.yaml"
+    cfg.write_text(f"data: {ds}\ntargets: {t / 'tg'}\nsize: 64\nsplit: all\nval_every_nth: 0\n"
+                   "train:\n  max_steps: 2\n  batch_size: 2\n  warmup_steps: 1\n" + extra)
+    return cfg
+
+
+def make_predictor_checkpoint(path: Path, unet: UNetConfig | None = None, **over) -> Path:
+    """A predictor.pt as ``train_predictor`` writes it: the default U-Net config, random weights of ``unet``."""
+    state = {"kind": "predictor", "unet_config": asdict(UNetConfig()),
+             "model": InvisibilityUNet(unet).state_dict(), "input_size": 64, "square": False,
+             "normalisation": "rgb 0..1", "loss": "bce", "step": 1}
+    return save_checkpoint(path, {**state, **over})
+
+
+class _Payload:
+    """Unpickling this creates a folder: proof that the file's code ran."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.mkdir, (str(self.marker),)
+
+
+TINY_DARKNET = """[net]
+width=64
+height=64
+channels=3
+[convolutional]
+batch_normalize=1
+filters=8
+size=3
+stride=2
+pad=1
+activation=leaky
+[convolutional]
+filters=8
+size=1
+stride=1
+activation=leaky
+[convolutional]
+filters=6
+size=1
+stride=1
+activation=linear
+[yolo]
+mask=0
+anchors=10,14
+classes=1
+num=1
+"""
+
+
+def image_dir(t: Path) -> Path:
+    (t / "img").mkdir()
+    cv2.imwrite(str(t / "img" / "a.png"), np.zeros((H, W, 3), np.uint8))
+    return t / "img"
+
+
+# --------------------------------------------------------------------------------------------- rows
+
+@dataclass
+class Case:
+    argv: list[str]
+    out: Path  # output folder: no *.tmp may be left in it
+    product: list[Path] = field(default_factory=list)  # files that must not exist afterwards
+
+
+@dataclass
+class Row:
+    setup: Callable[[Path, pytest.MonkeyPatch], Case]
+    fragments: tuple[str, ...]
+    subprocess: bool = False
+
+
+ROWS: dict[str, Row] = {}
+
+
+def row(*fragments: str, subprocess: bool = False):
+    def deco(fn):
+        ROWS[fn.__name__] = Row(fn, fragments, subprocess)
+        return fn
+    return deco
+
+
+def import_case(t: Path, src: Path) -> Case:
+    return Case(["data", "import", "msrs", str(src), str(t / "dst")], t / "dst", [t / "dst" / "manifest.csv"])
+
+
+def predictor_case(t: Path, cfg: Path, *extra: str, resume: bool = False) -> Case:
+    argv = ["train-predictor", str(cfg), *extra, "--run", str(t / "run")] + (["--resume"] if resume else [])
+    return Case(argv, t / "run", [t / "run" / "predictor.pt"])
+
+
+# ---- images -------------------------------------------------------------------------------------
+
+@row("vi/0002N.png", "not a readable image (corrupt or truncated)", "re-copy or remove it")
+def truncated_png(t, mp):
+    src = make_msrs(t / "src")
+    f = src / "vi" / "0002N.png"
+    f.write_bytes(f.read_bytes()[:80])
+    return import_case(t, src)
+
+
+@row("ir/0001D.png", "empty file (0 bytes)", "re-copy or remove it")
+def zero_byte_thermal(t, mp):
+    src = make_msrs(t / "src")
+    (src / "ir" / "0001D.png").write_bytes(b"")
+    return import_case(t, src)
+
+
+@row("ir/0003D.png", "size 32x24 differs from its color twin 0003D.png (64x48)", "invismap register")
+def size_mismatch(t, mp):
+    src = make_msrs(t / "src")
+    cv2.imwrite(str(src / "ir" / "0003D.png"), np.zeros((24, 32), np.uint8))
+    return import_case(t, src)
+
+
+@row("ir/0001D.png", "thermal image has 3 different channels (false-color palette?)",
+     "export the raw gray thermal frames")
+def false_color_thermal(t, mp):
+    ds = make_dataset(t)  # the import checks channels and bit depth; the palette is refused when read
+    ramp = np.tile(np.linspace(0, 255, W).astype(np.uint8), (H, 1))
+    cv2.imwrite(str(t / "src" / "ir" / "0001D.png"), cv2.applyColorMap(ramp, cv2.COLORMAP_JET))
+    return Case(["data", "show", str(ds), "--out", str(t / "out" / "sheet.png")], t / "out",
+                [t / "out" / "sheet.png"])
+
+
+@row("vi/0002N.png", "color image has dtype uint16, expected 8-bit", "convert it to 8-bit RGB")
+def color_16bit(t, mp):
+    src = make_msrs(t / "src")
+    cv2.imwrite(str(src / "vi" / "0002N.png"), np.full((H, W, 3), 1000, np.uint16))
+    return import_case(t, src)
+
+
+@row("ir/0001D.tif", "thermal image has dtype float32, expected 8- or 16-bit")
+def float_thermal(t, mp):
+    src = make_msrs(t / "src")
+    (src / "ir" / "0001D.png").unlink()
+    cv2.imwrite(str(src / "ir" / "0001D.tif"), np.full((H, W), 0.5, np.float32))
+    return import_case(t, src)
+
+
+@row("ir/0001D.tif", "image holds NaN or inf values")
+def nan_thermal(t, mp):
+    src = make_msrs(t / "src")
+    (src / "ir" / "0001D.png").unlink()
+    frame = np.full((H, W), 0.5, np.float32)
+    frame[3, 4] = np.nan
+    cv2.imwrite(str(src / "ir" / "0001D.tif"), frame)
+    return import_case(t, src)
+
+
+@row("vi/0002N.png", "no thermal twin", "add the thermal frame or remove the color one")
+def missing_twin(t, mp):
+    src = make_msrs(t / "src")
+    (src / "ir" / "0002N.png").unlink()
+    return import_case(t, src)
+
+
+@row("src/vi", "no images found", "expected files ending in .png")
+def empty_folder(t, mp):
+    src = make_msrs(t / "src")
+    for p in (src / "vi").iterdir():
+        p.unlink()
+    return import_case(t, src)
+
+
+# ---- labels and tables --------------------------------------------------------------------------
+
+@row("labels/infrared/0002N.txt:2", "expected 'class cx cy w h', got 3 fields")
+def label_bad_line(t, mp):
+    src = make_msrs(t / "src")
+    (src / "labels/infrared/0002N.txt").write_text("0 0.5 0.5 0.1 0.1\n0 0.5 0.5\n")
+    return import_case(t, src)
+
+
+@row("labels/infrared/0003D.txt:1", "box 0.5 0.5 1.7 0.2 out of range", "normalised values in 0..1")
+def label_box_out_of_range(t, mp):
+    src = make_msrs(t / "src")
+    (src / "labels/infrared/0003D.txt").write_text("0 0.5 0.5 1.7 0.2\n")
+    return import_case(t, src)
+
+
+@row("labels/visible/0001D.txt:1", "box nan 0.5 0.1 0.1 out of range")
+def label_nan(t, mp):
+    src = make_msrs(t / "src")
+    (src / "labels/visible/0001D.txt").write_text("0 nan 0.5 0.1 0.1\n")
+    return import_case(t, src)
+
+
+@row("labels/visible/0001D.txt:1", "class 5 out of range 0..2")
+def label_class_out_of_range(t, mp):
+    src = make_msrs(t / "src")
+    (src / "labels/visible/0001D.txt").write_text("5 0.5 0.5 0.1 0.1\n")
+    return import_case(t, src)
+
+
+@row("labels/visible/0002N.txt", "label file is not text")
+def label_binary(t, mp):
+    src = make_msrs(t / "src")
+    (src / "labels/visible/0002N.txt").write_bytes(b"\xff\xfe\x00\x89PNG")
+    return import_case(t, src)
+
+
+@row("pairs.csv:3", "split 'validation' not one of train, val, test, all")
+def split_table_bad_value(t, mp):
+    src = make_msrs(t / "src")
+    (src / "pairs.csv").write_text("name,dev_split\n0001D,train\n0002N,validation\n0003D,test\n")
+    return import_case(t, src)
+
+
+@row("pairs.csv", "has no 'name' column", "columns: dev_split")
+def split_table_no_name_column(t, mp):
+    src = make_msrs(t / "src")
+    (src / "pairs.csv").write_text("dev_split\ntrain\n")
+    return import_case(t, src)
+
+
+@row("roadscene_flir_boxes_crop.json [FLIR_00001]", "boxes must be lists of 4 numbers [x1, y1, x2, y2]",
+     "fix or delete the malformed box")
+def roadscene_malformed_box(t, mp):
+    src = t / "src"
+    for sub in ("crop_LR_visible", "cropinfrared", "_meta"):
+        (src / sub).mkdir(parents=True)
+    cv2.imwrite(str(src / "crop_LR_visible/FLIR_00001.jpg"), np.zeros((H, W, 3), np.uint8))
+    cv2.imwrite(str(src / "cropinfrared/FLIR_00001.jpg"), np.zeros((H, W), np.uint8))
+    (src / "_meta/roadscene_meta.csv").write_text("name,flir_aligned_split,daynight\nFLIR_00001,train,day\n")
+    (src / "_meta/roadscene_flir_boxes_crop.json").write_text(
+        '{"boxes": {"FLIR_00001": [{"category": "car", "xyxy_crop": [1, 2, "x", 4]}]}}')
+    return Case(["data", "import", "roadscene", str(src), str(t / "dst")], t / "dst",
+                [t / "dst" / "manifest.csv"])
+
+
+@row("I00000.txt:2", "expected 'label x y w h ...', got 'person 1 2'")
+def kaist_bad_bbgt_line(t, mp):
+    src = t / "src"
+    for sub in ("set00/V000/visible", "set00/V000/lwir", "annotations/set00/V000"):
+        (src / sub).mkdir(parents=True)
+    cv2.imwrite(str(src / "set00/V000/visible/I00000.jpg"), np.zeros((H, W, 3), np.uint8))
+    cv2.imwrite(str(src / "set00/V000/lwir/I00000.jpg"), np.zeros((H, W), np.uint8))
+    (src / "annotations/set00/V000/I00000.txt").write_text("% bbGt version=3\nperson 1 2\n")
+    return Case(["data", "import", "kaist", str(src), str(t / "dst")], t / "dst",
+                [t / "dst" / "manifest.csv"])
+
+
+@row("Annotations/010001.xml", "not a readable Pascal VOC annotation", "<bndbox> with xmin/ymin/xmax/ymax")
+def llvip_voc_without_coordinates(t, mp):
+    src = t / "src"
+    for sub in ("visible/train", "infrared/train", "Annotations"):
+        (src / sub).mkdir(parents=True)
+    cv2.imwrite(str(src / "visible/train/010001.jpg"), np.zeros((H, W, 3), np.uint8))
+    cv2.imwrite(str(src / "infrared/train/010001.jpg"), np.zeros((H, W), np.uint8))
+    (src / "Annotations/010001.xml").write_text(
+        "<annotation><object><name>person</name><bndbox><xmin>1</xmin></bndbox></object></annotation>")
+    return Case(["data", "import", "llvip", str(src), str(t / "dst")], t / "dst",
+                [t / "dst" / "manifest.csv"])
+
+
+# ---- manifests ----------------------------------------------------------------------------------
+
+@row("ds/manifest.csv:2", "sample name '../../evil' is not a plain file name", "remove '/'")
+def manifest_path_traversal(t, mp):
+    ds = make_dataset(t)
+    lines = (ds / "manifest.csv").read_text().splitlines()
+    lines[1] = lines[1].replace("0001D", "../../evil", 1)
+    (ds / "manifest.csv").write_text("\n".join(lines) + "\n")
+    out = t / "out" / "reg"
+    return Case(["register", "--data", str(ds), "--shift", "1", "1", "--out", str(out)], t / "out",
+                [out / "manifest.csv", t / "out" / "evil.png", t / "evil.png"])
+
+
+@row("ds/manifest.csv", "manifest lists no samples", "check the import source folder")
+def manifest_empty(t, mp):
+    (t / "ds").mkdir()
+    (t / "ds" / "manifest.csv").write_text("name,color,thermal\n")
+    return Case(["data", "show", str(t / "ds"), "--out", str(t / "out" / "sheet.png")], t / "out",
+                [t / "out" / "sheet.png"])
+
+
+@row("manifest.csv", "unknown column(s) colour", "allowed: name, color, thermal")
+def manifest_unknown_column(t, mp):
+    (t / "ds").mkdir()
+    (t / "ds" / "manifest.csv").write_text("name,color,thermal,colour\na,a.png,b.png,red\n")
+    return Case(["data", "summary", str(t / "ds"), "--json", str(t / "out" / "s.json")], t / "out",
+                [t / "out" / "s.json"])
+
+
+@row("manifest.csv:3", "row has more fields than the header", "quote paths that hold a comma")
+def manifest_ragged_row(t, mp):
+    ds = make_dataset(t)
+    lines = (ds / "manifest.csv").read_text().splitlines()
+    lines[2] += ",extra"
+    (ds / "manifest.csv").write_text("\n".join(lines) + "\n")
+    return Case(["data", "summary", str(ds), "--json", str(t / "out" / "s.json")], t / "out",
+                [t / "out" / "s.json"])
+
+
+@row("src/vi/0003D.png", "file not found")
+def manifest_image_gone(t, mp):
+    ds = make_dataset(t)
+    (t / "src" / "vi" / "0003D.png").unlink()
+    return Case(["data", "show", str(ds), "--out", str(t / "out" / "sheet.png")], t / "out",
+                [t / "out" / "sheet.png"])
+
+
+# ---- configs ------------------------------------------------------------------------------------
+
+@row("c.yaml", "unknown config key 'unet.widht'", "allowed: base_width, depth")
+def config_unknown_key(t, mp):
+    (t / "c.yaml").write_text("unet:\n  widht: 16\n")
+    return predictor_case(t, t / "c.yaml")
+
+
+@row("c.yaml", "config key 'train.max_steps': expected int, got 'many'")
+def config_wrong_type(t, mp):
+    (t / "c.yaml").write_text("train:\n  max_steps: many\n")
+    return predictor_case(t, t / "c.yaml")
+
+
+@row("c.yaml", "config key 'loss': 'l1' is not one of 'bce', 'mse'")
+def config_not_an_allowed_value(t, mp):
+    (t / "c.yaml").write_text("loss: l1\n")
+    return predictor_case(t, t / "c.yaml")
+
+
+@row("c.yaml", "train: expected a mapping of keys, got list")
+def config_section_not_a_mapping(t, mp):
+    (t / "c.yaml").write_text("train: [1, 2]\n")
+    return predictor_case(t, t / "c.yaml")
+
+
+@row("c.yaml", "not valid YAML at line 2")
+def config_invalid_yaml(t, mp):
+    (t / "c.yaml").write_text("size: 64\n\tloss: bce\n")
+    return predictor_case(t, t / "c.yaml")
+
+
+@row("c.yaml", "not valid YAML at line 1")
+def config_yaml_python_tag_is_not_run(t, mp):
+    (t / "c.yaml").write_text(f"size: !!python/object/apply:os.mkdir ['{t / 'pwned'}']\n")
+    return Case(predictor_case(t, t / "c.yaml").argv, t / "run", [t / "pwned"])
+
+
+@row("c.yaml", "config is not UTF-8 text", "pass a YAML file")
+def config_binary(t, mp):
+    (t / "c.yaml").write_bytes(b"\xff\xfe\x00\x01")
+    return predictor_case(t, t / "c.yaml")
+
+
+@row("override 'train.lr'", "must look like key.sub=value")
+def config_override_without_value(t, mp):
+    (t / "c.yaml").write_text("size: 64\n")
+    return predictor_case(t, t / "c.yaml", "train.lr")
+
+
+@row("config key 'train.batch_size'", "0 is not allowed", "an integer >= 1")
+def config_batch_size_zero(t, mp):
+    return predictor_case(t, make_predictor_config(t), "train.batch_size=0")
+
+
+@row("config key 'size'", "a multiple of 32, >= 32")
+def config_size_zero(t, mp):
+    return predictor_case(t, make_predictor_config(t), "size=0")
+
+
+@row("config key 'unet'", "need depth >= 2")
+def config_impossible_unet(t, mp):
+    return predictor_case(t, make_predictor_config(t), "unet.depth=1")
+
+
+@row("device 'tpu' is not a device", "use auto, cpu, cuda or cuda:N")
+def config_unknown_device(t, mp):
+    return predictor_case(t, make_predictor_config(t), "train.device=tpu")
+
+
+# ---- arrays -------------------------------------------------------------------------------------
+
+@row("tg/0001D.npy", "target holds NaN or inf", "recompute it")
+def target_nan(t, mp):
+    cfg = make_predictor_config(t)
+    bad = np.full((H, W), 0.5, np.float16)
+    bad[5, 5] = np.inf
+    np.save(t / "tg" / "0001D.npy", bad)
+    return predictor_case(t, cfg)
+
+
+@row("tg/0001D.npy", "not a readable .npy target", "Object arrays cannot be loaded", "recompute it")
+def target_pickled_object_array(t, mp):
+    cfg = make_predictor_config(t)
+    np.save(t / "tg" / "0001D.npy", np.array([_Payload(t / "pwned")], dtype=object), allow_pickle=True)
+    return Case(predictor_case(t, cfg).argv, t / "run", [t / "run" / "predictor.pt", t / "pwned"])
+
+
+@row("tg/0001D.npy", "target holds <U1 values, expected numbers in [0, 1]", "recompute it")
+def target_strings(t, mp):
+    cfg = make_predictor_config(t)
+    np.save(t / "tg" / "0001D.npy", np.full((H, W), "a"))
+    return predictor_case(t, cfg)
+
+
+@row("tg/0001D.npy", "target is 10x10, expected the canvas 64x64 or the image 64x48",
+     "recompute the targets with the same size/square settings")
+def target_wrong_shape(t, mp):
+    cfg = make_predictor_config(t)
+    np.save(t / "tg" / "0001D.npy", np.zeros((10, 10), np.float16))
+    return predictor_case(t, cfg)
+
+
+@row("h.txt", "expected an invertible 3x3 matrix")
+def homography_with_nan(t, mp):
+    ds = make_dataset(t)
+    (t / "h.txt").write_text("1 0 0\n0 1 0\n0 0 nan\n")
+    argv = ["register", "--data", str(ds), "--homography-file", str(t / "h.txt"), "--out", str(t / "out")]
+    return Case(argv, t / "out", [t / "out" / "manifest.csv"])
+
+
+# ---- checkpoints --------------------------------------------------------------------------------
+
+def predict_case(t: Path, model: Path) -> Case:
+    return Case(["predict", "--model", str(model), str(image_dir(t)), "--out", str(t / "out")], t / "out",
+                [t / "out" / "index.json", t / "out" / "a_map.npy"])
+
+
+@row("s.pt", "is a 'student' checkpoint, expected predictor", "pass the right file")
+def checkpoint_wrong_kind(t, mp):
+    save_checkpoint(t / "s.pt", {"kind": "student", "model": {}})
+    return predict_case(t, t / "s.pt")
+
+
+@row("p.pt", "weights are for another architecture", "use a checkpoint made with the same model/config")
+def checkpoint_other_architecture(t, mp):
+    return predict_case(t, make_predictor_checkpoint(t / "p.pt", UNetConfig(base_width=4)))
+
+
+@row("p.pt", "written by invismap 9.0.0, newer than this invismap", "upgrade invismap")
+def checkpoint_newer_version(t, mp):
+    return predict_case(t, make_predictor_checkpoint(t / "p.pt", version="9.0.0"))
+
+
+@row("evil.pt", "refused to load", "posix.mkdir", "possibly malicious", "source you trust")
+def checkpoint_malicious_pickle(t, mp):
+    torch.save({"kind": "predictor", "model": _Payload(t / "pwned")}, t / "evil.pt")
+    case = predict_case(t, t / "evil.pt")
+    case.product.append(t / "pwned")
+    return case
+
+
+@row("evil.pt", "refused to load: the file asks to call posix.mkdir", "possibly malicious")
+def detector_malicious_pickle(t, mp):
+    torch.save({"model": _Payload(t / "pwned"), "epoch": 3}, t / "evil.pt")
+    return Case(["detect", "--model", str(t / "evil.pt"), str(image_dir(t)), "--out", str(t / "out")],
+                t / "out", [t / "out" / "detections.json", t / "pwned"])
+
+
+@row("ckpt/last.pt", "not a readable invismap checkpoint", "resume from an earlier one")
+def resume_from_truncated_checkpoint(t, mp):
+    cfg = make_predictor_config(t)
+    assert main(["train-predictor", str(cfg), "train.max_steps=1", "--run", str(t / "run")]) == 0
+    last = t / "run" / "ckpt" / "last.pt"
+    last.write_bytes(last.read_bytes()[:4096])
+    (t / "run" / "predictor.pt").unlink()
+    return predictor_case(t, cfg, resume=True)
+
+
+@row("ckpt/last.pt", "weights are for another architecture", "same model/config")
+def resume_with_other_architecture(t, mp):
+    cfg = make_predictor_config(t)
+    assert main(["train-predictor", str(cfg), "train.max_steps=1", "--run", str(t / "run")]) == 0
+    (t / "run" / "predictor.pt").unlink()
+    return predictor_case(t, cfg, "unet.base_width=4", resume=True)
+
+
+@row("ckpt/last.pt", "nothing to resume from", "start without --resume")
+def resume_without_checkpoint(t, mp):
+    return predictor_case(t, make_predictor_config(t), resume=True)
+
+
+@row("m.cfg:12", "unknown section [conv]", "supported: [net], [convolutional]")
+def darknet_cfg_unknown_section(t, mp):
+    (t / "m.cfg").write_text(TINY_DARKNET.replace("[convolutional]\nfilters=8\nsize=1",
+                                                  "[conv]\nfilters=8\nsize=1"))
+    (t / "m.weights").write_bytes(b"\0" * 64)
+    return Case(["detect", "--model", str(t / "m.cfg"), str(image_dir(t)), "--out", str(t / "out")],
+                t / "out", [t / "out" / "detections.json"])
+
+
+@row("m.weights", "truncated .weights file", "re-download it")
+def darknet_weights_truncated(t, mp):
+    (t / "m.cfg").write_text(TINY_DARKNET)
+    (t / "m.weights").write_bytes(np.array([0, 2, 0], "<i4").tobytes() + b"\0" * 8 + b"\0" * 40)
+    return Case(["detect", "--model", str(t / "m.cfg"), str(image_dir(t)), "--out", str(t / "out")],
+                t / "out", [t / "out" / "detections.json"])
+
+
+@row("--conf nan", "must be a number in [0, 1]")
+def detect_nan_threshold(t, mp):
+    return Case(["detect", "--conf", "nan", str(image_dir(t)), "--out", str(t / "out")], t / "out",
+                [t / "out" / "detections.json"])
+
+
+# ---- output folders -----------------------------------------------------------------------------
+
+@row("blocker", "is a file, not a folder", "remove that file or choose another output path")
+def output_folder_is_a_file(t, mp):
+    ds = make_dataset(t)
+    (t / "blocker").write_text("not a folder")
+    return Case(["data", "show", str(ds), "--out", str(t / "blocker" / "sheet.png")], t, [])
+
+
+@row("out/sheet.png", "disk full while writing", "free some space")
+def disk_full(t, mp):
+    ds = make_dataset(t)
+
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    mp.setattr(os, "fsync", no_space)  # the last step of every atomic write: as a full disk reports it
+    return Case(["data", "show", str(ds), "--out", str(t / "out" / "sheet.png")], t / "out",
+                [t / "out" / "sheet.png"])
+
+
+# ---- subprocess rows: a real kernel error, and proof that no traceback reaches the terminal --------
+
+@row("evil.pt", "refused to load", "possibly malicious", subprocess=True)
+def subprocess_malicious_checkpoint(t, mp):
+    return checkpoint_malicious_pickle(t, mp)
+
+
+@row("dst/labels/color/0001D.txt", "output folder is not writable", "choose another --out folder",
+     subprocess=True)
+def read_only_output_folder(t, mp):
+    case = import_case(t, make_msrs(t / "src"))
+    case.out.mkdir()
+    case.out.chmod(0o555)
+    mp.setattr(sys.modules[__name__], "_wrapper", _unprivileged())
+    return case
+
+
+@row("out/sheet.png", "file too large for this disk or this process's file size limit", "write elsewhere",
+     subprocess=True)
+def file_size_limit(t, mp):
+    ds = make_dataset(t)
+    mp.setattr(sys.modules[__name__], "_preexec", _limit_file_size)
+    return Case(["data", "show", str(ds), "--out", str(t / "out" / "sheet.png")], t / "out",
+                [t / "out" / "sheet.png"])
+
+
+_wrapper: list[str] = []
+_preexec: Callable[[], None] | None = None
+
+
+def _limit_file_size() -> None:
+    """A real EFBIG from the kernel on any write past 4 KiB (what a full quota or disk looks like)."""
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+
+def _unprivileged() -> list[str]:
+    """A command prefix under which a read-only folder is read-only: root ignores the mode bits."""
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root, where chmod 555 does not stop writes, and setpriv (to drop root's "
+                    "capabilities) is missing")
+    return [setpriv, "--bounding-set=-all", "--inh-caps=-all", "--ambient-caps=-all", "--"]
+
+
+# --------------------------------------------------------------------------------------------- the table
+
+def _run(row_: Row, case: Case, capsys) -> tuple[int, str]:
+    if not row_.subprocess:
+        code = main(case.argv)
+        return code, capsys.readouterr().err
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([*_wrapper, str(INVISMAP), *case.argv], capture_output=True, text=True, env=env,
+                          preexec_fn=_preexec, timeout=120, check=False)
+    return proc.returncode, proc.stderr
+
+
+def test_the_table_is_big_enough():
+    assert len(ROWS) >= 25
+    assert sum(r.subprocess for r in ROWS.values()) >= 2
+
+
+@pytest.mark.parametrize("name", list(ROWS))
+def test_bad_input_gives_one_clear_line(name, tmp_path, capsys, monkeypatch):
+    row_ = ROWS[name]
+    case = row_.setup(tmp_path, monkeypatch)
+    capsys.readouterr()  # drop what the setup printed
+    before = {p for p in case.out.rglob("*")} if case.out.is_dir() else set()
+    code, err = _run(row_, case, capsys)
+    monkeypatch.undo()  # before the checks: restores os.fsync, folder modes are reset below
+    if case.out.is_dir():
+        case.out.chmod(0o755)
+    errors = [ln for ln in re.split(r"[\r\n]+", err) if ln.startswith("invismap: error:")]
+    assert code == 2, err
+    assert "Traceback" not in err and len(errors) == 1, err
+    for fragment in row_.fragments:
+        assert fragment in errors[0], f"{fragment!r} not in {errors[0]!r}"
+    for product in case.product:
+        assert not product.exists(), f"{product} was written"
+    if case.out.is_dir():
+        new = {p for p in case.out.rglob("*")} - before
+        assert not [p for p in new if p.name.endswith(".tmp")], f"temporary files left: {new}"
+
+
+def test_16bit_thermal_is_accepted_and_stretched(tmp_path, capsys):
+    """16-bit thermal frames (FLIR raw counts) are not bad input: they import and render."""
+    src = make_msrs(tmp_path / "src")
+    rng = np.random.default_rng(1)
+    for n in NAMES:
+        cv2.imwrite(str(src / "ir" / f"{n}.png"), rng.integers(20000, 24000, (H, W), dtype=np.uint16))
+    assert main(["data", "import", "msrs", str(src), str(tmp_path / "ds")]) == 0
+    assert main(["data", "show", str(tmp_path / "ds"), "--out", str(tmp_path / "sheet.png")]) == 0
+    assert cv2.imread(str(tmp_path / "sheet.png")) is not None
+
+
+def test_debug_flag_shows_the_traceback(tmp_path):
+    (tmp_path / "c.yaml").write_text("loss: l1\n")
+    with pytest.raises(InvismapError, match="'loss'"):
+        main(["--debug", "train-predictor", str(tmp_path / "c.yaml"), "--run", str(tmp_path / "run")])
