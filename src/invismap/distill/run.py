@@ -131,8 +131,13 @@ def calibrate(teacher, student: ThermalStudent, pairs: Manifest, size: int, perc
                 per_scale.append([])
             per_scale[k].append(d.flatten().cpu())
     pooled = [torch.cat(d) for d in per_scale]
-    offsets = None if offset_percentile is None else calibrate_thresholds(pooled, offset_percentile)
-    return calibrate_thresholds(pooled, percentile), offsets
+    thresholds = calibrate_thresholds(pooled, percentile)
+    if offset_percentile is None:
+        return thresholds, None
+    offsets = calibrate_thresholds(pooled, offset_percentile)
+    # A degenerate calibration set (e.g. constant images) can put the floor at the threshold; keep t_k > b_k
+    # so the score stays defined (such a scale then flags any rise above its floor).
+    return [max(t, b + 1e-3) for t, b in zip(thresholds, offsets)], offsets
 
 
 def write_artifacts(teacher, student: ThermalStudent, cfg: DistillConfig, run_dir: Path,
