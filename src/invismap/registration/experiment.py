@@ -23,7 +23,8 @@ flow) and ``flow`` (the filled dense flow itself).
 
 Usage (about 2 s per pair on two CPU cores)::
 
-    python -m invismap.registration.experiment --data runs/msrs/manifest.csv --split test --out runs/weak
+    python -m invismap.registration.experiment --data runs/msrs/manifest.csv --split test --out runs/weak \
+        [--aligngan RUN/aligngan.pt]
 
 Example:
     >>> res = weak_alignment_experiment(pairs, default_estimators())  # doctest: +SKIP
@@ -393,10 +394,17 @@ def main(argv: list[str] | None = None) -> int:
                    help="known global color offset of the original pairs, removed first")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="folder for weak_alignment.json")
+    p.add_argument("--aligngan", metavar="RUN/aligngan.pt", help="also score a trained AlignGAN")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    res = run_weak_alignment(load_manifest(a.data), a.out, split=None if a.split in ("", "all") else a.split, max_pairs=a.max_pairs,
-                             trials_per_pair=a.trials, base_offset=tuple(a.base_offset), seed=a.seed)
+    estimators = default_estimators()
+    if a.aligngan:
+        from invismap.align.run import aligngan_estimators, load_aligner
+
+        estimators.update(aligngan_estimators(load_aligner(a.aligngan)))
+    res = run_weak_alignment(load_manifest(a.data), a.out, split=None if a.split in ("", "all") else a.split,
+                             max_pairs=a.max_pairs, trials_per_pair=a.trials, base_offset=tuple(a.base_offset),
+                             seed=a.seed, estimators=estimators)
     for est, m in res["summary"].items():
         log.info("%-12s %s", est, "  ".join(f"{k}={v:.3f}" for k, v in m.items()))
     return 0
