@@ -127,24 +127,45 @@ class PairDataset(Dataset):
         rgb, thr, cboxes, tboxes, lb = self._load(i)
         if self.augment is not None:
             rng = np.random.default_rng((self.seed, self.epoch + extra_epochs, i))
-            h, w = thr.shape
-            m = _random_affine(w, h, self.augment, rng)
-            rgb = cv2.warpAffine(rgb, m, (w, h), flags=cv2.INTER_LINEAR, borderValue=(114, 114, 114))
-            thr = cv2.warpAffine(thr, m, (w, h), flags=cv2.INTER_LINEAR, borderValue=114)
-            cboxes, tboxes = _warp_boxes(cboxes, m, w, h), _warp_boxes(tboxes, m, w, h)
-            if self.augment.crop is not None:
-                ch, cw = min(self.augment.crop[0], h), min(self.augment.crop[1], w)
-                y0, x0 = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
-                shift = np.array([[1, 0, -x0], [0, 1, -y0]], np.float32)
-                rgb, thr = rgb[y0:y0 + ch, x0:x0 + cw], thr[y0:y0 + ch, x0:x0 + cw]
-                cboxes, tboxes = _warp_boxes(cboxes, shift, cw, ch), _warp_boxes(tboxes, shift, cw, ch)
+            rgb, thr, cboxes, tboxes = _augment(rgb, thr, cboxes, tboxes, self.augment, rng)
         s = self.manifest[i]
-        return dict(
-            name=s.name, condition=s.condition,
-            rgb=torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))).float().div_(255),
-            thermal=torch.from_numpy(np.ascontiguousarray(thr))[None].float().div_(255),
-            color_boxes=torch.from_numpy(cboxes), thermal_boxes=torch.from_numpy(tboxes), letterbox=lb,
-        )
+        return {"name": s.name, "condition": s.condition, "rgb": to_tensor(rgb), "thermal": to_tensor(thr),
+                "color_boxes": torch.from_numpy(cboxes), "thermal_boxes": torch.from_numpy(tboxes), "letterbox": lb}
+
+
+def _augment(rgb: np.ndarray, thr: np.ndarray, cboxes: np.ndarray, tboxes: np.ndarray, aug: Augment,
+             rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Random affine (then crop) of both images and both box sets, drawn from ``rng``.
+
+    The whole image is warped and the crop cut out afterwards. Folding the crop's shift into the affine and
+    rendering only the crop would warp 3.75x fewer pixels for a 256x320 crop of 640x480, but OpenCV rounds its
+    fixed-point source coordinates per output pixel, so a shifted affine moves some pixels by one gray level
+    (most items differ somewhere): training would no longer reproduce earlier runs bit for bit, to save a few
+    percent of a step (``benchmarks/bench_distill.py`` measures the data share).
+    """
+    h, w = thr.shape
+    m = _random_affine(w, h, aug, rng)
+    rgb = cv2.warpAffine(rgb, m, (w, h), flags=cv2.INTER_LINEAR, borderValue=(114, 114, 114))
+    thr = cv2.warpAffine(thr, m, (w, h), flags=cv2.INTER_LINEAR, borderValue=114)
+    cboxes, tboxes = _warp_boxes(cboxes, m, w, h), _warp_boxes(tboxes, m, w, h)
+    if aug.crop is not None:
+        ch, cw = min(aug.crop[0], h), min(aug.crop[1], w)
+        y0, x0 = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+        shift = np.array([[1, 0, -x0], [0, 1, -y0]], np.float32)
+        rgb, thr = rgb[y0:y0 + ch, x0:x0 + cw], thr[y0:y0 + ch, x0:x0 + cw]
+        cboxes, tboxes = _warp_boxes(cboxes, shift, cw, ch), _warp_boxes(tboxes, shift, cw, ch)
+    return rgb, thr, cboxes, tboxes
+
+
+def to_tensor(image: np.ndarray) -> torch.Tensor:
+    """uint8 ``(H, W, C)`` or ``(H, W)`` -> float32 ``(C, H, W)`` in 0..1 (``x / 255``, as ``.float().div(255)``).
+
+    Converted by numpy on the calling thread: a torch elementwise op starts its thread pool for every item,
+    which on a busy 2-core machine waits for a descheduled thread (milliseconds per call, see
+    ``benchmarks/bench_distill.py``).
+    """
+    chw = np.ascontiguousarray(image.transpose(2, 0, 1) if image.ndim == 3 else image[None])
+    return torch.from_numpy(np.divide(chw, np.float32(255), dtype=np.float32))
 
 
 def collate_pairs(items: list[dict]) -> dict:

@@ -43,20 +43,57 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_training_arguments(tp, "predictor", "predictor.yaml")
     tp.set_defaults(func=_train_predictor)
 
-    ex = sub.add_parser("export", help="export the predictor to ONNX (dynamic batch and size)",
-                        description="Write an ONNX model of RUN/predictor.pt with its input size and "
-                                    "normalisation in the metadata; run it with 'invismap predict --model X.onnx'.")
-    ex.add_argument("--model", required=True, help="RUN/predictor.pt")
+    ex = sub.add_parser("export", help="export the predictor or a detector to ONNX (dynamic batch and size)",
+                        description="Write an ONNX model of RUN/predictor.pt (run it with 'invismap predict --model "
+                                    "X.onnx'), or of a detector (RUN/thermal_detector.pt, yolov5n: raw head outputs "
+                                    "and decoded predictions), with input size and normalisation in the metadata.")
+    ex.add_argument("--model", required=True,
+                    help="RUN/predictor.pt, RUN/thermal_detector.pt, or a detector name or file (yolov5n)")
     ex.add_argument("--out", required=True, help="output .onnx file")
+    ex.add_argument("--int8", action="store_true",
+                    help="predictor only: int8 static quantisation, calibrated on --calibration-data")
+    ex.add_argument("--calibration-data", metavar="DATA",
+                    help="pair dataset (manifest.csv or folder) whose train split calibrates --int8")
+    ex.add_argument("--calibration-frames", type=int, default=32, help="frames for --int8 (default 32)")
+    ex.add_argument("--size", type=int, default=640, help="detector only: letterbox size recorded (default 640)")
     ex.set_defaults(func=_export)
 
 
+def _checkpoint_kind(model: str) -> str | None:
+    """The ``kind`` of an invismap checkpoint file, None for names and foreign files (detectors)."""
+    from invismap.engine.checkpoint import load_checkpoint
+
+    if not Path(model).is_file():
+        return None
+    try:
+        return load_checkpoint(model).get("kind")
+    except InvismapError:  # e.g. an Ultralytics .pt: load_detector reads those
+        return None
+
+
 def _export(args) -> None:
-    from invismap.invisibility.export import export_predictor
+    import tempfile
+
+    from invismap.detector.export import export_detector, onnx_metadata
+    from invismap.invisibility.export import calibration_frames, export_predictor, quantize_predictor
 
     if not str(args.out).endswith(".onnx"):
         raise InvismapError(f"{args.out}: the output file must end in .onnx")
-    print(f"wrote {export_predictor(args.model, args.out)}")
+    if _checkpoint_kind(args.model) != "predictor":
+        if args.int8:
+            raise InvismapError("--int8 is for the predictor only (detectors export in float32)")
+        print(f"wrote {export_detector(args.model, args.out, size=args.size)}")
+        return
+    if not args.int8:
+        print(f"wrote {export_predictor(args.model, args.out)}")
+        return
+    if not args.calibration_data:
+        raise InvismapError("--int8 needs --calibration-data DATA (a pair dataset; its train split is used)")
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = export_predictor(args.model, Path(tmp) / "fp32.onnx")
+        size = int(onnx_metadata(fp32)["input_size"])
+        frames = calibration_frames(args.calibration_data, size, args.calibration_frames)
+        print(f"wrote {quantize_predictor(fp32, args.out, frames)}")
 
 
 def pair_target_fn(scorer):

@@ -77,7 +77,9 @@ def predict_images(model: nn.Module, images: Sequence[np.ndarray], size: int = 6
         for k in range(0, len(idx), batch_size):
             chunk = idx[k:k + batch_size]
             canvases = np.stack([apply_letterbox(images[i], lbs[i]) for i in chunk])  # (B, H, W, 3)
-            x = torch.from_numpy(np.ascontiguousarray(canvases.transpose(0, 3, 1, 2))).to(device)
+            # (B, 3, H, W) view of the HWC memory: a channels-last tensor without a copy, the layout the
+            # optimised model runs in (optimize_for_inference); ONNX Runtime copies it to NCHW itself.
+            x = torch.from_numpy(canvases).permute(0, 3, 1, 2).to(device)
             heat = torch.sigmoid(model(x.float().div_(255.0)))[:, 0].float().cpu().numpy()  # (B, H, W)
             for i, h in zip(chunk, heat):
                 out[i] = np.clip(map_to_original(h, lbs[i]), 0, 1).astype(np.float32)
@@ -331,7 +333,10 @@ def _predict(args) -> None:
         model, meta = load_onnx_predictor(args.model)
         device = torch.device("cpu")
     else:
+        from invismap.invisibility.export import optimize_for_inference
+
         model, meta = load_predictor(args.model)
+        model = optimize_for_inference(model)  # same maps to ~1e-6, faster (benchmarks/bench_predictor.py)
     size = args.size or int(meta["input_size"])
     if size % 32:
         raise InvismapError(f"--size {size} must be a multiple of 32")

@@ -1,0 +1,149 @@
+"""Deployment exports: predictor and thermal detector to ONNX agree with PyTorch; fusion; int8; CLI errors."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from invismap.cli import main
+from invismap.detector.export import onnx_metadata, ort_session
+from invismap.detector.yolov5 import YOLOv5, YOLOv5Config
+from invismap.detector.zoo import load_detector
+from invismap.distill.student import ThermalStudent, student_checkpoint
+from invismap.engine.checkpoint import save_checkpoint
+from invismap.invisibility.export import OnnxPredictor, fuse_conv_bn, quantize_predictor
+from invismap.invisibility.predictor import load_predictor
+from invismap.invisibility.unet import InvisibilityUNet, UNetConfig
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # TorchScript exporter (no onnxscript)
+pytest.importorskip("onnxruntime")
+
+TOL = 1e-4  # max abs difference between ONNX Runtime and PyTorch
+
+
+def _randomise_batchnorm(model: torch.nn.Module, seed: int = 0) -> None:
+    """Non-trivial running statistics, so that conv+BN folding is really exercised."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+
+
+@pytest.fixture(scope="module")
+def predictor_file(tmp_path_factory) -> Path:
+    """A small untrained predictor.pt (base width 4) with random BatchNorm statistics."""
+    cfg = UNetConfig(base_width=4, depth=4)
+    net = InvisibilityUNet(cfg).eval()
+    _randomise_batchnorm(net)
+    path = tmp_path_factory.mktemp("pred") / "predictor.pt"
+    save_checkpoint(path, {"kind": "predictor", "unet_config": asdict(cfg), "model": net.state_dict(),
+                           "input_size": 128, "normalisation": "rgb 0..1"})
+    return path
+
+
+@pytest.fixture(scope="module")
+def thermal_detector_file(tmp_path_factory) -> Path:
+    """A thermal_detector.pt with the yolov5n architecture and random weights (same graph as a real one)."""
+    torch.manual_seed(0)
+    teacher = YOLOv5(YOLOv5Config.variant("n")).eval()
+    _randomise_batchnorm(teacher)
+    student = ThermalStudent(teacher, "replicate")
+    path = tmp_path_factory.mktemp("det") / "thermal_detector.pt"
+    save_checkpoint(path, {"kind": "thermal_detector", **student_checkpoint(student, teacher="yolov5n")})
+    return path
+
+
+def test_predictor_onnx_matches_pytorch(predictor_file, tmp_path):
+    out = tmp_path / "predictor.onnx"
+    assert main(["export", "--model", str(predictor_file), "--out", str(out)]) == 0
+    meta = onnx_metadata(out)
+    assert meta["kind"] == "invismap.predictor" and meta["input_size"] == "128"
+    assert meta["normalisation"] == "rgb 0..1" and meta["precision"] == "float32"
+    model, _ = load_predictor(predictor_file)
+    onnx_model = OnnxPredictor(out, threads=1)
+    for shape in [(1, 3, 96, 128), (3, 3, 128, 96)]:  # dynamic batch, height and width
+        x = torch.rand(*shape)
+        with torch.no_grad():
+            assert (onnx_model(x) - model(x)).abs().max() < TOL, shape
+
+
+def test_thermal_detector_onnx_matches_pytorch_raw_heads(thermal_detector_file, tmp_path):
+    out = tmp_path / "thermal_detector.onnx"
+    assert main(["export", "--model", str(thermal_detector_file), "--out", str(out)]) == 0
+    meta = onnx_metadata(out)
+    assert meta["kind"] == "invismap.detector" and meta["input_size"] == "640"
+    assert meta["input_channels"] == "1" and meta["normalisation"] == "thermal 0..1"
+    assert json.loads(meta["strides"]) == [8, 16, 32] and len(json.loads(meta["names"])) == 80
+    session = ort_session(out, threads=1)
+    assert [o.name for o in session.get_outputs()] == ["head_s8", "head_s16", "head_s32", "predictions"]
+    detector = load_detector(thermal_detector_file)
+    for shape in [(1, 1, 96, 128), (2, 1, 128, 160)]:  # dynamic batch, height and width
+        x = torch.rand(*shape)
+        with torch.no_grad():
+            raw = detector.heads(detector.neck_features(x))
+            decoded = detector.decode(raw)
+        *heads, predictions = session.run(None, {"images": x.numpy()})
+        for got, want in zip(heads, raw):
+            assert got.shape == tuple(want.shape)
+            assert np.abs(got - want.numpy()).max() < TOL, shape
+        # decoded boxes are in pixels (up to ~1e3): compare relative to their scale
+        assert np.allclose(predictions, decoded.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_fused_predictor_matches_and_has_no_batchnorm(predictor_file):
+    model, _ = load_predictor(predictor_file)
+    fused = fuse_conv_bn(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # the original is untouched
+    x = torch.rand(2, 3, 96, 128)
+    with torch.no_grad():
+        assert (fused(x) - model(x)).abs().max() < 1e-5
+
+
+def test_int8_predictor_is_quantised_and_close(predictor_file, tmp_path):
+    import onnx
+
+    fp32 = tmp_path / "fp32.onnx"
+    assert main(["export", "--model", str(predictor_file), "--out", str(fp32)]) == 0
+    frames = [np.random.default_rng(i).random((1, 3, 96, 128), dtype=np.float32) for i in range(4)]
+    int8 = quantize_predictor(fp32, tmp_path / "int8.onnx", frames)
+    ops = {n.op_type for n in onnx.load(str(int8)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    meta = onnx_metadata(int8)
+    assert meta["kind"] == "invismap.predictor" and meta["precision"].startswith("int8")
+    x = torch.from_numpy(frames[0])
+    a = torch.sigmoid(OnnxPredictor(int8, 1)(x))
+    b = torch.sigmoid(OnnxPredictor(fp32, 1)(x))
+    assert (a - b).abs().max() < 0.05  # maps in [0, 1]: int8 costs a few hundredths at most here
+
+
+def test_export_cli_errors(predictor_file, thermal_detector_file, tmp_path, capsys):
+    cases = [
+        (["--model", str(thermal_detector_file), "--out", str(tmp_path / "d.onnx"), "--int8"], "predictor only"),
+        (["--model", str(predictor_file), "--out", str(tmp_path / "p.onnx"), "--int8"], "--calibration-data"),
+        (["--model", str(predictor_file), "--out", str(tmp_path / "p.pt")], "must end in .onnx"),
+        (["--model", str(thermal_detector_file), "--out", str(tmp_path / "d.onnx"), "--size", "100"],
+         "multiple of"),
+    ]
+    for args, message in cases:
+        assert main(["export", *args]) == 2, args
+        assert message in capsys.readouterr().err, args
+
+
+def test_dataset_to_tensor_is_bitwise_torch_division():
+    """The data loader's numpy conversion (no torch thread pool per item) gives torch's exact values."""
+    from invismap.data.dataset import to_tensor
+
+    rgb = np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    gray = rgb[:, :, 0]
+    want_rgb = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))).float().div_(255)
+    assert torch.equal(to_tensor(rgb), want_rgb) and to_tensor(rgb).is_contiguous()
+    assert torch.equal(to_tensor(gray), torch.from_numpy(gray.copy())[None].float().div_(255))
