@@ -71,24 +71,11 @@ class TimedDataset(Dataset):
 def build(args):
     """``(cfg, task, train_set)`` exactly as :func:`invismap.distill.run.run_distill` builds them."""
     from invismap.config import load_config
-    from invismap.data.dataset import Augment, PairDataset
-    from invismap.data.manifest import load_manifest
-    from invismap.detector.zoo import load_detector
-    from invismap.distill.run import DistillConfig, split_pairs
-    from invismap.distill.student import ThermalStudent
-    from invismap.distill.task import DistillTask
+    from invismap.distill.run import DistillConfig, build_distillation
 
     overrides = [f"data={args.data}", f"train.num_workers={args.workers}", *args.overrides]
     cfg = load_config(DistillConfig, args.config, overrides)
-    train_pairs, _ = split_pairs(load_manifest(cfg.data), cfg)
-    teacher = load_detector(cfg.teacher)
-    torch.manual_seed(cfg.train.seed)
-    student = ThermalStudent(teacher, cfg.input_mode, cfg.init, seed=cfg.train.seed)
-    a = cfg.augment
-    aug = Augment(hflip=a.hflip, scale=a.scale, translate=a.translate, crop=a.crop)
-    train_set = PairDataset(train_pairs, cfg.size, augment=aug, seed=cfg.train.seed, cache=cfg.cache,
-                            square=a.crop is None)
-    task = DistillTask(teacher, student, cfg.loss, cfg.head_weight, cfg.freeze_bn, extra={"teacher": cfg.teacher})
+    task, train_set, _, _, _ = build_distillation(cfg)
     return cfg, task, train_set
 
 

@@ -174,13 +174,11 @@ def recalibrate(run_dir: str | Path, overrides: list[str] | None = None) -> tupl
     return write_artifacts(load_detector(cfg.teacher), student, cfg, run_dir, val_pairs or train_pairs)
 
 
-def run_distill(cfg: DistillConfig, run_dir: str | Path, resume: bool = False, progress: bool = True,
-                stop_at: int | None = None) -> dict:
-    """Train the student, calibrate t_k, write ``student.pt`` and ``thermal_detector.pt``; returns summary."""
-    run_dir = Path(run_dir)
+def build_distillation(cfg: DistillConfig) -> tuple[DistillTask, PairDataset, PairDataset | None, Manifest,
+                                                    Manifest | None]:
+    """What a distillation run trains: ``(task, train_set, val_set, train_pairs, val_pairs)``."""
     check_distill_config(cfg)
-    manifest = load_manifest(cfg.data)
-    train_pairs, val_pairs = split_pairs(manifest, cfg)
+    train_pairs, val_pairs = split_pairs(load_manifest(cfg.data), cfg)
     teacher = load_detector(cfg.teacher)
     torch.manual_seed(cfg.train.seed)
     student = ThermalStudent(teacher, cfg.input_mode, cfg.init, seed=cfg.train.seed)
@@ -189,11 +187,20 @@ def run_distill(cfg: DistillConfig, run_dir: str | Path, resume: bool = False, p
     train_set = PairDataset(train_pairs, cfg.size, augment=aug, seed=cfg.train.seed, cache=cfg.cache,
                             square=a.crop is None)
     val_set = PairDataset(val_pairs, cfg.size, cache=cfg.cache) if val_pairs else None
+    task = DistillTask(teacher, student, cfg.loss, cfg.head_weight, cfg.freeze_bn,
+                       extra={"teacher": cfg.teacher})
+    return task, train_set, val_set, train_pairs, val_pairs
+
+
+def run_distill(cfg: DistillConfig, run_dir: str | Path, resume: bool = False, progress: bool = True,
+                stop_at: int | None = None) -> dict:
+    """Train the student, calibrate t_k, write ``student.pt`` and ``thermal_detector.pt``; returns summary."""
+    run_dir = Path(run_dir)
+    task, train_set, val_set, train_pairs, val_pairs = build_distillation(cfg)
+    teacher = task.teacher
     start_run(run_dir, cfg, resume)
     log.info(f"distilling {cfg.teacher} -> thermal student on {len(train_pairs)} pairs "
              f"({'/'.join(cfg.conditions)}, split {cfg.split}), loss={cfg.loss}, {cfg.train.max_steps} steps")
-    task = DistillTask(teacher, student, cfg.loss, cfg.head_weight, cfg.freeze_bn,
-                       extra={"teacher": cfg.teacher})
     t0 = time.time()
     summary = fit(task, train_set, cfg.train, run_dir, val_set=val_set, collate_fn=collate_pairs,
                   resume=resume, full_config=cfg, progress=progress, stop_at=stop_at)
