@@ -102,11 +102,6 @@ class Pipeline:
         r = self.record(name)
         return bool(r and r.get("finished") and r.get("hash") == self.hash(name))
 
-    def summary(self, name: str) -> dict:
-        """The summary a finished stage recorded (empty if it has not run)."""
-        r = self.record(name)
-        return r.get("summary", {}) if r else {}
-
     def run(self, start: str | None = None, only: str | None = None, until: str | None = None) -> dict[str, str]:
         """Run what is needed; ``start`` forces that stage and all after it, ``only`` just that stage,
         ``until`` stops at that stage (running only what it depends on).
