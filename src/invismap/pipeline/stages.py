@@ -204,11 +204,12 @@ def layer_ablation(p: Pipeline, manifest: Manifest, detections: dict, d: Path) -
     from invismap.invisibility.evaluate import evaluate_maps
     from invismap.invisibility.pair import PairScorer
 
-    c, student = p.cfg.evaluate, p.dir("distill") / "student.pt"
+    c = p.cfg.evaluate
     rows = []
-    strides = PairScorer.from_checkpoint(student).teacher.strides
+    full = PairScorer.from_checkpoint(p.dir("distill") / "student.pt")  # load once, score with each subset
+    strides = full.teacher.strides
     for scales in [[k] for k in range(len(strides))] + [list(range(len(strides)))]:
-        scorer = PairScorer.from_checkpoint(student, scales=scales)
+        scorer = PairScorer(full.teacher, full.student, full.thresholds, full.size, full.offsets, scales)
 
         def source(sample, rgb, thermal, scorer=scorer):
             return scorer.score(rgb, thermal)
