@@ -212,6 +212,9 @@ def test_weak_alignment_on_msrs(msrs_dir):
     assert s["flow_fine"]["epe_rel_trusted"] < 0.9
     # Registering with a homography fitted to the flow removes most of the known misalignment.
     assert s["homography_dense"]["after_rel_epe_edges"] < 0.75 * s["before"]["after_abs_epe_edges"]
+    # The homography reads the pairs' own offsets (MSRS is not perfectly aligned): a floor under 'abs'.
+    assert 0 < s["homography_dense"]["floor_edges"] < s["before"]["after_abs_epe_edges"]
+    assert 0 <= s["homography_dense"]["floor_share_ge5_edges"] <= 1
     assert len(res["trials"]) == 2
 
 
@@ -224,3 +227,5 @@ def test_weak_alignment_accepts_image_estimators(msrs_dir):
     s = res["summary"]
     # Doing nothing leaves the misalignment as it was.
     assert s["identity"]["after_abs_epe_all"] == pytest.approx(s["before"]["after_abs_epe_all"], abs=0.5)
+    # It leaves the unperturbed pair as it is, so it reads none of the pair's own offsets.
+    assert s["identity"]["floor_all"] < 0.5 and s["identity"]["floor_share_ge5_all"] < 0.01
