@@ -147,3 +147,44 @@ def test_dataset_to_tensor_is_bitwise_torch_division():
     want_rgb = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))).float().div_(255)
     assert torch.equal(to_tensor(rgb), want_rgb) and to_tensor(rgb).is_contiguous()
     assert torch.equal(to_tensor(gray), torch.from_numpy(gray.copy())[None].float().div_(255))
+
+
+def test_onnx_detector_detects_like_pytorch(assets, msrs_dir, tmp_path, capsys):
+    """`invismap detect --model X.onnx` gives the PyTorch detector's boxes (real yolov5n, real MSRS images)."""
+    from invismap.detector.export import OnnxDetector, export_detector
+    from invismap.detector.postprocess import detect
+    from invismap.io import read_color
+
+    teacher = load_detector(assets / "weights" / "yolov5n.pt")
+    onnx_file = export_detector(teacher, tmp_path / "yolov5n.onnx", size=320)
+    images = [read_color(msrs_dir / "vi" / f"{name}.png") for name in ("00001D", "00008N")]
+    ref = detect(teacher, images, size=320, conf=0.1)
+    got = detect(OnnxDetector(onnx_file, threads=1), images, size=320, conf=0.1)
+    assert sum(len(d) for d in ref) > 0
+    for r, g in zip(ref, got):
+        assert len(r) == len(g)
+        np.testing.assert_array_equal(r.classes, g.classes)
+        np.testing.assert_allclose(g.boxes, r.boxes, atol=0.05)
+        np.testing.assert_allclose(g.scores, r.scores, atol=1e-4)
+    # The same through the CLI, and the COCO results name the classes.
+    out = tmp_path / "det"
+    assert main(["detect", str(msrs_dir / "vi" / "00001D.png"), "--model", str(onnx_file), "--size", "320",
+                 "--conf", "0.1", "--out", str(out)]) == 0
+    results = json.loads((out / "detections.json").read_text())
+    assert len(results) == len(ref[0]) and (out / "00001D.png").is_file()
+    assert {r["category_name"] for r in results} <= set(teacher.names)
+
+
+def test_onnx_detector_refuses_a_predictor_export(predictor_file, tmp_path, capsys):
+    """A predictor .onnx given as a detector is a one-line error naming the file."""
+    onnx_file = tmp_path / "predictor.onnx"
+    assert main(["export", "--model", str(predictor_file), "--out", str(onnx_file)]) == 0
+    img = tmp_path / "img.png"
+    import cv2
+
+    cv2.imwrite(str(img), np.zeros((64, 64, 3), np.uint8))
+    capsys.readouterr()
+    assert main(["detect", str(img), "--model", str(onnx_file), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "predictor.onnx" in err[0] and "not a detector export" in err[0]
+    assert not (tmp_path / "o").exists()

@@ -25,7 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Write OUT/<image>.png with boxes drawn and OUT/detections.json "
                                    "(COCO results format; category_id = 0-based COCO-80 class id).")
     d.add_argument("source", help="an image file or a folder of images")
-    d.add_argument("--model", default="yolov5n", help="model name (yolov5n, ...) or .pt/.cfg file")
+    d.add_argument("--model", default="yolov5n", help="model name (yolov5n, ...), .pt/.cfg file, or an .onnx export")
     d.add_argument("--out", required=True, help="output folder")
     d.add_argument("--modality", choices=("color", "thermal"), default="color",
                    help="read images as color RGB or as one-channel thermal (fed as gray RGB)")
@@ -37,7 +37,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser("eval-detector", help="COCO AP of a detector on a pair dataset",
                        description="AP50 and AP50:95 per class (person, bicycle, car) and their mean.")
     e.add_argument("--data", required=True, help="manifest.csv or its folder")
-    e.add_argument("--model", default="yolov5n", help="model name (yolov5n, ...) or .pt/.cfg file")
+    e.add_argument("--model", default="yolov5n", help="model name (yolov5n, ...), .pt/.cfg file, or an .onnx export")
     e.add_argument("--images", choices=("color", "thermal"), default="color", help="images to detect on")
     e.add_argument("--labels", choices=("color", "thermal"), default="color", help="labels to score against")
     e.add_argument("--condition", help="only this condition (day, night, ...)")
@@ -64,12 +64,12 @@ def check_detection_args(args: argparse.Namespace) -> None:
 
 def _detect(args: argparse.Namespace) -> int:
     from invismap.detector.postprocess import detect
-    from invismap.detector.zoo import load_detector
+    from invismap.detector.zoo import load_inference_detector
     from invismap.io import read_color, read_thermal, write_image, write_json
 
     check_detection_args(args)
     files = list_images(Path(args.source))
-    model = load_detector(args.model)
+    model = load_inference_detector(args.model)
     read = read_color if args.modality == "color" else read_thermal
     out = Path(args.out)
     results, images = [], []
@@ -126,12 +126,12 @@ def draw_detections(image: np.ndarray, det, names: list[str]) -> np.ndarray:
 def _eval(args: argparse.Namespace) -> int:
     from invismap.data.manifest import load_manifest
     from invismap.detector.evaluate import evaluate_detector
-    from invismap.detector.zoo import load_detector
+    from invismap.detector.zoo import load_inference_detector
     from invismap.io import write_json
 
     check_detection_args(args)
     manifest = load_manifest(args.data)
-    model = load_detector(args.model)
+    model = load_inference_detector(args.model)
     res = evaluate_detector(model, manifest, images=args.images, labels=args.labels, condition=args.condition,
                             split=args.split, size=args.size, conf=args.conf, iou=args.iou,
                             multi_label=args.multi_label)

@@ -12,12 +12,15 @@ of the largest stride (batch, height and width are dynamic); ``C`` is 1 for a th
 Two-scale detectors (yolov3-tiny, yolo-fastest) have two heads. The metadata records the kind, input size,
 channels, normalisation, letterbox padding value, strides, class names and output layout.
 
+:class:`OnnxDetector` runs such a file where a :class:`~invismap.detector.base.Detector` is expected for
+inference (:func:`invismap.detector.postprocess.detect`, ``invismap detect``, ``invismap eval-detector``).
 The ONNX Runtime helpers here (:func:`ort_session`, :func:`write_onnx`) are shared with the predictor's export
 (:mod:`invismap.invisibility.export`).
 
 Example:
     >>> export_detector("runs/distill/headline/thermal_detector.pt", "thermal_detector.onnx")  # doctest: +SKIP
     >>> session = ort_session("thermal_detector.onnx", threads=2)  # doctest: +SKIP
+    >>> detect(OnnxDetector("thermal_detector.onnx"), [thermal_image])  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -151,3 +154,45 @@ def export_detector(model: str | Path | Detector, out: str | Path, size: int = 6
                        "xywh input pixels, objectness, class probabilities",
             "invismap_version": __version__}
     return write_onnx(graph, info, out)
+
+
+class OnnxDetector:
+    """An exported detector run by ONNX Runtime, usable wherever inference needs a detector.
+
+    It has what :func:`~invismap.detector.postprocess.detect` uses: ``names``, ``strides``, ``max_stride``
+    and a call from letterboxed ``(B, 3, H, W)`` images in 0..1 to the decoded predictions
+    ``(B, N, 5 + nc)``. A one-channel (thermal) export gets the mean of the three channels, as the PyTorch
+    thermal detector does with gray-as-RGB input.
+
+    Args:
+        path: .onnx file written by :func:`export_detector`.
+        threads: ONNX Runtime intra-op threads (0 = one per core).
+
+    Raises:
+        InvismapError: not an invismap detector export (e.g. a predictor), or an unreadable file.
+    """
+
+    def __init__(self, path: str | Path, threads: int = 0):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise file_error(self.path, "not found", "export a detector with 'invismap export --model M --out X.onnx'")
+        try:
+            meta = onnx_metadata(self.path)
+        except Exception as e:  # noqa: BLE001 - onnx raises protobuf errors for files that are not ONNX
+            raise file_error(self.path, f"not a readable ONNX model ({str(e).splitlines()[0][:120]})",
+                             "re-export it with 'invismap export'") from None
+        if meta.get("kind") != ONNX_KIND:
+            raise file_error(self.path, f"not a detector export (kind {meta.get('kind')!r})",
+                             "give a file written by 'invismap export --model DETECTOR'")
+        self.session = ort_session(self.path, threads)
+        self.names = list(json.loads(meta["names"]))
+        self.strides = tuple(json.loads(meta["strides"]))
+        self.max_stride = max(self.strides)
+        self.channels = int(meta["input_channels"])
+        self.input_size = int(meta["input_size"])
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, H, W)`` in 0..1 (H, W multiples of ``max_stride``) -> ``(B, N, 5 + nc)``."""
+        x = images.mean(1, keepdim=True) if self.channels == 1 and images.shape[1] == 3 else images
+        (pred,) = self.session.run(["predictions"], {"images": x.float().contiguous().numpy()})
+        return torch.from_numpy(pred)

@@ -122,7 +122,8 @@ def detect(model: Detector, images: Sequence[np.ndarray], size: int = 640, conf:
     (:func:`non_max_suppression`); boxes are mapped back and clipped to the image.
 
     Args:
-        model: any :class:`Detector` (put in ``eval()`` mode by the caller or by ``load_detector``).
+        model: any :class:`Detector` (put in ``eval()`` mode by the caller or by ``load_detector``), or an
+            :class:`~invismap.detector.export.OnnxDetector`.
         images: RGB ``(H, W, 3)`` or gray ``(H, W)`` uint8 arrays, sizes may differ.
         size, conf, iou, classes, max_det, multi_label: see :func:`non_max_suppression`.
         batch_size: images per forward pass (images with the same canvas size are batched together).
@@ -130,7 +131,8 @@ def detect(model: Detector, images: Sequence[np.ndarray], size: int = 640, conf:
     Returns:
         One :class:`Detections` per image, in input order.
     """
-    device = next(model.parameters()).device
+    # An OnnxDetector (invismap.detector.export) has no parameters and runs on the CPU.
+    device = next(model.parameters()).device if isinstance(model, torch.nn.Module) else torch.device("cpu")
     stride = model.max_stride
     size = int(np.ceil(size / stride) * stride)
     lbs = [letterbox_params(im.shape[1], im.shape[0], size, stride, auto=True) for im in images]

@@ -80,6 +80,18 @@ def load_detector(name_or_path: str | Path) -> Detector:
     return model
 
 
+def load_inference_detector(name_or_path: str | Path):
+    """:func:`load_detector`, or an :class:`~invismap.detector.export.OnnxDetector` for an ``.onnx`` file.
+
+    For inference only (``detect``, ``eval-detector``): an ONNX detector has no neck features to distil.
+    """
+    if str(name_or_path).lower().endswith(".onnx"):
+        from invismap.detector.export import OnnxDetector
+
+        return OnnxDetector(Path(str(name_or_path)).expanduser())
+    return load_detector(name_or_path)
+
+
 def resolve_model_path(name_or_path: str | Path) -> Path:
     """Path of a model file: a registered name looked up in the assets folders, or an existing path."""
     text = str(name_or_path)
