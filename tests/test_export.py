@@ -188,3 +188,19 @@ def test_onnx_detector_refuses_a_predictor_export(predictor_file, tmp_path, caps
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "predictor.onnx" in err[0] and "not a detector export" in err[0]
     assert not (tmp_path / "o").exists()
+
+
+def test_eval_invisibility_reads_an_onnx_predictor(predictor_file, msrs_dir, tmp_path):
+    """`--maps predictor:X.onnx` gives the same maps as the .pt it was exported from."""
+    from invismap.invisibility.cli import map_source
+    from invismap.invisibility.export import export_predictor
+    from invismap.io import read_color
+
+    onnx_file = export_predictor(predictor_file, tmp_path / "predictor.onnx")
+    rgb = read_color(msrs_dir / "vi" / "00008N.png")
+    name_pt, from_pt = map_source(f"predictor:{predictor_file}")
+    name_onnx, from_onnx = map_source(f"predictor:{onnx_file}")
+    assert name_pt == name_onnx == "predictor"
+    a, b = from_pt(None, rgb, None), from_onnx(None, rgb, None)
+    assert a.shape == b.shape == rgb.shape[:2]
+    np.testing.assert_allclose(b, a, atol=TOL)

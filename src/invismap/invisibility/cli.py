@@ -8,7 +8,7 @@ from pathlib import Path
 from invismap.engine.rundir import add_training_arguments, config_and_run_dir
 from invismap.errors import InvismapError
 
-MAP_HELP = ("map sources: predictor:RUN/predictor.pt, pair:RUN/student.pt, darkness, contrast "
+MAP_HELP = ("map sources: predictor:RUN/predictor.pt (or .onnx), pair:RUN/student.pt, darkness, contrast "
             "(several allowed)")
 
 
@@ -158,9 +158,15 @@ def map_source(spec: str):
         return "pair", pair
     if kind == "predictor":
         from invismap.invisibility.predict import predict_image
-        from invismap.invisibility.predictor import load_predictor
 
-        model, meta = load_predictor(path)
+        if str(path).endswith(".onnx"):
+            from invismap.invisibility.export import load_onnx_predictor
+
+            model, meta = load_onnx_predictor(path)
+        else:
+            from invismap.invisibility.predictor import load_predictor
+
+            model, meta = load_predictor(path)
         size = int(meta.get("input_size", 640))
 
         def predictor(sample, rgb, thermal):
@@ -172,7 +178,7 @@ def map_source(spec: str):
 
 def _eval(args) -> None:
     from invismap.data.manifest import load_manifest
-    from invismap.detector.zoo import load_detector
+    from invismap.detector.zoo import load_inference_detector
     from invismap.invisibility.evaluate import evaluate_maps, teacher_detections
     from invismap.io import write_json
 
@@ -180,7 +186,7 @@ def _eval(args) -> None:
     if len(manifest) == 0:
         raise InvismapError(f"{args.data}: no pairs in split '{args.split}' with condition {args.condition}")
     sources = dict(map_source(s) for s in args.maps)
-    detections = teacher_detections(manifest, load_detector(args.teacher), conf=args.conf)
+    detections = teacher_detections(manifest, load_inference_detector(args.teacher), conf=args.conf)
     results = {name: evaluate_maps(manifest, src, detections, conditions=tuple(args.condition), tau=args.tau,
                                    detection_conf=args.conf)
                for name, src in sources.items()}
