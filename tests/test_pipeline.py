@@ -107,6 +107,7 @@ predictor:
   size: 160
   val_every_nth: 0
   train: {max_steps: 2, batch_size: 2, eval_every: 0, ckpt_every: 1, image_every: 0, seed: 0}
+experiments: {geometry_pairs: 1}
 report: {gallery: 1}
 """
 
@@ -141,6 +142,12 @@ def test_tiny_run_writes_a_report_from_its_own_json(tiny_run):
     assert [r["scales"] for r in layers] == ["P3", "P4", "P5", "P3+P4+P5"]
     pair_night = maps["pair"]["conditions"]["night"]["sets"]["missed"]
     assert layers[-1]["night"]["auroc"] == pytest.approx(pair_night["auroc"])  # all scales = the pair map
+    # The weak-alignment benchmark: the known field is larger than what the homography leaves.
+    geometry = {r["method"]: r for r in json.loads((out / "report" / "data" / "geometry.json").read_text())["rows"]}
+    assert set(geometry) == {"before", "translation", "homography_dense", "flow"}
+    before, hom = geometry["before"], geometry["homography_dense"]
+    assert hom["after_rel_epe_edges"] < before["after_abs_epe_edges"]
+    assert f"<td>{hom['after_abs_epe_edges']:.2f}</td><td>{100 * hom['after_abs_share_ge5_edges']:.1f}%</td>" in page
 
 
 def test_tiny_run_second_time_cached_and_predictor_change_reruns_only_its_dependents(tiny_run, capsys):
@@ -148,7 +155,7 @@ def test_tiny_run_second_time_cached_and_predictor_change_reruns_only_its_depend
     capsys.readouterr()
     assert main(["run", *args]) == 0
     printed = capsys.readouterr().out
-    assert printed.count("up to date, skipped") == 9 and "done in" not in printed
+    assert printed.count("up to date, skipped") == 10 and "done in" not in printed
     assert main(["run", *args, "predictor.train.lr=0.001"]) == 0
     printed = capsys.readouterr().out
     ran = set(re.findall(r"\] (\w+): done in", printed))

@@ -271,7 +271,32 @@ def _experiments(p: Pipeline, d: Path, resume: bool) -> dict:
         write_json(d / "alignment.json", {"rows": rows, "note": "thermal AP50 on the same test pairs; the two "
                                           "runs differ only in the color images distilled from"})
         out["alignment"] = rows
+    if c.geometry_pairs:
+        out["geometry"] = _geometry(p, d, c.geometry_pairs)
     return out
+
+
+def _geometry(p: Pipeline, d: Path, max_pairs: int) -> list[dict]:
+    """The weak-alignment benchmark on the pairs registration/alignment started from; writes geometry.json."""
+    from invismap.registration.experiment import default_estimators, run_weak_alignment
+
+    source = p.dir("register" if p.enabled("register") else "import") / "manifest.csv"
+    estimators = default_estimators()
+    estimators = {k: estimators[k] for k in ("translation", "homography_dense", "flow")}
+    if p.enabled("align"):
+        from invismap.align.run import aligngan_estimators, load_aligner
+
+        estimators.update(aligngan_estimators(load_aligner(p.dir("align") / "gan" / "aligngan.pt")))
+    res = run_weak_alignment(load_manifest(source), None, split=p.cfg.evaluate.split or None, max_pairs=max_pairs,
+                             estimators=estimators)
+    keys = ("after_abs_epe_edges", "after_abs_share_ge5_edges", "after_rel_epe_edges", "after_rel_share_ge5_edges",
+            "floor_edges", "floor_share_ge5_edges")
+    rows = [{"method": name, **{k: m.get(k) for k in keys}} for name, m in res["summary"].items()]
+    write_json(d / "geometry.json", {"rows": rows, "n_pairs": res["n_pairs"], "field": res["field"],
+                                     "data": str(source), "split": p.cfg.evaluate.split, "mask": res["mask"],
+                                     "metrics": res["metrics"]})
+    write_json(d / "geometry_trials.json", res)
+    return rows
 
 
 def _gallery(p: Pipeline, d: Path, resume: bool) -> dict:
@@ -368,9 +393,12 @@ STAGES = [
           lambda cfg: "distillation ablations: "
                       + ", ".join(x for x in (f"losses {cfg.experiments.losses}" if cfg.experiments.losses else "",
                                               f"pairs {cfg.experiments.pairs}" if cfg.experiments.pairs else "",
-                                              "alignment on/off" if cfg.experiments.alignment else "") if x),
+                                              "alignment on/off" if cfg.experiments.alignment else "",
+                                              f"weak-alignment benchmark on {cfg.experiments.geometry_pairs} pairs"
+                                              if cfg.experiments.geometry_pairs else "") if x),
           lambda s: ", ".join(f"{k}: {len(v)} rows" for k, v in s.items()),
-          enabled=lambda cfg: bool(cfg.experiments.losses or cfg.experiments.pairs or cfg.experiments.alignment)),
+          enabled=lambda cfg: bool(cfg.experiments.losses or cfg.experiments.pairs or cfg.experiments.alignment
+                                   or cfg.experiments.geometry_pairs)),
     Stage("gallery", ("import", "register", "align", "distill", "predictor"),
           lambda cfg: {"n": cfg.report.gallery, "evaluate": cfg.evaluate}, _gallery,
           lambda cfg: f"render {cfg.report.gallery} gallery rows per condition",

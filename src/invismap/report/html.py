@@ -36,7 +36,7 @@ DATA_FILES = {
     "eval_detector": {"detector.json": "detector.json"},
     "eval_maps": {"invisibility.json": "invisibility.json", "layers.json": "layers.json"},
     "experiments": {"losses/table.json": "ablation_losses.json", "pairs/table.json": "ablation_pairs.json",
-                    "alignment.json": "ablation_alignment.json"},
+                    "alignment.json": "ablation_alignment.json", "geometry.json": "geometry.json"},
     "gallery": {"gallery.json": "gallery.json"},
 }
 IMAGE_FILES = {
@@ -300,6 +300,32 @@ def section_registration(d: dict, out: Path) -> str:
               f'data/displacement*.json.</p><div class="figs">{figs}</div>')
 
 
+GEOMETRY_NAMES = {"before": "before (the known field)", "translation": "translation (median edge flow)",
+                  "homography_dense": "homography", "flow": "dense edge flow",
+                  "aligngan": "AlignGAN (G's image)", "aligngan_flow": "AlignGAN (Gm's flow)"}
+
+
+def section_geometry(d: dict) -> str:
+    geo = d.get("geometry.json")
+    if not geo:
+        return ""
+    rows = [[esc(GEOMETRY_NAMES.get(r["method"], r["method"])), num(r["after_abs_epe_edges"], 2),
+             pct(r["after_abs_share_ge5_edges"]), num(r.get("after_rel_epe_edges"), 2),
+             pct(r.get("after_rel_share_ge5_edges")), num(r.get("floor_edges"), 2), pct(r.get("floor_share_ge5_edges"))]
+            for r in geo["rows"]]
+    f = geo["field"]
+    return ("<h3>Weak-alignment benchmark</h3>"
+            + table(["method", "EPE (px)", "≥ 5 px", "EPE, own reference (px)", "≥ 5 px, own reference",
+                     "moves the unperturbed pair (px)", "≥ 5 px"], rows)
+            + f'<p class="note">{geo["n_pairs"]} {esc(geo["split"])} pairs, each color image moved by a known random '
+              f"field (shift up to {f['max_shift']:g} px, rotation up to {f['max_rot_deg']:g}°, elastic "
+              f"{f['elastic_amp']:g} px), scored on co-visible edges. The first two columns take the original pair "
+              "as aligned. The pairs carry their own misalignment, so a method that follows the thermal image is "
+              "charged for it; the last two columns show how much each method moves the unperturbed pair. The "
+              '"own reference" columns compare with the method\'s own correction of the unperturbed pair, which '
+              "isolates the known part. Source: data/geometry.json.</p>")
+
+
 def section_gallery(d: dict, out: Path) -> str:
     rows = d.get("gallery.json")
     if not rows:
@@ -331,7 +357,7 @@ def write_report(stage_dirs: Mapping[str, Path], out: str | Path, title: str, co
         f'<p class="note">Generated {time.strftime("%Y-%m-%d %H:%M")} by invismap {esc(__version__)}. '
         "Where a color road camera cannot be trusted, learned from color/thermal pairs without labels.</p>",
         section_summary(d), section_data(d, out), section_detector(d), section_experiments(d, out), section_maps(d, out),
-        section_registration(d, out), section_gallery(d, out), section_run(records or {}, config_text),
+        section_registration(d, out), section_geometry(d), section_gallery(d, out), section_run(records or {}, config_text),
     ])
     page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>invismap: {esc(title)}</title>'
             f"<style>{CSS}</style></head><body>{body}<script>{CHECK_SCRIPT}</script></body></html>\n")
