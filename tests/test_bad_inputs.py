@@ -561,6 +561,19 @@ def darknet_weights_truncated(t, mp):
                 t / "out", [t / "out" / "detections.json"])
 
 
+@row("m.onnx", "not a readable ONNX model", "re-export it with 'invismap export'")
+def detector_onnx_not_onnx(t, mp):
+    (t / "m.onnx").write_bytes(b"this is not a protobuf" * 10)
+    return Case(["detect", "--model", str(t / "m.onnx"), str(image_dir(t)), "--out", str(t / "out")],
+                t / "out", [t / "out" / "detections.json"])
+
+
+@row("missing.onnx", "not found", "invismap export")
+def detector_onnx_missing(t, mp):
+    return Case(["detect", "--model", str(t / "missing.onnx"), str(image_dir(t)), "--out", str(t / "out")],
+                t / "out", [t / "out" / "detections.json"])
+
+
 @row("--conf nan", "must be a number in [0, 1]")
 def detect_nan_threshold(t, mp):
     return Case(["detect", "--conf", "nan", str(image_dir(t)), "--out", str(t / "out")], t / "out",
