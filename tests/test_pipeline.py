@@ -51,6 +51,25 @@ def test_second_run_is_cached(tmp_path):
     assert len(cfg.calls) == 4
 
 
+def test_stage_that_ran_with_other_code_is_flagged_not_rerun(tmp_path, monkeypatch):
+    from invismap.pipeline import runner
+
+    cfg = ToyConfig(str(tmp_path))
+    lines: list[str] = []
+    toy_pipeline(cfg).run()
+    monkeypatch.setattr(runner, "code_digest", lambda: "edited-code")
+    p = toy_pipeline(cfg)
+    p.echo = lines.append
+    assert set(p.run().values()) == {"cached"}
+    assert len(lines) == 4 and all("ran with other code; --from" in line for line in lines)
+    p.run(start="second")  # re-run with the current code: no longer flagged
+    lines.clear()
+    p.run()
+    assert [line for line in lines if "other code" in line] == ["[1/4] first: up to date, skipped "
+                                                                f"({p.hash('first')}) - it ran with other code; "
+                                                                "--from first re-runs it and what follows"]
+
+
 def test_changed_setting_reruns_only_what_depends_on_it(tmp_path):
     cfg = ToyConfig(str(tmp_path))
     toy_pipeline(cfg).run()

@@ -33,8 +33,13 @@ def _run(args) -> None:
 
     pipeline = build_pipeline(args.config, args.overrides)
     if args.list:
+        from invismap.pipeline.runner import code_digest
+
         for stage in pipeline.stages:
-            state = "up to date" if pipeline.up_to_date(stage.name) else "to run"
+            state = "to run"
+            if pipeline.up_to_date(stage.name):
+                same_code = (pipeline.record(stage.name) or {}).get("code") == code_digest()
+                state = "up to date" + ("" if same_code else " (ran with other code)")
             print(f"{stage.name:<14} {pipeline.hash(stage.name)}  {state}")
         return
     pipeline.run(start=args.start, only=args.only, until=args.until)

@@ -4,15 +4,20 @@ A stage's hash covers its own settings, the hashes of the stages it reads from a
 so changing one section of the config re-runs that stage and everything downstream of it, nothing else.
 Each stage works in ``OUT/<stage>/`` and records ``OUT/<stage>/stage.json``::
 
-    {"stage": ..., "hash": ..., "finished": true|false, "seconds": ..., "summary": {...}}
+    {"stage": ..., "hash": ..., "finished": true|false, "code": ..., "seconds": ..., "summary": {...}}
 
 written at the start (``finished: false``) and again when the stage ends. A stage found unfinished with the
 same hash (an interrupted run) continues where it stopped (trainers resume from their last checkpoint); a
 stage whose hash changed starts from an empty folder.
+
+Code changes do not invalidate the cache (re-running everything after each edit would make iterating
+impractical). The record also keeps a digest of the package's source files; a cached stage that ran with other
+code is reported as such, and ``--from STAGE`` re-runs it.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import shutil
@@ -51,6 +56,16 @@ class Stage:
     plan: Callable[[Any], str]
     result: Callable[[dict], str]
     enabled: Callable[[Any], bool] = lambda cfg: True
+
+
+@functools.lru_cache(maxsize=1)
+def code_digest() -> str:
+    """Digest of the invismap package's ``.py`` files (names and contents): which code a stage ran with."""
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
 
 
 def _digest(obj: Any) -> str:
@@ -128,7 +143,10 @@ class Pipeline:
                                         f"(run without --only, or with --from {stage.name})")
                 continue
             if stage.name not in forced and not only and self.up_to_date(stage.name):
-                self.echo(f"{tag}: up to date, skipped ({self.hash(stage.name)})")
+                record = self.record(stage.name) or {}
+                note = ("" if record.get("code") == code_digest() else
+                        f" - it ran with other code; --from {stage.name} re-runs it and what follows")
+                self.echo(f"{tag}: up to date, skipped ({self.hash(stage.name)}){note}")
                 status[stage.name] = "cached"
                 continue
             self._run_stage(stage, tag, force=stage.name in forced or bool(only))
@@ -153,6 +171,6 @@ class Pipeline:
         t0 = time.time()
         summary = stage.run(self, folder, resume) or {}
         seconds = time.time() - t0
-        write_json(folder / RECORD, {"stage": stage.name, "hash": h, "finished": True,
+        write_json(folder / RECORD, {"stage": stage.name, "hash": h, "finished": True, "code": code_digest(),
                                      "seconds": round(seconds, 1), "summary": summary})
         self.echo(f"{tag}: done in {_duration(seconds)} - {stage.result(summary)}")
