@@ -20,6 +20,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -27,6 +28,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from tqdm import tqdm
 
 from invismap.config import load_config
 from invismap.data.manifest import Manifest, Sample, save_manifest
@@ -85,6 +87,10 @@ class Forked:
         if self.pid == 0:  # the child: never returns into pytest
             code = 1
             try:
+                # tqdm's lock is shared across fork (a multiprocessing semaphore, plus a thread lock the parent's
+                # monitor thread may hold at the moment of the fork). A child killed while holding it would
+                # deadlock the test process at its next progress bar; a child that inherits it held would hang.
+                tqdm.set_lock(threading.RLock())
                 fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
                 os.dup2(fd, 1)
                 os.dup2(fd, 2)
