@@ -75,8 +75,8 @@ class ExperimentsSection:
     losses: list[str] = field(default_factory=list)  # e.g. [head, "mid+head 0.1"] (see distill.experiments)
     pairs: list[int] = field(default_factory=list)  # the number-of-pairs curve, e.g. [25, 50]
     alignment: bool = False  # distil once more on the pairs without registration/alignment (or with, if off)
-    # weak-alignment benchmark (registration.experiment) on this many evaluation pairs, 0 = off: each color image
-    # moved by a known random field, recovered by the homography (and by AlignGAN when align is enabled)
+    # the 'geometry' stage, 0 = off: the weak-alignment benchmark (registration.experiment) on this many evaluation
+    # pairs, each color image moved by a known random field and recovered by the homography (and AlignGAN if enabled)
     geometry_pairs: int = 0
     max_steps: int = 0  # steps of each variant (0 = the distill section's)
 

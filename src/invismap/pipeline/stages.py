@@ -1,7 +1,7 @@
 """The stages of ``invismap run``, in order; each calls the library function of its pipeline step.
 
     import -> displacement -> (register) -> (align) -> distill -> targets -> predictor
-           -> eval_detector -> eval_maps -> (experiments) -> gallery -> report
+           -> eval_detector -> eval_maps -> (experiments) -> (geometry) -> gallery -> report
 
 Every stage writes into its own folder ``OUT/<stage>/`` and returns a small JSON-able summary; the data
 stages (import, register, align) each leave a ``manifest.csv`` and later stages read the last of them.
@@ -271,12 +271,10 @@ def _experiments(p: Pipeline, d: Path, resume: bool) -> dict:
         write_json(d / "alignment.json", {"rows": rows, "note": "thermal AP50 on the same test pairs; the two "
                                           "runs differ only in the color images distilled from"})
         out["alignment"] = rows
-    if c.geometry_pairs:
-        out["geometry"] = _geometry(p, d, c.geometry_pairs)
     return out
 
 
-def _geometry(p: Pipeline, d: Path, max_pairs: int) -> list[dict]:
+def _geometry(p: Pipeline, d: Path, resume: bool) -> dict:
     """The weak-alignment benchmark on the pairs registration/alignment started from; writes geometry.json."""
     from invismap.registration.experiment import default_estimators, run_weak_alignment
 
@@ -287,8 +285,8 @@ def _geometry(p: Pipeline, d: Path, max_pairs: int) -> list[dict]:
         from invismap.align.run import aligngan_estimators, load_aligner
 
         estimators.update(aligngan_estimators(load_aligner(p.dir("align") / "gan" / "aligngan.pt")))
-    res = run_weak_alignment(load_manifest(source), None, split=p.cfg.evaluate.split or None, max_pairs=max_pairs,
-                             estimators=estimators)
+    res = run_weak_alignment(load_manifest(source), None, split=p.cfg.evaluate.split or None,
+                             max_pairs=p.cfg.experiments.geometry_pairs, estimators=estimators)
     keys = ("after_abs_epe_edges", "after_abs_share_ge5_edges", "after_rel_epe_edges", "after_rel_share_ge5_edges",
             "floor_edges", "floor_share_ge5_edges")
     rows = [{"method": name, **{k: m.get(k) for k in keys}} for name, m in res["summary"].items()]
@@ -296,7 +294,12 @@ def _geometry(p: Pipeline, d: Path, max_pairs: int) -> list[dict]:
                                      "data": str(source), "split": p.cfg.evaluate.split, "mask": res["mask"],
                                      "metrics": res["metrics"]})
     write_json(d / "geometry_trials.json", res)
-    return rows
+    return {"pairs": res["n_pairs"], "rows": rows}
+
+
+def _fmt_geometry(s: dict) -> str:
+    share = {r["method"]: r["after_abs_share_ge5_edges"] for r in s["rows"]}
+    return f"{s['pairs']} pairs, share off by >= 5 px: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in share.items())
 
 
 def _gallery(p: Pipeline, d: Path, resume: bool) -> dict:
@@ -387,24 +390,26 @@ STAGES = [
                       f"on split '{cfg.evaluate.split}'",
           _fmt_maps),
     Stage("experiments", ("import", "register", "align", "distill"),
-          lambda cfg: {"experiments": cfg.experiments, "distill": dataclasses.replace(cfg.distill, data=""),
-                       "split": cfg.evaluate.split},
+          lambda cfg: {"experiments": dataclasses.replace(cfg.experiments, geometry_pairs=0),
+                       "distill": dataclasses.replace(cfg.distill, data=""), "split": cfg.evaluate.split},
           _experiments,
           lambda cfg: "distillation ablations: "
                       + ", ".join(x for x in (f"losses {cfg.experiments.losses}" if cfg.experiments.losses else "",
                                               f"pairs {cfg.experiments.pairs}" if cfg.experiments.pairs else "",
-                                              "alignment on/off" if cfg.experiments.alignment else "",
-                                              f"weak-alignment benchmark on {cfg.experiments.geometry_pairs} pairs"
-                                              if cfg.experiments.geometry_pairs else "") if x),
+                                              "alignment on/off" if cfg.experiments.alignment else "") if x),
           lambda s: ", ".join(f"{k}: {len(v)} rows" for k, v in s.items()),
-          enabled=lambda cfg: bool(cfg.experiments.losses or cfg.experiments.pairs or cfg.experiments.alignment
-                                   or cfg.experiments.geometry_pairs)),
+          enabled=lambda cfg: bool(cfg.experiments.losses or cfg.experiments.pairs or cfg.experiments.alignment)),
+    Stage("geometry", ("import", "register", "align"),
+          lambda cfg: {"pairs": cfg.experiments.geometry_pairs, "split": cfg.evaluate.split}, _geometry,
+          lambda cfg: f"weak-alignment benchmark: {cfg.experiments.geometry_pairs} '{cfg.evaluate.split}' pairs moved "
+                      "by known fields, recovered by the homography" + (" and AlignGAN" if cfg.align.enabled else ""),
+          _fmt_geometry, enabled=lambda cfg: cfg.experiments.geometry_pairs > 0),
     Stage("gallery", ("import", "register", "align", "distill", "predictor"),
           lambda cfg: {"n": cfg.report.gallery, "evaluate": cfg.evaluate}, _gallery,
           lambda cfg: f"render {cfg.report.gallery} gallery rows per condition",
           lambda s: f"{len(s['images'])} images"),
     Stage("report", ("import", "displacement", "register", "align", "distill", "predictor", "eval_detector",
-                     "eval_maps", "experiments", "gallery"),
+                     "eval_maps", "experiments", "geometry", "gallery"),
           lambda cfg: {"name": cfg.name}, _report,
           lambda cfg: "write the HTML report", lambda s: f"open {s['page']}"),
 ]

@@ -36,7 +36,8 @@ DATA_FILES = {
     "eval_detector": {"detector.json": "detector.json"},
     "eval_maps": {"invisibility.json": "invisibility.json", "layers.json": "layers.json"},
     "experiments": {"losses/table.json": "ablation_losses.json", "pairs/table.json": "ablation_pairs.json",
-                    "alignment.json": "ablation_alignment.json", "geometry.json": "geometry.json"},
+                    "alignment.json": "ablation_alignment.json"},
+    "geometry": {"geometry.json": "geometry.json"},
     "gallery": {"gallery.json": "gallery.json"},
 }
 IMAGE_FILES = {
