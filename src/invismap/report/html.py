@@ -310,10 +310,13 @@ def section_geometry(d: dict) -> str:
     geo = d.get("geometry.json")
     if not geo:
         return ""
+    def share(v: Any) -> str:
+        return "" if v is None else pct(v)  # "before" has no reading of its own
+
     rows = [[esc(GEOMETRY_NAMES.get(r["method"], r["method"])), num(r["after_abs_epe_edges"], 2),
-             pct(r["after_abs_share_ge5_edges"]), num(r.get("after_rel_epe_edges"), 2),
-             pct(r.get("after_rel_share_ge5_edges")), num(r.get("floor_edges"), 2), pct(r.get("floor_share_ge5_edges"))]
-            for r in geo["rows"]]
+             share(r["after_abs_share_ge5_edges"]), num(r.get("after_rel_epe_edges"), 2),
+             share(r.get("after_rel_share_ge5_edges")), num(r.get("floor_edges"), 2),
+             share(r.get("floor_share_ge5_edges"))] for r in geo["rows"]]
     f = geo["field"]
     return ("<h3>Weak-alignment benchmark</h3>"
             + table(["method", "EPE (px)", "≥ 5 px", "EPE, own reference (px)", "≥ 5 px, own reference",
