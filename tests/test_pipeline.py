@@ -201,3 +201,14 @@ def test_report_renders_in_headless_chromium(tiny_run, tmp_path):
     assert images >= 10 and broken == 0
     shot = screenshot(out / "report" / "index.html", tmp_path / "shot.png", height=2000)
     assert shot.stat().st_size > 50_000
+
+
+def test_geometry_refuses_a_split_without_pairs(tiny_run, tmp_path):
+    from invismap.pipeline import build_pipeline
+    from invismap.pipeline.stages import _geometry
+
+    args, _ = tiny_run
+    p = build_pipeline(args[0], [*args[1:], "evaluate.split=nosuch"])
+    with pytest.raises(InvismapError, match="no pairs in split 'nosuch' for the weak-alignment benchmark"):
+        _geometry(p, tmp_path, False)
+    assert not list(tmp_path.iterdir())  # nothing written

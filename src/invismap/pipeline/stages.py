@@ -285,8 +285,12 @@ def _geometry(p: Pipeline, d: Path, resume: bool) -> dict:
         from invismap.align.run import aligngan_estimators, load_aligner
 
         estimators.update(aligngan_estimators(load_aligner(p.dir("align") / "gan" / "aligngan.pt")))
-    res = run_weak_alignment(load_manifest(source), None, split=p.cfg.evaluate.split or None,
-                             max_pairs=p.cfg.experiments.geometry_pairs, estimators=estimators)
+    manifest, split = load_manifest(source), p.cfg.evaluate.split or None
+    if not len(manifest.select(split=split)):
+        raise InvismapError(f"{source}: no pairs in split '{split}' for the weak-alignment benchmark "
+                            "(set evaluate.split, or experiments.geometry_pairs: 0)")
+    res = run_weak_alignment(manifest, None, split=split, max_pairs=p.cfg.experiments.geometry_pairs,
+                             estimators=estimators)
     keys = ("after_abs_epe_edges", "after_abs_share_ge5_edges", "after_rel_epe_edges", "after_rel_share_ge5_edges",
             "floor_edges", "floor_share_ge5_edges")
     rows = [{"method": name, **{k: m.get(k) for k in keys}} for name, m in res["summary"].items()]
