@@ -295,5 +295,5 @@ def align_dataset(checkpoint: str | Path, manifest: str | Path | Manifest, out_d
         samples.append(dataclasses.replace(s, color=color_path.resolve(), color_labels=labels))
     out = Manifest(samples, out_dir.resolve())
     save_manifest(out, out_dir / "manifest.csv")
-    log.info(f"aligned {len(samples)} pairs -> {out_dir / 'manifest.csv'}")
+    log.debug(f"aligned {len(samples)} pairs -> {out_dir / 'manifest.csv'}")
     return out
