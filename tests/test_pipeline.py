@@ -186,6 +186,9 @@ def test_run_rejects_a_bad_config(tmp_path, capsys):
     config.write_text("distill: {loss: everything}\n")
     assert main(["run", str(config)]) == 2
     assert "distill.loss" in capsys.readouterr().err
+    config.write_text("experiments: {geometry_pairs: -3}\n")
+    assert main(["run", str(config)]) == 2
+    assert "'experiments.geometry_pairs': -3 is not allowed" in capsys.readouterr().err
     stage_config = tmp_path / "distill.yaml"
     stage_config.write_text("teacher: yolov5n\nloss: mid\n")
     assert main(["run", str(stage_config)]) == 2

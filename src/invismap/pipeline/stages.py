@@ -424,3 +424,6 @@ def check_config(cfg) -> None:
     if cfg.experiments.alignment and not (cfg.register.enabled or cfg.align.enabled):
         raise InvismapError("experiments.alignment compares distillation with and without registration/alignment:"
                             " enable register or align too")
+    if cfg.experiments.geometry_pairs < 0:
+        raise InvismapError(f"config key 'experiments.geometry_pairs': {cfg.experiments.geometry_pairs} is not "
+                            "allowed (a number of pairs >= 0; 0 = no weak-alignment benchmark)")
