@@ -176,15 +176,11 @@ class OnnxDetector:
         self.path = Path(path)
         if not self.path.is_file():
             raise file_error(self.path, "not found", "export a detector with 'invismap export --model M --out X.onnx'")
-        try:
-            meta = onnx_metadata(self.path)
-        except Exception as e:  # noqa: BLE001 - onnx raises protobuf errors for files that are not ONNX
-            raise file_error(self.path, f"not a readable ONNX model ({str(e).splitlines()[0][:120]})",
-                             "re-export it with 'invismap export'") from None
+        self.session = ort_session(self.path, threads)  # a one-line error for files that are not ONNX
+        meta = dict(self.session.get_modelmeta().custom_metadata_map)  # the file is read once, by the session
         if meta.get("kind") != ONNX_KIND:
             raise file_error(self.path, f"not a detector export (kind {meta.get('kind')!r})",
                              "give a file written by 'invismap export --model DETECTOR'")
-        self.session = ort_session(self.path, threads)
         self.names = list(json.loads(meta["names"]))
         self.strides = tuple(json.loads(meta["strides"]))
         self.max_stride = max(self.strides)
