@@ -192,7 +192,7 @@ def test_onnx_detector_refuses_a_predictor_export(predictor_file, tmp_path, caps
 
 def test_eval_invisibility_reads_an_onnx_predictor(predictor_file, msrs_dir, tmp_path):
     """`--maps predictor:X.onnx` gives the same maps as the .pt it was exported from."""
-    from invismap.invisibility.cli import map_source
+    from invismap.invisibility.sources import map_source
     from invismap.invisibility.export import export_predictor
     from invismap.io import read_color
 

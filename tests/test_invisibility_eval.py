@@ -24,6 +24,16 @@ from invismap.invisibility.evaluate import (
     object_sets,
     teacher_detections,
 )
+from invismap.invisibility.metrics import object_pixel_mask
+from invismap.invisibility.references import (
+    PRIOR_FILE,
+    load_prior,
+    mean_target,
+    oracle_source,
+    prior_source,
+    random_source,
+    save_prior,
+)
 from invismap.invisibility.plots import curves_from_results, plot_coverage_curves, plot_score_histograms
 from invismap.io import write_json
 
@@ -136,7 +146,8 @@ def test_evaluate_without_detections_and_errors(pairs):
                         progress=False)
     assert set(res["conditions"]) == {"night"} and "day_vs_night" not in res
     assert set(res["conditions"]["night"]["sets"]) == {"invisible", "visible", "all"}
-    assert set(res["conditions"]["night"]["separation"]) == {"invisible_vs_visible_auroc"}
+    assert set(res["conditions"]["night"]["separation"]) == {"invisible_vs_visible_auroc",
+                                                             "invisible_vs_visible_object_auroc"}
     with pytest.raises(InvismapError, match="no teacher detections"):
         evaluate_maps(pairs, color_map_source(darkness_map), {}, progress=False)
     with pytest.raises(InvismapError, match="shape"):
@@ -186,3 +197,106 @@ def test_plots_are_written(pairs, tmp_path):
     assert not list((tmp_path / "figs").glob(".*.tmp"))  # atomic writes leave no temp files
     with pytest.raises(ValueError):
         plot_score_histograms({}, tmp_path / "empty.png")
+
+
+# ---------------------------------------------------------------- known answers, intervals, references
+
+
+def _constant(value: float):
+    def source(sample, rgb, thermal):
+        return np.full(rgb.shape[:2], value, np.float32)
+
+    return source
+
+
+def test_missed_object_oracle_scores_perfectly(pairs):
+    """The oracle of the missed boxes covers every missed pixel at its own flagged share and ranks every
+    missed object above every detected one; only pixels shared by a missed and a detected box tie."""
+    dets = _labels_as_detections(pairs)
+    res = evaluate_maps(pairs, oracle_source(dets, "missed"), dets, n_boot=50, progress=False)
+    for cond, r in res["conditions"].items():
+        missed = r["sets"]["missed"]
+        assert missed["objects"] > 0 and r["sets"]["detected"]["objects"] > 0, cond
+        assert missed["coverage_at_tau"] == 1.0  # tau = 0.35 flags exactly the oracle's pixels
+        assert missed["auroc"] == 1.0
+        assert r["metrics"]["missed_vs_detected_object"]["value"] == 1.0
+        # pixel level: detected pixels inside a missed box tie (0.5), all others rank below
+        shared = total = 0
+        for s in pairs.select(condition=cond):
+            _, t = load_boxes(s, 640, 480)
+            sets = object_sets(t, None, dets[s.name])
+            m = object_pixel_mask(sets["missed"][:, 1:], 480, 640)
+            d = object_pixel_mask(sets["detected"][:, 1:], 480, 640)
+            shared, total = shared + (m & d).sum(), total + d.sum()
+        assert r["separation"]["missed_vs_detected_auroc"] == pytest.approx(1 - 0.5 * shared / total, abs=1e-9)
+
+
+def test_constant_map_is_chance_everywhere(pairs):
+    dets = _labels_as_detections(pairs)
+    res = evaluate_maps(pairs, _constant(0.4), dets, n_boot=50, progress=False)
+    for cond, r in res["conditions"].items():
+        m = r["metrics"]
+        for key in ("pixel_auroc", "missed_vs_detected", "invisible_vs_visible", "missed_vs_detected_object",
+                    "invisible_vs_visible_object"):
+            assert m[key] == {"value": 0.5, "lo": 0.5, "hi": 0.5}, (cond, key)
+        assert m["coverage_35.9"]["value"] == pytest.approx(0.359)  # coverage = flagged share
+        assert m["coverage_25"]["value"] == pytest.approx(0.25)
+        assert m["frame_auroc"]["value"] in (0.5, None)  # None: no frame without a missed object drawn
+        assert m["frame_spearman"]["value"] is None  # a constant frame score has no rank
+    assert res["day_vs_night"]["overlap"] == 1.0
+
+
+def test_random_map_and_object_oracle_references(pairs):
+    dets = _labels_as_detections(pairs)
+    res = compare_sources(pairs, {"random": random_source(seed=1), "oracle": oracle_source()}, dets, n_boot=50,
+                          progress=False)
+    for r in res["random"]["conditions"].values():
+        assert r["metrics"]["pixel_auroc"]["value"] == pytest.approx(0.5, abs=0.01)
+        assert r["metrics"]["coverage_35.9"]["value"] == pytest.approx(0.359, abs=0.02)
+    for r in res["oracle"]["conditions"].values():  # finds every object, cannot tell which ones are missed
+        assert r["metrics"]["coverage_35.9"]["value"] == 1.0
+        assert r["metrics"]["missed_vs_detected"]["value"] == 0.5
+    # the same name and seed give the same noise; another seed other noise
+    s = pairs.samples[0]
+    rgb = np.zeros((8, 8, 3), np.uint8)
+    np.testing.assert_array_equal(random_source(1)(s, rgb, None), random_source(1)(s, rgb, None))
+    assert not np.array_equal(random_source(1)(s, rgb, None), random_source(2)(s, rgb, None))
+
+
+def test_intervals_and_paired_margins(pairs):
+    dets = _labels_as_detections(pairs)
+    res = compare_sources(pairs, {"darkness": color_map_source(darkness_map), "prior": _constant(0.3),
+                                  "same": color_map_source(darkness_map)}, dets, references=("prior", "same"),
+                          n_boot=200, progress=False)
+    res = json.loads(json.dumps(res, allow_nan=False))
+    night = res["darkness"]["conditions"]["night"]["metrics"]
+    for key, est in night.items():
+        if est["value"] is not None and est["lo"] is not None:
+            assert est["lo"] <= est["hi"], key
+    # a map against itself: every replicate's margin is 0
+    same = res["darkness"]["margins"]["same"]["night"]["pixel_auroc"]
+    assert same == {"value": 0.0, "lo": 0.0, "hi": 0.0}
+    # the margin's point estimate is the difference of the two maps' values
+    margin = res["darkness"]["margins"]["prior"]["night"]["pixel_auroc"]
+    assert margin["value"] == pytest.approx(night["pixel_auroc"]["value"] - 0.5, abs=2e-4)
+    assert "prior" not in res["prior"].get("margins", {})  # no margin of a reference over itself
+    assert set(res["darkness"]["margins"]["prior"]) == {"day", "night", "pooled"}
+    assert res["darkness"]["pooled"]["pairs"] == len(pairs)
+
+
+def test_fixed_prior_from_cached_targets(pairs, tmp_path):
+    from invismap.invisibility.predictor import save_target
+
+    for i, s in enumerate(pairs):
+        save_target(tmp_path, s.name, np.full((480, 640), i / 4, np.float32))
+    prior = mean_target(pairs, tmp_path, size=640, progress=False)
+    assert prior.shape == (480, 640)
+    np.testing.assert_allclose(prior, (0 + 0.25 + 0.5 + 0.75) / 4, atol=1e-3)  # float16 targets
+    save_prior(tmp_path / PRIOR_FILE, prior)
+    again = prior_source(load_prior(tmp_path))(pairs.samples[0], np.zeros((240, 320, 3), np.uint8), None)
+    assert again.shape == (240, 320) and np.allclose(again, prior.mean(), atol=1e-3)
+    (tmp_path / "bad.npy").write_bytes(b"not numpy")
+    with pytest.raises(InvismapError, match="bad.npy"):
+        load_prior(tmp_path / "bad.npy")
+    with pytest.raises(InvismapError, match="score-pairs"):
+        load_prior(tmp_path / "nowhere")

@@ -222,3 +222,39 @@ def test_baselines_follow_the_cue_and_reject_bad_input():
         darkness_map(img.astype(np.float32))
     with pytest.raises(ValueError):
         local_contrast_map(np.zeros((4, 4, 4), np.uint8))
+
+
+def test_bootstrap_resamples_within_groups_and_is_seeded():
+    from invismap.invisibility.bootstrap import estimate, interval, resample_weights
+
+    groups = [np.array([0, 2, 4]), np.array([1, 3])]
+    w = resample_weights(groups, n_boot=300, seed=3)
+    assert w.shape == (300, 5)
+    np.testing.assert_array_equal(w[:, groups[0]].sum(1), 3)  # each group keeps its size ...
+    np.testing.assert_array_equal(w[:, groups[1]].sum(1), 2)  # ... so day/night balance never changes
+    np.testing.assert_array_equal(w, resample_weights(groups, n_boot=300, seed=3))
+    assert not np.array_equal(w, resample_weights(groups, n_boot=300, seed=4))
+    assert 0.9 < w.mean() < 1.1
+    assert np.isnan(interval(np.array([np.nan, np.nan, 1.0]))).all()  # too few finite replicates
+    lo, hi = interval(np.arange(1001.0))
+    assert (lo, hi) == (pytest.approx(25.0), pytest.approx(975.0))
+    assert estimate(float("nan"), np.arange(10.0))["value"] is None
+    with pytest.raises(ValueError):
+        resample_weights(groups, n_boot=0)
+
+
+def test_batched_auroc_and_coverage_match_the_histogram():
+    from invismap.invisibility.metrics import coverage_at_flagged_from_counts
+
+    rng = np.random.default_rng(0)
+    hists = []
+    for _ in range(3):
+        score = rng.random((20, 30)).astype(np.float32)
+        mask = rng.random((20, 30)) < 0.2
+        hists.append(ScoreHistogram().add(score, mask))
+    all_c = np.stack([h.all_counts for h in hists])
+    obj_c = np.stack([h.obj_counts for h in hists])
+    np.testing.assert_allclose(auroc_from_counts(obj_c, all_c - obj_c), [h.auroc() for h in hists])
+    cov = coverage_at_flagged_from_counts(all_c, obj_c, np.array([0.1, 0.359]))
+    np.testing.assert_allclose(cov, [h.coverage_at_flagged(np.array([0.1, 0.359])) for h in hists])
+    assert np.isnan(coverage_at_flagged_from_counts(all_c[0], np.zeros_like(all_c[0]), 0.5))

@@ -153,9 +153,13 @@ def test_tiny_run_writes_a_report_from_its_own_json(tiny_run):
     assert student["variant"].startswith("thermal detector")
     assert f"<b>{student['night']:.1f}</b>" in page  # the headline number is the one in the JSON beside it
     maps = json.loads((out / "report" / "data" / "invisibility.json").read_text())
-    assert {"predictor", "pair", "darkness", "contrast"} <= set(maps)
-    cov = maps["predictor"]["conditions"]["night"]["sets"]["missed"]["coverage_at_matched_flagged"]
-    assert f"{100 * cov:.1f}%" in page
+    assert {"predictor", "pair", "prior", "darkness", "contrast", "random", "oracle"} <= set(maps)
+    night = maps["predictor"]["conditions"]["night"]["metrics"]
+    for key in ("missed_vs_detected", "coverage_35.9"):  # each with its interval, as in the JSON beside the page
+        e = night[key]
+        assert f"{e['value']:.3f} <small>[{e['lo']:.2f}, {e['hi']:.2f}]</small>" in page
+    assert "fixed prior (position only)" in page and "object oracle (uses labels)" in page
+    assert set(maps["predictor"]["margins"]) == {"prior", "darkness"}
     assert len(json.loads((out / "report" / "data" / "gallery.json").read_text())) == 2
     layers = json.loads((out / "report" / "data" / "layers.json").read_text())["rows"]
     assert [r["scales"] for r in layers] == ["P3", "P4", "P5", "P3+P4+P5"]

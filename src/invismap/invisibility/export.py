@@ -86,9 +86,12 @@ def export_predictor(checkpoint: str | Path, out: str | Path, opset: int = 17) -
     size = int(meta.get("input_size", 640))  # training checkpoints (ckpt/*.pt) may predate these keys
     example = torch.rand(1, 3, size * 3 // 4 // 32 * 32 or 32, size)
     graph = onnx_graph(model, example, "rgb", {"logits": {0: "batch", 2: "height", 3: "width"}}, opset)
+    arch = meta.get("architecture", "unet")
     info = {"kind": ONNX_KIND, "input_size": size, "normalisation": meta.get("normalisation", NORMALISATION),
-            "output": "logits; map = sigmoid(logits)", "invismap_version": __version__,
-            "unet_config": json.dumps(to_dict(meta["unet_config"])), "precision": "float32"}
+            "output": "logits; map = sigmoid(logits)", "invismap_version": __version__, "architecture": arch,
+            f"{arch}_config": json.dumps(to_dict(meta[f"{arch}_config"])), "precision": "float32"}
+    if arch == "neck":  # the graph holds the teacher's backbone and neck too
+        info["teacher"] = str(meta.get("teacher", ""))
     return write_onnx(graph, info, out)
 
 

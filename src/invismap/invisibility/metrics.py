@@ -72,6 +72,37 @@ def object_pixel_mask(boxes_xyxy: np.ndarray, height: int, width: int) -> np.nda
     return mask
 
 
+def box_means(score: np.ndarray, boxes_xyxy: np.ndarray) -> np.ndarray:
+    """Mean score inside each box: one number per object, whatever its size (object-level metrics).
+
+    A box covers the pixels :func:`object_pixel_mask` gives it (pixel centers inside, at least one pixel).
+
+    Args:
+        score: ``(H, W)`` map.
+        boxes_xyxy: ``(N, 4)`` pixel boxes (``(N, 5)`` with a leading class column is accepted).
+
+    Returns:
+        ``(N,)`` float64; NaN for a box that is degenerate or entirely outside the image.
+
+    Example:
+        >>> box_means(np.array([[0.0, 1.0], [0.0, 0.5]]), np.array([[1, 0, 2, 2], [0, 0, 1, 1]])).tolist()
+        [0.75, 0.0]
+    """
+    score = np.asarray(score)
+    b = np.asarray(boxes_xyxy, np.float64)
+    b = b.reshape(-1, b.shape[-1] if b.size else 4)[:, -4:]
+    h, w = score.shape
+    out = np.full(len(b), np.nan)
+    for i, (x1, y1, x2, y2) in enumerate(b):
+        if not (np.isfinite([x1, y1, x2, y2]).all() and x2 > x1 and y2 > y1):
+            continue
+        c0, c1 = _pixel_span(x1, x2, w)
+        r0, r1 = _pixel_span(y1, y2, h)
+        if c1 > c0 and r1 > r0:
+            out[i] = float(score[r0:r1, c0:c1].mean())
+    return out
+
+
 def _pixel_span(lo: float, hi: float, n: int) -> tuple[int, int]:
     """Pixels whose centers lie in ``[lo, hi)``, at least the one holding the box center, clipped."""
     a, b = int(np.floor(lo + 0.5)), int(np.floor(hi + 0.5))
@@ -148,6 +179,23 @@ class ScoreHistogram:
         # exact moments of the all-pixel scores (the histogram would round them to the bin grid)
         self._sum = 0.0
         self._sumsq = 0.0
+
+    @classmethod
+    def from_counts(cls, all_counts: np.ndarray, obj_counts: np.ndarray | None = None, score_sum: float = 0.0,
+                    score_sumsq: float = 0.0) -> ScoreHistogram:
+        """A histogram holding given counts (e.g. per-image counts summed over a set of images).
+
+        ``score_sum`` and ``score_sumsq`` are the exact sum and sum of squares of the scores, for
+        :meth:`mean` and :meth:`std`.
+        """
+        h = cls(len(all_counts))
+        h.all_counts = np.asarray(all_counts, np.int64).copy()
+        if obj_counts is not None:
+            h.obj_counts = np.asarray(obj_counts, np.int64).copy()
+        if h.obj_counts.shape != h.all_counts.shape or (h.obj_counts > h.all_counts).any():
+            raise ValueError("object counts must have the all-pixel counts' bins and not exceed them")
+        h._sum, h._sumsq = float(score_sum), float(score_sumsq)
+        return h
 
     @property
     def n_pixels(self) -> int:
@@ -251,11 +299,9 @@ class ScoreHistogram:
         Returns:
             A float for a scalar input, else an array of the input's shape (NaN without object pixels).
         """
-        x = np.asarray(flagged_share, np.float64)
-        if ((x < 0) | (x > 1) | ~np.isfinite(x)).any():
-            raise ValueError(f"flagged shares must be in [0, 1], got {flagged_share}")
-        _, f, c = self.curve()
-        out = np.full(x.shape, np.nan) if np.isnan(c).all() else np.interp(x, *_dedupe(f, c))
+        if self.n_pixels == 0:
+            raise ValueError("empty histogram: add at least one map first")
+        out = coverage_at_flagged_from_counts(self.all_counts, self.obj_counts, flagged_share)
         return float(out) if out.ndim == 0 else out
 
     def normalised_area(self, max_flagged: float = 0.30) -> float:
@@ -309,25 +355,68 @@ class ScoreHistogram:
         return out
 
 
-def auroc_from_counts(pos_counts: np.ndarray, neg_counts: np.ndarray) -> float:
+def auroc_from_counts(pos_counts: np.ndarray, neg_counts: np.ndarray) -> float | np.ndarray:
     """AUROC from histograms of positive and negative scores on the same increasing bins.
 
     ``P(pos > neg) + 0.5 P(pos, neg in the same bin)``: the trapezoidal area under the ROC curve. NaN when
-    either histogram is empty.
+    either histogram is empty. Leading axes are a batch (e.g. bootstrap replicates): ``(..., bins)`` inputs
+    give ``(...)`` AUROCs; 1-D inputs give a float.
 
     Example:
         >>> auroc_from_counts(np.array([0, 1, 1]), np.array([1, 1, 0]))  # (1 + 1 + 0.5 + 1) / 4
         0.875
+        >>> auroc_from_counts(np.array([[0, 1], [1, 0]]), np.array([[1, 0], [1, 0]])).tolist()
+        [1.0, 0.5]
     """
-    pos = np.asarray(pos_counts, np.float64).reshape(-1)
-    neg = np.asarray(neg_counts, np.float64).reshape(-1)
+    pos = np.asarray(pos_counts, np.float64)
+    neg = np.asarray(neg_counts, np.float64)
     if pos.shape != neg.shape:
         raise ValueError(f"histograms have different bins: {pos.shape} vs {neg.shape}")
-    n_pos, n_neg = pos.sum(), neg.sum()
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    neg_below = np.concatenate([[0.0], np.cumsum(neg)[:-1]])
-    return float((pos * (neg_below + 0.5 * neg)).sum() / (n_pos * n_neg))
+    n_pos, n_neg = pos.sum(-1), neg.sum(-1)
+    neg_below = np.cumsum(neg, -1) - neg
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = (pos * (neg_below + 0.5 * neg)).sum(-1) / (n_pos * n_neg)
+    out = np.where((n_pos == 0) | (n_neg == 0), np.nan, out)
+    return float(out) if out.ndim == 0 else out
+
+
+def coverage_at_flagged_from_counts(all_counts: np.ndarray, obj_counts: np.ndarray,
+                                    flagged_share: float | np.ndarray) -> np.ndarray:
+    """Coverage at given flagged shares from binned all-pixel and object-pixel counts.
+
+    The curve is that of :meth:`ScoreHistogram.curve` (one point per grid threshold), read by linear
+    interpolation. Leading axes of the counts are a batch (e.g. bootstrap replicates).
+
+    Args:
+        all_counts, obj_counts: ``(..., bins)`` counts on the same increasing bins.
+        flagged_share: a share in [0, 1] or an array ``(F,)`` of them.
+
+    Returns:
+        ``(...)`` for a scalar share, else ``(..., F)``; NaN where a row has no object pixels.
+
+    Example:
+        >>> coverage_at_flagged_from_counts(np.array([2, 2]), np.array([0, 1]), 0.5).item()
+        1.0
+    """
+    x = np.asarray(flagged_share, np.float64)
+    if ((x < 0) | (x > 1) | ~np.isfinite(x)).any():
+        raise ValueError(f"flagged shares must be in [0, 1], got {flagged_share}")
+    a = np.asarray(all_counts, np.float64)
+    o = np.asarray(obj_counts, np.float64)
+    if a.shape != o.shape:
+        raise ValueError(f"histograms have different bins: {a.shape} vs {o.shape}")
+    batch = a.shape[:-1]
+    a, o = a.reshape(-1, a.shape[-1]), o.reshape(-1, o.shape[-1])
+    out = np.full((len(a), x.size), np.nan)
+    for r in range(len(a)):
+        n, n_obj = a[r].sum(), o[r].sum()
+        if n == 0 or n_obj == 0:
+            continue
+        # points (flagged, coverage) from tau above 1 (0, 0) down to tau = 0 (1, 1)
+        f = np.concatenate([[0.0], np.cumsum(a[r][::-1])]) / n
+        c = np.concatenate([[0.0], np.cumsum(o[r][::-1])]) / n_obj
+        out[r] = np.interp(x.reshape(-1), *_dedupe(f, c))
+    return out.reshape(batch + x.shape)
 
 
 def _dedupe(f: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -354,10 +443,11 @@ def gaussian_fit(values: np.ndarray) -> tuple[float, float]:
     return float(v.mean()), float(v.std())
 
 
-def distribution_overlap(h1: np.ndarray, h2: np.ndarray) -> dict[str, float]:
+def distribution_overlap(h1: np.ndarray, h2: np.ndarray) -> dict[str, float | np.ndarray]:
     """How much two score distributions overlap, from histograms on the same bins.
 
-    Both histograms are normalised to sum 1 first.
+    Both histograms are normalised to sum 1 first. Leading axes are a batch (e.g. bootstrap replicates):
+    ``(..., bins)`` inputs give ``(...)`` arrays.
 
     Returns:
         ``overlap``: overlap coefficient ``sum_k min(p_k, q_k)`` (1 identical, 0 disjoint);
@@ -367,15 +457,17 @@ def distribution_overlap(h1: np.ndarray, h2: np.ndarray) -> dict[str, float]:
         >>> distribution_overlap(np.array([1, 1, 0]), np.array([0, 1, 1]))
         {'overlap': 0.5, 'bhattacharyya': 0.5}
     """
-    p = np.asarray(h1, np.float64).reshape(-1)
-    q = np.asarray(h2, np.float64).reshape(-1)
+    p = np.asarray(h1, np.float64)
+    q = np.asarray(h2, np.float64)
     if p.shape != q.shape:
         raise ValueError(f"histograms have different bins: {p.shape} vs {q.shape}")
-    if (p < 0).any() or (q < 0).any() or p.sum() <= 0 or q.sum() <= 0:
+    if (p < 0).any() or (q < 0).any() or (p.sum(-1) <= 0).any() or (q.sum(-1) <= 0).any():
         raise ValueError("histograms must be non-negative and non-empty")
-    p, q = p / p.sum(), q / q.sum()
-    return {"overlap": float(np.minimum(p, q).sum()), "bhattacharyya": float(np.sqrt(p * q).sum())}
+    p, q = p / p.sum(-1, keepdims=True), q / q.sum(-1, keepdims=True)
+    out = {"overlap": np.minimum(p, q).sum(-1), "bhattacharyya": np.sqrt(p * q).sum(-1)}
+    return {k: float(v) if v.ndim == 0 else v for k, v in out.items()}
 
 
-__all__ = ["DEFAULT_BINS", "ScoreHistogram", "auroc_from_counts", "coverage_flagged", "distribution_overlap",
+__all__ = ["DEFAULT_BINS", "ScoreHistogram", "auroc_from_counts", "box_means", "coverage_at_flagged_from_counts",
+           "coverage_flagged", "distribution_overlap",
            "gaussian_fit", "object_pixel_mask"]

@@ -132,6 +132,73 @@ def plot_score_histograms(distributions: Mapping[str, Mapping[str, Any]], path: 
     return save_figure(fig, path)
 
 
-__all__ = ["PAPER_FITS", "PAPER_POINT", "curves_from_results", "plot_coverage_curves",
-           "plot_score_histograms",
-           "save_figure"]
+INTERVAL_METRICS = {"missed_vs_detected": "missed vs detected (pixels)",
+                    "invisible_vs_visible": "invisible vs visible (pixels)",
+                    "missed_vs_detected_object": "missed vs detected (objects)",
+                    "pixel_auroc": "missed pixels vs the rest"}
+
+
+def plot_intervals(results_by_source: Mapping[str, Mapping[str, Any]], path: str | Path,
+                   metrics: Mapping[str, str] = INTERVAL_METRICS, title: str | None = None) -> Path:
+    """AUROCs with their 95% intervals, one panel per metric, one row per map, a marker per condition.
+
+    0.5 (dashed) is chance: a map whose interval straddles it cannot tell the two sets apart.
+
+    Args:
+        results_by_source: ``{source: evaluate_maps result}`` (their ``metrics`` entries).
+        path: PNG file to write.
+        metrics: metric key -> panel title.
+    """
+    names = list(results_by_source)
+    conds = list(dict.fromkeys(c for r in results_by_source.values() for c in r.get("conditions", {})))
+    if not names or not conds:
+        raise ValueError("no results to plot")
+    fig = Figure(figsize=(3.4 * len(metrics), 0.42 * len(names) + 1.4))
+    axes = fig.subplots(1, len(metrics), squeeze=False, sharey=True)[0]
+    colors = {"night": "midnightblue", "day": "darkorange"}
+    for ax, (key, label) in zip(axes, metrics.items()):
+        for j, cond in enumerate(conds):
+            offset = (j - (len(conds) - 1) / 2) * 0.22
+            for i, name in enumerate(names):
+                e = results_by_source[name].get("conditions", {}).get(cond, {}).get("metrics", {}).get(key) or {}
+                if e.get("value") is None:
+                    continue
+                lo, hi = e.get("lo"), e.get("hi")
+                y = len(names) - 1 - i + offset
+                if lo is not None and hi is not None:
+                    ax.plot([lo, hi], [y, y], color=colors.get(cond, f"C{j}"), lw=1.6)
+                ax.plot(e["value"], y, "o", ms=4, color=colors.get(cond, f"C{j}"),
+                        label=cond if i == 0 else None)
+        ax.axvline(0.5, color="gray", ls="--", lw=0.8)
+        ax.set(xlim=(0.2, 1.0), title=label, xlabel="AUROC (95% interval)")
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(range(len(names)), names[::-1])
+    axes[0].legend(fontsize=7.5, loc="lower left")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def write_plots(results: Mapping[str, Mapping[str, Any]], out: str | Path) -> list[Path]:
+    """Every figure of an evaluation into ``out``: coverage curves per condition and set, the interval plot,
+    and each map's score histograms."""
+    out = Path(out)
+    written = []
+    conditions = next(iter(results.values()))["conditions"]
+    for cond in conditions:
+        for set_name in ("missed", "invisible"):
+            path = out / f"coverage_{cond}_{set_name}.png"
+            plot_coverage_curves(curves_from_results(results, cond, set_name), path,
+                                 title=f"{cond}: coverage of {set_name} objects' pixels")
+            written.append(path)
+    written.append(plot_intervals(results, out / "separations.png"))
+    for name, res in results.items():
+        dists = {cond: c["scores"] for cond, c in res["conditions"].items()}
+        written.append(plot_score_histograms(dists, out / f"scores_{name.replace(' ', '_')}.png",
+                                             title=f"{name}: score distribution per condition"))
+    return written
+
+
+__all__ = ["INTERVAL_METRICS", "PAPER_FITS", "PAPER_POINT", "curves_from_results", "plot_coverage_curves",
+           "plot_intervals", "plot_score_histograms", "save_figure", "write_plots"]

@@ -86,6 +86,17 @@ def predict_images(model: nn.Module, images: Sequence[np.ndarray], size: int = 6
     return out  # type: ignore[return-value]
 
 
+def load_any_predictor(path: str | Path) -> tuple[nn.Module, dict]:
+    """A predictor from ``predictor.pt`` (PyTorch) or its ``.onnx`` export (ONNX Runtime): ``(model, meta)``."""
+    if str(path).endswith(".onnx"):
+        from invismap.invisibility.export import load_onnx_predictor
+
+        return load_onnx_predictor(path)
+    from invismap.invisibility.predictor import load_predictor
+
+    return load_predictor(path)
+
+
 def predict_image(model: nn.Module, rgb: np.ndarray, size: int = 640) -> np.ndarray:
     """The invisibility map of one RGB uint8 ``(H, W, 3)`` image: ``(H, W)`` float32 in [0, 1]."""
     return predict_images(model, [rgb], size, 1)[0]

@@ -56,21 +56,32 @@ from torch.utils.data import Dataset
 
 from invismap.config import from_dict
 from invismap.data.dataset import PairDataset
-from invismap.data.letterbox import Letterbox, apply_letterbox
+from invismap.data.letterbox import Letterbox
 from invismap.data.manifest import Manifest, load_manifest
 from invismap.engine.checkpoint import check_state_dict, load_checkpoint, save_checkpoint
 from invismap.engine.loop import Task, TrainConfig, check_train_config, fit
 from invismap.engine.rundir import start_run
 from invismap.errors import InvismapError, file_error
+from invismap.invisibility.neck_head import NeckHead, NeckHeadConfig, TeacherNeckPredictor
+from invismap.invisibility.targets import (  # noqa: F401 - the target cache's helpers, re-exported
+    TARGETS_META,
+    TargetConfig,
+    cache_targets,
+    check_target_config,
+    load_evidence,
+    load_target,
+    save_target,
+    target_path,
+)
 from invismap.invisibility.unet import InvisibilityUNet, UNetConfig
-from invismap.io import atomic_write, write_json
+from invismap.io import write_json
 
 log = logging.getLogger(__name__)
 
 KIND = "predictor"
+MODELS = ("unet", "neck")
 NORMALISATION = "rgb 0..1"  # what the U-Net expects: RGB, float, values in 0..1, letterboxed with gray 114
 LOSSES = ("bce", "mse")
-TARGETS_META = "targets.json"
 
 
 @dataclass
@@ -86,59 +97,22 @@ class PredictorConfig:
     val_every_nth: int = 10  # every n-th pair is held out for validation (0 = none)
     hflip: float = 0.5
     loss: Literal["bce", "mse"] = "bce"
-    cache: bool = True  # keep decoded, letterboxed pairs and targets in memory
+    cache: bool = True  # keep decoded, letterboxed pairs, targets (and teacher features) in memory
+    # unet: a U-Net on the pixels; neck: a light head on the color teacher's neck features (neck_head.py)
+    model: Literal["unet", "neck"] = "unet"
     unet: UNetConfig = field(default_factory=UNetConfig)
+    neck: NeckHeadConfig = field(default_factory=NeckHeadConfig)
+    teacher: str = "yolov5n"  # the color detector whose neck features model 'neck' reads (the pipeline's)
+    # loss weight of the pixels inside the thermal detector's boxes (target kind pair+detectors): > 1 makes
+    # the few object pixels, where missed and detected objects differ, count against the background
+    object_weight: float = 1.0
+    target: TargetConfig = field(default_factory=TargetConfig)  # what the targets are (targets.py)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=2000, batch_size=8, lr=2e-3,
                                                                    weight_decay=1e-4, warmup_steps=50,
                                                                    eval_every=200, image_every=200))
 
 
 # --------------------------------------------------------------------------------------------- data
-
-def target_path(target_dir: str | Path, name: str) -> Path:
-    """Where the cached target of sample ``name`` lives (path separators in names become ``__``)."""
-    return Path(target_dir) / (name.replace("/", "__").replace("\\", "__") + ".npy")
-
-
-def save_target(target_dir: str | Path, name: str, target: np.ndarray | torch.Tensor) -> Path:
-    """Write one ``(H, W)`` (or ``(1, H, W)``) map in [0, 1] as float16 ``NAME.npy``, atomically."""
-    if isinstance(target, torch.Tensor):
-        target = target.detach().cpu().numpy()
-    target = np.asarray(target, np.float32).squeeze()
-    if target.ndim != 2:
-        raise ValueError(f"a target map must be (H, W) or (1, H, W), got {target.shape}")
-    path = target_path(target_dir, name)
-    with atomic_write(path, "wb") as f:
-        np.save(f, np.clip(target, 0, 1).astype(np.float16))
-    return path
-
-
-def load_target(path: Path, lb: Letterbox) -> np.ndarray:
-    """A cached map as a float32 ``(H, W)`` canvas of ``lb`` (canvas-sized or original-sized file)."""
-    try:
-        target = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise file_error(path, "no cached target for this pair",
-                         "compute the targets for every pair of the manifest first") from None
-    except (ValueError, OSError, EOFError) as e:
-        raise file_error(path, f"not a readable .npy target ({str(e)[:120]})", "recompute it") from None
-    if not isinstance(target, np.ndarray) or not (np.issubdtype(target.dtype, np.floating)
-                                                  or np.issubdtype(target.dtype, np.integer)):
-        raise file_error(path, f"target holds {getattr(target, 'dtype', type(target).__name__)} values, "
-                         "expected numbers in [0, 1]", "recompute it")
-    target = np.asarray(target, np.float32).squeeze()
-    if target.shape == (lb.height, lb.width):
-        pass
-    elif target.shape == (lb.orig_h, lb.orig_w):
-        target = apply_letterbox(target, lb, pad_value=0)
-    else:
-        raise file_error(path, f"target is {target.shape[-1]}x{target.shape[0]}, expected the canvas "
-                         f"{lb.width}x{lb.height} or the image {lb.orig_w}x{lb.orig_h}",
-                         "recompute the targets with the same size/square settings")
-    if not np.isfinite(target).all():
-        raise file_error(path, "target holds NaN or inf", "recompute it")
-    return np.clip(target, 0, 1)
-
 
 def valid_mask(lb: Letterbox) -> torch.Tensor:
     """``(1, H, W)`` float mask: 1 on the image, 0 on the letterbox padding."""
@@ -149,7 +123,8 @@ def valid_mask(lb: Letterbox) -> torch.Tensor:
 
 
 class TargetMapDataset(Dataset):
-    """A :class:`PairDataset` with the target map attached: items ``name, condition, rgb, target, valid``.
+    """A :class:`PairDataset` with the target map attached: items ``name, condition, rgb, target, valid``
+    (and ``features``, ``weight`` when asked for).
 
     Args:
         base: the pairs, without geometric augmentation (it would misalign cached targets).
@@ -158,14 +133,21 @@ class TargetMapDataset(Dataset):
         target_dir: the target cache (fast), see :func:`cache_targets`.
         hflip: probability of flipping image, target and mask together (0 for validation).
         seed: with the epoch and index, fixes the flips (indices past the end are later epochs).
-        cache: keep loaded target maps in memory (float16).
+        cache: keep loaded target maps (and features) in memory (float16).
+        feature_fn: ``(1, 3, H, W) -> [(1, C_k, h_k, w_k)]``, e.g. the frozen teacher's ``neck_features``:
+            items get ``features`` of the (flipped) image, computed once per image and flip when cached.
+        object_weight: items get ``weight``, this inside the thermal boxes of the target folder's
+            ``evidence.json`` and 1 elsewhere (1 = no ``weight``).
 
     Shape:
-        rgb ``(3, H, W)`` in 0..1, target ``(1, H, W)`` in [0, 1], valid ``(1, H, W)`` in {0, 1}.
+        rgb ``(3, H, W)`` in 0..1, target ``(1, H, W)`` in [0, 1], valid ``(1, H, W)`` in {0, 1},
+        weight ``(1, H, W)``, features ``[(C_k, h_k, w_k)]``.
     """
 
     def __init__(self, base: PairDataset, target_fn: Callable[[dict], torch.Tensor] | None = None,
-                 target_dir: str | Path | None = None, hflip: float = 0.0, seed: int = 0, cache: bool = True):
+                 target_dir: str | Path | None = None, hflip: float = 0.0, seed: int = 0, cache: bool = True,
+                 feature_fn: Callable[[torch.Tensor], list[torch.Tensor]] | None = None,
+                 object_weight: float = 1.0):
         if (target_fn is None) == (target_dir is None):
             raise ValueError("give exactly one of target_fn and target_dir")
         if base.augment is not None:
@@ -181,6 +163,14 @@ class TargetMapDataset(Dataset):
         self.base, self.target_fn, self.hflip, self.seed = base, target_fn, hflip, seed
         self.target_dir = Path(target_dir) if target_dir is not None else None
         self._cache: dict[int, torch.Tensor] | None = {} if cache else None
+        self.feature_fn, self.object_weight = feature_fn, float(object_weight)
+        self._features: dict[tuple[int, bool], list[torch.Tensor]] | None = {} if cache else None
+        self.evidence = None
+        if self.object_weight != 1.0:
+            self.evidence = load_evidence(target_dir) if target_dir is not None else None
+            if self.evidence is None:
+                raise InvismapError("object_weight needs targets of kind 'pair+detectors' (their evidence.json "
+                                    "holds the thermal boxes to weigh)")
 
     def __len__(self) -> int:
         return len(self.base)
@@ -197,6 +187,25 @@ class TargetMapDataset(Dataset):
             self._cache[i] = target.half()
         return target
 
+    def _weight(self, item: dict) -> torch.Tensor:
+        """``(1, H, W)``: ``object_weight`` inside the pair's thermal boxes (canvas pixels), 1 elsewhere."""
+        from invismap.invisibility.metrics import object_pixel_mask
+
+        lb = item["letterbox"]
+        boxes = lb.boxes_to_canvas(np.array(self.evidence[item["name"]]["boxes"], np.float32).reshape(-1, 4))
+        inside = torch.from_numpy(object_pixel_mask(boxes, lb.height, lb.width))[None]
+        return 1.0 + (self.object_weight - 1.0) * inside.float()
+
+    @torch.no_grad()
+    def _features_of(self, i: int, rgb: torch.Tensor, flipped: bool) -> list[torch.Tensor]:
+        key = (i, flipped)
+        if self._features is not None and key in self._features:
+            return [f.float() for f in self._features[key]]
+        feats = [f[0].float().cpu() for f in self.feature_fn(rgb[None])]
+        if self._features is not None:
+            self._features[key] = [f.half() for f in feats]
+        return feats
+
     def __getitem__(self, index: int) -> dict:
         epoch, i = divmod(int(index), len(self.base))
         item = self.base[i]
@@ -204,29 +213,17 @@ class TargetMapDataset(Dataset):
         if target.shape[1:] != rgb.shape[1:]:
             raise InvismapError(f"pair {item['name']}: target {tuple(target.shape)} does not fit the image "
                                 f"canvas {tuple(rgb.shape)}")
-        if self.hflip > 0 and np.random.default_rng((self.seed, epoch, i)).random() < self.hflip:
+        weight = self._weight(item) if self.evidence is not None else None
+        flipped = self.hflip > 0 and np.random.default_rng((self.seed, epoch, i)).random() < self.hflip
+        if flipped:
             rgb, target, valid = rgb.flip(-1), target.flip(-1), valid.flip(-1)
-        return {"name": item["name"], "condition": item["condition"], "rgb": rgb, "target": target,
-                "valid": valid}
-
-
-@torch.no_grad()
-def cache_targets(base: PairDataset, target_fn: Callable[[dict], torch.Tensor], target_dir: str | Path,
-                  overwrite: bool = False, progress: bool = True) -> Path:
-    """Compute ``target_fn(item)`` for every pair of ``base`` once and store it under ``target_dir``.
-
-    Writes ``NAME.npy`` (float16 canvas) per pair and ``targets.json`` (size, square, count).
-    """
-    from tqdm import tqdm
-
-    target_dir = Path(target_dir)
-    for i in tqdm(range(len(base)), desc="targets", unit="pair", disable=not progress):
-        name = base.manifest[i].name
-        if not overwrite and target_path(target_dir, name).is_file():
-            continue
-        save_target(target_dir, name, target_fn(base[i]))
-    write_json(target_dir / TARGETS_META, {"size": base.size, "square": base.square, "count": len(base)})
-    return target_dir
+            weight = None if weight is None else weight.flip(-1)
+        out = {"name": item["name"], "condition": item["condition"], "rgb": rgb, "target": target, "valid": valid}
+        if weight is not None:
+            out["weight"] = weight
+        if self.feature_fn is not None:
+            out["features"] = self._features_of(i, rgb, flipped)
+        return out
 
 
 # --------------------------------------------------------------------------------------------- task
@@ -258,31 +255,53 @@ def masked_mae(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | N
 
 
 class PredictorTask(Task):
-    """Trains :class:`InvisibilityUNet` on batches ``{'rgb', 'target', 'valid' (optional)}``.
+    """Trains the predictor's network on batches ``{'rgb', 'target', 'valid', 'weight', 'features'}``.
+
+    ``valid``, ``weight`` (per-pixel loss weights) and ``features`` (the teacher's neck features of ``rgb``,
+    model ``neck``) are optional.
 
     Args:
-        unet: the architecture.
+        model: ``'unet'`` (:class:`InvisibilityUNet` on the pixels) or ``'neck'`` (:class:`NeckHead` on
+            the batch's ``features``).
+        unet, neck: the architectures.
+        in_channels: the neck features' channels (model ``'neck'``).
         loss: ``'bce'`` (default) or ``'mse'``, see :func:`masked_loss`.
         input_size: letterbox size the data is prepared at (stored in the checkpoints).
+        teacher: the color detector whose features ``'neck'`` reads (stored in the checkpoints).
     """
 
     kind = KIND
 
-    def __init__(self, unet: UNetConfig | None = None, loss: str = "bce", input_size: int = 640):
+    def __init__(self, unet: UNetConfig | None = None, loss: str = "bce", input_size: int = 640,
+                 model: str = "unet", neck: NeckHeadConfig | None = None, in_channels: list[int] | None = None,
+                 teacher: str = "yolov5n"):
         super().__init__()
         if loss not in LOSSES:
             raise InvismapError(f"predictor loss must be one of {', '.join(LOSSES)}, got {loss!r}")
-        self.unet_config = unet or UNetConfig()
+        if model not in MODELS:
+            raise InvismapError(f"predictor model must be one of {', '.join(MODELS)}, got {model!r}")
+        self.model, self.teacher = model, teacher
+        self.unet_config, self.neck_config = unet or UNetConfig(), neck or NeckHeadConfig()
+        self.in_channels = list(in_channels or [])
         self.loss, self.input_size = loss, input_size
-        self.net = InvisibilityUNet(self.unet_config)
+        self.net = (InvisibilityUNet(self.unet_config) if model == "unet"
+                    else NeckHead(self.in_channels, self.neck_config))
+
+    def logits(self, batch: dict) -> torch.Tensor:
+        """``(B, 1, H, W)`` logits at the canvas size."""
+        if self.model == "unet":
+            return self.net(batch["rgb"])
+        logits = self.net(batch["features"])
+        return F.interpolate(logits, size=batch["rgb"].shape[-2:], mode="bilinear", align_corners=False)
 
     def _forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        logits = self.net(batch["rgb"])
-        target, valid = batch["target"], batch.get("valid")
-        return logits, target, valid, masked_loss(logits, target, valid, self.loss)
+        logits = self.logits(batch)
+        target, valid, weight = batch["target"], batch.get("valid"), batch.get("weight")
+        weighted = valid if weight is None else (weight if valid is None else valid * weight)
+        return logits, target, valid, masked_loss(logits, target, weighted, self.loss)
 
     def training_step(self, batch: dict) -> dict[str, torch.Tensor]:
-        """``loss/main`` (the masked loss) and ``train/mae`` of the sigmoid map."""
+        """``loss/main`` (the masked, weighted loss) and ``train/mae`` of the sigmoid map."""
         logits, target, valid, loss = self._forward(batch)
         with torch.no_grad():
             mae = masked_mae(torch.sigmoid(logits), target, valid)
@@ -302,7 +321,8 @@ class PredictorTask(Task):
         self.net.eval()  # no BatchNorm statistics update from a logging pass
         try:
             rgb = batch["rgb"][:4]
-            pred = torch.sigmoid(self.net(rgb))
+            few = {**batch, "rgb": rgb, "features": [f[:4] for f in batch.get("features", [])]}
+            pred = torch.sigmoid(self.logits(few))
         finally:
             self.net.train(was_training)
         rows = torch.cat([rgb, batch["target"][:4].expand_as(rgb), pred.expand_as(rgb)], -1)  # (N, 3, H, 3W)
@@ -312,9 +332,16 @@ class PredictorTask(Task):
         writer.add_image("predictor/rgb|target|prediction", grid.clamp(0, 1).cpu(), step)
 
     def extra_checkpoint(self) -> dict[str, Any]:
-        """The U-Net config and input size, so that ``ckpt/*.pt`` load with :func:`load_predictor` too."""
-        return {"unet_config": asdict(self.unet_config), "input_size": self.input_size,
-                "normalisation": NORMALISATION, "loss": self.loss}
+        """The architecture and input size, so that ``ckpt/*.pt`` load with :func:`load_predictor` too."""
+        return {**self.architecture(), "input_size": self.input_size, "normalisation": NORMALISATION,
+                "loss": self.loss}
+
+    def architecture(self) -> dict[str, Any]:
+        """What :func:`load_predictor` needs to rebuild the network (besides its weights)."""
+        if self.model == "unet":
+            return {"architecture": "unet", "unet_config": asdict(self.unet_config)}
+        return {"architecture": "neck", "neck_config": asdict(self.neck_config), "in_channels": self.in_channels,
+                "teacher": self.teacher}
 
 
 # --------------------------------------------------------------------------------------------- run
@@ -338,10 +365,17 @@ def check_predictor_config(cfg: PredictorConfig) -> None:
     if cfg.val_every_nth < 0:
         raise InvismapError(f"config key 'val_every_nth': {cfg.val_every_nth} is not allowed "
                             "(0 = no validation, or n >= 1)")
+    if cfg.model not in MODELS:
+        raise InvismapError(f"config key 'model': {cfg.model!r} is not allowed (one of {', '.join(MODELS)})")
     try:
         InvisibilityUNet(cfg.unet)
     except ValueError as e:
         raise InvismapError(f"config key 'unet': {e}") from None
+    if cfg.neck.width < 1:
+        raise InvismapError(f"config key 'neck.width': {cfg.neck.width} is not allowed (an integer >= 1)")
+    if not cfg.object_weight > 0:
+        raise InvismapError(f"config key 'object_weight': {cfg.object_weight} is not allowed (a number > 0)")
+    check_target_config(cfg.target)
     check_train_config(cfg.train)
 
 
@@ -371,18 +405,28 @@ def train_predictor(cfg: PredictorConfig, manifest: Manifest | str | Path | None
         raise InvismapError("no target cache given (set targets: to the folder of NAME.npy maps)")
     train_pairs, val_pairs = split_pairs(manifest, cfg)
 
+    feature_fn, in_channels = None, None
+    if cfg.model == "neck":  # the frozen teacher computes features in the data pipeline, once per image
+        from invismap.detector.zoo import load_detector
+
+        teacher = load_detector(cfg.teacher).float().eval()
+        feature_fn = teacher.neck_features
+        with torch.no_grad():
+            in_channels = [f.shape[1] for f in feature_fn(torch.zeros(1, 3, 64, 64))]
+
     def dataset(pairs: Manifest, hflip: float) -> TargetMapDataset:
         base = PairDataset(pairs, cfg.size, square=cfg.square, cache=cfg.cache)
-        return TargetMapDataset(base, target_dir=target_dir, hflip=hflip, seed=cfg.train.seed, cache=cfg.cache)
+        return TargetMapDataset(base, target_dir=target_dir, hflip=hflip, seed=cfg.train.seed, cache=cfg.cache,
+                                feature_fn=feature_fn, object_weight=cfg.object_weight)
 
     train_set = dataset(train_pairs, cfg.hflip)
     val_set = dataset(val_pairs, 0.0) if val_pairs else None
     start_run(run_dir, cfg, resume)
     log.info(f"training the invisibility predictor on {len(train_pairs)} pairs "
-             f"({len(val_pairs) if val_pairs else 0} held out), size {cfg.size}, loss {cfg.loss}, "
-             f"{cfg.train.max_steps} steps")
+             f"({len(val_pairs) if val_pairs else 0} held out), model {cfg.model}, size {cfg.size}, "
+             f"loss {cfg.loss}, {cfg.train.max_steps} steps")
     torch.manual_seed(cfg.train.seed)
-    task = PredictorTask(cfg.unet, cfg.loss, cfg.size)
+    task = PredictorTask(cfg.unet, cfg.loss, cfg.size, cfg.model, cfg.neck, in_channels, cfg.teacher)
     summary = fit(task, train_set, cfg.train, run_dir, val_set=val_set, resume=resume, full_config=cfg,
                   progress=progress, stop_at=stop_at)
     out = run_dir / "predictor.pt"
@@ -392,7 +436,7 @@ def train_predictor(cfg: PredictorConfig, manifest: Manifest | str | Path | None
     source = best if best.is_file() else run_dir / "ckpt" / "last.pt"
     state = load_checkpoint(source, KIND)
     save_checkpoint(out, {
-        "kind": KIND, "unet_config": asdict(cfg.unet), "model": state["model"], "input_size": cfg.size,
+        "kind": KIND, **task.architecture(), "model": state["model"], "input_size": cfg.size,
         "square": cfg.square, "normalisation": NORMALISATION, "loss": cfg.loss, "step": state["step"],
         "weights_from": source.name, "best_val_loss": summary["best_val_loss"], "config": state["config"],
     })
@@ -404,30 +448,44 @@ def train_predictor(cfg: PredictorConfig, manifest: Manifest | str | Path | None
 
 
 def load_predictor(path: str | Path, map_location: str | torch.device = "cpu"
-                   ) -> tuple[InvisibilityUNet, dict[str, Any]]:
-    """The U-Net of a predictor checkpoint (``predictor.pt`` or ``ckpt/*.pt``), in ``eval()`` mode.
+                   ) -> tuple[InvisibilityUNet | TeacherNeckPredictor, dict[str, Any]]:
+    """The network of a predictor checkpoint (``predictor.pt`` or ``ckpt/*.pt``), in ``eval()`` mode.
+
+    A ``unet`` predictor is self-contained; a ``neck`` predictor holds only its head and loads the teacher
+    it was trained on (:class:`TeacherNeckPredictor`). Either maps ``(B, 3, H, W)`` RGB to logits.
 
     Returns:
-        ``(model, meta)``: meta holds ``unet_config``, ``input_size``, ``normalisation`` and the rest of the
-        checkpoint except the weights and optimizer states.
+        ``(model, meta)``: meta holds ``architecture``, ``unet_config`` or ``neck_config``, ``input_size``,
+        ``normalisation`` and the rest of the checkpoint except the weights and optimizer states.
 
     Raises:
         InvismapError: missing or unreadable file, another kind of checkpoint, or weights that do not fit
             the stored architecture.
     """
     state = load_checkpoint(path, KIND, map_location=map_location)
-    if "unet_config" not in state or "model" not in state:
-        raise file_error(path, "predictor checkpoint lacks its U-Net config or weights", "re-train it")
+    arch = state.get("architecture", "unet")  # checkpoints before the neck head are U-Nets
+    key = {"unet": "unet_config", "neck": "neck_config"}.get(arch)
+    if key is None or key not in state or "model" not in state:
+        raise file_error(path, f"predictor checkpoint lacks its {key or arch + ' architecture'} or weights",
+                         "re-train it")
     try:
-        unet_cfg = from_dict(UNetConfig, state["unet_config"], "unet_config")
-        model = InvisibilityUNet(unet_cfg)
+        if arch == "unet":
+            arch_cfg = from_dict(UNetConfig, state[key], key)
+            model = InvisibilityUNet(arch_cfg)
+        else:
+            arch_cfg = from_dict(NeckHeadConfig, state[key], key)
+            model = NeckHead(state.get("in_channels") or [], arch_cfg)
     except (InvismapError, ValueError, TypeError) as e:
-        raise file_error(path, f"unusable U-Net config: {e}", "re-train with this invismap version") from None
+        label = {"unet": "U-Net", "neck": "neck head"}[arch]
+        raise file_error(path, f"unusable {label} config: {e}", "re-train with this invismap version") from None
     check_state_dict(path, model, state["model"])
     model.load_state_dict(state["model"])
+    if arch == "neck":
+        from invismap.detector.zoo import load_detector
+
+        model = TeacherNeckPredictor(load_detector(state.get("teacher", "yolov5n")).float(), model)
     model.eval()
     meta = {k: v for k, v in state.items() if k not in ("model", "optimizers", "rng")}
-    meta["unet_config"] = unet_cfg
+    meta["architecture"], meta[key] = arch, arch_cfg
     meta.setdefault("input_size", 640)
     return model, meta
-

@@ -56,6 +56,15 @@ class AlignSection:
 
 
 @dataclass
+class OtherData:
+    """Another camera's pairs, scored with the models trained on this experiment's data only."""
+
+    format: str = "roadscene"  # an importer (invismap data import FORMAT)
+    src: str = ""  # its folder; empty = the assets dataset of that name
+    split: str = "all"  # which of its pairs to score (all: nothing was trained on them)
+
+
+@dataclass
 class EvaluateSection:
     """Evaluation of the thermal detector and of the invisibility maps."""
 
@@ -63,7 +72,12 @@ class EvaluateSection:
     conditions: list[str] = field(default_factory=lambda: ["day", "night"])
     conf: float = 0.25  # color detector confidence that counts an object as 'detected'
     tau: float = 0.35  # the paper's score threshold
-    baselines: list[str] = field(default_factory=lambda: ["darkness", "contrast"])
+    # map sources scored beside the predictor, pair score and fixed prior (invisibility/sources.py)
+    baselines: list[str] = field(default_factory=lambda: ["darkness", "contrast", "random", "oracle"])
+    references: list[str] = field(default_factory=lambda: ["prior", "darkness"])  # paired margins over these
+    bootstrap: int = 1000  # resamples over images for the 95% intervals
+    # other cameras to score the maps on (e.g. [{format: roadscene}]): a user's camera is never the training one
+    other: list[OtherData] = field(default_factory=list)
     max_pairs: int = 0  # evaluate at most this many pairs per condition (0 = all)
     layers: bool = True  # also score with each neck scale alone (the layer ablation of the pair score)
 
@@ -79,6 +93,10 @@ class ExperimentsSection:
     # pairs, each color image moved by a known random field and recovered by the homography (and AlignGAN if enabled)
     geometry_pairs: int = 0
     max_steps: int = 0  # steps of each variant (0 = the distill section's)
+    # the 'predictor_cv' stage: predictor variants, name -> overrides of the predictor section (e.g.
+    # ["model=neck", "target.kind=pair+detectors"]), cross-validated on the training split (which one to ship)
+    predictor: dict[str, list[str]] = field(default_factory=dict)
+    folds: int = 4  # folds of that cross-validation
 
 
 @dataclass
@@ -153,13 +171,19 @@ def load_pipeline_config(path: str | Path, overrides: list[str] | None = None) -
         raise InvismapError(f"{path}: {e}{_stage_config_hint(data)}") from None
     cfg.name = cfg.name or Path(path).stem
     cfg.out = cfg.out or str(Path("runs") / Path(path).stem)
-    if cfg.data.src:
-        src = os.path.expandvars(cfg.data.src)
-        if "$" in src:
-            raise InvismapError(f"{path}: data.src '{cfg.data.src}' names an unset environment variable")
-        cfg.data.src = src
-    else:
-        from invismap.assets import find_asset
-
-        cfg.data.src = str(find_asset(cfg.data.format))
+    cfg.data.src = resolve_src(path, "data.src", cfg.data.src, cfg.data.format)
+    for i, other in enumerate(cfg.evaluate.other):
+        other.src = resolve_src(path, f"evaluate.other[{i}].src", other.src, other.format)
     return cfg
+
+
+def resolve_src(path: str | Path, key: str, src: str, fmt: str) -> str:
+    """A dataset folder: ``$VAR`` expanded, or the assets dataset named like the format when empty."""
+    if src:
+        out = os.path.expandvars(src)
+        if "$" in out:
+            raise InvismapError(f"{path}: {key} '{src}' names an unset environment variable")
+        return out
+    from invismap.assets import find_asset
+
+    return str(find_asset(fmt))

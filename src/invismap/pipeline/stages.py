@@ -128,15 +128,20 @@ def _distill(p: Pipeline, d: Path, resume: bool) -> dict:
 
 
 def _targets(p: Pipeline, d: Path, resume: bool) -> dict:
-    from invismap.invisibility.cli import score_pairs
+    import json
+
+    from invismap.invisibility.targets import TARGETS_META, score_pairs
 
     c = p.cfg.predictor
-    score_pairs(p.dir("distill") / "student.pt", pairs_manifest(p), d, split=c.split, size=c.size)
-    return {"pairs": len(list(d.glob("*.npy"))), "split": c.split}
+    score_pairs(p.dir("distill") / "student.pt", pairs_manifest(p), d, split=c.split, size=c.size, cfg=c.target)
+    meta = json.loads((d / TARGETS_META).read_text())
+    return {"pairs": meta["count"], "split": c.split, "kind": c.target.kind,
+            **{k: meta[k] for k in ("objects", "missed", "mean_miss_rate") if k in meta}}
 
 
 def predictor_config(p: Pipeline):
-    return dataclasses.replace(p.cfg.predictor, data=str(pairs_manifest(p)), targets=str(p.dir("targets")))
+    return dataclasses.replace(p.cfg.predictor, data=str(pairs_manifest(p)), targets=str(p.dir("targets")),
+                               teacher=p.cfg.distill.teacher)
 
 
 def _predictor(p: Pipeline, d: Path, resume: bool) -> dict:
@@ -177,26 +182,57 @@ def evaluation_pairs(p: Pipeline) -> Manifest:
     return manifest
 
 
+def map_specs(p: Pipeline) -> dict[str, str]:
+    """The maps the evaluation scores: predictor, pair score, the fixed prior, and the configured baselines."""
+    from invismap.invisibility.sources import map_source_name
+
+    specs = {"predictor": f"predictor:{p.dir('predictor') / 'predictor.pt'}",
+             "pair": f"pair:{p.dir('distill') / 'student.pt'}", "prior": f"prior:{p.dir('targets')}"}
+    specs.update({map_source_name(b): b for b in p.cfg.evaluate.baselines})
+    return specs
+
+
 def _eval_maps(p: Pipeline, d: Path, resume: bool) -> dict:
     from invismap.detector.zoo import load_detector
-    from invismap.invisibility.cli import format_results, map_source, write_plots
-    from invismap.invisibility.evaluate import evaluate_maps, teacher_detections
+    from invismap.invisibility.evaluate import format_table, teacher_detections
+    from invismap.invisibility.plots import write_plots
+    from invismap.invisibility.sources import evaluate_specs
 
     c = p.cfg.evaluate
     manifest = evaluation_pairs(p)
-    specs = [f"predictor:{p.dir('predictor') / 'predictor.pt'}", f"pair:{p.dir('distill') / 'student.pt'}",
-             *c.baselines]
-    sources = dict(map_source(s) for s in specs)
-    detections = teacher_detections(manifest, load_detector(p.cfg.distill.teacher), conf=c.conf)
-    results = {name: evaluate_maps(manifest, src, detections, conditions=tuple(c.conditions), tau=c.tau,
-                                   detection_conf=c.conf)
-               for name, src in sources.items()}
+    results = evaluate_specs(manifest, map_specs(p), p.cfg.distill.teacher, conditions=c.conditions, tau=c.tau,
+                             conf=c.conf, references=c.references, n_boot=c.bootstrap)
     write_json(d / "invisibility.json", results)
     write_plots(results, d / "plots")
-    p.echo(format_results(results))
+    p.echo(format_table(results))
+    for other in c.other:
+        other_results = evaluate_other(p, other, d)
+        p.echo(f"{other.format} (another camera, models trained on {p.cfg.data.format} only):")
+        p.echo(format_table(other_results))
     if c.layers:
+        detections = teacher_detections(manifest, load_detector(p.cfg.distill.teacher), conf=c.conf)
         layer_ablation(p, manifest, detections, d)
     return {"headline": headline(results)}
+
+
+def evaluate_other(p: Pipeline, other, d: Path) -> dict:
+    """The same maps on another camera's pairs: ``d/invisibility_<format>.json`` and ``d/plots/<format>/``."""
+    from invismap.data.importers import import_dataset
+    from invismap.invisibility.plots import write_plots
+    from invismap.invisibility.sources import evaluate_specs
+
+    c = p.cfg.evaluate
+    manifest = import_dataset(other.format, other.src, d / "other" / other.format, progress=False)
+    manifest = manifest.select(split=None if other.split == "all" else other.split, condition=c.conditions)
+    if len(manifest) == 0:
+        raise InvismapError(f"{other.src}: no {'/'.join(c.conditions)} pairs in split '{other.split}' to evaluate")
+    results = evaluate_specs(manifest, map_specs(p), p.cfg.distill.teacher, conditions=c.conditions, tau=c.tau,
+                             conf=c.conf, references=c.references, n_boot=c.bootstrap)
+    for r in results.values():
+        r["settings"].update(dataset=other.format, split=other.split)
+    write_json(d / f"invisibility_{other.format}.json", results)
+    write_plots(results, d / "plots" / other.format)
+    return results
 
 
 def layer_ablation(p: Pipeline, manifest: Manifest, detections: dict, d: Path) -> None:
@@ -223,13 +259,18 @@ def layer_ablation(p: Pipeline, manifest: Manifest, detections: dict, d: Path) -
 
 
 def headline(results: dict, set_name: str = "missed") -> dict:
-    """Per map and condition: coverage at tau, flagged at tau, coverage at 35.9% flagged, AUROC."""
+    """Per map and condition: coverage at tau and at 35.9% flagged, AUROC, and the two separations."""
     out: dict = {}
     for name, res in results.items():
         for cond, r in res["conditions"].items():
             s = r["sets"].get(set_name) or {}
-            out.setdefault(name, {})[cond] = {k: s.get(k) for k in ("coverage_at_tau", "flagged_at_tau",
-                                                                     "coverage_at_matched_flagged", "auroc")}
+            out.setdefault(name, {})[cond] = {
+                **{k: s.get(k) for k in ("coverage_at_tau", "flagged_at_tau", "coverage_at_matched_flagged",
+                                         "auroc")},
+                **{k: (r.get("metrics", {}).get(k) or {}).get("value")
+                   for k in ("missed_vs_detected", "invisible_vs_visible")}}
+        if "day_vs_night" in res:
+            out[name]["day_vs_night_overlap"] = res["day_vs_night"]["overlap"]
     return out
 
 
@@ -272,6 +313,18 @@ def _experiments(p: Pipeline, d: Path, resume: bool) -> dict:
                                           "runs differ only in the color images distilled from"})
         out["alignment"] = rows
     return out
+
+
+def _predictor_cv(p: Pipeline, d: Path, resume: bool) -> dict:
+    """Predictor variants cross-validated on the training split: ``cv.json``, ``table.md``, ``separations.png``."""
+    from invismap.invisibility.experiments import predictor_ablation
+
+    c, pred = p.cfg.experiments, p.cfg.predictor
+    rows = predictor_ablation(dataclasses.replace(pred, teacher=p.cfg.distill.teacher), c.predictor,
+                              p.dir("distill") / "student.pt", pairs_manifest(p), d, k=c.folds, split=pred.split,
+                              conditions=p.cfg.evaluate.conditions, teacher=p.cfg.distill.teacher,
+                              n_boot=p.cfg.evaluate.bootstrap)
+    return {"chosen": rows[0]["variant"], "rows": [{k: r[k] for k in ("variant", "selection")} for r in rows]}
 
 
 def _geometry(p: Pipeline, d: Path, resume: bool) -> dict:
@@ -335,8 +388,10 @@ def _fmt_maps(s: dict) -> str:
     for name in ("predictor", "pair"):
         night = h.get(name, {}).get("night")
         if night and night.get("coverage_at_matched_flagged") is not None:
+            sep = night.get("missed_vs_detected")
             parts.append(f"{name} night: {night['coverage_at_matched_flagged']:.1%} of missed-object pixels "
-                         f"at 35.9% flagged, AUROC {night['auroc']:.3f}")
+                         f"at 35.9% flagged, AUROC {night['auroc']:.3f}"
+                         + (f", missed vs detected {sep:.3f}" if sep is not None else ""))
     return "; ".join(parts) or "evaluated"
 
 
@@ -375,26 +430,29 @@ STAGES = [
           lambda s: f"{s.get('steps')} steps at {s.get('pairs_per_s', 0):.1f} pairs/s, t_k = "
                     + ", ".join(f"{t:.3g}" for t in s.get("thresholds", []))),
     Stage("targets", ("import", "register", "align", "distill"),
-          lambda cfg: {"size": cfg.predictor.size, "split": cfg.predictor.split}, _targets,
-          lambda cfg: f"score every pair of split '{cfg.predictor.split}' with teacher vs student (the "
-                      "predictor's targets)",
-          lambda s: f"{s['pairs']} pair scores cached"),
+          lambda cfg: {"size": cfg.predictor.size, "split": cfg.predictor.split, "target": cfg.predictor.target},
+          _targets,
+          lambda cfg: f"targets ({cfg.predictor.target.kind}) of every pair of split '{cfg.predictor.split}' "
+                      "from teacher vs student" + (" and the two detectors" if cfg.predictor.target.kind
+                                                   != "pair" else ""),
+          lambda s: f"{s['pairs']} targets cached" + (f"; the color detector misses {s['missed']} of the "
+                                                       f"{s['objects']} thermal objects" if "objects" in s else "")),
     Stage("predictor", ("import", "register", "align", "targets"),
           lambda cfg: dataclasses.replace(cfg.predictor, data="", targets=""), _predictor,
-          lambda cfg: f"train the color-only U-Net predictor ({cfg.predictor.train.max_steps} steps, "
-                      f"size {cfg.predictor.size})",
+          lambda cfg: f"train the color-only predictor ({cfg.predictor.model}, "
+                      f"{cfg.predictor.train.max_steps} steps, size {cfg.predictor.size})",
           lambda s: f"weights of step {s.get('step')} (best validation loss {s.get('best_val_loss', 0):.4f})"),
     Stage("eval_detector", ("import", "register", "align", "distill"), lambda cfg: {"split": cfg.evaluate.split},
           _eval_detector,
           lambda cfg: f"thermal AP50 by condition and class on split '{cfg.evaluate.split}'",
           lambda s: _fmt_ap(s["rows"])),
-    Stage("eval_maps", ("import", "register", "align", "distill", "predictor"),
+    Stage("eval_maps", ("import", "register", "align", "distill", "targets", "predictor"),
           lambda cfg: cfg.evaluate, _eval_maps,
-          lambda cfg: f"evaluate predictor, pair score and {', '.join(cfg.evaluate.baselines) or 'no'} baselines "
-                      f"on split '{cfg.evaluate.split}'",
+          lambda cfg: f"evaluate predictor, pair score, fixed prior and {', '.join(cfg.evaluate.baselines) or 'no'} "
+                      f"on split '{cfg.evaluate.split}' ({cfg.evaluate.bootstrap} bootstrap resamples)",
           _fmt_maps),
     Stage("experiments", ("import", "register", "align", "distill"),
-          lambda cfg: {"experiments": dataclasses.replace(cfg.experiments, geometry_pairs=0),
+          lambda cfg: {"experiments": dataclasses.replace(cfg.experiments, geometry_pairs=0, predictor={}, folds=0),
                        "distill": dataclasses.replace(cfg.distill, data=""), "split": cfg.evaluate.split},
           _experiments,
           lambda cfg: "distillation ablations: "
@@ -403,6 +461,16 @@ STAGES = [
                                               "alignment on/off" if cfg.experiments.alignment else "") if x),
           lambda s: ", ".join(f"{k}: {len(v)} rows" for k, v in s.items()),
           enabled=lambda cfg: bool(cfg.experiments.losses or cfg.experiments.pairs or cfg.experiments.alignment)),
+    Stage("predictor_cv", ("import", "register", "align", "distill"),
+          lambda cfg: {"variants": cfg.experiments.predictor, "folds": cfg.experiments.folds,
+                       "predictor": dataclasses.replace(cfg.predictor, data="", targets=""),
+                       "teacher": cfg.distill.teacher, "conditions": cfg.evaluate.conditions,
+                       "bootstrap": cfg.evaluate.bootstrap},
+          _predictor_cv,
+          lambda cfg: f"cross-validate {len(cfg.experiments.predictor)} predictor variants on split "
+                      f"'{cfg.predictor.split}' ({cfg.experiments.folds} folds)",
+          lambda s: f"best: {s['chosen']} (" + ", ".join(f"{r['variant']} {r['selection']:.3f}" for r in s["rows"]) + ")",
+          enabled=lambda cfg: bool(cfg.experiments.predictor)),
     Stage("geometry", ("import", "register", "align"),
           lambda cfg: {"pairs": cfg.experiments.geometry_pairs, "split": cfg.evaluate.split}, _geometry,
           lambda cfg: f"weak-alignment benchmark: {cfg.experiments.geometry_pairs} '{cfg.evaluate.split}' pairs moved "
@@ -413,7 +481,7 @@ STAGES = [
           lambda cfg: f"render {cfg.report.gallery} gallery rows per condition",
           lambda s: f"{len(s['images'])} images"),
     Stage("report", ("import", "displacement", "register", "align", "distill", "predictor", "eval_detector",
-                     "eval_maps", "experiments", "geometry", "gallery"),
+                     "eval_maps", "experiments", "predictor_cv", "geometry", "gallery"),
           lambda cfg: {"name": cfg.name}, _report,
           lambda cfg: "write the HTML report", lambda s: f"open {s['page']}"),
 ]
@@ -424,6 +492,16 @@ def check_config(cfg) -> None:
     if cfg.experiments.alignment and not (cfg.register.enabled or cfg.align.enabled):
         raise InvismapError("experiments.alignment compares distillation with and without registration/alignment:"
                             " enable register or align too")
+    c = cfg.evaluate
+    for key, split in (("predictor.split", cfg.predictor.split), ("distill.split", cfg.distill.split),
+                       ("displacement.split", cfg.displacement.split)):
+        if split == c.split:
+            raise InvismapError(f"config key '{key}': '{split}' is the evaluation split (evaluate.split); "
+                                "training, calibration and targets must never see the pairs they are scored on")
+    if cfg.experiments.predictor and cfg.experiments.folds < 2:
+        raise InvismapError(f"config key 'experiments.folds': {cfg.experiments.folds} is not allowed (>= 2)")
+    if c.bootstrap < 1:
+        raise InvismapError(f"config key 'evaluate.bootstrap': {c.bootstrap} is not allowed (an integer >= 1)")
     if cfg.experiments.geometry_pairs < 0:
         raise InvismapError(f"config key 'experiments.geometry_pairs': {cfg.experiments.geometry_pairs} is not "
                             "allowed (a number of pairs >= 0; 0 = no weak-alignment benchmark)")

@@ -34,7 +34,9 @@ DATA_FILES = {
     "distill": {"summary.json": "distill.json"},
     "predictor": {"summary.json": "predictor.json"},
     "eval_detector": {"detector.json": "detector.json"},
-    "eval_maps": {"invisibility.json": "invisibility.json", "layers.json": "layers.json"},
+    "eval_maps": {"invisibility.json": "invisibility.json", "layers.json": "layers.json",
+                  "invisibility_roadscene.json": "invisibility_roadscene.json"},
+    "predictor_cv": {"cv.json": "predictor_cv.json"},
     "experiments": {"losses/table.json": "ablation_losses.json", "pairs/table.json": "ablation_pairs.json",
                     "alignment.json": "ablation_alignment.json"},
     "geometry": {"geometry.json": "geometry.json"},
@@ -44,6 +46,7 @@ IMAGE_FILES = {
     "import": {"contact_sheet.png": "contact_sheet.png"},
     "displacement": {"displacement_hist.png": "displacement_hist.png"},
     "register": {"displacement/displacement_hist.png": "displacement_hist_registered.png"},
+    "predictor_cv": {"separations.png": "predictor_cv_separations.png"},
 }
 CLASSES = [COCO_NAMES[k] for k in ROAD_CLASSES]
 
@@ -82,7 +85,9 @@ def collect(stage_dirs: Mapping[str, Path], out: Path) -> dict[str, Any]:
                 data[name] = json.loads(src.read_text(encoding="utf-8"))
     images = {stage: dict(files) for stage, files in IMAGE_FILES.items()}
     if "eval_maps" in stage_dirs:
-        images["eval_maps"] = {f"plots/{p.name}": p.name for p in sorted((Path(stage_dirs["eval_maps"]) / "plots").glob("*.png"))}
+        plots = Path(stage_dirs["eval_maps"]) / "plots"
+        images["eval_maps"] = {p.relative_to(plots.parent).as_posix(): p.relative_to(plots).as_posix().replace("/", "_")
+                               for p in sorted(plots.rglob("*.png"))}
     if "gallery" in stage_dirs:
         images["gallery"] = {p.name: f"gallery_{p.name}" for p in sorted(Path(stage_dirs["gallery"]).glob("*.png"))}
     for stage, files in images.items():
@@ -127,9 +132,50 @@ def not_run(what: str, how: str) -> str:
 
 # ------------------------------------------------------------------------------------------ sections
 
+def interval(e: Mapping[str, Any] | None, digits: int = 2) -> str:
+    """``0.812 [0.74, 0.87]``: a figure with its 95% bootstrap interval."""
+    if not e or e.get("value") is None:
+        return "n/a"
+    if e.get("lo") is None:
+        return f"{e['value']:.3f}"
+    return f"{e['value']:.3f} <small>[{e['lo']:.{digits}f}, {e['hi']:.{digits}f}]</small>"
+
+
+def metric(res: Mapping[str, Any], name: str, cond: str, key: str) -> Mapping[str, Any] | None:
+    return (((res.get(name) or {}).get("conditions") or {}).get(cond) or {}).get("metrics", {}).get(key)
+
+
 def section_summary(d: dict) -> str:
-    """The headline numbers, each with where it comes from."""
+    """The headline numbers, each with where it comes from; the map's separations lead."""
     items = []
+    res = d.get("invisibility.json") or {}
+    if "predictor" in res:
+        m = lambda key, cond="night", name="predictor": interval(metric(res, name, cond, key))  # noqa: E731
+        items.append(
+            "Color-only predictor, night: tells the objects the color detector <b>misses</b> from those it "
+            f"<b>detects</b> with AUROC <b>{m('missed_vs_detected')}</b> (fixed prior {m('missed_vs_detected', name='prior')}, "
+            f"darkness {m('missed_vs_detected', name='darkness')}); objects invisible in the color image from "
+            f"visible ones (labels) <b>{m('invisible_vs_visible')}</b>; day: {m('missed_vs_detected', 'day')} and "
+            f"{m('invisible_vs_visible', 'day')}. 0.5 is chance; brackets are 95% bootstrap intervals over images.")
+        overlap = (res["predictor"].get("day_vs_night") or {}).get("overlap_interval")
+        frame = (res["predictor"].get("pooled") or {}).get("metrics", {}).get("frame_auroc")
+        items.append(f"Night pixel AUROC of missed objects {m('pixel_auroc')}; {m('coverage_35.9')} of their pixels "
+                     f"at 35.9% of the image flagged (paper: 77.5%). Day/night overlap of the map's scores "
+                     f"<b>{interval(overlap)}</b> (paper: nearly disjoint). Frames holding a missed object, day and "
+                     f"night pooled: AUROC {interval(frame)} (darkness "
+                     f"{interval(((res.get('darkness') or {}).get('pooled') or {}).get('metrics', {}).get('frame_auroc'))}).")
+        margins = (res["predictor"].get("margins") or {}).get("prior") or {}
+        if margins:
+            parts = [f"{cond} {label} {interval(margins.get(cond, {}).get(key))}" for cond in ("night", "day")
+                     for key, label in (("pixel_auroc", "AUROC"), ("missed_vs_detected", "missed/detected"),
+                                        ("invisible_vs_visible", "invisible/visible")) if cond in margins]
+            items.append("Margin over the fixed prior (what position in the frame alone explains; paired bootstrap, "
+                         "above 0 = better): " + "; ".join(parts) + ".")
+    other = d.get("invisibility_roadscene.json") or {}
+    if "predictor" in other:
+        m = lambda key: interval(metric(other, "predictor", "night", key))  # noqa: E731
+        items.append(f"Another camera (RoadScene, FLIR; models trained on MSRS only), night: pixel AUROC "
+                     f"{m('pixel_auroc')}, missed vs detected {m('missed_vs_detected')}.")
     det = {r["variant"]: r for r in (d.get("detector.json") or {}).get("rows", [])}
     student = next((r for k, r in det.items() if k.startswith("thermal detector")), None)
     if student:
@@ -138,17 +184,6 @@ def section_summary(d: dict) -> str:
         items.append(f"Thermal detector trained without labels: night AP50 <b>{num(student.get('night'), 1)}</b> "
                      f"(the color teacher run on thermal images: {num(base.get('night'), 1)}; on the color images: "
                      f"{num(color.get('night'), 1)}); day {num(student.get('day'), 1)}.")
-    res = d.get("invisibility.json") or {}
-    for name, what in (("predictor", "Color-only predictor"), ("pair", "Pair score (needs thermal)")):
-        night = ((res.get(name) or {}).get("conditions") or {}).get("night", {}).get("sets", {}).get("missed")
-        if night:
-            items.append(f"{what}, night: <b>{pct(night['coverage_at_matched_flagged'])}</b> of the pixels of "
-                         f"objects the color detector missed at 35.9% of the image flagged (paper: 77.5%), pixel "
-                         f"AUROC {num(night['auroc'])}.")
-    dark = ((res.get("darkness") or {}).get("conditions") or {}).get("night", {}).get("sets", {}).get("missed")
-    if dark:
-        items.append(f"Baseline 'dark pixels', night: {pct(dark['coverage_at_matched_flagged'])} at 35.9% flagged, "
-                     f"AUROC {num(dark['auroc'])}.")
     if not items:
         return ""
     return "<h2>At a glance</h2><ul>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>"
@@ -224,40 +259,73 @@ def section_experiments(d: dict, out: Path) -> str:
     return "".join(parts)
 
 
+MAP_LABELS = {"predictor": "predictor (color only)", "pair": "pair score (needs thermal)",
+              "prior": "fixed prior (position only)", "darkness": "darkness", "contrast": "low contrast",
+              "random": "random (chance)", "oracle": "object oracle (uses labels)"}
+HEADLINE_COLUMNS = {"coverage_35.9": "coverage @ 35.9% flagged", "coverage_25": "coverage @ 25%",
+                    "pixel_auroc": "pixel AUROC", "missed_vs_detected": "missed vs detected",
+                    "invisible_vs_visible": "invisible vs visible",
+                    "missed_vs_detected_object": "missed vs detected, objects",
+                    "invisible_vs_visible_object": "invisible vs visible, objects", "frame_auroc": "frame AUROC"}
+
+
+def headline_tables(res: Mapping[str, Any]) -> str:
+    """Per condition, every map's headline figures with 95% intervals, then the margins over the prior."""
+    parts = []
+    conds = list(next(iter(res.values()))["conditions"])
+    for cond in conds:
+        objects = next(iter(res.values()))["conditions"][cond]["objects"]
+        rows = [[esc(MAP_LABELS.get(name, name))] + [interval(((r["conditions"].get(cond) or {}).get("metrics") or {})
+                                                           .get(k)) for k in HEADLINE_COLUMNS]
+                for name, r in res.items()]
+        parts.append(f"<h3>{esc(cond)}: {objects.get('missed', 0)} missed / {objects.get('detected', 0)} detected, "
+                     f"{objects.get('invisible', 0)} invisible / {objects.get('visible', 0)} visible objects</h3>"
+                     + table(["map"] + list(HEADLINE_COLUMNS.values()), rows))
+    rows = []
+    for name, r in res.items():
+        for ref, by_scope in (r.get("margins") or {}).items():
+            rows.append([esc(f"{MAP_LABELS.get(name, name)} - {ref}")]
+                        + [interval(by_scope.get(c, {}).get(k)) for c in conds
+                           for k in ("pixel_auroc", "missed_vs_detected", "invisible_vs_visible")])
+    if rows:
+        parts.append("<h3>Paired margins over the reference maps (above 0: better)</h3>"
+                     + table(["map - reference"] + [f"{c} {k}" for c in conds
+                                                    for k in ("pixel AUROC", "missed vs detected", "invisible vs visible")],
+                             rows))
+    rows = [[esc(MAP_LABELS.get(name, name)),
+             "; ".join(f"{esc(c)} {num(x['scores']['mean'])} ± {num(x['scores']['std'])}" for c, x in r["conditions"].items()),
+             interval((r.get("day_vs_night") or {}).get("overlap_interval")),
+             interval((r.get("pooled") or {}).get("metrics", {}).get("frame_auroc"))] for name, r in res.items()]
+    parts.append("<h3>Day vs night, and frames</h3>" + table(
+        ["map", "mean ± std of all pixels", "day/night histogram overlap", "frame AUROC, day+night pooled"], rows))
+    return "".join(parts)
+
+
 def section_maps(d: dict, out: Path) -> str:
     res = d.get("invisibility.json")
     if not res:
         return ""
     first = next(iter(res.values()))
-    tau = first["settings"]["tau"]
+    settings = first["settings"]
     parts = ["<h2>Invisibility maps</h2>",
              f'<p class="note">Objects are the thermal labels. <b>missed</b>: no color-detector box of IoU &ge; 0.5 '
-             f'and the same class at confidence {esc(first["settings"]["detection_conf"])}; <b>invisible</b>: no '
-             f"color label of IoU &ge; 0.5. Coverage = share of the set's object pixels flagged. The paper "
-             f"(night): 77.5% of missed-object pixels at 35.9% of the image flagged. Source: data/invisibility.json.</p>"]
-    for set_name in ("missed", "invisible"):
-        rows = []
-        for name, r in res.items():
-            for cond, c in r["conditions"].items():
-                s = c["sets"].get(set_name)
-                if not s:
-                    continue
-                rows.append([esc(name), esc(cond), c["objects"].get(set_name, ""), pct(s["coverage_at_tau"]),
-                             pct(s["flagged_at_tau"]), pct(s["coverage_at_matched_flagged"]),
-                             num(s["normalised_area"]), num(s["auroc"])])
-        parts.append(f"<h3>{esc(set_name)} objects</h3>")
-        parts.append(table(["map", "condition", "objects", f"coverage @ τ={tau}", f"flagged @ τ={tau}",
-                            "coverage @ 35.9% flagged", "area ≤30% flagged", "pixel AUROC"], rows))
-    rows = []
-    for name, r in res.items():
-        dist = [f"{esc(cond)} {num(c['scores']['mean'])} ± {num(c['scores']['std'])}"
-                for cond, c in r["conditions"].items()]
-        overlap = (r.get("day_vs_night") or {}).get("overlap")
-        rows.append([esc(name), "; ".join(dist), num(overlap)])
-    parts.append("<h3>Score distributions</h3>" + table(["map", "mean ± std of all pixels", "day/night histogram overlap"], rows))
+             f'and the same class at confidence {esc(settings["detection_conf"])}; <b>detected</b>: the others; '
+             "<b>invisible</b>: no color label of IoU &ge; 0.5 (an annotator saw nothing in the color image); "
+             "<b>visible</b>: the others. Coverage = share of the missed objects' pixels flagged at a given share of "
+             "the image flagged (paper, night: 77.5% at 35.9%). Pixel AUROC: missed-object pixels against every "
+             "other pixel. The separations are AUROCs of missed against detected (invisible against visible) "
+             "pixels, or, for <i>objects</i>, of each object's mean score: a map that lights up every object scores "
+             "0.5 there, as the object oracle shows. Frame AUROC: the map's 99.9th percentile per frame against "
+             f"'the frame holds a missed object'. Brackets: 95% intervals, {esc(settings.get('n_boot'))} bootstrap "
+             "resamples over images. The fixed prior is the mean training target, the same map for every image. "
+             "Source: data/invisibility.json.</p>", headline_tables(res)]
+    figs = [img(out, "separations.png", "separations with intervals")]
+    conds = list(first["conditions"])
+    figs += [img(out, f"coverage_{c}_{s}.png", f"coverage {c} {s}") for c in conds for s in ("missed", "invisible")]
+    figs += [img(out, f"scores_{name.replace(' ', '_')}.png", f"scores {name}") for name in res]
+    parts.append(f'<div class="figs">{"".join(figs)}</div>')
     layers = d.get("layers.json")
     if layers:
-        conds = list(first["conditions"])
         rows = [[esc(r["scales"]), esc(", ".join(map(str, r["strides"])))]
                 + [v for cond in conds for v in (pct((r.get(cond) or {}).get("coverage_at_matched_flagged")),
                                                    num((r.get(cond) or {}).get("auroc")))] for r in layers["rows"]]
@@ -266,11 +334,33 @@ def section_maps(d: dict, out: Path) -> str:
                                                       for m in ("coverage @ 35.9%", "AUROC")], rows)
                      + '<p class="note">Missed objects; P3/P4/P5 are the teacher\'s neck outputs at strides 8/16/32 '
                        "(YOLOv3 layers 103/91/79). Source: data/layers.json.</p>")
-    conds = list(first["conditions"])
-    figs = [img(out, f"coverage_{c}_{s}.png", f"coverage {c} {s}") for c in conds for s in ("missed", "invisible")]
-    figs += [img(out, f"scores_{name}.png", f"scores {name}") for name in res]
-    parts.append(f'<div class="figs">{"".join(figs)}</div>')
+    other = d.get("invisibility_roadscene.json")
+    if other:
+        parts.append("<h2>Another camera: RoadScene (FLIR), models trained on MSRS only</h2>"
+                     '<p class="note">RoadScene has no color labels, so no invisible/visible sets. Source: '
+                     "data/invisibility_roadscene.json.</p>" + headline_tables(other)
+                     + f'<div class="figs">{img(out, "roadscene_separations.png", "RoadScene separations")}</div>')
     return "".join(parts)
+
+
+def section_predictor_cv(d: dict, out: Path) -> str:
+    cv = d.get("predictor_cv.json")
+    if not cv:
+        return ""
+    rows = cv["rows"]
+    conds = [c for c in ("night", "day") if c in rows[0]]
+    keys = ("coverage_35.9", "pixel_auroc", "missed_vs_detected", "invisible_vs_visible")
+    body = [[esc(r["variant"]), esc(" ".join(r["overrides"]) or "(the base config)"), num(r["selection"])]
+            + [num(r[c].get(k)) for c in conds for k in keys] + [num(r.get("day_vs_night_overlap"))] for r in rows]
+    settings = next(iter(cv["results"].values()))["settings"]
+    return ("<h2>Which predictor: cross-validation on the training split</h2>"
+            f'<p class="note">{esc(settings.get("folds"))}-fold cross-validation on the {esc(settings.get("pairs"))} '
+            "training pairs: each pair is scored by a predictor trained without it; the test split is never read. "
+            "Selection score: mean over conditions of pixel AUROC and both separations, and 1 - day/night overlap. "
+            f"Best: <b>{esc(cv['chosen'])}</b>. Source: data/predictor_cv.json.</p>"
+            + table(["variant", "overrides", "selection"] + [f"{c} {HEADLINE_COLUMNS[k]}" for c in conds for k in keys]
+                    + ["day/night overlap"], body)
+            + f'<div class="figs wide">{img(out, "predictor_cv_separations.png", "cross-validated separations")}</div>')
 
 
 def _disp_row(label: str, s: dict) -> list[Any]:
@@ -361,6 +451,7 @@ def write_report(stage_dirs: Mapping[str, Path], out: str | Path, title: str, co
         f'<p class="note">Generated {time.strftime("%Y-%m-%d %H:%M")} by invismap {esc(__version__)}. '
         "Where a color road camera cannot be trusted, learned from color/thermal pairs without labels.</p>",
         section_summary(d), section_data(d, out), section_detector(d), section_experiments(d, out), section_maps(d, out),
+        section_predictor_cv(d, out),
         section_registration(d, out), section_geometry(d), section_gallery(d, out), section_run(records or {}, config_text),
     ])
     page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>invismap: {esc(title)}</title>'
