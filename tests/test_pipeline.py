@@ -219,3 +219,100 @@ def test_geometry_refuses_a_split_without_pairs(tiny_run, tmp_path):
     with pytest.raises(InvismapError, match="no pairs in split 'nosuch' for the weak-alignment benchmark"):
         _geometry(p, tmp_path, False)
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+# --------------------------------------------------------------- no learning step reads a test pair
+
+# whole stages that learn, calibrate, make targets or select; 'experiments' also evaluates, so there only its
+# distillation runs are checked
+LEARNING_STAGES = {"displacement", "distill", "targets", "predictor", "predictor_cv"}
+LEAK_CHECK = TINY + """
+predictor:
+  size: 160
+  val_every_nth: 0
+  model: neck
+  object_weight: 3.0
+  target: {kind: pair+detectors, light: 0.5}
+  train: {max_steps: 2, batch_size: 2, eval_every: 0, ckpt_every: 1, image_every: 0, seed: 0}
+experiments:
+  geometry_pairs: 0
+  losses: [head]
+  predictor: {"U-Net, pair score": [model=unet, target.kind=pair, object_weight=1.0], "neck, detectors": []}
+  folds: 2
+evaluate: {bootstrap: 50, layers: false}
+"""
+
+
+def test_no_training_calibration_target_or_selection_step_reads_a_test_pair(tmp_path, msrs_dir, weights_dir,
+                                                                             monkeypatch):
+    """Every image read is recorded with the stage that read it: the stages that learn, calibrate, make
+    targets or select a variant (displacement measures the offset registration removes) read training
+    pairs only; evaluation reads the test pairs. Also runs the neck-head predictor on detector targets and
+    the predictor cross-validation through the whole pipeline."""
+    import dataclasses
+
+    import invismap.io
+    import invismap.pipeline
+    from invismap.data.manifest import load_manifest
+
+    import invismap.distill.experiments
+    import invismap.distill.run
+
+    reads: list[tuple[str, str]] = []
+    current = ["-"]
+    decode = invismap.io._decode
+
+    def recording_decode(path):
+        reads.append((current[0], Path(path).stem))
+        return decode(path)
+
+    def labelled(fn, label):
+        def run(*args, **kwargs):
+            outer, current[0] = current[0], label
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                current[0] = outer
+
+        return run
+
+    def tracked(stage):
+        return dataclasses.replace(stage, run=labelled(stage.run, stage.name))
+
+    distill = labelled(invismap.distill.run.run_distill, "distillation in experiments")
+    monkeypatch.setattr(invismap.distill.experiments, "run_distill", distill)
+    monkeypatch.setattr(invismap.io, "_decode", recording_decode)
+    monkeypatch.setattr(invismap.pipeline, "STAGES", [tracked(s) for s in invismap.pipeline.STAGES])
+    config = tmp_path / "leak.yaml"
+    config.write_text(LEAK_CHECK)
+    out = tmp_path / "out"
+    assert main(["run", str(config), f"data.src={msrs_dir}", f"distill.teacher={weights_dir / 'yolov5n.pt'}",
+                 f"out={out}"]) == 0
+    manifest = load_manifest(out / "import" / "manifest.csv")
+    test_names = {s.name for s in manifest.select(split="test")}
+    train_names = {s.name for s in manifest.select(split="train")}
+    assert test_names and train_names
+    by_stage: dict[str, set[str]] = {}
+    for stage, name in reads:
+        by_stage.setdefault(stage, set()).add(name)
+    learning = LEARNING_STAGES | {"distillation in experiments"}
+    assert learning <= set(by_stage)  # each of them ran and read images
+    for stage in learning:
+        assert by_stage[stage] <= train_names, (stage, sorted(by_stage[stage] & test_names))
+    assert test_names <= by_stage["eval_maps"]  # the evaluation is what reads them
+    cv = json.loads((out / "predictor_cv" / "cv.json").read_text())
+    assert {r["variant"] for r in cv["rows"]} == {"U-Net, pair score", "neck, detectors"}
+    page = (out / "report" / "index.html").read_text()
+    assert "Which predictor: cross-validation on the training split" in page
+    assert json.loads((out / "targets" / "targets.json").read_text())["target"]["kind"] == "pair+detectors"
+
+
+def test_a_config_that_trains_on_the_evaluation_split_is_refused(tmp_path, capsys):
+    config = tmp_path / "leaky.yaml"
+    config.write_text("predictor: {split: test}\n")
+    assert main(["run", str(config)]) == 2
+    assert "'predictor.split': 'test' is the evaluation split" in capsys.readouterr().err
+    from invismap.invisibility.targets import score_pairs
+
+    with pytest.raises(InvismapError, match="never the test split"):
+        score_pairs("student.pt", "data", tmp_path / "t", split="test")

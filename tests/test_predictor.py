@@ -309,3 +309,54 @@ def test_onnx_export_matches_pytorch_and_predicts(predictor_file, pairs, tmp_pat
     (tmp_path / "bad.onnx").write_bytes(b"not a model")
     assert main(["predict", "--model", str(tmp_path / "bad.onnx"), str(img), "--out", str(tmp_path / "o2")]) == 2
     assert "bad.onnx: not a readable ONNX model" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------- neck head
+
+def test_neck_head_predictor_trains_loads_predicts_and_exports(pairs, weights_dir, tmp_path):
+    """Model 'neck': a head on the frozen teacher's neck features, trained with object weights from the
+    target folder's evidence.json; it loads as teacher + head, predicts maps and exports to ONNX."""
+    from invismap.detector.zoo import load_detector
+    from invismap.invisibility.export import export_predictor, load_onnx_predictor
+    from invismap.invisibility.neck_head import NeckHeadConfig, TeacherNeckPredictor
+    from invismap.invisibility.predictor import PredictorConfig, train_predictor
+    from invismap.io import write_json
+
+    teacher = str(weights_dir / "yolov5n.pt")
+    cache_targets(PairDataset(pairs, size=160), darkness, tmp_path / "targets", progress=False)
+    write_json(tmp_path / "targets" / "evidence.json",  # one box per pair, as the detector targets write it
+               {s.name: {"boxes": [[100.0, 100.0, 200.0, 300.0]], "missed": [True]} for s in pairs})
+    cfg = PredictorConfig(size=160, val_every_nth=0, model="neck", teacher=teacher, object_weight=3.0,
+                          neck=NeckHeadConfig(width=8),
+                          train=TrainConfig(max_steps=3, batch_size=2, warmup_steps=1, eval_every=0))
+    path = train_predictor(cfg, pairs, tmp_path / "targets", tmp_path / "run", progress=False)
+    model, meta = load_predictor(path)
+    assert isinstance(model, TeacherNeckPredictor) and meta["architecture"] == "neck"
+    assert meta["in_channels"] == [64, 128, 256] and meta["neck_config"] == NeckHeadConfig(width=8)
+    state = torch.load(path, weights_only=True)
+    assert all(k.startswith(("lateral", "body")) for k in state["model"])  # the head only, not the teacher
+    # the teacher inside is frozen and stays in eval mode
+    model.train()
+    assert not model.teacher.training and not any(p.requires_grad for p in model.teacher.parameters())
+    rgb = read_color(pairs.samples[0].color)
+    heat = predict_image(model.eval(), rgb, 160)
+    assert heat.shape == rgb.shape[:2] and 0 <= heat.min() <= heat.max() <= 1
+    # the same map from the features the head was trained on and from the image
+    x = torch.rand(1, 3, 96, 128)
+    with torch.no_grad():
+        direct = model(x)
+        feats = load_detector(teacher).neck_features(x)
+        via_head = torch.nn.functional.interpolate(model.head(feats), size=(96, 128), mode="bilinear",
+                                                   align_corners=False)
+    torch.testing.assert_close(direct, via_head)
+    onnx_model, onnx_meta = load_onnx_predictor(export_predictor(path, tmp_path / "neck.onnx"))
+    assert onnx_meta["architecture"] == "neck"
+    np.testing.assert_allclose(predict_image(onnx_model, rgb, 160), heat, atol=1e-4)
+
+
+def test_object_weight_needs_detector_targets(pairs, tmp_path):
+    cache_targets(PairDataset(pairs, size=128), darkness, tmp_path / "t", progress=False)
+    with pytest.raises(InvismapError, match="object_weight needs targets of kind 'pair\\+detectors'"):
+        TargetMapDataset(PairDataset(pairs, size=128), target_dir=tmp_path / "t", object_weight=2.0)
+    with pytest.raises(InvismapError, match="config key 'model'"):
+        train_predictor(PredictorConfig(size=128, model="transformer"), pairs, tmp_path / "t", tmp_path / "r")

@@ -63,11 +63,9 @@ class NeckHead(nn.Module):
         """``[(B, C_k, h_k, w_k)]`` -> ``(B, 1, h_0, w_0)`` logits."""
         if len(features) != len(self.lateral):
             raise ValueError(f"expected {len(self.lateral)} neck features, got {len(features)}")
-        size = features[0].shape[-2:]
-        x = 0
-        for conv, f in zip(self.lateral, features):
-            y = conv(f.float())
-            x = x + (y if y.shape[-2:] == size else F.interpolate(y, size=size, mode="bilinear", align_corners=False))
+        x = self.lateral[0](features[0].float())
+        for conv, f in zip(self.lateral[1:], features[1:]):  # coarser scales, upsampled to the finest
+            x = x + F.interpolate(conv(f.float()), size=x.shape[-2:], mode="bilinear", align_corners=False)
         return self.body(x)
 
 

@@ -1,0 +1,18 @@
+"""The examples in the docstrings run (pure modules; examples that need data are marked +SKIP)."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = ["invismap.invisibility.metrics", "invismap.invisibility.bootstrap", "invismap.invisibility.targets",
+           "invismap.invisibility.references", "invismap.invisibility.sources", "invismap.invisibility.neck_head",
+           "invismap.invisibility.baselines", "invismap.invisibility.unet"]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples_run(name):
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0 and result.attempted > 0, result
