@@ -634,10 +634,14 @@ def format_table(results: Mapping[str, Mapping[str, Any]], metrics: Sequence[str
     for name, r in results.items():
         overlap = (r.get("day_vs_night") or {}).get("overlap_interval")
         lines.append(f"{name:<{width}}{fmt(r['pooled']['metrics']['frame_auroc']):>22}{fmt(overlap):>22}")
+    references = {ref for r in results.values() for ref in (r.get("margins") or {})}
     for name, r in results.items():
+        if name in references or name in ("random", "oracle"):  # margins of the learned maps only
+            continue
         for ref, by_scope in (r.get("margins") or {}).items():
             parts = [f"{cond} {METRIC_LABELS[k]} {fmt(by_scope[cond].get(k))}" for cond in conditions
-                     for k in ("pixel_auroc", "missed_vs_detected", "invisible_vs_visible") if cond in by_scope]
+                     for k in ("pixel_auroc", "missed_vs_detected", "invisible_vs_visible")
+                     if cond in by_scope and (by_scope[cond].get(k) or {}).get("value") is not None]
             lines.append(f"{name} - {ref}: " + "; ".join(parts))
     return "\n".join(lines)
 
