@@ -153,7 +153,7 @@ def plot_intervals(results_by_source: Mapping[str, Mapping[str, Any]], path: str
     conds = list(dict.fromkeys(c for r in results_by_source.values() for c in r.get("conditions", {})))
     if not names or not conds:
         raise ValueError("no results to plot")
-    fig = Figure(figsize=(3.4 * len(metrics), 0.42 * len(names) + 1.4))
+    fig = Figure(figsize=(3.6 * len(metrics), 0.36 * len(names) + 1.6))
     axes = fig.subplots(1, len(metrics), squeeze=False, sharey=True)[0]
     colors = {"night": "midnightblue", "day": "darkorange"}
     for ax, (key, label) in zip(axes, metrics.items()):

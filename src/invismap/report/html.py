@@ -282,7 +282,10 @@ def headline_tables(res: Mapping[str, Any]) -> str:
                      f"{objects.get('invisible', 0)} invisible / {objects.get('visible', 0)} visible objects</h3>"
                      + table(["map"] + list(HEADLINE_COLUMNS.values()), rows))
     rows = []
+    references = {ref for r in res.values() for ref in (r.get("margins") or {})}
     for name, r in res.items():
+        if name in references or name in ("random", "oracle"):  # the margins of the maps being judged
+            continue
         for ref, by_scope in (r.get("margins") or {}).items():
             rows.append([esc(f"{MAP_LABELS.get(name, name)} - {ref}")]
                         + [interval(by_scope.get(c, {}).get(k)) for c in conds
@@ -319,9 +322,9 @@ def section_maps(d: dict, out: Path) -> str:
              f"'the frame holds a missed object'. Brackets: 95% intervals, {esc(settings.get('n_boot'))} bootstrap "
              "resamples over images. The fixed prior is the mean training target, the same map for every image. "
              "Source: data/invisibility.json.</p>", headline_tables(res)]
-    figs = [img(out, "separations.png", "separations with intervals")]
+    parts.append(f'<div class="figs wide">{img(out, "separations.png", "separations with intervals")}</div>')
     conds = list(first["conditions"])
-    figs += [img(out, f"coverage_{c}_{s}.png", f"coverage {c} {s}") for c in conds for s in ("missed", "invisible")]
+    figs = [img(out, f"coverage_{c}_{s}.png", f"coverage {c} {s}") for c in conds for s in ("missed", "invisible")]
     figs += [img(out, f"scores_{name.replace(' ', '_')}.png", f"scores {name}") for name in res]
     parts.append(f'<div class="figs">{"".join(figs)}</div>')
     layers = d.get("layers.json")
