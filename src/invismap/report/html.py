@@ -318,7 +318,7 @@ def section_maps(d: dict, out: Path) -> str:
              "the image flagged (paper, night: 77.5% at 35.9%). Pixel AUROC: missed-object pixels against every "
              "other pixel. The separations are AUROCs of missed against detected (invisible against visible) "
              "pixels, or, for <i>objects</i>, of each object's mean score: a map that lights up every object scores "
-             "0.5 there, as the object oracle shows. Frame AUROC: the map's 99.9th percentile per frame against "
+             "0.5 there, as the object oracle shows. Frame AUROC: the map's maximum per frame against "
              f"'the frame holds a missed object'. Brackets: 95% intervals, {esc(settings.get('n_boot'))} bootstrap "
              "resamples over images. The fixed prior is the mean training target, the same map for every image. "
              "Source: data/invisibility.json.</p>", headline_tables(res)]
