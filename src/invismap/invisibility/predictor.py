@@ -1,12 +1,19 @@
-"""Train the color-only invisibility predictor: a U-Net regressing the pair score F, no labels used.
+"""Train the color-only invisibility predictor on precomputed, label-free targets.
 
-Paper "Pixel Invisibility", Section 3.4: F (:mod:`invismap.invisibility.score`) needs both images and two
-detectors; the deployable predictor sees the color frame only and learns F from pairs of every condition.
+Paper "Pixel Invisibility", Section 3.4: the pair score F (:mod:`invismap.invisibility.score`) needs both images
+and two detectors; the deployable predictor sees the color frame only and learns from pairs of every condition.
+What it learns is the target cache (:mod:`invismap.invisibility.targets`: F, or F with where the color detector
+misses the thermal detector's objects); the network is ``model``:
 
-Targets are precomputed, because F costs a teacher and a student forward pass per pair. A target cache is a
-folder of ``NAME.npy`` files (one per pair, keyed by the manifest's sample name, float16, values in [0, 1])
-holding ``(H, W)`` maps either of the letterboxed canvas of a :class:`PairDataset` with the same
-``size``/``square`` (what :func:`cache_targets` writes) or of the original image (letterboxed here).
+- ``neck`` (:mod:`invismap.invisibility.neck_head`): a light head on the frozen color teacher's neck features,
+  computed once per training image and flip (``cache: true``). Chosen by cross-validation on MSRS
+  (:mod:`invismap.invisibility.experiments`): it tells missed from detected objects far better than
+- ``unet`` (:mod:`invismap.invisibility.unet`): a small U-Net on the pixels, the paper's design.
+
+A target cache is a folder of ``NAME.npy`` files (one per pair, keyed by the manifest's sample name, float16,
+values in [0, 1]) holding ``(H, W)`` maps either of the letterboxed canvas of a :class:`PairDataset` with the
+same ``size``/``square`` (what :func:`cache_targets` writes) or of the original image (letterboxed here).
+``object_weight`` weighs the pixels inside the boxes of the folder's ``evidence.json`` in the loss.
 
 Augmentation: only horizontal flips, applied to the image, the target and the valid mask together inside
 :class:`TargetMapDataset`. Geometric augmentation of the base dataset would move the image away from its
@@ -33,7 +40,7 @@ Run folder of :func:`train_predictor`::
 
     RUN/config.yaml            resolved config
     RUN/ckpt/last.pt, best.pt  training state (resume with resume=True)
-    RUN/predictor.pt           deployable: U-Net config + weights + input size (load_predictor)
+    RUN/predictor.pt           deployable: architecture + weights + input size (load_predictor)
     RUN/tb/                    TensorBoard: losses, val/loss, val/mae, rgb | target | prediction images
 
 Example:
