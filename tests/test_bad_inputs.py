@@ -601,6 +601,56 @@ def disk_full(t, mp):
                 [t / "out" / "sheet.png"])
 
 
+# ---- invisibility maps: evaluation and targets ----------------------------------------------------
+
+def eval_case(t: Path, *maps: str, extra: tuple[str, ...] = ()) -> Case:
+    ds = make_dataset(t)
+    return Case(["eval-invisibility", "--data", str(ds), "--split", "all", "--maps", *maps, "--json",
+                 str(t / "out" / "inv.json"), *extra], t / "out", [t / "out" / "inv.json"])
+
+
+@row("tg/prior.npy", "no fixed prior here", "run score-pairs")
+def eval_prior_without_targets(t, mp):
+    (t / "tg").mkdir()
+    return eval_case(t, "darkness", f"prior:{t / 'tg'}")
+
+
+@row("map source 'random:often'", "the argument is a seed")
+def eval_random_seed_not_a_number(t, mp):
+    return eval_case(t, "random:often")
+
+
+@row("unknown map source 'brightness'", "known: ", "prior:TARGETS")
+def eval_unknown_map_source(t, mp):
+    return eval_case(t, "darkness", "brightness")
+
+
+@row("--bootstrap must be at least 1")
+def eval_no_bootstrap(t, mp):
+    return eval_case(t, "darkness", extra=("--bootstrap", "0"))
+
+
+@row("targets are training data", "--split train", "never the test split")
+def score_pairs_on_test(t, mp):
+    return Case(["score-pairs", "--student", str(t / "student.pt"), "--data", str(make_dataset(t)), "--out",
+                 str(t / "tg"), "--split", "test"], t / "tg", [t / "tg" / "targets.json"])
+
+
+@row("object_weight needs targets of kind 'pair+detectors'", "evidence.json")
+def predictor_object_weight_without_evidence(t, mp):
+    return predictor_case(t, make_predictor_config(t, "object_weight: 2.0\n"))
+
+
+@row("config key 'target.kind'", "'magic' is not one of 'pair', 'pair+detectors'")
+def predictor_unknown_target_kind(t, mp):
+    return predictor_case(t, make_predictor_config(t, "target: {kind: magic}\n"))
+
+
+@row("config key 'model'", "'transformer' is not one of 'unet', 'neck'")
+def predictor_unknown_model(t, mp):
+    return predictor_case(t, make_predictor_config(t, "model: transformer\n"))
+
+
 # ---- subprocess rows: a real kernel error, and proof that no traceback reaches the terminal --------
 
 @row("evil.pt", "refused to load", "possibly malicious", subprocess=True)
