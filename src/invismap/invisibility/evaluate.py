@@ -460,7 +460,7 @@ def summarise_records(records: Mapping[str, MapRecords], references: Sequence[st
         for scope, keep in scopes.items():
             point = headline_metrics(rec, keep[None].astype(np.float64))
             reps = headline_metrics(rec, boot * keep)
-            replicates[name][scope] = {k: v for k, v in reps.items()}
+            replicates[name][scope] = reps
             metrics = {k: estimate(float(point[k][0]), reps[k]) for k in HEADLINE}
             if scope == "pooled":
                 res["pooled"] = {"pairs": int(keep.sum()),
