@@ -327,14 +327,14 @@ def test_neck_head_predictor_trains_loads_predicts_and_exports(pairs, weights_di
     write_json(tmp_path / "targets" / "evidence.json",  # one box per pair, as the detector targets write it
                {s.name: {"boxes": [[100.0, 100.0, 200.0, 300.0]], "missed": [True]} for s in pairs})
     cfg = PredictorConfig(size=160, val_every_nth=0, model="neck", teacher=teacher, object_weight=3.0,
-                          neck=NeckHeadConfig(width=8),
+                          neck=NeckHeadConfig(width=8, context=True),
                           train=TrainConfig(max_steps=3, batch_size=2, warmup_steps=1, eval_every=0))
     path = train_predictor(cfg, pairs, tmp_path / "targets", tmp_path / "run", progress=False)
     model, meta = load_predictor(path)
     assert isinstance(model, TeacherNeckPredictor) and meta["architecture"] == "neck"
-    assert meta["in_channels"] == [64, 128, 256] and meta["neck_config"] == NeckHeadConfig(width=8)
+    assert meta["in_channels"] == [64, 128, 256] and meta["neck_config"] == NeckHeadConfig(width=8, context=True)
     state = torch.load(path, weights_only=True)
-    assert all(k.startswith(("lateral", "body")) for k in state["model"])  # the head only, not the teacher
+    assert all(k.startswith(("lateral", "context", "body")) for k in state["model"])  # the head only, not the teacher
     # the teacher inside is frozen and stays in eval mode
     model.train()
     assert not model.teacher.training and not any(p.requires_grad for p in model.teacher.parameters())
@@ -352,6 +352,22 @@ def test_neck_head_predictor_trains_loads_predicts_and_exports(pairs, weights_di
     onnx_model, onnx_meta = load_onnx_predictor(export_predictor(path, tmp_path / "neck.onnx"))
     assert onnx_meta["architecture"] == "neck"
     np.testing.assert_allclose(predict_image(onnx_model, rgb, 160), heat, atol=1e-4)
+
+
+@pytest.mark.parametrize("context", [False, True])
+def test_neck_head_context_sees_the_whole_frame(context):
+    """Without ``context`` a map position sees only its neighbourhood (two 3x3 convs at stride 8); with it, a
+    change far away (here: the frame's other corner) moves every position, as a change of light should."""
+    from invismap.invisibility.neck_head import NeckHead, NeckHeadConfig
+
+    torch.manual_seed(0)
+    head = NeckHead([4, 8], NeckHeadConfig(width=4, context=context)).eval()
+    feats = [torch.rand(1, 4, 16, 16), torch.rand(1, 8, 8, 8)]
+    changed = [f.clone() for f in feats]
+    changed[0][..., 12:, 12:] += 5.0  # bottom-right corner only
+    with torch.no_grad():
+        moved = (head(changed) - head(feats))[0, 0, :4, :4].abs().max().item()  # top-left corner
+    assert (moved > 1e-4) == context
 
 
 def test_object_weight_needs_detector_targets(pairs, tmp_path):

@@ -12,8 +12,9 @@ detected, invisible or visible (they are never used to train anything), and the 
 with the best :func:`selection_score` here. Targets depend on a fold only through the mean miss rate that
 shrinks each frame's base rate (``target.light``), computed once over all training pairs.
 
-Writes ``OUT/cv.json`` (the summaries), ``OUT/table.md``, ``OUT/separations.png`` and one folder per
-variant (targets, fold runs).
+Writes ``OUT/cv.json`` (the summaries), ``OUT/table.md``, ``OUT/separations.png``, ``OUT/targets/DIGEST`` (one
+per distinct target config) and ``OUT/VARIANT-DIGEST/fold*`` (the fold runs). Folders are named by a digest of
+the config they hold, so a rerun reuses exactly the work whose settings did not change.
 
 Example:
     >>> rows = predictor_ablation(cfg, {"U-Net, F": [], "neck, F": ["model=neck"]},  # doctest: +SKIP
@@ -23,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import re
 from collections.abc import Mapping, Sequence
@@ -85,6 +87,11 @@ def selection_score(result: Mapping[str, Any]) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
+def digest(text: str) -> str:
+    """A short stable name for a configuration (cache folders)."""
+    return hashlib.sha1(text.encode()).hexdigest()[:10]
+
+
 def slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._+-]+", "_", name).strip("_") or "variant"
 
@@ -126,15 +133,15 @@ def predictor_ablation(base: PredictorConfig, variants: Mapping[str, Sequence[st
     records: dict[str, MapRecords] = {}
     for name, cfg in configs.items():
         key = repr((dataclasses.astuple(cfg.target), cfg.size, cfg.square))
-        if key not in targets:
-            folder = out / "targets" / f"t{len(targets)}"
+        if key not in targets:  # folders named by what they hold, so a changed variant list reuses nothing stale
+            folder = out / "targets" / digest(key)
             if not (folder / TARGETS_META).is_file():
                 compute_targets(pairs, student, folder, cfg.size, cfg.target, cfg.square, progress=progress)
             targets[key] = folder
         per_fold = []
         for f, held in enumerate(parts):
             train = Manifest([s for s in pairs if s.name not in {h.name for h in held}], pairs.root)
-            run = out / slug(name) / f"fold{f}"
+            run = out / f"{slug(name)}-{digest(repr(dataclasses.astuple(cfg)))}" / f"fold{f}"
             fold_cfg = dataclasses.replace(cfg, data="", targets=str(targets[key]), val_every_nth=0, split=split)
             if not (run / "predictor.pt").is_file():
                 log.info(f"{name}: fold {f + 1}/{k}, training on {len(train)} pairs")

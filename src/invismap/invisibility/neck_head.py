@@ -40,6 +40,9 @@ class NeckHeadConfig:
     """Architecture of :class:`NeckHead` (stored in every predictor checkpoint)."""
 
     width: int = 32  # channels after the lateral 1x1 convs and in the body
+    # add a frame-wide summary (global average of the fused features, one 1x1 conv) to every position, so the
+    # map can rise and fall with the whole frame's light, not only with what each position sees
+    context: bool = False
 
 
 class NeckHead(nn.Module):
@@ -57,6 +60,8 @@ class NeckHead(nn.Module):
             raise ValueError(f"need at least one neck feature and width >= 1, got {list(in_channels)}, {cfg}")
         self.cfg, self.in_channels = cfg, [int(c) for c in in_channels]
         self.lateral = nn.ModuleList([nn.Conv2d(c, cfg.width, 1) for c in self.in_channels])
+        self.context = (nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(cfg.width, cfg.width, 1), nn.ReLU())
+                        if cfg.context else None)
         self.body = nn.Sequential(conv_bn_relu(cfg.width, cfg.width), conv_bn_relu(cfg.width, cfg.width),
                                   nn.Conv2d(cfg.width, 1, 1))
 
@@ -67,6 +72,8 @@ class NeckHead(nn.Module):
         x = self.lateral[0](features[0].float())
         for conv, f in zip(self.lateral[1:], features[1:]):  # coarser scales, upsampled to the finest
             x = x + F.interpolate(conv(f.float()), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        if self.context is not None:
+            x = x + self.context(x)  # (B, width, 1, 1), broadcast over positions
         return self.body(x)
 
 
