@@ -175,7 +175,7 @@ def format_rows(rows: Sequence[Mapping[str, Any]], k: int, n: int,
     """The ablation as a Markdown table (best selection score first)."""
     conds = [c for c in ("night", "day") if c in rows[0]]
     head = ["variant", "selection"] + [f"{c} {METRIC_LABELS[m]}" for c in conds for m in metrics] + ["overlap"]
-    fmt = lambda v: "" if v is None else f"{v:.3f}"  # noqa: E731
+    fmt = lambda v: "" if v is None else f"{v:.3f}"
     lines = [f"# Predictor variants, {k}-fold cross-validation on {n} training pairs (chosen: first row)", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
