@@ -78,6 +78,29 @@ def test_resume_is_bitwise_identical(tmp_path):
     assert any((tmp_path / "full/tb").iterdir())
 
 
+def test_ema_ends_with_the_average_and_resumes_exactly(tmp_path):
+    """``ema``: the net ends with the moving average of its weights (not the last step's), and an interrupted
+    run resumes to the same average."""
+    torch.manual_seed(0)
+    plain, smooth = Regression(), Regression()
+    smooth.load_state_dict(plain.state_dict())
+    fit(plain, Points(), cfg(), tmp_path / "plain", progress=False)
+    fit(smooth, Points(), cfg(ema=0.9), tmp_path / "ema", progress=False)
+    last = weights(tmp_path / "ema/ckpt/last.pt")  # the raw weights, trained exactly as without ema
+    assert all(torch.equal(last[k], v) for k, v in weights(tmp_path / "plain/ckpt/last.pt").items())
+    average = load_checkpoint(tmp_path / "ema/ckpt/last.pt", "toy")["ema"]
+    assert all(torch.equal(average[f"module.{k}"], v) for k, v in smooth.net.state_dict().items())
+    assert not torch.equal(smooth.net[0].weight, last["0.weight"])
+    torch.manual_seed(0)
+    part = Regression()
+    fit(part, Points(), cfg(ema=0.9), tmp_path / "part", progress=False, stop_at=20)
+    again = Regression()
+    fit(again, Points(), cfg(ema=0.9), tmp_path / "part", resume=True, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), smooth.state_dict().values()))
+    with pytest.raises(InvismapError, match="no moving average"):
+        fit(Regression(), Points(), cfg(ema=0.9, max_steps=40), tmp_path / "plain", resume=True, progress=False)
+
+
 def test_training_reduces_the_loss(tmp_path):
     task = Regression()
     data = Points()
