@@ -54,6 +54,20 @@ def make_msrs(src: Path, names=NAMES) -> Path:
     return src
 
 
+def make_msrs_release(src: Path, splits=(("train", NAMES[:2]), ("test", NAMES[2:]))) -> Path:
+    """A tiny MSRS folder as released (``{train,test}/{vi,ir}``) with Lele-3's label layout under ``labels/``
+    (``{visible,infrared}/{train,test}/NAME.txt``)."""
+    for split, names in splits:
+        for n in names:
+            for sub in (f"{split}/vi", f"{split}/ir", f"labels/visible/{split}", f"labels/infrared/{split}"):
+                (src / sub).mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(src / split / "vi" / f"{n}.png"), np.zeros((H, W, 3), np.uint8))
+            cv2.imwrite(str(src / split / "ir" / f"{n}.png"), np.zeros((H, W), np.uint8))
+            (src / f"labels/visible/{split}/{n}.txt").write_text("0 0.5 0.5 0.2 0.3\n")
+            (src / f"labels/infrared/{split}/{n}.txt").write_text("2 0.4 0.5 0.2 0.3\n")
+    return src
+
+
 def make_dataset(t: Path) -> Path:
     """``make_msrs`` imported into ``t/ds`` (manifest.csv + labels)."""
     import_dataset("msrs", make_msrs(t / "src"), t / "ds", progress=False)
@@ -231,6 +245,65 @@ def empty_folder(t, mp):
     src = make_msrs(t / "src")
     for p in (src / "vi").iterdir():
         p.unlink()
+    return import_case(t, src)
+
+
+# ---- MSRS layouts: flattened (vi/, ir/) or as released (train|test/vi|ir) ------------------------
+
+@row("/src: no MSRS images found", "expected vi/ and ir/, or the MSRS release's train/{vi,ir} and test/{vi,ir}")
+def msrs_no_layout(t, mp):
+    src = make_msrs(t / "src")
+    (src / "vi").rename(src / "visible")
+    (src / "ir").rename(src / "infrared")
+    return import_case(t, src)
+
+
+@row("src/ir: folder not found", "the flattened MSRS layout has vi/ and ir/ side by side")
+def msrs_flat_without_ir(t, mp):
+    src = make_msrs(t / "src")
+    shutil.rmtree(src / "ir")
+    return import_case(t, src)
+
+
+@row("src/train/ir: folder not found", "the MSRS release layout has train/vi and train/ir")
+def msrs_release_without_train_ir(t, mp):
+    src = make_msrs_release(t / "src")
+    shutil.rmtree(src / "train" / "ir")
+    return import_case(t, src)
+
+
+@row("test/vi/0003D.png", "no thermal twin in", "test/ir", "add the thermal frame or remove the color one")
+def msrs_release_names_differ(t, mp):
+    src = make_msrs_release(t / "src")
+    (src / "test/ir/0003D.png").rename(src / "test/ir/0003N.png")
+    return import_case(t, src)
+
+
+@row("test/vi/0001D.png", "pair 0001D is also in train/", "keep the pair in one split")
+def msrs_release_name_in_both_splits(t, mp):
+    src = make_msrs_release(t / "src", splits=(("train", NAMES[:2]), ("test", NAMES[:1])))
+    return import_case(t, src)
+
+
+@row("src: holds both MSRS layouts", "keep one of them")
+def msrs_both_layouts(t, mp):
+    src = make_msrs_release(t / "src")
+    make_msrs(src)
+    return import_case(t, src)
+
+
+@row("labels/infrared/train/0002N.txt", "label file missing for pair 0002N", "add an empty file if 0002N has no")
+def msrs_release_label_missing(t, mp):
+    src = make_msrs_release(t / "src")
+    (src / "labels/infrared/train/0002N.txt").unlink()
+    return import_case(t, src)
+
+
+@row("labels/visible/test/0001D.txt", "is under test/ but pair 0001D's images are under train/",
+     "use labels from the same MSRS release")
+def msrs_release_label_in_other_split(t, mp):
+    src = make_msrs_release(t / "src")
+    (src / "labels/visible/train/0001D.txt").rename(src / "labels/visible/test/0001D.txt")
     return import_case(t, src)
 
 

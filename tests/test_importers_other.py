@@ -185,6 +185,22 @@ def test_flir_aligned(tmp_path: Path):
     assert m["FLIR_00006"].thermal.name == "FLIR_00006_PreviewData.jpeg"
 
 
+def test_flir_aligned_voc_annotations(tmp_path: Path):
+    """FLIR-aligned as published: ``Annotations/FLIR_XXXXX_PreviewData.xml`` (VOC), read without options."""
+    src, _ = make_flir(tmp_path / "src")
+    _voc(src / "Annotations" / "FLIR_00006_PreviewData.xml", [("person", [2, 3, 10, 23]), ("car", [20, 10, 40, 22]),
+                                                             ("sign", [1, 1, 5, 5])])
+    _voc(src / "Annotations" / "FLIR_00018_PreviewData.xml", [])
+    m = {s.name: s for s in import_dataset("flir", src, tmp_path / "out", progress=False)}
+    assert _labels(m["FLIR_00006"].thermal_labels) == [0, 2]  # 'sign' dropped
+    assert _labels(m["FLIR_00018"].thermal_labels) == [] and m["FLIR_00060"].thermal_labels is None
+    for xml in (src / "Annotations").iterdir():
+        xml.rename(xml.with_name(xml.name.replace("_PreviewData", "_RGB")))
+    with pytest.raises(InvismapError, match="Annotations: holds no xml for these frames "
+                                            r"\(e.g. FLIR_00006_PreviewData.xml\)"):
+        import_dataset("flir", src, tmp_path / "out2", progress=False)
+
+
 def test_flir_16bit_v1_layout(tmp_path: Path):
     for i in ("00001", "00002"):
         _image(tmp_path / "train" / "RGB" / f"FLIR_{i}.jpg", True)

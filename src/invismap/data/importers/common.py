@@ -6,9 +6,9 @@ import hashlib
 import logging
 import xml.etree.ElementTree as ET
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
@@ -137,14 +137,20 @@ def log_dropped(source: Path, dropped: Counter) -> None:
 
 
 def voc_thermal_labels(samples: list[Sample], sizes: dict[str, tuple[int, int]], ann_dir: Path,
-                       class_map: dict[str, int], dst: Path) -> list[Sample]:
+                       class_map: dict[str, int], dst: Path, by_thermal_stem: bool = False,
+                       missing_ok: bool = False) -> list[Sample]:
     """``samples`` with thermal labels converted from ``ann_dir/NAME.xml`` (one xml per pair required).
 
-    Class names match ``class_map`` case-insensitively; others are dropped and counted in a warning.
+    ``by_thermal_stem``: the xml is named like the thermal image instead of the pair. ``missing_ok``: a pair
+    without xml is left unlabelled (but at least one pair must have one). Class names match ``class_map``
+    case-insensitively; others are dropped and counted in a warning.
     """
     out_samples, dropped = [], Counter()
     for s in samples:
-        xml = ann_dir / f"{s.name}.xml"
+        xml = ann_dir / f"{s.thermal.stem if by_thermal_stem else s.name}.xml"
+        if missing_ok and not xml.is_file():
+            out_samples.append(s)  # not labelled
+            continue
         if not xml.is_file():
             raise file_error(xml, f"annotation missing for pair {s.name}", "every pair needs its xml")
         declared, objects = read_voc(xml)
@@ -156,6 +162,10 @@ def voc_thermal_labels(samples: list[Sample], sizes: dict[str, tuple[int, int]],
         out = dst / "labels" / "thermal" / f"{s.name}.txt"
         write_pixel_labels(out, [b for _, b in keep], [c for c, _ in keep], *sizes[s.name], xml)
         out_samples.append(replace(s, thermal_labels=out))
+    if samples and not any(s.thermal_labels for s in out_samples):
+        first = samples[0].thermal.stem if by_thermal_stem else samples[0].name
+        raise file_error(ann_dir, f"holds no xml for these frames (e.g. {first}.xml)",
+                         "give the folder of annotations for these images")
     log_dropped(ann_dir, dropped)
     return out_samples
 

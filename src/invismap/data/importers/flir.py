@@ -4,6 +4,7 @@ Default layout, FLIR-aligned (Zhang et al. 2020)::
 
     JPEGImages/FLIR_XXXXX_PreviewData.jpeg   thermal
     JPEGImages/FLIR_XXXXX_RGB.jpg            color (already registered to the thermal frame)
+    Annotations/FLIR_XXXXX_PreviewData.xml   optional, Pascal VOC boxes of the thermal frame
 
 Options describe other layouts: ``thermal_dir``/``color_dir`` (relative to SRC) and ``thermal_suffix``/
 ``color_suffix`` (a stem must end with it; "" takes every image). FLIR ADAS v1 is ``thermal_dir="train/
@@ -12,10 +13,13 @@ pair's frame id is the last run of digits in the stem without its suffix; the na
 Raw FLIR ADAS color frames are larger than the thermal ones and not registered: the import then stops
 and asks to register first. ADAS v2 names thermal and color differently (a map file pairs them): unsupported.
 
-``annotations``: optional COCO json (a path, or one relative to SRC) whose images are the *thermal*
-frames (matched by frame id), so the boxes become thermal labels. Categories map by name: person 0,
-bike/bicycle 1, car 2, motor/motorcycle 3, bus 5, truck 7, dog 16; others are dropped (and counted). Frames
-absent from the json are not labelled. ``split`` is written for every pair (import train and val separately).
+``annotations`` (a path, or one relative to SRC; default ``Annotations`` when SRC has that folder): a COCO
+json whose images are the *thermal* frames (matched by frame id), or a folder of Pascal VOC xml named like
+the thermal images (FLIR-aligned's own ``Annotations/``). The boxes become thermal labels. Categories map by
+name: person 0, bike/bicycle 1, car 2, motor/motorcycle 3, bus 5, truck 7, dog 16; others are dropped (and
+counted). Frames absent from the json, or without an xml, are not labelled. ``split`` is written for every
+pair (import train and val separately; FLIR-aligned's ``align_train.txt``/``align_validation.txt`` lists
+are not read).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from invismap.data.importers.common import (
     list_images,
     log_dropped,
     pair_by_stem,
+    voc_thermal_labels,
     write_pixel_labels,
 )
 from invismap.data.manifest import SPLITS, Manifest, Sample, save_manifest
@@ -97,28 +102,43 @@ def import_flir(src: Path, dst: Path, progress: bool = True, thermal_dir: str = 
     pairs = pair_by_stem(_by_frame(cdir, color_suffix), _by_frame(tdir, thermal_suffix), cdir, tdir)
     samples = [Sample(name, c, t, "unknown", split) for name, c, t in pairs]
     sizes = check_pair_sizes(samples, progress=progress)
+    if annotations is None and (src / "Annotations").is_dir():
+        annotations = "Annotations"
     if annotations is not None:
-        ann = Path(annotations) if Path(annotations).is_file() else src / annotations
-        if not ann.is_file():
-            raise file_error(ann, "annotation file not found", "give the COCO json of the thermal frames")
-        frames, boxes, dropped = _read_coco(ann, thermal_suffix)
-        if not frames.keys() & sizes.keys():
-            raise file_error(ann, f"none of its {len(frames)} images is one of the {len(samples)} thermal "
-                             "frames", "give the json that annotates these frames")
-        for i, s in enumerate(samples):
-            if s.name not in frames:
-                continue  # not labelled
-            declared = (frames[s.name].get("width"), frames[s.name].get("height"))
-            if all(declared) and tuple(declared) != sizes[s.name]:
-                raise file_error(ann, f"image {frames[s.name]['file_name']} is {declared[0]}x{declared[1]} "
-                                 f"there but {s.thermal.name} is {sizes[s.name][0]}x{sizes[s.name][1]}",
-                                 "use the json of these thermal frames")
-            out = dst / "labels" / "thermal" / f"{s.name}.txt"
-            frame = boxes.get(s.name, [])
-            write_pixel_labels(out, [b for _, b in frame], [c for c, _ in frame], *sizes[s.name],
-                               f"{ann} [{frames[s.name]['file_name']}]")
-            samples[i] = replace(s, thermal_labels=out)
-        log_dropped(ann, dropped)
+        ann = Path(annotations) if Path(annotations).exists() else src / annotations
+        if ann.is_dir():
+            samples = voc_thermal_labels(samples, sizes, ann, FLIR_TO_COCO, dst, by_thermal_stem=True,
+                                         missing_ok=True)
+        elif not ann.is_file():
+            raise file_error(ann, "annotation file not found",
+                             "give the COCO json or the folder of VOC xml of the thermal frames")
+        else:
+            samples = _coco_labels(samples, sizes, ann, thermal_suffix, dst)
     manifest = Manifest(samples, dst)
     save_manifest(manifest, dst / "manifest.csv")
     return manifest
+
+
+def _coco_labels(samples: list[Sample], sizes: dict[str, tuple[int, int]], ann: Path, thermal_suffix: str,
+                 dst: Path) -> list[Sample]:
+    """``samples`` with thermal labels from the COCO json ``ann`` (frames absent from it stay unlabelled)."""
+    samples = list(samples)
+    frames, boxes, dropped = _read_coco(ann, thermal_suffix)
+    if not frames.keys() & sizes.keys():
+        raise file_error(ann, f"none of its {len(frames)} images is one of the {len(samples)} thermal "
+                         "frames", "give the json that annotates these frames")
+    for i, s in enumerate(samples):
+        if s.name not in frames:
+            continue  # not labelled
+        declared = (frames[s.name].get("width"), frames[s.name].get("height"))
+        if all(declared) and tuple(declared) != sizes[s.name]:
+            raise file_error(ann, f"image {frames[s.name]['file_name']} is {declared[0]}x{declared[1]} "
+                             f"there but {s.thermal.name} is {sizes[s.name][0]}x{sizes[s.name][1]}",
+                             "use the json of these thermal frames")
+        out = dst / "labels" / "thermal" / f"{s.name}.txt"
+        frame = boxes.get(s.name, [])
+        write_pixel_labels(out, [b for _, b in frame], [c for c, _ in frame], *sizes[s.name],
+                           f"{ann} [{frames[s.name]['file_name']}]")
+        samples[i] = replace(s, thermal_labels=out)
+    log_dropped(ann, dropped)
+    return samples
