@@ -120,21 +120,35 @@ def test_roadscene_real(assets: Path, tmp_path: Path):
     m = import_dataset("roadscene", assets / "data" / "roadscene", tmp_path, progress=False)
     assert len(m) == 221 and len(load_manifest(tmp_path)) == 221
     assert Counter(s.condition for s in m) == {"day": 68, "night": 40, "unknown": 113}
-    assert {s.split for s in m} == {"all"} and all(s.color_labels is None for s in m)
+    assert all(s.color_labels is None for s in m)
+    counts = Counter((s.split, s.condition) for s in m)  # the documented drive split
+    assert counts == {("train", "day"): 45, ("train", "unknown"): 23, ("test", "day"): 23,
+                      ("test", "night"): 40, ("test", "unknown"): 90}
     labelled = [s for s in m if s.thermal_labels is not None]
     assert len(labelled) == 108 and all(s.condition != "unknown" for s in labelled)
     classes = Counter(c for s in labelled for c in _labels(s.thermal_labels))
     assert classes == {2: 485, 0: 226, 1: 22}  # car, person, bike: 733 boxes
 
 
-def test_roadscene_hash_split_is_deterministic(assets: Path, tmp_path: Path):
+def test_roadscene_drive_split_keeps_drives_whole(assets: Path, tmp_path: Path):
+    """Neighbouring frames (one drive) never straddle train and test; night drives are test; the rule is
+    deterministic and ``test_fraction`` moves whole drives."""
+    from invismap.data.importers.roadscene import drive_of
+
     src = assets / "data" / "roadscene"
-    a = import_roadscene(src, tmp_path / "a", progress=False, test_fraction=0.25)
-    b = import_roadscene(src, tmp_path / "b", progress=False, test_fraction="0.25")  # CLI text is fine
+    a = import_roadscene(src, tmp_path / "a", progress=False, test_fraction=0.5)
+    b = import_roadscene(src, tmp_path / "b", progress=False, test_fraction="0.5")  # CLI text is fine
     assert [s.split for s in a] == [s.split for s in b]
-    assert 0.15 < sum(s.split == "test" for s in a) / len(a) < 0.35
+    sides: dict[str, set] = {}
+    for s in a:
+        sides.setdefault(drive_of(s.name), set()).add(s.split)
+    assert all(len(v) == 1 for v in sides.values()) and len(sides) > 20
+    assert all(s.split == "test" for s in a if s.condition == "night")
+    assert sum(s.split == "test" for s in a) > sum(s.split == "test" for s in import_roadscene(
+        src, tmp_path / "c", progress=False))  # 0.5 of the day drives is more than the default 0.3
+    assert {s.split for s in import_roadscene(src, tmp_path / "d", progress=False, test_fraction=None)} == {"all"}
     with pytest.raises(InvismapError, match="test_fraction"):
-        import_roadscene(src, tmp_path / "c", progress=False, test_fraction=1.5)
+        import_roadscene(src, tmp_path / "e", progress=False, test_fraction=1.5)
 
 
 # --- each format on tiny files in its layout -------------------------------------------------------------

@@ -11,8 +11,14 @@ RoadScene itself):
   ...]}}``, FLIR's thermal annotations mapped into crop pixels. They become *thermal* labels (person 0,
   bike -> bicycle 1, car 2); an annotated frame without boxes gets an empty file, other frames none.
 
-There are no color labels. Split: ``all``, or with ``test_fraction`` a deterministic train/test split by a
-hash of the name. Example: ``import_roadscene(Path("assets/data/roadscene"), Path("runs/roadscene"))``.
+There are no color labels. RoadScene has no split of its own; this one is a fixed rule (:func:`drive_split`),
+so that every user gets the same: frames are cut into *drives* of ``DRIVE_FRAMES`` consecutive FLIR frame
+numbers (``FLIR_04208`` and ``FLIR_04229`` share drive ``FLIR/16``; ``FLIR_video_*`` frames count apart), and
+a drive goes whole to one side, so near-duplicate neighbours never straddle train and test. Every drive that
+holds a night frame is test (distillation uses day pairs, so night pairs need no training side); of the others,
+a fraction ``test_fraction`` (by a hash of the drive's name) is test. With the shared files: train 45 day and 23
+unknown pairs, test 23 day, 40 night and 90 unknown. ``test_fraction=None`` puts every pair in split ``all``.
+Example: ``import_roadscene(Path("assets/data/roadscene"), Path("runs/roadscene"))``.
 """
 
 from __future__ import annotations
@@ -36,6 +42,25 @@ from invismap.data.manifest import CONDITIONS, Manifest, Sample, save_manifest
 from invismap.errors import file_error
 
 ROADSCENE_TO_COCO = {"person": 0, "bike": 1, "car": 2}
+DRIVE_FRAMES = 250  # frame numbers per drive: FLIR ADAS frames this close come from the same stretch of road
+
+
+def drive_of(name: str) -> str:
+    """The drive of a frame: ``FLIR_04229`` -> ``FLIR/16``; a name with no frame number is its own drive.
+
+    >>> drive_of("FLIR_04229"), drive_of("FLIR_video_00069"), drive_of("street")
+    ('FLIR/16', 'FLIR_video/0', 'street')
+    """
+    series, _, number = name.rpartition("_")
+    return f"{series}/{int(number) // DRIVE_FRAMES}" if series and number.isdigit() else name
+
+
+def drive_split(samples: list[Sample], test_fraction: float) -> dict[str, str]:
+    """``train``/``test`` per sample name: drives with a night frame are test, the others by a hash of the
+    drive (:func:`~invismap.data.importers.common.hash_split`)."""
+    night = {drive_of(s.name) for s in samples if s.condition == "night"}
+    return {s.name: "test" if drive_of(s.name) in night else hash_split(drive_of(s.name), test_fraction)
+            for s in samples}
 
 
 def _read_meta(path: Path) -> dict[str, dict]:
@@ -75,17 +100,23 @@ def _read_boxes(path: Path) -> dict[str, list] | None:
 
 
 def import_roadscene(src: Path, dst: Path, progress: bool = True,
-                     test_fraction: float | None = None) -> Manifest:
-    """Import a RoadScene folder into ``dst`` (manifest.csv + labels/thermal); returns the manifest."""
+                     test_fraction: float | None = 0.3) -> Manifest:
+    """Import a RoadScene folder into ``dst`` (manifest.csv + labels/thermal); returns the manifest.
+
+    ``test_fraction``: the share of drives without night frames that go to test (:func:`drive_split`); None
+    puts every pair in split ``all``.
+    """
     src, dst = Path(src).resolve(), Path(dst).resolve()
     cdir, tdir = src / "crop_LR_visible", src / "cropinfrared"
     pairs = pair_by_stem(list_images(cdir), list_images(tdir), cdir, tdir)
     meta_path = src / "_meta" / "roadscene_meta.csv"
     boxes_path = src / "_meta" / "roadscene_flir_boxes_crop.json"
     meta, boxes = _read_meta(meta_path), _read_boxes(boxes_path)
-    samples = [Sample(name, c, t, meta.get(name, {}).get("daynight", "unknown").strip() or "unknown",
-                      "all" if test_fraction is None else hash_split(name, test_fraction))
+    samples = [Sample(name, c, t, meta.get(name, {}).get("daynight", "unknown").strip() or "unknown", "all")
                for name, c, t in pairs]
+    if test_fraction is not None:
+        splits = drive_split(samples, test_fraction)
+        samples = [replace(s, split=splits[s.name]) for s in samples]
     sizes = check_pair_sizes(samples, progress=progress)
     dropped = Counter()
     for i, s in enumerate(samples):
