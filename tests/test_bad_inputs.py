@@ -724,6 +724,23 @@ def predictor_unknown_model(t, mp):
     return predictor_case(t, make_predictor_config(t, "model: transformer\n"))
 
 
+@row("more/manifest.csv", "no day pairs in split 'all' to distil on", "leave it out of data.more")
+def distill_more_data_without_training_pairs(t, mp):
+    ds = make_dataset(t)
+    (t / "more").mkdir()
+    rows = (ds / "manifest.csv").read_text().splitlines()
+    (t / "more" / "manifest.csv").write_text("\n".join([rows[0]] + [r.replace("../src", "../ds/../src")
+                                                                   for r in rows[1:] if ",night," in r]) + "\n")
+    (t / "c.yaml").write_text(f"data: {ds}\nsplit: all\nextra_data: [{t / 'more' / 'manifest.csv'}]\n")
+    return Case(["distill", str(t / "c.yaml"), "--run", str(t / "run")], t / "run", [t / "run" / "student.pt"])
+
+
+@row("config key 'data.more'", "format 'roadscene' is listed twice")
+def pipeline_more_dataset_twice(t, mp):
+    (t / "c.yaml").write_text(f"data: {{more: [{{format: roadscene, src: {t}}}, {{format: roadscene, src: {t}}}]}}\n")
+    return Case(["run", str(t / "c.yaml"), f"out={t / 'out'}"], t / "out", [t / "out" / "import"])
+
+
 # ---- subprocess rows: a real kernel error, and proof that no traceback reaches the terminal --------
 
 @row("evil.pt", "refused to load", "possibly malicious", subprocess=True)

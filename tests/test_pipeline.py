@@ -247,7 +247,8 @@ def test_no_training_calibration_target_or_selection_step_reads_a_test_pair(tmp_
                                                                              monkeypatch):
     """Every image read is recorded with the stage that read it: the stages that learn, calibrate, make
     targets or select a variant (displacement measures the offset registration removes) read training
-    pairs only; evaluation reads the test pairs. Also runs the neck-head predictor on detector targets and
+    pairs only; evaluation reads the test pairs. The same holds for a second dataset (RoadScene, data.more),
+    whose training day pairs are distilled on too. Also runs the neck-head predictor on detector targets and
     the predictor cross-validation through the whole pipeline."""
     import dataclasses
 
@@ -286,11 +287,13 @@ def test_no_training_calibration_target_or_selection_step_reads_a_test_pair(tmp_
     config = tmp_path / "leak.yaml"
     config.write_text(LEAK_CHECK)
     out = tmp_path / "out"
+    roadscene = msrs_dir.parent / "roadscene"
     assert main(["run", str(config), f"data.src={msrs_dir}", f"distill.teacher={weights_dir / 'yolov5n.pt'}",
-                 f"out={out}"]) == 0
+                 f"out={out}", f"data.more=[{{format: roadscene, src: '{roadscene}'}}]"]) == 0
     manifest = load_manifest(out / "import" / "manifest.csv")
-    test_names = {s.name for s in manifest.select(split="test")}
-    train_names = {s.name for s in manifest.select(split="train")}
+    more = load_manifest(out / "import" / "more" / "roadscene" / "manifest.csv")
+    test_names = {s.name for s in manifest.select(split="test")} | {s.name for s in more.select(split="test")}
+    train_names = {s.name for s in manifest.select(split="train")} | {s.name for s in more.select(split="train")}
     assert test_names and train_names
     by_stage: dict[str, set[str]] = {}
     for stage, name in reads:
@@ -299,11 +302,16 @@ def test_no_training_calibration_target_or_selection_step_reads_a_test_pair(tmp_
     assert learning <= set(by_stage)  # each of them ran and read images
     for stage in learning:
         assert by_stage[stage] <= train_names, (stage, sorted(by_stage[stage] & test_names))
-    assert test_names <= by_stage["eval_maps"]  # the evaluation is what reads them
+    assert test_names - {s.name for s in more} <= by_stage["eval_maps"]  # the evaluation is what reads them
+    assert {s.name for s in more.select(split="train", condition="day")} & by_stage["distill"]  # distilled on
+    detector = json.loads((out / "eval_detector" / "detector.json").read_text())
+    assert [r["variant"] for r in detector["more"]["roadscene"]] == ["teacher on thermal", "thermal detector (mid)"]
+    assert detector["more"]["roadscene"][0]["night"] is not None
     cv = json.loads((out / "predictor_cv" / "cv.json").read_text())
     assert {r["variant"] for r in cv["rows"]} == {"U-Net, pair score", "neck, detectors"}
     page = (out / "report" / "index.html").read_text()
     assert "Which predictor: cross-validation on the training split" in page
+    assert "roadscene (data.more" in page
     assert json.loads((out / "targets" / "targets.json").read_text())["target"]["kind"] == "pair+detectors"
 
 

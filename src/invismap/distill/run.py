@@ -50,6 +50,9 @@ class DistillConfig:
     """One distillation experiment."""
 
     data: str = ""  # manifest.csv (or its folder) of aligned pairs
+    # more manifests (e.g. another camera's pairs) whose pairs of the same split and conditions are distilled on
+    # too; label-free, so any camera's day pairs help. The pipeline fills it from data.more
+    extra_data: list[str] = field(default_factory=list)
     teacher: str = "yolov5n"  # model name or file
     loss: Literal["mid", "head", "mid+head"] = "mid"
     head_weight: float = 0.1  # lambda on the head term of mid+head
@@ -99,10 +102,21 @@ def check_distill_config(cfg: DistillConfig) -> None:
 
 
 def split_pairs(manifest: Manifest, cfg: DistillConfig) -> tuple[Manifest, Manifest | None]:
-    """Training pairs and held-out validation pairs (every ``val_every_nth``) of the selected ones."""
+    """Training pairs and held-out validation pairs (every ``val_every_nth``) of the selected ones, from
+    ``manifest`` and then from each of ``cfg.extra_data``."""
     pool = manifest.select(condition=cfg.conditions, split=cfg.split)
     if len(pool) == 0:
         raise InvismapError(f"{cfg.data}: no {'/'.join(cfg.conditions)} pairs in split '{cfg.split}'")
+    for extra in cfg.extra_data:
+        more = load_manifest(extra).select(condition=cfg.conditions, split=cfg.split)
+        if len(more) == 0:
+            raise InvismapError(f"{extra}: no {'/'.join(cfg.conditions)} pairs in split '{cfg.split}' to distil on "
+                                "(check the dataset's split, or leave it out of data.more)")
+        clash = {s.name for s in pool} & {s.name for s in more}
+        if clash:
+            raise InvismapError(f"{extra}: pair name '{sorted(clash)[0]}' is also in {cfg.data}; "
+                                "datasets distilled together need distinct pair names")
+        pool = Manifest(pool.samples + more.samples, pool.root)
     train, val = pool.holdout(cfg.val_every_nth)
     if cfg.max_pairs:
         if cfg.max_pairs > len(train):

@@ -20,12 +20,24 @@ from invismap.invisibility.predictor import PredictorConfig
 
 
 @dataclass
+class MoreData:
+    """One more pair dataset of an experiment (``data.more``)."""
+
+    format: str = "roadscene"  # an importer (invismap data import FORMAT)
+    src: str = ""  # its folder; empty = the assets dataset of that name
+
+
+@dataclass
 class DataSection:
     """Which pair dataset to import (``invismap data import FORMAT SRC``)."""
 
     format: str = "msrs"
     src: str = ""  # the dataset's folder; empty = the assets dataset named like the format (see `invismap assets`)
     max_pairs: int = 0  # keep at most this many pairs per (split, condition), evenly spaced; 0 = all
+    # more pair datasets (e.g. [{format: roadscene}]): imported beside this one, their training-split pairs are
+    # distilled on too (distill.conditions), and the thermal detector is scored on each one's evaluate.split.
+    # They are not registered (registration measures this dataset's offset) and do not train the predictor.
+    more: list[MoreData] = field(default_factory=list)
 
 
 @dataclass
@@ -172,6 +184,8 @@ def load_pipeline_config(path: str | Path, overrides: list[str] | None = None) -
     cfg.name = cfg.name or Path(path).stem
     cfg.out = cfg.out or str(Path("runs") / Path(path).stem)
     cfg.data.src = resolve_src(path, "data.src", cfg.data.src, cfg.data.format)
+    for i, more in enumerate(cfg.data.more):
+        more.src = resolve_src(path, f"data.more[{i}].src", more.src, more.format)
     for i, other in enumerate(cfg.evaluate.other):
         other.src = resolve_src(path, f"evaluate.other[{i}].src", other.src, other.format)
     return cfg

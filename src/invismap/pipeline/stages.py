@@ -72,7 +72,12 @@ def _import(p: Pipeline, d: Path, resume: bool) -> dict:
     write_json(d / "summary.json", rows)
     contact_sheet(manifest, d / "contact_sheet.png", max_pairs=8)
     p.echo(format_table(rows))
-    return {"pairs": len(manifest), "table": rows}
+    out = {"pairs": len(manifest), "table": rows}
+    for m in c.more:  # as imported: their own split, all of their pairs
+        more = import_dataset(m.format, m.src, d / "more" / m.format)
+        p.echo(f"{m.format} (data.more):\n{format_table(summarize(more))}")
+        out.setdefault("more", {})[m.format] = len(more)
+    return out
 
 
 def _displacement(p: Pipeline, d: Path, resume: bool) -> dict:
@@ -114,9 +119,15 @@ def _align(p: Pipeline, d: Path, resume: bool) -> dict:
 
 # ------------------------------------------------------------------------------------------- training
 
+def more_manifests(p: Pipeline) -> dict[str, Path]:
+    """The manifests of ``data.more``, by format (imported by the import stage)."""
+    return {m.format: p.dir("import") / "more" / m.format / "manifest.csv" for m in p.cfg.data.more}
+
+
 def distill_config(p: Pipeline, data: Path | None = None, **changes):
-    """The distill section with its data filled in (and ``changes`` applied)."""
-    return dataclasses.replace(p.cfg.distill, data=str(data or pairs_manifest(p)), **changes)
+    """The distill section with its data (and ``data.more``) filled in, and ``changes`` applied."""
+    return dataclasses.replace(p.cfg.distill, data=str(data or pairs_manifest(p)),
+                               extra_data=[str(m) for m in more_manifests(p).values()], **changes)
 
 
 def _distill(p: Pipeline, d: Path, resume: bool) -> dict:
@@ -163,14 +174,25 @@ def _eval_detector(p: Pipeline, d: Path, resume: bool) -> dict:
     manifest, c = load_manifest(pairs_manifest(p)), p.cfg
     teacher = load_detector(c.distill.teacher)
     student = load_detector(str(p.dir("distill") / "thermal_detector.pt"))
+    models = (("teacher on color", teacher, "color"), ("teacher on thermal", teacher, "thermal"),
+              (f"thermal detector ({c.distill.loss})", student, "thermal"))
     rows = []
-    for name, model, images in (("teacher on color", teacher, "color"), ("teacher on thermal", teacher, "thermal"),
-                                (f"thermal detector ({c.distill.loss})", student, "thermal")):
+    for name, model, images in models:
         p.echo(f"  AP50 of {name}")
         rows.append({"variant": name, **detector_scores(model, manifest, images, c.evaluate.split, c.distill.size)})
+    more = {}
+    for fmt, path in more_manifests(p).items():  # each dataset's own test split, reported apart
+        other = load_manifest(path)
+        more[fmt] = [{"variant": name, **detector_scores(model, other, images, c.evaluate.split, c.distill.size)}
+                     for name, model, images in models if images == "thermal" or _has_color_labels(other)]
+        p.echo(f"  {fmt}: " + _fmt_ap(more[fmt]))
     write_json(d / "detector.json", {"split": c.evaluate.split, "size": c.distill.size,
-                                     "labels": "thermal", "rows": rows})
-    return {"rows": rows}
+                                     "labels": "thermal", "rows": rows, "more": more})
+    return {"rows": rows, "more": more}
+
+
+def _has_color_labels(manifest: Manifest) -> bool:
+    return any(s.color_labels is not None for s in manifest)
 
 
 def evaluation_pairs(p: Pipeline) -> Manifest:
@@ -405,12 +427,14 @@ def _fmt_displacement(s: dict) -> str:
 
 def _plan_distill(cfg) -> str:
     c = cfg.distill
+    more = "".join(f" + {m.format}" for m in cfg.data.more)
     return (f"distil {c.teacher} into a thermal student on {'/'.join(c.conditions)} pairs of split '{c.split}' "
-            f"(loss {c.loss}, {c.train.max_steps} steps, size {c.size}), then calibrate t_k")
+            f"of {cfg.data.format}{more} (loss {c.loss}, {c.train.max_steps} steps, size {c.size}), then calibrate t_k")
 
 
 STAGES = [
-    Stage("import", (), lambda cfg: {**to_dict(cfg.data), "files": _fingerprint(cfg.data.src)}, _import,
+    Stage("import", (), lambda cfg: {**to_dict(cfg.data), "files": _fingerprint(cfg.data.src),
+                                     "more_files": [_fingerprint(m.src) for m in cfg.data.more]}, _import,
           lambda cfg: f"import {cfg.data.format} pairs from {cfg.data.src}"
                       + (f" (at most {cfg.data.max_pairs} per split and condition)" if cfg.data.max_pairs else ""),
           lambda s: f"{s['pairs']} pairs"),
@@ -498,6 +522,10 @@ def check_config(cfg) -> None:
         if split == c.split:
             raise InvismapError(f"config key '{key}': '{split}' is the evaluation split (evaluate.split); "
                                 "training, calibration and targets must never see the pairs they are scored on")
+    formats = [m.format for m in cfg.data.more]
+    twice = [f for f in formats if formats.count(f) > 1]
+    if twice:
+        raise InvismapError(f"config key 'data.more': format '{twice[0]}' is listed twice (one entry per dataset)")
     if cfg.experiments.predictor and cfg.experiments.folds < 2:
         raise InvismapError(f"config key 'experiments.folds': {cfg.experiments.folds} is not allowed (>= 2)")
     if c.bootstrap < 1:

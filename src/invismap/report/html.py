@@ -219,7 +219,9 @@ def section_detector(d: dict) -> str:
     det = d.get("detector.json")
     if not det:
         return ""
-    return (f"<h2>Thermal detection without labels</h2>{table(AP_HEADER, ap_rows(det['rows']))}{AP_NOTE}"
+    more = "".join(f"<h3>{esc(fmt)} (data.more: another camera, its own split)</h3>{table(AP_HEADER, ap_rows(rows))}"
+                   for fmt, rows in (det.get("more") or {}).items())
+    return (f"<h2>Thermal detection without labels</h2>{table(AP_HEADER, ap_rows(det['rows']))}{AP_NOTE}{more}"
             f'<p class="note">Split {esc(det["split"])}, letterbox {esc(det["size"])}. Source: data/detector.json.</p>')
 
 
