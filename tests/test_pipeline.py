@@ -148,6 +148,11 @@ def test_tiny_run_writes_a_report_from_its_own_json(tiny_run):
     for src in re.findall(r'<img src="([^"]+)"', page):
         assert (out / "report" / src).is_file(), src
     assert "not produced by this run" not in page
+    from invismap.io import _umask
+
+    readable = 0o044 & ~_umask()  # others may read what the umask lets them (with the usual 022: everything)
+    for f in (out / "report").rglob("*"):  # so a web server (another user) can serve the page and all it shows
+        assert not f.is_file() or f.stat().st_mode & 0o044 == readable, (f, oct(f.stat().st_mode))
     detector = json.loads((out / "report" / "data" / "detector.json").read_text())
     student = detector["rows"][-1]
     assert student["variant"].startswith("thermal detector")

@@ -27,6 +27,9 @@ cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
 def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
     """Open a temporary file next to ``path``; on success rename it over ``path``.
 
+    The file gets the permissions of any new file (0666 less the umask, usually 0644), not the temporary
+    file's private 0600, so a web server can serve a report and a colleague can read the results.
+
     Example:
         >>> with atomic_write("/tmp/x.txt", "w") as f:  # doctest: +SKIP
         ...     f.write("hello")
@@ -42,6 +45,7 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
             yield f
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except OSError as e:
         _remove_quietly(tmp)
@@ -49,6 +53,16 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
     except BaseException:
         _remove_quietly(tmp)
         raise
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where the system allows (Linux)."""
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        status = Path("/proc/self/status").read_text().splitlines()
+        return int(next(line for line in status if line.startswith("Umask:")).split()[1], 8)
+    mask = os.umask(0o022)  # elsewhere the only way to read it is to set it; set it straight back
+    os.umask(mask)
+    return mask
 
 
 def _remove_quietly(p: str) -> None:
