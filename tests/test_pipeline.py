@@ -242,6 +242,8 @@ predictor:
 experiments:
   geometry_pairs: 0
   losses: [head]
+  detector: {"head, EMA": [loss=head, train.ema=0.5]}
+  seeds: [0, 1]
   predictor: {"U-Net, pair score": [model=unet, target.kind=pair, object_weight=1.0], "neck, detectors": []}
   folds: 2
 evaluate: {bootstrap: 50, layers: false}
@@ -312,6 +314,12 @@ def test_no_training_calibration_target_or_selection_step_reads_a_test_pair(tmp_
     detector = json.loads((out / "eval_detector" / "detector.json").read_text())
     assert [r["variant"] for r in detector["more"]["roadscene"]] == ["teacher on thermal", "thermal detector (mid)"]
     assert detector["more"]["roadscene"][0]["night"] is not None
+    variants = json.loads((out / "experiments" / "variants" / "table.json").read_text())["rows"]
+    assert [r["variant"] for r in variants] == ["teacher on thermal", "teacher on color", "head, EMA"]
+    assert "roadscene night" in variants[-1] and "select night" in variants[-1]
+    seeds = json.loads((out / "experiments" / "seeds" / "table.json").read_text())["rows"]
+    assert [r["variant"] for r in seeds[2:]] == ["seed 0", "seed 1", "mean", "std"]
+    assert seeds[2]["night"] == detector["rows"][-1]["night"]  # seed 0 is the main run, reused
     cv = json.loads((out / "predictor_cv" / "cv.json").read_text())
     assert {r["variant"] for r in cv["rows"]} == {"U-Net, pair score", "neck, detectors"}
     page = (out / "report" / "index.html").read_text()

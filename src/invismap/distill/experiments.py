@@ -1,11 +1,14 @@
 """The paper's distillation experiments as one command each (Tables 1 and 2 on the user's data).
 
 - ``ablation``: loss variants mid / head / mid+head (lambda 0.05, 0.1, 1.0);
-- ``pairs``: the number-of-pairs curve (e.g. 25, 50, all daytime pairs).
+- ``pairs``: the number-of-pairs curve (e.g. 25, 50, all daytime pairs);
+- ``variants``: any distill settings, name -> overrides (``["loss=head", "train.ema=0.99"]``);
+- ``seeds``: the base config again with other seeds, and the mean and standard deviation of every column.
 
 Each variant is a full distillation run; its thermal detector is evaluated on thermal images against thermal
 labels of the test split, day and night separately, beside the two baselines (the teacher run directly on the
-thermal images, and the teacher on the color images). Writes ``table.md`` and ``table.json``.
+thermal images, and the teacher on the color images), and on the test split of each ``more`` dataset (another
+camera: columns ``NAME day``, ``NAME night``). Writes ``table.md`` and ``table.json``.
 
 Choosing a variant by its test AP would be tuning on the test set. Distillation only sees *daytime*
 training pairs, so the night pairs of the training split are unseen by every student: the ``select night``
@@ -16,10 +19,13 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from invismap.config import from_dict, to_dict
+import numpy as np
+
+from invismap.config import apply_overrides, from_dict, to_dict
 from invismap.data.manifest import COCO_NAMES, ROAD_CLASSES, load_manifest
 from invismap.detector.evaluate import evaluate_detector
 from invismap.detector.zoo import load_detector
@@ -55,10 +61,14 @@ def detector_scores(model, manifest, images: str, split: str, size: int,
     return row
 
 
-def _variant(base: DistillConfig, changes: dict) -> DistillConfig:
+def _variant(base: DistillConfig, changes: dict | list[str]) -> DistillConfig:
+    """``base`` with ``changes``: top-level values (a dict) or ``key.sub=value`` overrides (a list)."""
     data = to_dict(base)
-    data.update(changes)
-    return from_dict(DistillConfig, data)
+    if isinstance(changes, dict):
+        data.update(changes)
+    else:
+        data = apply_overrides(data, list(changes))
+    return from_dict(DistillConfig, data, "distill")
 
 
 def variant_dir(out_dir: str | Path, name: str) -> Path:
@@ -67,12 +77,16 @@ def variant_dir(out_dir: str | Path, name: str) -> Path:
 
 
 def run_experiment(kind: str, base: DistillConfig, out_dir: str | Path, pair_counts: list[int] | None = None,
-                   eval_split: str = "test", eval_size: int = 640,
-                   losses: list[str] | None = None) -> list[dict[str, Any]]:
-    """Run every variant of ``kind`` (``ablation`` or ``pairs``), evaluate, write the tables.
+                   eval_split: str = "test", eval_size: int = 640, losses: list[str] | None = None,
+                   variants: Mapping[str, list[str]] | None = None, seeds: list[int] | None = None,
+                   more: Mapping[str, str | Path] | None = None) -> list[dict[str, Any]]:
+    """Run every variant of ``kind`` (``ablation``, ``pairs``, ``variants`` or ``seeds``), evaluate, write the
+    tables.
 
-    ``losses`` limits the ablation to those variants of :data:`LOSS_VARIANTS`. A variant whose folder
-    already holds ``thermal_detector.pt`` is evaluated, not trained again.
+    ``losses`` limits the ablation to those variants of :data:`LOSS_VARIANTS`; ``variants`` (kind
+    ``variants``) maps names to overrides of ``base``; ``seeds`` (kind ``seeds``) are the seeds to train
+    ``base`` with. ``more``: other datasets (name -> manifest) scored on their ``eval_split`` too. A variant
+    whose folder already holds ``thermal_detector.pt`` is evaluated, not trained again.
     """
     out_dir = Path(out_dir)
     manifest = load_manifest(base.data)
@@ -85,11 +99,24 @@ def run_experiment(kind: str, base: DistillConfig, out_dir: str | Path, pair_cou
         n_all = len(split_pairs(manifest, base)[0]) if not base.max_pairs else base.max_pairs
         counts = [c for c in (pair_counts or [25, 50, 100, 200]) if c < n_all] + [n_all]
         variants = {f"{c} pairs": {"max_pairs": c} for c in counts}
+    elif kind == "variants":
+        variants = dict(variants or {})
+    elif kind == "seeds":
+        variants = {f"seed {s}": [f"train.seed={s}"] for s in seeds or []}
     else:
         raise ValueError(f"unknown experiment {kind!r}")
     teacher = load_detector(base.teacher)
-    rows = [{"variant": "teacher on thermal", **detector_scores(teacher, manifest, "thermal", eval_split, eval_size)},
-            {"variant": "teacher on color", **detector_scores(teacher, manifest, "color", eval_split, eval_size)}]
+    others = {name: load_manifest(path) for name, path in (more or {}).items()}
+
+    def scores(model, images: str) -> dict[str, Any]:
+        row = detector_scores(model, manifest, images, eval_split, eval_size)
+        for name, other in others.items() if images == "thermal" else ():  # other cameras: thermal labels only
+            r = detector_scores(model, other, images, eval_split, eval_size, select_split=None)
+            row.update({f"{name} {c}": r[c] for c in ("day", "night")})
+        return row
+
+    rows = [{"variant": "teacher on thermal", **scores(teacher, "thermal")},
+            {"variant": "teacher on color", **scores(teacher, "color")}]
     for name, changes in variants.items():
         cfg = _variant(base, changes)
         run_dir = variant_dir(out_dir, name)
@@ -101,17 +128,33 @@ def run_experiment(kind: str, base: DistillConfig, out_dir: str | Path, pair_cou
             log.info(f"{name}: training in {run_dir}")
             summary = run_distill(cfg, run_dir, resume=(run_dir / "ckpt" / "last.pt").is_file())
         model = load_detector(str(run_dir / "thermal_detector.pt"))
-        row = {"variant": name, **detector_scores(model, manifest, "thermal", eval_split, eval_size)}
+        row = {"variant": name, **scores(model, "thermal")}
         if summary:
             row["train_seconds"] = round(summary["seconds"])
             row["pairs_per_s"] = round(summary["pairs_per_s"], 2)
         rows.append(row)
         _write(out_dir, kind, base, rows)
+    if kind == "seeds" and len(variants) > 1:
+        rows += spread([r for r in rows if r["variant"] in variants])
+        _write(out_dir, kind, base, rows)
     return rows
+
+
+def spread(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Two rows, ``mean`` and ``std`` (sample standard deviation), of every numeric column of ``rows``.
+
+    >>> spread([{"variant": "seed 0", "night": 50.0}, {"variant": "seed 1", "night": 54.0}])
+    [{'variant': 'mean', 'night': 52.0}, {'variant': 'std', 'night': 2.83}]
+    """
+    keys = [k for k in rows[0] if k != "variant" and all(isinstance(r.get(k), (int, float)) for r in rows)]
+    values = {k: np.array([r[k] for r in rows], dtype=float) for k in keys}
+    return [{"variant": "mean", **{k: round(float(v.mean()), 1) for k, v in values.items()}},
+            {"variant": "std", **{k: round(float(v.std(ddof=1)), 2) for k, v in values.items()}}]
 
 
 def _write(out_dir: Path, kind: str, base: DistillConfig, rows: list[dict]) -> None:
     cols = ["variant", "select night", "day", "night"] + [f"{c} {COCO_NAMES[k]}" for c in ("day", "night") for k in ROAD_CLASSES]
+    cols += [k for k in rows[0] if k.endswith((" day", " night")) and k.split()[0] not in ("day", "night")]
     cols += [c for c in ("train_seconds", "pairs_per_s") if any(c in r for r in rows)]
     lines = [f"# Distillation {kind}: thermal AP50 (mean over person/bicycle/car) vs thermal labels",
              "", f"teacher {base.teacher}, {base.train.max_steps} steps, batch {base.train.batch_size}. "

@@ -105,6 +105,10 @@ class ExperimentsSection:
     # pairs, each color image moved by a known random field and recovered by the homography (and AlignGAN if enabled)
     geometry_pairs: int = 0
     max_steps: int = 0  # steps of each variant (0 = the distill section's)
+    # distillation variants, name -> overrides of the distill section (e.g. [loss=head, train.ema=0.99]), each a
+    # full run scored like the main one; choose by the 'select night' column (the training split's night pairs)
+    detector: dict[str, list[str]] = field(default_factory=dict)
+    seeds: list[int] = field(default_factory=list)  # the main distillation again with these seeds: mean and std
     # the 'predictor_cv' stage: predictor variants, name -> overrides of the predictor section (e.g.
     # ["model=neck", "target.kind=pair+detectors"]), cross-validated on the training split (which one to ship)
     predictor: dict[str, list[str]] = field(default_factory=dict)

@@ -314,12 +314,20 @@ def _experiments(p: Pipeline, d: Path, resume: bool) -> dict:
             for f in ("thermal_detector.pt", "summary.json"):
                 copy_file(p.dir("distill") / f, folder / f)
     out: dict = {}
+    scored = {"eval_split": split, "eval_size": size, "more": more_manifests(p)}
     if losses:
-        out["losses"] = run_experiment("ablation", base, d / "losses", losses=losses, eval_split=split,
-                                       eval_size=size)
+        out["losses"] = run_experiment("ablation", base, d / "losses", losses=losses, **scored)
     if c.pairs:
-        out["pairs"] = run_experiment("pairs", base, d / "pairs", pair_counts=c.pairs, eval_split=split,
-                                      eval_size=size)
+        out["pairs"] = run_experiment("pairs", base, d / "pairs", pair_counts=c.pairs, **scored)
+    if c.detector:
+        out["variants"] = run_experiment("variants", base, d / "variants", variants=c.detector, **scored)
+    if c.seeds:
+        if not steps and base.train.seed in c.seeds:  # the main run is one of the seeds
+            folder = variant_dir(d / "seeds", f"seed {base.train.seed}")
+            folder.mkdir(parents=True, exist_ok=True)
+            for f in ("thermal_detector.pt", "summary.json"):
+                copy_file(p.dir("distill") / f, folder / f)
+        out["seeds"] = run_experiment("seeds", base, d / "seeds", seeds=c.seeds, **scored)
     if c.alignment:
         other = p.dir("import") / "manifest.csv"
         run = d / "alignment_off"
@@ -482,9 +490,13 @@ STAGES = [
           lambda cfg: "distillation ablations: "
                       + ", ".join(x for x in (f"losses {cfg.experiments.losses}" if cfg.experiments.losses else "",
                                               f"pairs {cfg.experiments.pairs}" if cfg.experiments.pairs else "",
-                                              "alignment on/off" if cfg.experiments.alignment else "") if x),
+                                              "alignment on/off" if cfg.experiments.alignment else "",
+                                              f"variants {list(cfg.experiments.detector)}" if cfg.experiments.detector
+                                              else "", f"seeds {cfg.experiments.seeds}" if cfg.experiments.seeds
+                                              else "") if x),
           lambda s: ", ".join(f"{k}: {len(v)} rows" for k, v in s.items()),
-          enabled=lambda cfg: bool(cfg.experiments.losses or cfg.experiments.pairs or cfg.experiments.alignment)),
+          enabled=lambda cfg: bool(cfg.experiments.losses or cfg.experiments.pairs or cfg.experiments.alignment
+                                   or cfg.experiments.detector or cfg.experiments.seeds)),
     Stage("predictor_cv", ("import", "register", "align", "distill"),
           lambda cfg: {"variants": cfg.experiments.predictor, "folds": cfg.experiments.folds,
                        "predictor": dataclasses.replace(cfg.predictor, data="", targets=""),

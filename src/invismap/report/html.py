@@ -38,6 +38,7 @@ DATA_FILES = {
                   "invisibility_roadscene.json": "invisibility_roadscene.json"},
     "predictor_cv": {"cv.json": "predictor_cv.json"},
     "experiments": {"losses/table.json": "ablation_losses.json", "pairs/table.json": "ablation_pairs.json",
+                    "variants/table.json": "ablation_variants.json", "seeds/table.json": "ablation_seeds.json",
                     "alignment.json": "ablation_alignment.json"},
     "geometry": {"geometry.json": "geometry.json"},
     "gallery": {"gallery.json": "gallery.json"},
@@ -202,10 +203,17 @@ def section_data(d: dict, out: Path) -> str:
             + f'<div class="figs wide">{img(out, "contact_sheet.png", "contact sheet")}</div>')
 
 
-def ap_rows(rows: list[dict]) -> list[list[Any]]:
+def ap_rows(rows: list[dict], more: list[str] = ()) -> list[list[Any]]:
     return [[esc(r["variant"]), num(r.get("select night"), 1), num(r.get("day"), 1), num(r.get("night"), 1)]
             + [num(r.get(f"{c} {k}"), 1) for c in ("day", "night") for k in CLASSES]
+            + [num(r.get(k), 1) for k in more]
             + [num(r.get("train_seconds"), 0) if "train_seconds" in r else ""] for r in rows]
+
+
+def ap_table(rows: list[dict]) -> str:
+    """:data:`AP_HEADER` rows, with a column per other dataset's condition (``roadscene night``) if scored."""
+    more = [k for k in rows[0] if k.endswith((" day", " night")) and k.split()[0] not in ("day", "night")] if rows else []
+    return table(AP_HEADER[:-1] + more + AP_HEADER[-1:], ap_rows(rows, more))
 
 
 AP_HEADER = (["model / variant", "select night*", "day", "night"] + [f"{c} {k}" for c in ("day", "night") for k in CLASSES]
@@ -245,15 +253,21 @@ def section_experiments(d: dict, out: Path) -> str:
     parts = ["<h2>Distillation ablations</h2>"]
     losses = d.get("ablation_losses.json")
     parts.append("<h3>Loss (mid-level features, detection head, both)</h3>")
-    parts.append(table(AP_HEADER, ap_rows(losses["rows"])) + AP_NOTE if losses
+    parts.append(ap_table(losses["rows"]) + AP_NOTE if losses
                  else not_run("loss ablation", "set experiments.losses, e.g. [head, 'mid+head 0.1']"))
     pairs = d.get("ablation_pairs.json")
     parts.append("<h3>Number of training pairs</h3>")
     if pairs:
         pairs_curve(pairs["rows"], out / "img" / "pairs_curve.png")
-        parts.append(table(AP_HEADER, ap_rows(pairs["rows"])) + f'<div class="figs">{img(out, "pairs_curve.png", "pairs curve")}</div>')
+        parts.append(ap_table(pairs["rows"]) + f'<div class="figs">{img(out, "pairs_curve.png", "pairs curve")}</div>')
     else:
         parts.append(not_run("pairs curve", "set experiments.pairs, e.g. [25, 50]"))
+    for key, title, hint in (("ablation_variants.json", "Distillation variants",
+                              "set experiments.detector, e.g. {'head, EMA': [loss=head, train.ema=0.99]}"),
+                             ("ablation_seeds.json", "Seed-to-seed spread of the main distillation",
+                              "set experiments.seeds, e.g. [0, 1, 2]")):
+        parts.append(f"<h3>{title}</h3>")
+        parts.append(ap_table(d[key]["rows"]) + AP_NOTE if d.get(key) else not_run(title.lower(), hint))
     align = d.get("ablation_alignment.json")
     parts.append("<h3>Alignment on / off</h3>")
     parts.append(table(AP_HEADER, ap_rows(align["rows"])) + f'<p class="note">{esc(align.get("note", ""))}</p>'
