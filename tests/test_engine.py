@@ -101,6 +101,38 @@ def test_ema_ends_with_the_average_and_resumes_exactly(tmp_path):
         fit(Regression(), Points(), cfg(ema=0.9, max_steps=40), tmp_path / "plain", resume=True, progress=False)
 
 
+def test_one_process_per_folder_and_a_dead_holder_releases_it(tmp_path):
+    """Two real processes: while one holds a folder, a pipeline run and a trainer on it are refused with one
+    line naming the holder's PID; once the holder is killed (SIGKILL: no clean-up), the folder is free."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from invismap.engine.rundir import hold_folder
+
+    folder = tmp_path / "out"
+    code = ("import sys, time\nfrom invismap.engine.rundir import hold_folder\n"
+            "with hold_folder(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(120)\n")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(folder)], stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline() == b"held\n"
+        config = tmp_path / "c.yaml"
+        config.write_text("report: {gallery: 1}\n")
+        run = subprocess.run([str(Path(sys.executable).with_name("invismap")), "run", str(config), f"out={folder}"],
+                             capture_output=True, text=True, timeout=120)
+        assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+        assert f"in use by another invismap process (PID {holder.pid})" in run.stderr
+        with pytest.raises(InvismapError, match=f"PID {holder.pid}"):
+            fit(Regression(), Points(), cfg(), folder, progress=False)
+        assert not (folder / "ckpt").exists()  # refused before writing anything
+    finally:
+        holder.kill()
+        holder.wait()
+    fit(Regression(), Points(), cfg(max_steps=2), folder, progress=False)  # the dead holder's lock is gone
+    with hold_folder(folder):
+        pass
+
+
 def test_training_reduces_the_loss(tmp_path):
     task = Regression()
     data = Points()

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from invismap.config import to_dict
 from invismap.engine.checkpoint import check_state_dict, load_checkpoint, save_checkpoint
+from invismap.engine.rundir import hold_folder
 from invismap.errors import InvismapError, file_error
 
 log = logging.getLogger(__name__)
@@ -198,9 +199,18 @@ def _move(batch: Any, device: torch.device) -> Any:
     return batch
 
 
-def fit(task: Task, train_set: Dataset, cfg: TrainConfig, run_dir: str | Path, *,
-        val_set: Dataset | None = None, collate_fn: Callable | None = None, resume: bool = False,
-        full_config: Any = None, progress: bool = True, stop_at: int | None = None) -> dict[str, Any]:
+def fit(task: Task, train_set: Dataset, cfg: TrainConfig, run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
+    """:func:`train` with ``run_dir`` held by this process (:func:`~invismap.engine.rundir.hold_folder`): a
+    second trainer on the same folder is refused. Under torchrun the first rank holds it for all."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return train(task, train_set, cfg, run_dir, **kwargs)
+    with hold_folder(run_dir):
+        return train(task, train_set, cfg, run_dir, **kwargs)
+
+
+def train(task: Task, train_set: Dataset, cfg: TrainConfig, run_dir: str | Path, *,
+          val_set: Dataset | None = None, collate_fn: Callable | None = None, resume: bool = False,
+          full_config: Any = None, progress: bool = True, stop_at: int | None = None) -> dict[str, Any]:
     """Train ``task.net`` for ``cfg.max_steps`` steps; returns a summary dict.
 
     ``stop_at`` ends the run early at that step (after checkpointing), as an interruption would; a later

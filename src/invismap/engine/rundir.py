@@ -1,13 +1,48 @@
-"""Run folders: one per training run, holding ``config.yaml``, ``ckpt/`` and ``tb/``."""
+"""Run folders: one per training run, holding ``config.yaml``, ``ckpt/`` and ``tb/``; one process at a time."""
 
 from __future__ import annotations
 
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from invismap.config import dump_config
 from invismap.errors import InvismapError
 from invismap.io import atomic_write
+
+
+LOCK = ".invismap.lock"
+
+
+@contextmanager
+def hold_folder(folder: str | Path) -> Iterator[Path]:
+    """Hold ``folder`` for this process: a second process (a run, a trainer) on it is refused.
+
+    Two processes writing the same checkpoints and stage records would corrupt both runs. The lock is the
+    kernel's (``flock`` on ``FOLDER/.invismap.lock``, which records the holder's PID for the message), so a
+    lock left by a killed process is released with it and the next run simply takes the folder.
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise InvismapError(f"{folder}: cannot use this output folder ({e.strerror}); choose another") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise InvismapError(f"{folder}: in use by another invismap process (PID {holder}); wait for it to "
+                                "finish or stop it, or choose another output folder") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield folder
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def start_run(run_dir: str | Path, cfg: Any, resume: bool) -> Path:

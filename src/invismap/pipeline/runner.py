@@ -29,6 +29,7 @@ from typing import Any
 
 from invismap import __version__
 from invismap.config import to_dict
+from invismap.engine.rundir import hold_folder
 from invismap.errors import InvismapError
 from invismap.io import write_json
 
@@ -119,11 +120,16 @@ class Pipeline:
 
     def run(self, start: str | None = None, only: str | None = None, until: str | None = None) -> dict[str, str]:
         """Run what is needed; ``start`` forces that stage and all after it, ``only`` just that stage,
-        ``until`` stops at that stage (running only what it depends on).
+        ``until`` stops at that stage (running only what it depends on). One process per output folder: a
+        second run on it is refused (:func:`~invismap.engine.rundir.hold_folder`).
 
         Returns:
             stage name -> ``"ran"`` or ``"cached"``.
         """
+        with hold_folder(self.out):
+            return self._run(start, only, until)
+
+    def _run(self, start: str | None, only: str | None, until: str | None) -> dict[str, str]:
         names = [s.name for s in self.stages]
         for flag, v in (("--from", start), ("--only", only), ("--to", until)):
             if v is not None and v not in names:
