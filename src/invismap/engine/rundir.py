@@ -13,7 +13,6 @@ from invismap.config import dump_config
 from invismap.errors import InvismapError
 from invismap.io import atomic_write
 
-
 LOCK = ".invismap.lock"
 
 
