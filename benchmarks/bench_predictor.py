@@ -92,7 +92,8 @@ def matmul_peak(n: int = 2048) -> Variant:
 
 def build_variants(args, tmp: Path) -> tuple[list[Variant], dict[str, Any]]:
     """Every model variant to time, plus objects the later tables need."""
-    from invismap.detector.export import export_detector, ort_session
+    from invismap.detector.export import export_detector
+    from invismap.onnx_io import ort_session
     from invismap.detector.zoo import load_detector
     from invismap.invisibility.export import (
         calibration_frames,
@@ -222,7 +223,7 @@ def spin_table(args, extra: dict[str, Any], rounds: int) -> str:
 
     Kept out of table 1: a session with spinning threads slows whatever is timed after it.
     """
-    from invismap.detector.export import ort_session
+    from invismap.onnx_io import ort_session
 
     x = torch.rand(1, 3, HEIGHT, WIDTH)
     feed = {"rgb": x.numpy()}

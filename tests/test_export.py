@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from invismap.cli import main
-from invismap.detector.export import onnx_metadata, ort_session
 from invismap.detector.yolov5 import YOLOv5, YOLOv5Config
 from invismap.detector.zoo import load_detector
 from invismap.distill.student import ThermalStudent, student_checkpoint
@@ -19,6 +18,7 @@ from invismap.engine.checkpoint import save_checkpoint
 from invismap.invisibility.export import OnnxPredictor, fuse_conv_bn, quantize_predictor
 from invismap.invisibility.predictor import load_predictor
 from invismap.invisibility.unet import InvisibilityUNet, UNetConfig
+from invismap.onnx_io import onnx_metadata, ort_session
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # TorchScript exporter (no onnxscript)
 pytest.importorskip("onnxruntime")
@@ -151,7 +151,8 @@ def test_dataset_to_tensor_is_bitwise_torch_division():
 
 def test_onnx_detector_detects_like_pytorch(assets, msrs_dir, tmp_path, capsys):
     """`invismap detect --model X.onnx` gives the PyTorch detector's boxes (real yolov5n, real MSRS images)."""
-    from invismap.detector.export import OnnxDetector, export_detector
+    from invismap.detector.export import export_detector
+    from invismap.detector.onnx_detector import OnnxDetector
     from invismap.detector.postprocess import detect
     from invismap.io import read_color
 
@@ -192,8 +193,8 @@ def test_onnx_detector_refuses_a_predictor_export(predictor_file, tmp_path, caps
 
 def test_eval_invisibility_reads_an_onnx_predictor(predictor_file, msrs_dir, tmp_path):
     """`--maps predictor:X.onnx` gives the same maps as the .pt it was exported from."""
-    from invismap.invisibility.sources import map_source
     from invismap.invisibility.export import export_predictor
+    from invismap.invisibility.sources import map_source
     from invismap.io import read_color
 
     onnx_file = export_predictor(predictor_file, tmp_path / "predictor.onnx")

@@ -25,16 +25,9 @@ from invismap.invisibility.evaluate import (
     teacher_detections,
 )
 from invismap.invisibility.metrics import object_pixel_mask
-from invismap.invisibility.references import (
-    PRIOR_FILE,
-    load_prior,
-    mean_target,
-    oracle_source,
-    prior_source,
-    random_source,
-    save_prior,
-)
 from invismap.invisibility.plots import curves_from_results, plot_coverage_curves, plot_score_histograms
+from invismap.invisibility.references import oracle_source, prior_source, random_source
+from invismap.invisibility.targets import PRIOR_FILE, load_prior, mean_target, save_prior
 from invismap.io import write_json
 
 NAMES = ("00004N", "00003N", "00001D", "00002D")  # two night, two day pairs with labels in both modalities

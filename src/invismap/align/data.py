@@ -51,8 +51,8 @@ from invismap.registration.displacement import (
     edge_image,
     fit_homography_to_flow,
     homography_flow,
+    measure_residual,
 )
-from invismap.registration.experiment import measure_residual
 from invismap.registration.synthetic import apply_displacement, random_displacement_field
 
 __all__ = ["AlignDataset", "FieldConfig", "compose_flows", "find_neighbours", "motion_cues", "remap"]

@@ -38,6 +38,7 @@ class Detector(nn.Module):
     strides: tuple[int, ...]  # stride of each neck feature, fine to coarse
     # What the network expects: RGB, values in 0..1, letterboxed with gray 114 to a multiple of max stride.
     input_range: tuple[float, float] = (0.0, 1.0)
+    in_channels: int = 3  # image channels it reads: 3 (RGB), or 1 for a thermal detector
 
     def neck_features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """``(B, 3, H, W)`` -> list of neck outputs, fine to coarse (strides 8/16/32)."""

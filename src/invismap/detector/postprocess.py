@@ -123,7 +123,7 @@ def detect(model: Detector, images: Sequence[np.ndarray], size: int = 640, conf:
 
     Args:
         model: any :class:`Detector` (put in ``eval()`` mode by the caller or by ``load_detector``), or an
-            :class:`~invismap.detector.export.OnnxDetector`.
+            :class:`~invismap.detector.onnx_detector.OnnxDetector`.
         images: RGB ``(H, W, 3)`` or gray ``(H, W)`` uint8 arrays, sizes may differ.
         size, conf, iou, classes, max_det, multi_label: see :func:`non_max_suppression`.
         batch_size: images per forward pass (images with the same canvas size are batched together).
@@ -131,7 +131,7 @@ def detect(model: Detector, images: Sequence[np.ndarray], size: int = 640, conf:
     Returns:
         One :class:`Detections` per image, in input order.
     """
-    # An OnnxDetector (invismap.detector.export) has no parameters and runs on the CPU.
+    # An OnnxDetector (invismap.detector.onnx_detector) has no parameters and runs on the CPU.
     device = next(model.parameters()).device if isinstance(model, torch.nn.Module) else torch.device("cpu")
     stride = model.max_stride
     size = int(np.ceil(size / stride) * stride)

@@ -81,12 +81,12 @@ def load_detector(name_or_path: str | Path) -> Detector:
 
 
 def load_inference_detector(name_or_path: str | Path):
-    """:func:`load_detector`, or an :class:`~invismap.detector.export.OnnxDetector` for an ``.onnx`` file.
+    """:func:`load_detector`, or an :class:`~invismap.detector.onnx_detector.OnnxDetector` for an ``.onnx`` file.
 
     For inference only (``detect``, ``eval-detector``): an ONNX detector has no neck features to distil.
     """
     if str(name_or_path).lower().endswith(".onnx"):
-        from invismap.detector.export import OnnxDetector
+        from invismap.detector.onnx_detector import OnnxDetector
 
         return OnnxDetector(Path(str(name_or_path)).expanduser())
     return load_detector(name_or_path)

@@ -99,6 +99,8 @@ class ThermalDetector(Detector):
     used wherever a color detector is, e.g. ``invismap detect --model RUN/thermal_detector.pt``.
     """
 
+    in_channels = 1  # one thermal channel (exports take (B, 1, H, W))
+
     def __init__(self, student: ThermalStudent):
         super().__init__()
         self.student = student

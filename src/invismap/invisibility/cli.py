@@ -84,7 +84,8 @@ def _checkpoint_kind(model: str) -> str | None:
 def _export(args) -> None:
     import tempfile
 
-    from invismap.detector.export import export_detector, onnx_metadata
+    from invismap.detector.export import export_detector
+    from invismap.onnx_io import onnx_metadata
     from invismap.invisibility.export import calibration_frames, export_predictor, quantize_predictor
 
     if not str(args.out).endswith(".onnx"):

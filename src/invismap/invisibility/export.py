@@ -37,7 +37,7 @@ from torch import nn
 
 from invismap import __version__
 from invismap.config import to_dict
-from invismap.detector.export import onnx_graph, onnx_metadata, ort_session, write_onnx
+from invismap.onnx_io import onnx_graph, onnx_metadata, ort_session, write_onnx
 from invismap.errors import InvismapError, file_error
 
 ONNX_KIND = "invismap.predictor"
@@ -174,7 +174,7 @@ class OnnxPredictor(nn.Module):
         path: .onnx file from :func:`export_predictor` or :func:`quantize_predictor`.
         threads: intra-op threads (0 = one per core).
         spin: let idle worker threads busy-wait (faster alone, slows a detector running next to it; see
-            :func:`~invismap.detector.export.ort_session`).
+            :func:`~invismap.onnx_io.ort_session`).
     """
 
     def __init__(self, path: str | Path, threads: int = 0, spin: bool = False):

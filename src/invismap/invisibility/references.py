@@ -1,6 +1,7 @@
 """Reference maps a learned invisibility map is judged against; none of them is a product.
 
-- :func:`prior_source`, the **fixed prior**: the mean training target, one map for every image. It never
+- :func:`prior_source`, the **fixed prior**: the mean training target (written by the targets stage,
+  :func:`~invismap.invisibility.targets.mean_target`), one map for every image. It never
   looks at the image, so whatever it scores is explained by position in the frame alone (objects sit along
   the horizon); a learned map is worth its *margin* over it.
 - :func:`random_source`: uniform noise, the chance level of every metric (coverage = flagged share,
@@ -19,72 +20,14 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Mapping
-from pathlib import Path
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from invismap.data.dataset import load_boxes
-from invismap.data.letterbox import letterbox_params, map_to_original
-from invismap.data.manifest import Manifest, Sample
+from invismap.data.manifest import Sample
 from invismap.detector.base import Detections
-from invismap.errors import InvismapError, file_error
 from invismap.invisibility.metrics import object_pixel_mask
-from invismap.io import atomic_write
-
-PRIOR_FILE = "prior.npy"  # the mean training target, written beside the target cache
-
-
-def mean_target(manifest: Manifest, target_dir: str | Path, size: int, square: bool = False,
-                progress: bool = True) -> np.ndarray:
-    """The fixed prior: the mean of the cached targets of ``manifest``'s pairs over the image area.
-
-    Each target (a letterboxed canvas, see :mod:`invismap.invisibility.predictor`) is mapped back to its
-    image and resized to the first image's size before averaging, so images of several sizes can be mixed.
-
-    Returns:
-        ``(H, W)`` float32 in [0, 1].
-    """
-    from invismap.invisibility.targets import load_target, target_path
-    from invismap.io import read_color
-
-    if len(manifest) == 0:
-        raise InvismapError(f"{target_dir}: no pairs to average the training targets over")
-    total, shape = None, None
-    for s in tqdm(manifest, desc="fixed prior", unit="pair", disable=not progress):
-        h, w = read_color(s.color).shape[:2]
-        lb = letterbox_params(w, h, size, 32, auto=not square)
-        target = map_to_original(load_target(target_path(target_dir, s.name), lb), lb)
-        if shape is None:
-            shape, total = target.shape, np.zeros(target.shape, np.float64)
-        total += cv2.resize(target, shape[::-1], interpolation=cv2.INTER_AREA) if target.shape != shape else target
-    return (total / len(manifest)).astype(np.float32)
-
-
-def save_prior(path: str | Path, prior: np.ndarray) -> Path:
-    """Write the prior as a float32 ``.npy`` (atomically)."""
-    with atomic_write(Path(path), "wb") as f:
-        np.save(f, np.asarray(prior, np.float32))
-    return Path(path)
-
-
-def load_prior(path: str | Path) -> np.ndarray:
-    """A prior map from ``prior.npy`` or from the target folder holding it: ``(H, W)`` float32 in [0, 1]."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / PRIOR_FILE
-    if not path.is_file():
-        raise file_error(path, "no fixed prior here", "run score-pairs (it writes prior.npy beside the targets)")
-    try:
-        prior = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        raise file_error(path, f"not a readable .npy map ({str(e)[:120]})", "recompute it") from None
-    if prior.ndim != 2 or not np.issubdtype(prior.dtype, np.floating) or not np.isfinite(prior).all() \
-            or prior.min() < 0 or prior.max() > 1:
-        raise file_error(path, f"expected one (H, W) map of values in [0, 1], got {prior.dtype} {prior.shape}",
-                         "recompute it with score-pairs")
-    return prior.astype(np.float32)
 
 
 def prior_source(prior: np.ndarray):
@@ -139,5 +82,4 @@ def oracle_source(detections_by_name: Mapping[str, Detections] | None = None, wh
     return source
 
 
-__all__ = ["PRIOR_FILE", "load_prior", "mean_target", "oracle_source", "prior_source", "random_source",
-           "save_prior"]
+__all__ = ["oracle_source", "prior_source", "random_source"]

@@ -100,7 +100,8 @@ def _predictor(argument: str) -> MapSource:
 
 @register("prior")
 def _prior(argument: str) -> MapSource:
-    from invismap.invisibility.references import load_prior, prior_source
+    from invismap.invisibility.references import prior_source
+    from invismap.invisibility.targets import load_prior
 
     return prior_source(load_prior(_needs("prior", argument, "the target folder (or its prior.npy)")))
 

@@ -39,12 +39,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
+import cv2
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from invismap.data.dataset import PairDataset, load_pair
-from invismap.data.letterbox import Letterbox, apply_letterbox
+from invismap.data.letterbox import Letterbox, apply_letterbox, letterbox_params, map_to_original
 from invismap.data.manifest import ROAD_CLASSES, Manifest, load_manifest
 from invismap.detector.base import Detections
 from invismap.errors import InvismapError, file_error
@@ -240,7 +241,6 @@ def compute_targets(manifest: Manifest, student: str | Path, out: str | Path, si
     """
     from invismap.detector.zoo import load_detector
     from invismap.invisibility.pair import PairScorer
-    from invismap.invisibility.references import PRIOR_FILE, mean_target, save_prior
 
     cfg = cfg or TargetConfig()
     check_target_config(cfg)
@@ -274,6 +274,59 @@ def compute_targets(manifest: Manifest, student: str | Path, out: str | Path, si
     return out
 
 
+PRIOR_FILE = "prior.npy"  # the mean training target, written beside the target cache
+
+
+def mean_target(manifest: Manifest, target_dir: str | Path, size: int, square: bool = False,
+                progress: bool = True) -> np.ndarray:
+    """The fixed prior: the mean of the cached targets of ``manifest``'s pairs over the image area.
+
+    Each target (a letterboxed canvas, see :mod:`invismap.invisibility.predictor`) is mapped back to its
+    image and resized to the first image's size before averaging, so images of several sizes can be mixed.
+
+    Returns:
+        ``(H, W)`` float32 in [0, 1].
+    """
+    from invismap.io import read_color
+
+    if len(manifest) == 0:
+        raise InvismapError(f"{target_dir}: no pairs to average the training targets over")
+    total, shape = None, None
+    for s in tqdm(manifest, desc="fixed prior", unit="pair", disable=not progress):
+        h, w = read_color(s.color).shape[:2]
+        lb = letterbox_params(w, h, size, 32, auto=not square)
+        target = map_to_original(load_target(target_path(target_dir, s.name), lb), lb)
+        if shape is None:
+            shape, total = target.shape, np.zeros(target.shape, np.float64)
+        total += cv2.resize(target, shape[::-1], interpolation=cv2.INTER_AREA) if target.shape != shape else target
+    return (total / len(manifest)).astype(np.float32)
+
+
+def save_prior(path: str | Path, prior: np.ndarray) -> Path:
+    """Write the prior as a float32 ``.npy`` (atomically)."""
+    with atomic_write(Path(path), "wb") as f:
+        np.save(f, np.asarray(prior, np.float32))
+    return Path(path)
+
+
+def load_prior(path: str | Path) -> np.ndarray:
+    """A prior map from ``prior.npy`` or from the target folder holding it: ``(H, W)`` float32 in [0, 1]."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / PRIOR_FILE
+    if not path.is_file():
+        raise file_error(path, "no fixed prior here", "run score-pairs (it writes prior.npy beside the targets)")
+    try:
+        prior = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise file_error(path, f"not a readable .npy map ({str(e)[:120]})", "recompute it") from None
+    if prior.ndim != 2 or not np.issubdtype(prior.dtype, np.floating) or not np.isfinite(prior).all() \
+            or prior.min() < 0 or prior.max() > 1:
+        raise file_error(path, f"expected one (H, W) map of values in [0, 1], got {prior.dtype} {prior.shape}",
+                         "recompute it with score-pairs")
+    return prior.astype(np.float32)
+
+
 def score_pairs(student: str | Path, data: str | Path, out: str | Path, split: str = "train", size: int = 640,
                 cfg: TargetConfig | None = None, progress: bool = True) -> Path:
     """The target cache of every pair of ``split`` (``invismap score-pairs``); never the test split."""
@@ -297,7 +350,7 @@ def load_evidence(target_dir: str | Path) -> dict[str, dict] | None:
         raise InvismapError(f"{path}: not readable JSON ({str(e)[:120]}); recompute the targets") from None
 
 
-__all__ = ["EVIDENCE_FILE", "KINDS", "OBJECT_CLASSES", "TARGETS_META", "TargetConfig", "base_rates", "cache_targets",
-           "check_target_config", "compute_targets", "detector_target", "load_evidence", "load_target",
-           "missed_by_color", "pair_evidence", "pair_target_fn", "road_boxes", "save_target", "score_pairs",
+__all__ = ["EVIDENCE_FILE", "KINDS", "OBJECT_CLASSES", "PRIOR_FILE", "TARGETS_META", "TargetConfig", "base_rates", "cache_targets",
+           "check_target_config", "compute_targets", "detector_target", "load_evidence", "load_prior", "load_target", "mean_target",
+           "missed_by_color", "pair_evidence", "pair_target_fn", "road_boxes", "save_prior", "save_target", "score_pairs",
            "target_path"]

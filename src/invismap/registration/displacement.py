@@ -40,6 +40,7 @@ __all__ = [
     "histogram_stats",
     "homography_flow",
     "label_offsets",
+    "measure_residual",
     "to_gray",
     "translation_flow",
 ]
@@ -509,3 +510,12 @@ def label_offsets(color_boxes: np.ndarray, thermal_boxes: np.ndarray, iou_min: f
         iou[i, :] = 0
         iou[:, j] = 0
     return np.array(out, float).reshape(-1, 2)
+
+
+def measure_residual(reference: np.ndarray, aligned: np.ndarray) -> np.ndarray:
+    """Displacement ``(H, W, 2)`` of ``aligned`` relative to ``reference`` (same modality, DIS flow)."""
+    a = cv2.cvtColor(reference, cv2.COLOR_RGB2GRAY) if reference.ndim == 3 else reference
+    b = cv2.cvtColor(aligned, cv2.COLOR_RGB2GRAY) if aligned.ndim == 3 else aligned
+    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    dis.setFinestScale(0)
+    return dis.calc(np.ascontiguousarray(a, np.uint8), np.ascontiguousarray(b, np.uint8), None)

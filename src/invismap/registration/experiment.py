@@ -50,6 +50,7 @@ from invismap.registration.displacement import (
     edge_image,
     fit_homography_to_flow,
     homography_flow,
+    measure_residual,
     translation_flow,
 )
 from invismap.registration.synthetic import apply_displacement, random_displacement_field
@@ -61,7 +62,6 @@ __all__ = [
     "default_estimators",
     "flow_estimator",
     "homography_estimator",
-    "measure_residual",
     "residual_after_flow",
     "run_weak_alignment",
     "translation_estimator",
@@ -205,15 +205,6 @@ def residual_after_flow(g: np.ndarray, f: np.ndarray, f0: np.ndarray | None = No
     gp = cv2.remap(g.astype(np.float32), p[..., 0], p[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     z = _solve(p + gp, f, iters)
     return (z - grid).astype(np.float32)
-
-
-def measure_residual(reference: np.ndarray, aligned: np.ndarray) -> np.ndarray:
-    """Displacement ``(H, W, 2)`` of ``aligned`` relative to ``reference`` (same modality, DIS flow)."""
-    a = cv2.cvtColor(reference, cv2.COLOR_RGB2GRAY) if reference.ndim == 3 else reference
-    b = cv2.cvtColor(aligned, cv2.COLOR_RGB2GRAY) if aligned.ndim == 3 else aligned
-    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
-    dis.setFinestScale(0)
-    return dis.calc(np.ascontiguousarray(a, np.uint8), np.ascontiguousarray(b, np.uint8), None)
 
 
 def _stats(v: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
