@@ -376,3 +376,28 @@ def test_object_weight_needs_detector_targets(pairs, tmp_path):
         TargetMapDataset(PairDataset(pairs, size=128), target_dir=tmp_path / "t", object_weight=2.0)
     with pytest.raises(InvismapError, match="config key 'model'"):
         train_predictor(PredictorConfig(size=128, model="transformer"), pairs, tmp_path / "t", tmp_path / "r")
+
+
+# --------------------------------------------------------------------------------------------- Python API
+
+def test_python_api_maps_and_boxes_from_numpy(predictor_file, pairs, weights_dir, tmp_path):
+    """The README's example: a predictor (.pt or its .onnx) maps an RGB array of any size to a [0, 1] map of
+    the same size; a detector (name or file) gives boxes for a color or a thermal array."""
+    from invismap.api import InvisibilityPredictor, detect, load_detector
+    from invismap.invisibility.export import export_predictor
+    from invismap.io import read_thermal
+
+    rgb = read_color(pairs.samples[0].color)
+    predictor = InvisibilityPredictor(predictor_file)
+    heat = predictor(rgb)
+    assert heat.shape == rgb.shape[:2] and heat.dtype == np.float32 and 0 <= heat.min() <= heat.max() <= 1
+    np.testing.assert_array_equal(heat, predict_image(predictor.model, rgb, 128))  # the CLI's function
+    crop = rgb[:101, :157]
+    assert predictor(crop).shape == (101, 157)
+    onnx = InvisibilityPredictor(export_predictor(predictor_file, tmp_path / "p.onnx"))
+    np.testing.assert_allclose(onnx(rgb), heat, atol=1e-4)
+    color = load_detector(weights_dir / "yolov5n.pt")
+    found = detect(color, rgb, size=320)
+    assert isinstance(found, Detections) and found.boxes.shape[1:] == (4,)
+    thermal = read_thermal(pairs.samples[0].thermal)
+    assert len(detect(color, [rgb, thermal], size=320)[0]) == len(found)
