@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -83,6 +84,24 @@ def _write_error(path: Path, e: OSError) -> InvismapError:
         return file_error(path, f"cannot create the output folder: {blocker} is a file, not a folder",
                           "remove that file or choose another output path")
     return file_error(path, f"cannot write: {e.strerror}")
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with plain JSON types only: numpy scalars as Python numbers, tuples as lists, NaN/inf as None
+    (strict JSON has no NaN).
+
+    >>> json_safe({"a": (np.float32(0.5), float("nan")), "n": np.int64(3)})
+    {'a': [0.5, None], 'n': 3}
+    """
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
 
 
 def write_json(path: str | Path, obj: Any) -> None:

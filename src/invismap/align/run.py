@@ -42,6 +42,7 @@ from invismap.data.manifest import (
     load_manifest,
     read_yolo_labels,
     save_manifest,
+    training_pairs,
     write_yolo_labels,
     yolo_to_xyxy,
 )
@@ -86,19 +87,6 @@ class AlignConfig:
         eval_every=110, ckpt_every=50, log_every=10))
 
 
-def split_pairs(manifest: Manifest, cfg: AlignConfig) -> tuple[Manifest, Manifest | None]:
-    """Training pairs and validation pairs (every ``val_every_nth`` of the selected ones)."""
-    pool = manifest.select(condition=cfg.conditions or None,
-                           split=None if cfg.split in ("", "all") else cfg.split)
-    if len(pool) == 0:
-        raise InvismapError(f"{cfg.data}: no pairs in split '{cfg.split}'"
-                            + (f" with condition {'/'.join(cfg.conditions)}" if cfg.conditions else ""))
-    train, val = pool.holdout(cfg.val_every_nth)
-    if len(train) == 0:
-        raise InvismapError(f"val_every_nth={cfg.val_every_nth} leaves no training pairs")
-    return train, val
-
-
 def _dataset(pairs: Manifest, cfg: AlignConfig, seed: int, augment: bool) -> AlignDataset:
     return AlignDataset(pairs, crop=cfg.crop, target=cfg.target, misalign=cfg.misalign,
                         hflip=cfg.hflip if augment else 0.0, neighbours=cfg.neighbours, max_gap=cfg.max_gap,
@@ -117,7 +105,7 @@ def train_aligngan(cfg: AlignConfig, run_dir: str | Path, resume: bool = False, 
     if not cfg.data:
         raise InvismapError("config key 'data' is empty: give the manifest of the pairs to train on")
     manifest = load_manifest(cfg.data)
-    train_pairs, val_pairs = split_pairs(manifest, cfg)
+    train_pairs, val_pairs = training_pairs(manifest, cfg.split, cfg.conditions, cfg.val_every_nth, cfg.data)
     start_run(run_dir, cfg, resume)  # before the (slow) datasets: fail fast on an existing run
     train_set = _dataset(train_pairs, cfg, cfg.train.seed, augment=True)
     # Validation draws its own fixed fields (another seed), no flips.

@@ -20,14 +20,17 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import TypeVar
 
 import numpy as np
 
 from invismap.errors import InvismapError, file_error
 from invismap.io import atomic_write
+
+T = TypeVar("T")
 
 CONDITIONS = ("day", "dawn", "dusk", "night", "fog", "unknown")
 SPLITS = ("train", "val", "test", "all")
@@ -107,6 +110,36 @@ class Manifest:
         for s in self.samples:
             c[(s.split, s.condition)] = c.get((s.split, s.condition), 0) + 1
         return c
+
+
+def evenly(items: Sequence[T], n: int) -> list[T]:
+    """At most ``n`` of ``items``, evenly spaced, first and last included (all of them when ``n`` is 0).
+
+    >>> evenly(list(range(10)), 4)
+    [0, 3, 6, 9]
+    """
+    if not n or len(items) <= n:
+        return list(items)
+    return [items[i] for i in np.linspace(0, len(items) - 1, n).round().astype(int)]
+
+
+def training_pairs(manifest: Manifest, split: str, conditions: Sequence[str] | None, val_every_nth: int,
+                   source: str | Path = "manifest") -> tuple[Manifest, Manifest | None]:
+    """The pairs a trainer learns from, and its validation pairs: those of ``split`` ('' or 'all' = any) and
+    ``conditions`` (empty = any), every ``val_every_nth`` held out (:meth:`Manifest.holdout`).
+
+    Raises:
+        InvismapError: no such pairs in ``source``, or none left to train on.
+    """
+    pool = manifest.select(condition=list(conditions) if conditions else None,
+                           split=None if split in ("", "all") else split)
+    if len(pool) == 0:
+        which = f"{'/'.join(conditions)} " if conditions else ""
+        raise InvismapError(f"{source}: no {which}pairs in split '{split}'")
+    train, val = pool.holdout(val_every_nth)
+    if len(train) == 0:
+        raise InvismapError(f"val_every_nth={val_every_nth} leaves no training pairs")
+    return train, val
 
 
 def load_manifest(path: str | Path) -> Manifest:

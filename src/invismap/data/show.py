@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 
 from invismap.data.dataset import load_boxes, load_pair
-from invismap.data.manifest import COCO_NAMES, Manifest
+from invismap.data.manifest import COCO_NAMES, Manifest, evenly
 from invismap.io import write_image
 
 COLOR_LABEL_RGB = (40, 220, 40)  # green: boxes drawn on the color image
@@ -50,9 +50,7 @@ def render_pair(sample, width: int = 480) -> np.ndarray:
 def contact_sheet(manifest: Manifest, out: str | Path, max_pairs: int = 12, width: int = 480,
                   columns: int = 2) -> Path:
     """Write a PNG contact sheet of (up to) ``max_pairs`` pairs, spread evenly over the manifest."""
-    n = min(max_pairs, len(manifest))
-    idx = np.linspace(0, len(manifest) - 1, n).round().astype(int)
-    rows = [render_pair(manifest[i], width) for i in idx]
+    rows = [render_pair(s, width) for s in evenly(manifest.samples, max_pairs)]
     hmax = max(r.shape[0] for r in rows)
     rows = [np.pad(r, ((0, hmax - r.shape[0]), (0, 0), (0, 0))) for r in rows]
     rows += [np.zeros_like(rows[0])] * (-len(rows) % columns)

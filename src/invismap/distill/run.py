@@ -23,7 +23,7 @@ import torch
 
 from invismap.config import to_dict
 from invismap.data.dataset import Augment, PairDataset, collate_pairs
-from invismap.data.manifest import Manifest, load_manifest
+from invismap.data.manifest import Manifest, load_manifest, training_pairs
 from invismap.detector.zoo import load_detector
 from invismap.distill.student import ThermalStudent, student_checkpoint
 from invismap.distill.task import DistillTask
@@ -102,8 +102,8 @@ def check_distill_config(cfg: DistillConfig) -> None:
 
 
 def split_pairs(manifest: Manifest, cfg: DistillConfig) -> tuple[Manifest, Manifest | None]:
-    """Training pairs and held-out validation pairs (every ``val_every_nth``) of the selected ones, from
-    ``manifest`` and then from each of ``cfg.extra_data``."""
+    """Training pairs and held-out validation pairs (:func:`~invismap.data.manifest.training_pairs`) of
+    ``manifest`` and then of each of ``cfg.extra_data``; the first ``max_pairs`` training pairs if set."""
     pool = manifest.select(condition=cfg.conditions, split=cfg.split)
     if len(pool) == 0:
         raise InvismapError(f"{cfg.data}: no {'/'.join(cfg.conditions)} pairs in split '{cfg.split}'")
@@ -117,7 +117,7 @@ def split_pairs(manifest: Manifest, cfg: DistillConfig) -> tuple[Manifest, Manif
             raise InvismapError(f"{extra}: pair name '{sorted(clash)[0]}' is also in {cfg.data}; "
                                 "datasets distilled together need distinct pair names")
         pool = Manifest(pool.samples + more.samples, pool.root)
-    train, val = pool.holdout(cfg.val_every_nth)
+    train, val = training_pairs(pool, cfg.split, cfg.conditions, cfg.val_every_nth, cfg.data)
     if cfg.max_pairs:
         if cfg.max_pairs > len(train):
             raise InvismapError(f"max_pairs={cfg.max_pairs} but only {len(train)} training pairs exist")

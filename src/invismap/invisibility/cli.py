@@ -85,8 +85,8 @@ def _export(args) -> None:
     import tempfile
 
     from invismap.detector.export import export_detector
-    from invismap.onnx_io import onnx_metadata
     from invismap.invisibility.export import calibration_frames, export_predictor, quantize_predictor
+    from invismap.onnx_io import onnx_metadata
 
     if not str(args.out).endswith(".onnx"):
         raise InvismapError(f"{args.out}: the output file must end in .onnx")

@@ -31,7 +31,6 @@ Example:
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -56,6 +55,7 @@ from invismap.invisibility.metrics import (
     distribution_overlap,
     object_pixel_mask,
 )
+from invismap.io import json_safe
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +194,7 @@ def summarise_histogram(hist: ScoreHistogram, tau: float = 0.35, matched_flagged
                         max_flagged: float = 0.30) -> dict[str, Any]:
     """The JSON summary of one pooled histogram (NaN values become None)."""
     curve_cov = hist.coverage_at_flagged(CURVE_POINTS) if hist.n_object_pixels else None
-    return _clean({
+    return json_safe({
         "object_pixels": hist.n_object_pixels,
         "object_pixel_share": hist.n_object_pixels / max(hist.n_pixels, 1),
         "tau": tau,
@@ -209,19 +209,6 @@ def summarise_histogram(hist: ScoreHistogram, tau: float = 0.35, matched_flagged
         "curve": {"flagged": CURVE_POINTS.round(4).tolist(),
                   "coverage": None if curve_cov is None else curve_cov.round(6).tolist()},
     })
-
-
-def _clean(obj: Any) -> Any:
-    """Plain JSON types, NaN/inf as None."""
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, (np.floating, float)):
-        return float(obj) if math.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
 
 
 def check_score_map(score: np.ndarray, height: int, width: int, name: str = "") -> np.ndarray:
@@ -473,7 +460,7 @@ def summarise_records(records: Mapping[str, MapRecords], references: Sequence[st
                           "frames_with_missed": int((rec.missed[keep] > 0).sum()),
                           "auroc": float(point["frame_auroc"][0]), "spearman": float(point["frame_spearman"][0])}
             c["metrics"] = metrics
-            res["conditions"][scope] = _clean(c)
+            res["conditions"][scope] = json_safe(c)
         if "day" in groups and "night" in groups:
             px = rec.pixels[:, 0]
             h = lambda rows: _regroup(rows, HIST_BINS)
@@ -481,7 +468,7 @@ def summarise_records(records: Mapping[str, MapRecords], references: Sequence[st
             reps = distribution_overlap(h((boot * scopes["day"]) @ px), h((boot * scopes["night"]) @ px))
             res["day_vs_night"] = {**point, "overlap_interval": estimate(point["overlap"], reps["overlap"])}
             replicates[name]["pooled"]["day_vs_night_overlap"] = reps["overlap"]
-        out[name] = _clean(res)
+        out[name] = json_safe(res)
 
     for ref in references:
         if ref not in records:
@@ -494,7 +481,7 @@ def summarise_records(records: Mapping[str, MapRecords], references: Sequence[st
                 base = replicates[ref][scope]
                 margins[scope] = {k: estimate(_point(out[name], scope, k) - _point(out[ref], scope, k),
                                               reps[k] - base[k]) for k in reps if k in base}
-            out[name].setdefault("margins", {})[ref] = _clean(margins)
+            out[name].setdefault("margins", {})[ref] = json_safe(margins)
     return out
 
 

@@ -37,8 +37,9 @@ from torch import nn
 
 from invismap import __version__
 from invismap.config import to_dict
-from invismap.onnx_io import onnx_graph, onnx_metadata, ort_session, write_onnx
+from invismap.data.manifest import evenly
 from invismap.errors import InvismapError, file_error
+from invismap.onnx_io import onnx_graph, onnx_metadata, ort_session, write_onnx
 
 ONNX_KIND = "invismap.predictor"
 
@@ -111,8 +112,8 @@ def calibration_frames(data: str | Path, size: int = 640, count: int = 32, split
     if len(manifest) == 0:
         raise InvismapError(f"{data}: no pairs in split '{split}' to calibrate the int8 model on")
     dataset = PairDataset(manifest, size)
-    picks = np.linspace(0, len(dataset) - 1, min(count, len(dataset))).round().astype(int)
-    return [dataset[int(i)]["rgb"][None].numpy()
+    picks = evenly(range(len(dataset)), count)
+    return [dataset[i]["rgb"][None].numpy()
             for i in tqdm(picks, desc="calibration frames", unit="img", disable=not progress)]
 
 

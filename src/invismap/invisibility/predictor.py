@@ -64,7 +64,7 @@ from torch.utils.data import Dataset
 from invismap.config import from_dict
 from invismap.data.dataset import PairDataset
 from invismap.data.letterbox import Letterbox
-from invismap.data.manifest import Manifest, load_manifest
+from invismap.data.manifest import Manifest, load_manifest, training_pairs
 from invismap.engine.checkpoint import check_state_dict, load_checkpoint, save_checkpoint
 from invismap.engine.loop import Task, TrainConfig, check_train_config, fit
 from invismap.engine.rundir import start_run
@@ -353,15 +353,6 @@ class PredictorTask(Task):
 
 # --------------------------------------------------------------------------------------------- run
 
-def split_pairs(manifest: Manifest, cfg: PredictorConfig) -> tuple[Manifest, Manifest | None]:
-    """Training pairs and held-out validation pairs (every ``val_every_nth``) of the selected ones."""
-    pool = manifest.select(condition=cfg.conditions or None, split=cfg.split)
-    if len(pool) == 0:
-        raise InvismapError(f"{cfg.data or 'manifest'}: no pairs in split '{cfg.split}'"
-                            + (f" with condition {'/'.join(cfg.conditions)}" if cfg.conditions else ""))
-    return pool.holdout(cfg.val_every_nth)
-
-
 def check_predictor_config(cfg: PredictorConfig) -> None:
     """Refuse values no run can use, naming the config key and what is allowed (before any work)."""
     if cfg.size < 32 or cfg.size % 32:
@@ -410,7 +401,8 @@ def train_predictor(cfg: PredictorConfig, manifest: Manifest | str | Path | None
     target_dir = Path(target_dir if target_dir is not None else cfg.targets)
     if not str(target_dir) or str(target_dir) == ".":
         raise InvismapError("no target cache given (set targets: to the folder of NAME.npy maps)")
-    train_pairs, val_pairs = split_pairs(manifest, cfg)
+    train_pairs, val_pairs = training_pairs(manifest, cfg.split, cfg.conditions, cfg.val_every_nth,
+                                            cfg.data or "manifest")
 
     feature_fn, in_channels = None, None
     if cfg.model == "neck":  # the frozen teacher computes features in the data pipeline, once per image

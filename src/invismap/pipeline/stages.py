@@ -13,10 +13,8 @@ import dataclasses
 import logging
 from pathlib import Path
 
-import numpy as np
-
 from invismap.config import to_dict
-from invismap.data.manifest import Manifest, load_manifest, save_manifest
+from invismap.data.manifest import Manifest, evenly, load_manifest, save_manifest
 from invismap.errors import InvismapError
 from invismap.io import copy_file, write_json
 from invismap.pipeline.runner import Pipeline, Stage
@@ -30,13 +28,6 @@ def pairs_manifest(p: Pipeline) -> Path:
     """The manifest later stages train and evaluate on: the last enabled data stage's output."""
     last = [n for n in DATA_STAGES if p.enabled(n)][-1]
     return p.dir(last) / ("pairs" if last == "align" else "") / "manifest.csv"
-
-
-def evenly(samples: list, n: int) -> list:
-    """At most ``n`` of ``samples``, evenly spaced (all of them when ``n`` is 0)."""
-    if not n or len(samples) <= n:
-        return list(samples)
-    return [samples[i] for i in np.linspace(0, len(samples) - 1, n).round().astype(int)]
 
 
 def subset(manifest: Manifest, per_group: int, key=lambda s: (s.split, s.condition)) -> Manifest:

@@ -42,6 +42,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from invismap.data.manifest import evenly
 from invismap.registration.displacement import (
     DEFAULT_PARAMS,
     DisplacementParams,
@@ -369,9 +370,8 @@ def run_weak_alignment(manifest, out_dir: str | Path | None = None, *, split: st
     from invismap.io import read_color, read_thermal, write_json
 
     samples = list(manifest.select(split=split)) if split else list(manifest)
-    if max_pairs is not None and len(samples) > max_pairs:
-        idx = np.linspace(0, len(samples) - 1, max_pairs).round().astype(int)
-        samples = [samples[i] for i in idx]
+    if max_pairs is not None:
+        samples = evenly(samples, max_pairs)
     pairs = ((s.name, read_thermal(s.thermal), read_color(s.color)) for s in samples)
     res = weak_alignment_experiment(pairs, estimators or default_estimators(), trials_per_pair=trials_per_pair,
                                     base_offset=base_offset, seed=seed, progress=progress)

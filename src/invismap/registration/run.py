@@ -32,13 +32,14 @@ from tqdm import tqdm
 from invismap.data.manifest import (
     Manifest,
     Sample,
+    evenly,
     read_yolo_labels,
     save_manifest,
     write_yolo_labels,
     yolo_to_xyxy,
 )
 from invismap.errors import InvismapError, file_error
-from invismap.io import atomic_write, read_color, read_thermal, write_image, write_json
+from invismap.io import atomic_write, json_safe, read_color, read_thermal, write_image, write_json
 from invismap.registration import calibration as calib_mod
 from invismap.registration.calibration import CameraModel, RigCalibration
 from invismap.registration.displacement import (
@@ -511,8 +512,8 @@ def run_displacement(manifest: Manifest, out_dir: str | Path | None, *, split: s
     samples = list(manifest.select(split=split)) if split else list(manifest)
     if not samples:
         raise InvismapError(f"{manifest.root}: no pairs with split={split}")
-    if max_pairs is not None and len(samples) > max_pairs:
-        samples = [samples[i] for i in np.linspace(0, len(samples) - 1, max_pairs).round().astype(int)]
+    if max_pairs is not None:
+        samples = evenly(samples, max_pairs)
     for m in translation_methods:
         if m not in ("phase", "ecc", "flow"):
             raise InvismapError(f"unknown translation method '{m}' (choose from phase, ecc)")
@@ -639,23 +640,11 @@ def _offset_stats(d: np.ndarray | None, big: float, how: str) -> dict:
             "share_ge_big": float((np.hypot(d[:, 0], d[:, 1]) >= big).mean()), "method": how}
 
 
-def _json_safe(obj):
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
-
-
 def _write_displacement(out_dir: Path, summary: dict, rows: list[dict], big: float) -> None:
     from invismap.registration.plots import plot_displacement_histograms, plot_row_profile
 
     # Strict JSON has no NaN/inf: NaN becomes null, the histogram's overflow edges become strings.
-    js = _json_safe(summary)
+    js = json_safe(summary)
     js["hist_edges"] = ["-inf"] + summary["hist_edges"][1:-1] + ["inf"]
     write_json(out_dir / "displacement.json", js)
     keys = list(dict.fromkeys(k for r in rows for k in r))

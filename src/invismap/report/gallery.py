@@ -13,7 +13,7 @@ import numpy as np
 from matplotlib import colormaps
 
 from invismap.data.dataset import load_boxes, load_pair
-from invismap.data.manifest import Manifest
+from invismap.data.manifest import Manifest, evenly
 from invismap.detector.zoo import load_detector
 from invismap.invisibility.evaluate import object_sets, teacher_detections
 from invismap.invisibility.pair import PairScorer
@@ -88,8 +88,7 @@ def write_gallery(pairs: Manifest, student: str | Path, predictor: str | Path, t
             sets[s.name] = object_sets(thermal_boxes, None, detections[s.name], conf=conf)
         with_missed = [s for s in group if len(sets[s.name]["missed"])]
         chosen = with_missed or list(group)
-        idx = np.linspace(0, len(chosen) - 1, min(per_condition, len(chosen))).round().astype(int)
-        for s in (chosen[i] for i in idx):
+        for s in evenly(chosen, per_condition) if per_condition else []:
             rgb, thermal = load_pair(s)
             f = scorer.score(rgb, thermal)
             pred = predict_image(model, rgb, int(meta.get("input_size", 640)))
