@@ -9,7 +9,8 @@ import pytest
 
 MODULES = ["invismap.invisibility.metrics", "invismap.invisibility.bootstrap", "invismap.invisibility.targets",
            "invismap.invisibility.references", "invismap.invisibility.sources", "invismap.invisibility.neck_head",
-           "invismap.invisibility.baselines", "invismap.invisibility.unet"]
+           "invismap.invisibility.baselines", "invismap.invisibility.unet", "invismap.detector.fusion",
+           "invismap.detector.ap_bootstrap", "invismap.detector.fusion_eval"]
 
 
 @pytest.mark.parametrize("name", MODULES)
