@@ -59,6 +59,15 @@ def test_thermal_boxes_are_not_weighted_by_the_map():
     assert guided.scores.tolist() == plain.scores.tolist()
 
 
+def test_thermal_boost_spares_thermal_boxes_where_the_color_camera_is_blind():
+    color = dets([], [], [])
+    thermal = dets([[5, 5, 25, 45], [60, 5, 80, 45]], [0.6, 0.6], [0, 0])
+    fused = fuse_with_map(color, thermal, blind_left(), FusionParams(thermal_boost=1.0))
+    left = fused.scores[fused.boxes[:, 0] < W / 2]
+    right = fused.scores[fused.boxes[:, 0] >= W / 2]
+    assert left[0] == pytest.approx(0.6) and right[0] == pytest.approx(0.3)  # 1 + m undoes WBF's halving
+
+
 @pytest.mark.parametrize("form,strength", [("linear", 0.6), ("power", 2.0)])
 @pytest.mark.parametrize("method", ["wbf", "nms"])
 def test_a_constant_map_is_plain_fusion(form, strength, method):
@@ -153,17 +162,19 @@ def synthetic_records(n: int = 8) -> tuple[list[PairRecord], dict]:
         color = dets([[59, 9, 79, 49], [6, 10, 31, 40], [10, 40, 30, 70]], [0.5, 0.4, 0.9], [0, 2, 0])
         means = np.array([0.0, 0.1, 0.9 * rng.uniform(0.9, 1)])  # the false alarm sits where the map flags
         name = f"{i:05d}{cond[0].upper()}"
-        records.append(PairRecord(name, cond, split, (W, H), color, thermal, {"toy": means}))
+        records.append(PairRecord(name, cond, split, (W, H), color, thermal, {"toy": means}, {"toy": np.zeros(1)}))
         labels[name] = {"thermal": truth, "union": truth}
     return records, labels
 
 
 def test_evaluate_fusion_chooses_on_train_and_reports_margins():
     records, labels = synthetic_records()
-    grid = FusionGrid(color_weights=(0.5, 1.0), strengths={"linear": (1.0,), "power": (4.0,)})
+    grid = FusionGrid(color_weights=(0.5, 1.0), strengths={"linear": (1.0,), "power": (4.0,), "boost": (0.0,)},
+                      boosts=(1.0,))
     res = evaluate_fusion(records, labels, maps=["toy"], grid=grid, n_boot=20, progress=False)
     block = res["conditions"]["night"]["label_sets"]["thermal"]
-    assert set(block["methods"]) == {"color", "thermal", "constant", "map:toy:linear", "map:toy:power", "map:toy"}
+    assert set(block["methods"]) == {"color", "thermal", "constant", "map:toy:linear", "map:toy:power",
+                                     "map:toy:boost", "map:toy"}
     assert block["methods"]["map:toy"]["AP50"]["value"] > block["methods"]["constant"]["AP50"]["value"]
     assert block["margins"]["map_minus_constant"]["map:toy"]["value"] > 0
     assert block["chosen"]["map:toy"]["map_strength"] > 0
@@ -184,6 +195,7 @@ def test_records_round_trip(tmp_path):
         np.testing.assert_array_equal(a.color.boxes, b.color.boxes)
         np.testing.assert_array_equal(a.thermal.classes, b.thermal.classes)
         np.testing.assert_array_equal(a.color_map_means["toy"], b.color_map_means["toy"])
+        np.testing.assert_array_equal(a.thermal_map_means["toy"], b.thermal_map_means["toy"])
     assert load_records(tmp_path / "d.npz", {"a": 2}) is None  # other settings: recompute
     assert load_records(tmp_path / "missing.npz") is None
 

@@ -52,6 +52,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--map-strength", type=float, default=1.0,
                    help="alpha: color weight c * (1 - alpha * m) (linear) or c * (1 - m) ** alpha (power)")
     f.add_argument("--trust-form", choices=FORMS, default="linear", help="how the map lowers a color box's weight")
+    f.add_argument("--thermal-boost", type=float, default=0.0,
+                   help="beta: each thermal box weighs 1 + beta * m (0: every thermal box weighs 1)")
     f.add_argument("--fusion", choices=METHODS, default="wbf",
                    help="weighted boxes fusion or score-aware NMS over both sets")
     f.add_argument("--fusion-iou", type=float, default=0.55, help="IoU at which two boxes are one object")
@@ -123,10 +125,13 @@ def fusion_params(args: argparse.Namespace):
     from invismap.detector.fusion import FusionParams
     from invismap.errors import InvismapError
 
-    flags = {"color_weight": "--color-weight", "map_strength": "--map-strength", "iou_thr": "--fusion-iou"}
+    flags = {"color_weight": "--color-weight", "map_strength": "--map-strength", "thermal_boost": "--thermal-boost",
+             "iou_thr": "--fusion-iou"}
+    guided = args.map != "none"
     try:
-        return FusionParams(color_weight=args.color_weight, map_strength=args.map_strength if args.map != "none"
-                            else 0.0, form=args.trust_form, method=args.fusion, iou_thr=args.fusion_iou)
+        return FusionParams(color_weight=args.color_weight, map_strength=args.map_strength if guided else 0.0,
+                            form=args.trust_form, thermal_boost=args.thermal_boost if guided else 0.0,
+                            method=args.fusion, iou_thr=args.fusion_iou)
     except ValueError as e:
         name = str(e).split(" ", 1)[0]
         raise InvismapError(f"{flags.get(name, name)}: {str(e).split(' ', 1)[1]}") from None

@@ -7,10 +7,12 @@ mean ``m_b`` inside it (:func:`box_map_means`),
     w(b) = c * trust(m_b),   trust(m) = 1 - alpha * m      (form "linear", alpha in [0, 1])
                              trust(m) = (1 - m) ** alpha   (form "power",  alpha >= 0)
 
-its score is multiplied by ``w(b)``, every thermal box keeps weight 1, and the two sets are merged per class
-by weighted boxes fusion (``ensemble_boxes.weighted_boxes_fusion``, boxes normalised to [0, 1]) or by
-score-aware NMS. Plain fusion (one constant weight ``c`` for every color box) is the same function with
-``alpha = 0`` or with a constant map ``m0`` (then ``c * trust(m0)`` is the constant).
+its score is multiplied by ``w(b)``, every thermal box keeps weight 1 (or, with a thermal boost ``beta > 0``,
+``1 + beta * m_b``: a thermal box where the color camera is blind is not penalised for the color detector's
+silence), and the two sets are merged per class by weighted boxes fusion
+(``ensemble_boxes.weighted_boxes_fusion``, boxes normalised to [0, 1]) or by score-aware NMS. Plain fusion (one
+constant weight ``c`` for every color box) is the same function with ``alpha = beta = 0``, or with a constant
+map ``m0`` and ``beta = 0`` (then ``c * trust(m0)`` is the constant).
 
 A per-box weight on the scores is WBF's per-model weight made per box: with ``conf_type="avg"`` WBF multiplies
 each score by its model's weight and divides every fused score by the sum of the weights, so model weights
@@ -51,6 +53,7 @@ class FusionParams:
         color_weight: ``c``, the weight of every color box before the map (thermal boxes weigh 1).
         map_strength: ``alpha``; 0 ignores the map (plain constant-weight fusion).
         form: ``"linear"`` (``1 - alpha * m``, alpha in [0, 1]) or ``"power"`` (``(1 - m) ** alpha``).
+        thermal_boost: ``beta``; each thermal box weighs ``1 + beta * m_b`` (0: every thermal box weighs 1).
         method: ``"wbf"`` (weighted boxes fusion) or ``"nms"`` (score-aware NMS over both sets).
         iou_thr: boxes of one class overlapping by more than this are one object (WBF cluster, NMS suppression).
         skip_box_thr: boxes whose weighted score is below this are dropped before merging.
@@ -59,6 +62,7 @@ class FusionParams:
     color_weight: float = 1.0
     map_strength: float = 0.0
     form: str = "linear"
+    thermal_boost: float = 0.0
     method: str = "wbf"
     iou_thr: float = 0.55
     skip_box_thr: float = 0.0
@@ -70,7 +74,8 @@ class FusionParams:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         upper = 1.0 if self.form == "linear" else math.inf
         checks = (("color_weight", self.color_weight, 0.0, math.inf), ("map_strength", self.map_strength, 0.0, upper),
-                  ("iou_thr", self.iou_thr, 0.0, 1.0), ("skip_box_thr", self.skip_box_thr, 0.0, 1.0))
+                  ("thermal_boost", self.thermal_boost, 0.0, math.inf), ("iou_thr", self.iou_thr, 0.0, 1.0),
+                  ("skip_box_thr", self.skip_box_thr, 0.0, 1.0))
         for name, v, lo, hi in checks:
             if not (math.isfinite(v) and lo <= v <= hi):
                 raise ValueError(f"{name} must be a number in [{lo}, {hi}], got {v}")
@@ -119,24 +124,34 @@ def color_box_weights(map_means: np.ndarray, params: FusionParams) -> np.ndarray
     return params.color_weight * trust(map_means, params.form, params.map_strength)
 
 
+def thermal_box_weights(map_means: np.ndarray, params: FusionParams) -> np.ndarray:
+    """``(M,)`` weights ``1 + beta * m_b`` of the thermal boxes from their map means ``(M,)``."""
+    return 1.0 + params.thermal_boost * np.clip(np.asarray(map_means, np.float64), 0.0, 1.0)
+
+
 def fuse_detections(color: Detections, thermal: Detections, color_weights: np.ndarray,
-                    image_size: tuple[int, int], params: FusionParams) -> Detections:
-    """Merge color boxes (scores times ``color_weights``) and thermal boxes (weight 1) into one set.
+                    image_size: tuple[int, int], params: FusionParams,
+                    thermal_weights: np.ndarray | None = None) -> Detections:
+    """Merge color boxes (scores times ``color_weights``) and thermal boxes (times ``thermal_weights``).
 
     Args:
         color, thermal: detections of one registered pair, both in the same pixels.
         color_weights: ``(N,)`` weight of each color box (:func:`color_box_weights`).
         image_size: ``(width, height)`` of the pair, to normalise boxes for WBF.
         params: method, IoU and skip thresholds (the weights are already in ``color_weights``).
+        thermal_weights: ``(M,)`` weight of each thermal box (:func:`thermal_box_weights`); None: all 1.
 
     Returns:
         Fused :class:`Detections` in the same pixels, sorted by decreasing score. WBF's ``"avg"`` scores: a
         box one detector alone found keeps half its weighted score.
     """
     weights = np.asarray(color_weights, np.float64).reshape(-1)
-    if len(weights) != len(color):
-        raise ValueError(f"{len(weights)} weights for {len(color)} color boxes")
-    sets = [(color.boxes, color.scores * weights, color.classes), (thermal.boxes, thermal.scores, thermal.classes)]
+    t_weights = np.ones(len(thermal)) if thermal_weights is None else np.asarray(thermal_weights, np.float64)
+    for kind, w, d in (("color", weights, color), ("thermal", t_weights.reshape(-1), thermal)):
+        if len(w) != len(d):
+            raise ValueError(f"{len(w)} weights for {len(d)} {kind} boxes")
+    sets = [(color.boxes, color.scores * weights, color.classes),
+            (thermal.boxes, thermal.scores * t_weights, thermal.classes)]
     sets = [_kept(b, s, c, params.skip_box_thr) for b, s, c in sets]
     if params.method == "nms":
         return _score_aware_nms(sets, params.iou_thr)
@@ -145,7 +160,7 @@ def fuse_detections(color: Detections, thermal: Detections, color_weights: np.nd
 
 def fuse_with_map(color: Detections, thermal: Detections, invisibility_map: np.ndarray | None,
                   params: FusionParams, image_size: tuple[int, int] | None = None) -> Detections:
-    """:func:`fuse_detections` with each color box weighted by the map inside it.
+    """:func:`fuse_detections` with each box weighted by the map inside it.
 
     Args:
         invisibility_map: ``(H, W)`` in [0, 1] in the pair's pixels, or None for plain fusion (map 0).
@@ -154,11 +169,12 @@ def fuse_with_map(color: Detections, thermal: Detections, invisibility_map: np.n
     if invisibility_map is None:
         if image_size is None:
             raise ValueError("give image_size when fusing without a map")
-        means = np.zeros(len(color))
+        means, t_means = np.zeros(len(color)), np.zeros(len(thermal))
     else:
-        means = box_map_means(invisibility_map, color.boxes)
+        means, t_means = box_map_means(invisibility_map, color.boxes), box_map_means(invisibility_map, thermal.boxes)
         image_size = image_size or (invisibility_map.shape[1], invisibility_map.shape[0])
-    return fuse_detections(color, thermal, color_box_weights(means, params), image_size, params)
+    return fuse_detections(color, thermal, color_box_weights(means, params), image_size, params,
+                           thermal_box_weights(t_means, params))
 
 
 def _kept(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray,
@@ -205,4 +221,4 @@ def _empty() -> Detections:
 
 
 __all__ = ["FORMS", "METHODS", "FusionParams", "box_map_means", "color_box_weights", "fuse_detections",
-           "fuse_with_map", "trust"]
+           "fuse_with_map", "thermal_box_weights", "trust"]

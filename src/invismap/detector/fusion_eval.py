@@ -6,8 +6,9 @@ On registered pairs, per condition (day, night), four detectors are scored with 
 - ``color``: the color detector on the color image;
 - ``thermal``: the label-free thermal detector on the thermal image;
 - ``constant``: :mod:`invismap.detector.fusion` with one weight ``c`` for every color box;
-- ``map:NAME:FORM``: map-guided fusion, each color box weighted by ``c * trust(m_b)``; ``map:NAME`` is the
-  form that scores best on the train split.
+- ``map:NAME:VARIANT``: map-guided fusion, each color box weighted by ``c * trust(m_b)`` (variants
+  ``linear`` and ``power``: the trust form), or also each thermal box by ``1 + beta * m_b`` (variant ``boost``);
+  ``map:NAME`` is the variant that scores best on the train split.
 
 Every weight is chosen on the **train** split (per condition and label set, by AP50 over a grid) and reported
 on the **test** split. The label sets are ``thermal`` (the thermal labels) and ``union`` (color and thermal
@@ -42,15 +43,23 @@ from invismap.data.importers.common import box_iou
 from invismap.data.manifest import COCO_NAMES, ROAD_CLASSES, Manifest, Sample, read_yolo_labels, yolo_to_xyxy
 from invismap.detector.ap_bootstrap import ap50_replicates, match_at_iou50, mean_over_classes
 from invismap.detector.base import Detections, Detector
-from invismap.detector.fusion import FORMS, FusionParams, box_map_means, color_box_weights, fuse_detections
+from invismap.detector.fusion import (
+    FusionParams,
+    box_map_means,
+    color_box_weights,
+    fuse_detections,
+    thermal_box_weights,
+)
 from invismap.errors import InvismapError, file_error
 from invismap.invisibility.bootstrap import N_BOOT, estimate, resample_weights
 
 log = logging.getLogger(__name__)
 
 LABEL_SETS = ("thermal", "union")
+VARIANTS = ("linear", "power", "boost")  # map-guided variants searched (see FusionGrid.guided)
 CONDITIONS = ("day", "night")
 SINGLE = ("color", "thermal")
+RECORDS_FORMAT = 2  # bumped when save_records changes its layout: older caches are recomputed
 # (sample, rgb (H, W, 3) uint8, thermal (H, W) uint8) -> (H, W) map in [0, 1] (invisibility.evaluate.MapSource)
 MapFn = Callable[[Sample, np.ndarray, np.ndarray], np.ndarray]
 
@@ -113,7 +122,7 @@ def load_labels(manifest: Manifest) -> dict[str, dict[str, np.ndarray]]:
 
 @dataclass
 class PairRecord:
-    """What fusion needs of one registered pair: both detectors' boxes and the maps' means inside color boxes."""
+    """What fusion needs of one registered pair: both detectors' boxes and the maps' means inside them."""
 
     name: str
     condition: str
@@ -122,6 +131,7 @@ class PairRecord:
     color: Detections
     thermal: Detections
     color_map_means: dict[str, np.ndarray] = field(default_factory=dict)  # map name -> (N,) per color box
+    thermal_map_means: dict[str, np.ndarray] = field(default_factory=dict)  # map name -> (M,) per thermal box
 
 
 def compute_pair_records(manifest: Manifest, color_detector: Detector, thermal_detector: Detector,
@@ -147,9 +157,10 @@ def compute_pair_records(manifest: Manifest, color_detector: Detector, thermal_d
         kw = {"size": size, "conf": conf, "iou": iou, "classes": classes, "batch_size": 1}
         color, = detect(color_detector, [rgb], **kw)
         thermal, = detect(thermal_detector, [thr], **kw)
-        means = {name: box_map_means(fn(s, rgb, thr), color.boxes) for name, fn in maps.items()}
+        heats = {name: fn(s, rgb, thr) for name, fn in maps.items()}
         records.append(PairRecord(s.name, s.condition, s.split, (rgb.shape[1], rgb.shape[0]), color, thermal,
-                                  means))
+                                  {m: box_map_means(h, color.boxes) for m, h in heats.items()},
+                                  {m: box_map_means(h, thermal.boxes) for m, h in heats.items()}))
     return records
 
 
@@ -159,7 +170,7 @@ def save_records(path: str | Path, records: Sequence[PairRecord], settings: Mapp
 
     arrays = {"name": np.array([r.name for r in records]), "condition": np.array([r.condition for r in records]),
               "split": np.array([r.split for r in records]), "size": np.array([r.size for r in records], np.int64),
-              "settings": np.array(json.dumps(dict(settings), sort_keys=True))}
+              "settings": np.array(json.dumps({**settings, "records_format": RECORDS_FORMAT}, sort_keys=True))}
     for kind in SINGLE:
         dets = [getattr(r, kind) for r in records]
         arrays[f"{kind}_count"] = np.array([len(d) for d in dets], np.int64)
@@ -167,7 +178,8 @@ def save_records(path: str | Path, records: Sequence[PairRecord], settings: Mapp
         arrays[f"{kind}_scores"] = np.concatenate([d.scores for d in dets]).astype(np.float32)
         arrays[f"{kind}_classes"] = np.concatenate([d.classes for d in dets]).astype(np.int64)
     for name in records[0].color_map_means if records else ():
-        arrays[f"map_{name}"] = np.concatenate([r.color_map_means[name] for r in records])
+        for kind in SINGLE:
+            arrays[f"map_{kind}_{name}"] = np.concatenate([getattr(r, f"{kind}_map_means")[name] for r in records])
     with atomic_write(path, "wb") as f:
         np.savez_compressed(f, **arrays)
 
@@ -178,18 +190,22 @@ def load_records(path: str | Path, settings: Mapping | None = None) -> list[Pair
     if not path.is_file():
         return None
     with np.load(path, allow_pickle=False) as z:
-        if settings is not None and json.loads(str(z["settings"])) != json.loads(json.dumps(dict(settings))):
-            log.info("%s was computed with other settings: recomputing", path)
+        stored = json.loads(str(z["settings"]))
+        if stored.pop("records_format", None) != RECORDS_FORMAT or (
+                settings is not None and stored != json.loads(json.dumps(dict(settings)))):
+            log.info("%s was computed with other settings or by another version: recomputing", path)
             return None
         data = {k: z[k] for k in z.files}
     split_at = {kind: np.cumsum(data[f"{kind}_count"])[:-1] for kind in SINGLE}
     per_pair = {kind: [np.split(data[f"{kind}_{a}"], split_at[kind]) for a in ("boxes", "scores", "classes")]
                 for kind in SINGLE}
-    maps = {k.removeprefix("map_"): np.split(data[k], split_at["color"]) for k in data if k.startswith("map_")}
+    maps = {kind: {k.removeprefix(f"map_{kind}_"): np.split(data[k], split_at[kind]) for k in data
+                   if k.startswith(f"map_{kind}_")} for kind in SINGLE}
     return [PairRecord(str(data["name"][i]), str(data["condition"][i]), str(data["split"][i]),
                        (int(data["size"][i, 0]), int(data["size"][i, 1])),
                        *(Detections(*(a[i] for a in per_pair[kind])) for kind in SINGLE),
-                       {m: v[i] for m, v in maps.items()}) for i in range(len(data["name"]))]
+                       *({m: v[i] for m, v in maps[kind].items()} for kind in SINGLE))
+            for i in range(len(data["name"]))]
 
 
 # --------------------------------------------------------------------------------------------- fusion
@@ -200,25 +216,31 @@ class FusionGrid:
 
     color_weights: tuple[float, ...] = tuple(round(0.1 * k, 1) for k in range(1, 11))
     strengths: Mapping[str, tuple[float, ...]] = field(default_factory=lambda: {
-        "linear": (0.25, 0.5, 0.75, 1.0), "power": (0.5, 1.0, 2.0, 4.0)})
+        "linear": (0.25, 0.5, 0.75, 1.0), "power": (0.5, 1.0, 2.0, 4.0), "boost": (0.0, 0.5, 1.0)})
+    boosts: tuple[float, ...] = (0.5, 1.0, 2.0)  # beta of the "boost" variant
 
     def constant(self, base: FusionParams) -> list[FusionParams]:
-        return [replace(base, color_weight=c, map_strength=0.0) for c in self.color_weights]
+        return [replace(base, color_weight=c, map_strength=0.0, thermal_boost=0.0) for c in self.color_weights]
 
-    def guided(self, base: FusionParams, form: str) -> list[FusionParams]:
-        return [replace(base, color_weight=c, map_strength=a, form=form)
-                for c in self.color_weights for a in self.strengths[form]]
+    def guided(self, base: FusionParams, variant: str) -> list[FusionParams]:
+        """``linear``/``power``: c x alpha of that trust form; ``boost``: c x alpha (linear) x beta."""
+        if variant == "boost":
+            return [replace(base, color_weight=c, map_strength=a, form="linear", thermal_boost=b)
+                    for c in self.color_weights for a in self.strengths[variant] for b in self.boosts]
+        return [replace(base, color_weight=c, map_strength=a, form=variant, thermal_boost=0.0)
+                for c in self.color_weights for a in self.strengths[variant]]
 
 
 def fuse_record(record: PairRecord, params: FusionParams, map_name: str | None = None) -> Detections:
     """Fused detections of one pair; ``map_name=None`` is constant-weight fusion."""
     if map_name is None:
-        means = np.zeros(len(record.color))
+        means, t_means = np.zeros(len(record.color)), np.zeros(len(record.thermal))
     elif map_name not in record.color_map_means:
         raise KeyError(f"no map {map_name!r} in the records (have {sorted(record.color_map_means)})")
     else:
-        means = record.color_map_means[map_name]
-    return fuse_detections(record.color, record.thermal, color_box_weights(means, params), record.size, params)
+        means, t_means = record.color_map_means[map_name], record.thermal_map_means[map_name]
+    return fuse_detections(record.color, record.thermal, color_box_weights(means, params), record.size, params,
+                           thermal_box_weights(t_means, params))
 
 
 def _method_detections(records: Sequence[PairRecord], method: str,
@@ -259,7 +281,7 @@ def choose_on_train(records: Sequence[PairRecord], labels, candidates: Sequence[
 # --------------------------------------------------------------------------------------------- evaluation
 
 def evaluate_fusion(records: Sequence[PairRecord], labels: Mapping[str, Mapping[str, np.ndarray]],
-                    maps: Sequence[str] = ("predictor",), forms: Sequence[str] = FORMS,
+                    maps: Sequence[str] = ("predictor",), variants: Sequence[str] = VARIANTS,
                     label_sets: Sequence[str] = LABEL_SETS, conditions: Sequence[str] = CONDITIONS,
                     base: FusionParams | None = None, grid: FusionGrid | None = None,
                     classes: Sequence[int] = ROAD_CLASSES, n_boot: int = N_BOOT, seed: int = 0,
@@ -270,7 +292,7 @@ def evaluate_fusion(records: Sequence[PairRecord], labels: Mapping[str, Mapping[
         records: :func:`compute_pair_records` output for train and test pairs.
         labels: :func:`load_labels` output (every record's name).
         maps: map names in the records' ``color_map_means`` to fuse with (the first is the headline).
-        forms: trust forms searched for each map (:data:`~invismap.detector.fusion.FORMS`).
+        variants: map-guided variants searched for each map (:data:`VARIANTS`, :meth:`FusionGrid.guided`).
         label_sets: ``thermal`` and/or ``union`` (keys of ``labels[name]``).
         conditions: conditions reported; weights are chosen per condition on its train pairs.
         base: method, IoU and skip thresholds of every fusion (default :class:`FusionParams`);
@@ -295,14 +317,15 @@ def evaluate_fusion(records: Sequence[PairRecord], labels: Mapping[str, Mapping[
     tune = {"groups": groups, "label_sets": label_sets, "classes": classes, "progress": progress}
     chosen = {"constant": choose_on_train(train, labels, grid.constant(base), None, **tune)}
     for m in maps:
-        per_form = {f: choose_on_train(train, labels, grid.guided(base, f), m, **tune) for f in forms}
-        chosen.update({f"map:{m}:{f}": per_form[f] for f in forms})
-        # the headline per map: the form (and its weights) with the best train AP50
-        chosen[f"map:{m}"] = {key: max((per_form[f][key] for f in forms), key=lambda pa: pa[1])
-                              for key in per_form[forms[0]]}
+        per_variant = {v: choose_on_train(train, labels, grid.guided(base, v), m, **tune) for v in variants}
+        chosen.update({f"map:{m}:{v}": per_variant[v] for v in variants})
+        # the headline per map: the variant (and its weights) with the best train AP50
+        chosen[f"map:{m}"] = {key: max((per_variant[v][key] for v in variants), key=lambda pa: pa[1])
+                              for key in per_variant[variants[0]]}
     out = {"settings": {"base": asdict(base), "grid": {"color_weights": list(grid.color_weights),
-                                                       "strengths": {f: list(grid.strengths[f]) for f in forms}},
-                        "maps": list(maps), "forms": list(forms), "classes": list(classes), "n_boot": n_boot,
+                                                       "strengths": {v: list(grid.strengths[v]) for v in variants},
+                                                       "boosts": list(grid.boosts)},
+                        "maps": list(maps), "variants": list(variants), "classes": list(classes), "n_boot": n_boot,
                         "seed": seed, "level": 0.95, "train_split": train_split, "test_split": test_split},
            "conditions": {}}
     for c in conditions:
@@ -378,7 +401,9 @@ def format_fusion_table(result: Mapping) -> str:
             for m, r in block["methods"].items():
                 p = block["chosen"].get(m)
                 how = "" if p is None else (f"c={p['color_weight']:g}" + (f" {p['form']} a={p['map_strength']:g}"
-                                            if m.startswith("map:") else "") + f" (train {p['train_AP50']:.1f})")
+                                            if m.startswith("map:") else "")
+                                            + (f" boost={p['thermal_boost']:g}" if p["thermal_boost"] else "")
+                                            + f" (train {p['train_AP50']:.1f})")
                 lines.append(f"{m:<24} {ci(r['AP50']):>22} " + " ".join(f"{ci(r['classes'][n]):>22}" for n in names)
                              + f"  {how}")
             lines.append(f"margins (AP50 points, paired bootstrap; best single = {block['best_single']}):")
@@ -388,6 +413,6 @@ def format_fusion_table(result: Mapping) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["CONDITIONS", "LABEL_SETS", "FusionGrid", "PairRecord", "choose_on_train", "compute_pair_records",
+__all__ = ["CONDITIONS", "LABEL_SETS", "VARIANTS", "FusionGrid", "PairRecord", "choose_on_train", "compute_pair_records",
            "evaluate_fusion", "format_fusion_table", "fuse_record", "load_labels", "load_records", "save_records",
            "union_labels"]
