@@ -2,7 +2,9 @@
 
 On the registered MSRS pairs: weights chosen on the train split (per condition and label set), AP50 reported on
 the test split, per condition and class, against the thermal labels and the union of color and thermal labels
-(:mod:`invismap.detector.fusion_eval`). Detections and the maps' means inside the color boxes are computed once
+(:mod:`invismap.detector.fusion_eval`). Map-guided variants per map: ``linear`` (color weight c * (1 - a * m)),
+``power`` (c * (1 - m) ** a), ``boost`` (linear, and each thermal box weighs 1 + b * m); ``map:NAME`` is the
+variant with the best train AP50. Detections and the maps' means inside the color boxes are computed once
 and cached in ``OUT/detections.npz`` (recomputed when a setting changes); the table is printed and written to
 ``OUT/fusion.json``.
 

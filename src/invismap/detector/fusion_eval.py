@@ -302,7 +302,8 @@ def evaluate_fusion(records: Sequence[PairRecord], labels: Mapping[str, Mapping[
     Returns:
         A JSON-ready dict: settings, and per condition and label set the chosen weights (with train AP50),
         each method's AP50 with 95% interval (mean over classes and per class, in AP points 0..100), the
-        better single detector, and paired margins ``fused - best single`` and ``map-guided - constant``.
+        better single detector (the higher test AP50: the harder baseline for fusion), and paired margins
+        ``fused - best single`` and ``map-guided - constant``.
     """
     base, grid = base or FusionParams(), grid or FusionGrid()
     for m in maps:
