@@ -653,6 +653,73 @@ def detect_nan_threshold(t, mp):
                 [t / "out" / "detections.json"])
 
 
+def pair_dirs(t: Path, thermal_size: tuple[int, int] = (W, H), names=("a",)) -> tuple[Path, Path]:
+    """Folders ``t/c`` (color) and ``t/t`` (thermal) with one blank image per name."""
+    for sub in ("c", "t"):
+        (t / sub).mkdir()
+    for n in names:
+        cv2.imwrite(str(t / "c" / f"{n}.png"), np.zeros((H, W, 3), np.uint8))
+    cv2.imwrite(str(t / "t" / "a.png"), np.zeros(thermal_size[::-1], np.uint8))
+    return t / "c", t / "t"
+
+
+def fusion_case(t: Path, *extra: str, thermal_size: tuple[int, int] = (W, H), names=("a",)) -> Case:
+    color, thermal = pair_dirs(t, thermal_size, names)
+    (t / "td.pt").write_bytes(b"not read: the flags are checked first")
+    return Case(["detect", str(color), "--thermal", str(thermal), "--thermal-detector", str(t / "td.pt"),
+                 *extra, "--out", str(t / "out")], t / "out", [t / "out" / "detections.json"])
+
+
+@row("fusion needs both --thermal", "--thermal-detector")
+def fusion_without_thermal_detector(t, mp):
+    color, thermal = pair_dirs(t)
+    return Case(["detect", str(color), "--thermal", str(thermal), "--out", str(t / "out")], t / "out",
+                [t / "out" / "detections.json"])
+
+
+@row("--map m.pt", "a map only weights a fusion", "--thermal")
+def map_without_fusion(t, mp):
+    return Case(["detect", str(image_dir(t)), "--map", "m.pt", "--out", str(t / "out")], t / "out",
+                [t / "out" / "detections.json"])
+
+
+@row("t/a.png", "size 32x24 differs from its color twin a.png (64x48)", "invismap register")
+def fusion_unregistered_pair(t, mp):
+    return fusion_case(t, thermal_size=(32, 24))
+
+
+@row("/t:", "no thermal twin of b.png (1 of 2 color images have none)", "name each thermal image like")
+def fusion_missing_thermal_twin(t, mp):
+    return fusion_case(t, names=("a", "b"))
+
+
+@row("--map heatmap.png", "give a predictor checkpoint (.pt or .onnx), 'pair' or 'none'")
+def fusion_unknown_map(t, mp):
+    return fusion_case(t, "--map", "heatmap.png")
+
+
+@row("missing.pt", "predictor not found", "'pair' or 'none'")
+def fusion_missing_predictor(t, mp):
+    return fusion_case(t, "--map", str(t / "missing.pt"))
+
+
+@row("--color-weight", "must be a number in [0.0, inf], got -0.5")
+def fusion_negative_color_weight(t, mp):
+    return fusion_case(t, "--color-weight", "-0.5")
+
+
+@row("--map-strength", "must be a number in [0.0, 1.0], got 2.0")
+def fusion_linear_strength_above_one(t, mp):
+    return fusion_case(t, "--map", "pair", "--map-strength", "2")
+
+
+@row("two image files or two folders, not one of each")
+def fusion_file_and_folder(t, mp):
+    color, thermal = pair_dirs(t)
+    return Case(["detect", str(color / "a.png"), "--thermal", str(thermal), "--thermal-detector",
+                 str(t / "td.pt"), "--out", str(t / "out")], t / "out", [t / "out" / "detections.json"])
+
+
 # ---- output folders -----------------------------------------------------------------------------
 
 @row("blocker", "is a file, not a folder", "remove that file or choose another output path")

@@ -11,7 +11,8 @@ MODULES = ["invismap.invisibility.metrics", "invismap.invisibility.bootstrap", "
            "invismap.invisibility.references", "invismap.invisibility.sources", "invismap.invisibility.neck_head",
            "invismap.data.importers.roadscene", "invismap.distill.experiments",
            "invismap.data.manifest", "invismap.io",
-           "invismap.invisibility.baselines", "invismap.invisibility.unet"]
+           "invismap.invisibility.baselines", "invismap.invisibility.unet", "invismap.detector.fusion",
+           "invismap.detector.ap_bootstrap", "invismap.detector.fusion_eval"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -1,7 +1,13 @@
 """``invismap detect`` and ``invismap eval-detector``: run a detector on images, score it on a dataset.
 
+With ``--thermal``, ``detect`` fuses the color detector's boxes on registered color images with a thermal
+detector's boxes on their thermal twins, each color box weighted by how far the invisibility map trusts the
+color camera there (:mod:`invismap.detector.fusion`).
+
 Examples:
     invismap detect --model yolov5n photos/ --out runs/detect
+    invismap detect --model yolov5n color/ --thermal thermal/ --thermal-detector runs/msrs/thermal_detector.pt \
+        --map runs/msrs/predictor.pt --out runs/fused
     invismap eval-detector --data runs/msrs --model yolov5n --images thermal --labels thermal \\
         --condition night --split test --json runs/eval/thermal_night.json
 """
@@ -14,6 +20,8 @@ import math
 from pathlib import Path
 
 import numpy as np
+
+from invismap.detector.fusion import FORMS, METHODS
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +40,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--conf", type=float, default=0.25, help="score threshold")
     d.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold")
     d.add_argument("--size", type=int, default=640, help="letterbox size (longest side)")
+    f = d.add_argument_group("fusion with thermal detections (registered pairs: same size, same pixels)")
+    f.add_argument("--thermal", metavar="IMAGE_OR_FOLDER",
+                   help="the thermal twin of SOURCE (a folder: twins matched by file name stem)")
+    f.add_argument("--thermal-detector", metavar="PATH", help="thermal detector (RUN/thermal_detector.pt)")
+    f.add_argument("--map", default="none", metavar="PREDICTOR|pair|none",
+                   help="invisibility map weighting each color box: a predictor (RUN/predictor.pt or .onnx), "
+                        "'pair' (the pair score, from the thermal detector's checkpoint) or 'none' (constant "
+                        "weight)")
+    f.add_argument("--color-weight", type=float, default=1.0, help="weight c of every color box (thermal: 1)")
+    f.add_argument("--map-strength", type=float, default=1.0,
+                   help="alpha: color weight c * (1 - alpha * m) (linear) or c * (1 - m) ** alpha (power)")
+    f.add_argument("--trust-form", choices=FORMS, default="linear", help="how the map lowers a color box's weight")
+    f.add_argument("--thermal-boost", type=float, default=0.0,
+                   help="beta: each thermal box weighs 1 + beta * m (0: every thermal box weighs 1)")
+    f.add_argument("--fusion", choices=METHODS, default="wbf",
+                   help="weighted boxes fusion or score-aware NMS over both sets")
+    f.add_argument("--fusion-iou", type=float, default=0.55, help="IoU at which two boxes are one object")
     d.set_defaults(func=_detect)
 
     e = sub.add_parser("eval-detector", help="COCO AP of a detector on a pair dataset",
@@ -63,6 +88,12 @@ def check_detection_args(args: argparse.Namespace) -> None:
 
 
 def _detect(args: argparse.Namespace) -> int:
+    if args.thermal is not None or args.thermal_detector is not None:
+        return _detect_fused(args)
+    if args.map != "none":
+        from invismap.errors import InvismapError
+
+        raise InvismapError(f"--map {args.map}: a map only weights a fusion (add --thermal and --thermal-detector)")
     from invismap.detector.postprocess import detect
     from invismap.detector.zoo import load_inference_detector
     from invismap.io import read_color, read_thermal, write_image, write_json
@@ -81,16 +112,128 @@ def _detect(args: argparse.Namespace) -> int:
                                                      batch_size=batch)):
             image_id = len(images) + 1
             images.append({"id": image_id, "file_name": str(f), "width": img.shape[1], "height": img.shape[0]})
-            for (x1, y1, x2, y2), s, c in zip(det.boxes.tolist(), det.scores.tolist(), det.classes.tolist()):
-                results.append({"image_id": image_id, "file_name": str(f), "category_id": int(c),
-                                "category_name": model.names[c], "bbox": [round(v, 2) for v in
-                                                                           (x1, y1, x2 - x1, y2 - y1)],
-                                "score": round(s, 5)})
+            results += coco_results(det, image_id, str(f), model.names)
             write_image(out / f"{f.stem}.png", draw_detections(img, det, model.names))
             log.info("%s: %d detections", f.name, len(det))
     write_json(out / "detections.json", results)
     print(f"{len(results)} detections in {len(files)} images -> {out}/ (detections.json, annotated PNGs)")
     return 0
+
+
+def fusion_params(args: argparse.Namespace):
+    """The :class:`~invismap.detector.fusion.FusionParams` of the flags, refused with the flag's name."""
+    from invismap.detector.fusion import FusionParams
+    from invismap.errors import InvismapError
+
+    flags = {"color_weight": "--color-weight", "map_strength": "--map-strength", "thermal_boost": "--thermal-boost",
+             "iou_thr": "--fusion-iou"}
+    guided = args.map != "none"
+    try:
+        return FusionParams(color_weight=args.color_weight, map_strength=args.map_strength if guided else 0.0,
+                            form=args.trust_form, thermal_boost=args.thermal_boost if guided else 0.0,
+                            method=args.fusion, iou_thr=args.fusion_iou)
+    except ValueError as e:
+        name = str(e).split(" ", 1)[0]
+        raise InvismapError(f"{flags.get(name, name)}: {str(e).split(' ', 1)[1]}") from None
+
+
+def pair_images(color: Path, thermal: Path) -> list[tuple[Path, Path]]:
+    """``(color, thermal)`` files: two files, or two folders whose images are matched by name stem."""
+    from invismap.errors import InvismapError, file_error
+
+    colors = list_images(color)
+    if not thermal.exists():
+        raise file_error(thermal, "not found", "give the thermal twin of the color image, or a folder of them")
+    if color.is_file() != thermal.is_file():
+        raise InvismapError(f"{color} and {thermal}: give two image files or two folders, not one of each")
+    if color.is_file():
+        return [(color, thermal)]
+    twins = {p.stem: p for p in list_images(thermal)}
+    missing = [c.name for c in colors if c.stem not in twins]
+    if missing:
+        raise file_error(thermal, f"no thermal twin of {missing[0]} ({len(missing)} of {len(colors)} color "
+                         "images have none)", "name each thermal image like its color image")
+    return [(c, twins[c.stem]) for c in colors]
+
+
+def map_spec(value: str, thermal_detector: str) -> str | None:
+    """The :mod:`~invismap.invisibility.sources` spec of ``--map`` (None for 'none'), checked before any model loads."""
+    from invismap.errors import InvismapError, file_error
+
+    if value == "none":
+        return None
+    if value == "pair":
+        return f"pair:{thermal_detector}"
+    if Path(value).suffix not in (".pt", ".onnx"):
+        raise InvismapError(f"--map {value}: give a predictor checkpoint (.pt or .onnx), 'pair' or 'none'")
+    if not Path(value).is_file():
+        raise file_error(value, "predictor not found", "give RUN/predictor.pt, 'pair' or 'none' to --map")
+    return f"predictor:{value}"
+
+
+def _detect_fused(args: argparse.Namespace) -> int:
+    from invismap.detector.fusion import fuse_with_map
+    from invismap.detector.postprocess import detect
+    from invismap.detector.zoo import load_detector, load_inference_detector
+    from invismap.errors import InvismapError, file_error
+    from invismap.invisibility.sources import map_source
+    from invismap.io import image_size, read_color, read_thermal, write_image, write_json
+
+    check_detection_args(args)
+    if args.thermal is None or args.thermal_detector is None:
+        raise InvismapError("fusion needs both --thermal (the thermal images) and --thermal-detector")
+    params = fusion_params(args)
+    spec = map_spec(args.map, args.thermal_detector)
+    pairs = pair_images(Path(args.source), Path(args.thermal))
+    for c, t in pairs:  # before any model loads or any file is written
+        wh_color, wh_thermal = image_size(c), image_size(t)
+        if wh_color != wh_thermal:
+            raise file_error(t, f"size {wh_thermal[0]}x{wh_thermal[1]} differs from its color twin {c.name} "
+                             f"({wh_color[0]}x{wh_color[1]})", "register the pair first ('invismap register')")
+    model, thermal_model = load_inference_detector(args.model), load_detector(args.thermal_detector)
+    invisibility = None if spec is None else map_source(spec)[1]
+    out = Path(args.out)
+    results = []
+    for image_id, (c, t) in enumerate(pairs, start=1):
+        rgb, thr = read_color(c), read_thermal(t)
+        kw = {"size": args.size, "conf": args.conf, "iou": args.iou, "batch_size": 1}
+        heat = invisibility(None, rgb, thr) if invisibility else None
+        fused = fuse_with_map(detect(model, [rgb], **kw)[0], detect(thermal_model, [thr], **kw)[0], heat, params,
+                              image_size=(rgb.shape[1], rgb.shape[0]))
+        results += coco_results(fused, image_id, str(c), model.names)
+        write_yolo(out / "labels" / f"{c.stem}.txt", fused, rgb.shape[1], rgb.shape[0])
+        write_image(out / f"{c.stem}.png", draw_fused(rgb, thr, fused, heat, model.names))
+        log.info("%s + %s: %d fused detections", c.name, t.name, len(fused))
+    write_json(out / "detections.json", results)
+    print(f"{len(results)} fused detections in {len(pairs)} pairs (map: {args.map}) -> {out}/ "
+          "(detections.json, labels/*.txt, drawings)")
+    return 0
+
+
+def coco_results(det, image_id: int, file_name: str, names: list[str]) -> list[dict]:
+    """COCO results records (xywh pixels) of one image's detections."""
+    return [{"image_id": image_id, "file_name": file_name, "category_id": int(c), "category_name": names[int(c)],
+             "bbox": [round(float(v), 2) for v in (x1, y1, x2 - x1, y2 - y1)], "score": round(float(s), 5)}
+            for (x1, y1, x2, y2), s, c in zip(det.boxes.tolist(), det.scores.tolist(), det.classes.tolist())]
+
+
+def write_yolo(path: Path, det, width: int, height: int) -> None:
+    """YOLO txt: one ``class cx cy w h score`` line per box, coordinates normalised to the image."""
+    from invismap.io import atomic_write
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path, "w") as f:
+        for (x1, y1, x2, y2), s, c in zip(det.boxes.tolist(), det.scores.tolist(), det.classes.tolist()):
+            f.write(f"{int(c)} {(x1 + x2) / 2 / width:.6f} {(y1 + y2) / 2 / height:.6f} {(x2 - x1) / width:.6f} "
+                    f"{(y2 - y1) / height:.6f} {s:.5f}\n")
+
+
+def draw_fused(rgb: np.ndarray, thermal: np.ndarray, det, heat: np.ndarray | None, names: list[str]) -> np.ndarray:
+    """``(H, 2W, 3)``: the color image (under the map as a heat map, if any) and the thermal image, boxes on both."""
+    from invismap.invisibility.predict import overlay
+
+    left = overlay(rgb, heat) if heat is not None else rgb
+    return np.concatenate([draw_detections(left, det, names), draw_detections(thermal, det, names)], axis=1)
 
 
 def list_images(source: Path) -> list[Path]:
