@@ -296,7 +296,8 @@ def test_no_training_calibration_target_or_selection_step_reads_a_test_pair(tmp_
     out = tmp_path / "out"
     roadscene = msrs_dir.parent / "roadscene"
     assert main(["run", str(config), f"data.src={msrs_dir}", f"distill.teacher={weights_dir / 'yolov5n.pt'}",
-                 f"out={out}", f"data.more=[{{format: roadscene, src: '{roadscene}'}}]"]) == 0
+                 f"out={out}", f"data.more=[{{format: roadscene, src: '{roadscene}'}}]",
+                 "distill.train.eval_every=1"]) == 0  # validation batches pairs of both cameras
     manifest = load_manifest(out / "import" / "manifest.csv")
     more = load_manifest(out / "import" / "more" / "roadscene" / "manifest.csv")
     test_names = {s.name for s in manifest.select(split="test")} | {s.name for s in more.select(split="test")}
