@@ -194,7 +194,7 @@ def main() -> None:
     pure_rate = [b * args.steps / s for s in pure]
     ratio = median([r / q for r, q in zip(real_rate, pure_rate)])
     print(f"\n## throughput (batch {b}, crops {cfg.augment.crop}, {args.blocks} x {args.steps} steps each)\n")
-    blocks = lambda rates: " ".join(f"{r:.2f}" for r in rates)  # noqa: E731
+    blocks = lambda rates: " ".join(f"{r:.2f}" for r in rates)
     print(table(["loop", "pairs/s median", "pairs/s per block"],
                 [["pure compute (preloaded batches)", f"{median(pure_rate):.2f}", blocks(pure_rate)],
                  ["real fit(), warm cache", f"{median(real_rate):.2f}", blocks(real_rate)],

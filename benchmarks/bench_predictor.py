@@ -93,7 +93,6 @@ def matmul_peak(n: int = 2048) -> Variant:
 def build_variants(args, tmp: Path) -> tuple[list[Variant], dict[str, Any]]:
     """Every model variant to time, plus objects the later tables need."""
     from invismap.detector.export import export_detector
-    from invismap.onnx_io import ort_session
     from invismap.detector.zoo import load_detector
     from invismap.invisibility.export import (
         calibration_frames,
@@ -103,6 +102,7 @@ def build_variants(args, tmp: Path) -> tuple[list[Variant], dict[str, Any]]:
         quantize_predictor,
     )
     from invismap.invisibility.predictor import load_predictor
+    from invismap.onnx_io import ort_session
 
     teacher = load_detector("yolov5n").float().eval()
     teacher_onnx = export_detector(teacher, tmp / "yolov5n.onnx")

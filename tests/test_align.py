@@ -292,7 +292,7 @@ def test_config_and_cli(tmp_path: Path):
     cfg = load_config(AlignConfig, tmp_path / "a.yaml", ["misalign.max_shift=4", "train.max_steps=7"])
     assert cfg.crop == 128 and cfg.net.corr_windows == (5, 9) and cfg.misalign == FieldConfig(max_shift=4.0)
     assert cfg.train.max_steps == 7
-    with pytest.raises(InvismapError, match="unknown config key 'net.width'"):
+    with pytest.raises(InvismapError, match=r"unknown config key 'net.width'"):
         load_config(AlignConfig, None, ["net.width=3"])
     parser = argparse.ArgumentParser()
     add_parser(parser.add_subparsers())

@@ -876,7 +876,7 @@ def test_bad_input_gives_one_clear_line(name, tmp_path, capsys, monkeypatch):
     row_ = ROWS[name]
     case = row_.setup(tmp_path, monkeypatch)
     capsys.readouterr()  # drop what the setup printed
-    before = {p for p in case.out.rglob("*")} if case.out.is_dir() else set()
+    before = set(case.out.rglob("*")) if case.out.is_dir() else set()
     code, err = _run(row_, case, capsys)
     monkeypatch.undo()  # before the checks: restores os.fsync, folder modes are reset below
     if case.out.is_dir():
@@ -889,7 +889,7 @@ def test_bad_input_gives_one_clear_line(name, tmp_path, capsys, monkeypatch):
     for product in case.product:
         assert not product.exists(), f"{product} was written"
     if case.out.is_dir():
-        new = {p for p in case.out.rglob("*")} - before
+        new = set(case.out.rglob("*")) - before
         assert not [p for p in new if p.name.endswith(".tmp")], f"temporary files left: {new}"
 
 

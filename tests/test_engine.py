@@ -51,7 +51,8 @@ class Regression(Task):
 
 
 def cfg(**kw):
-    base = dict(max_steps=30, batch_size=4, lr=0.05, warmup_steps=3, ckpt_every=10, eval_every=15, log_every=5)
+    base = {"max_steps": 30, "batch_size": 4, "lr": 0.05, "warmup_steps": 3, "ckpt_every": 10, "eval_every": 15,
+            "log_every": 5}
     base.update(kw)
     return TrainConfig(**base)
 
@@ -164,7 +165,7 @@ def test_wrong_kind_and_corrupt_checkpoint(tmp_path):
     with pytest.raises(InvismapError, match="is a 'predictor' checkpoint, expected student"):
         load_checkpoint(tmp_path / "a.pt", "student")
     (tmp_path / "b.pt").write_bytes((tmp_path / "a.pt").read_bytes()[:100])
-    with pytest.raises(InvismapError, match="b.pt: not a readable invismap checkpoint"):
+    with pytest.raises(InvismapError, match=r"b.pt: not a readable invismap checkpoint"):
         load_checkpoint(tmp_path / "b.pt")
 
 

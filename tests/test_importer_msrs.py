@@ -116,8 +116,8 @@ def test_flat_images_with_release_labels_match_the_flat_import(msrs_dir: Path, t
     for name in names:
         split = release_split[name]
         for sub, label_sub in (("vi", "visible"), ("ir", "infrared")):
-            for root, img_dir, txt_dir in ((flat, flat / sub, flat / "labels" / label_sub),
-                                           (release, release / split / sub, release / "labels" / label_sub / split)):
+            for _root, img_dir, txt_dir in ((flat, flat / sub, flat / "labels" / label_sub),
+                                            (release, release / split / sub, release / "labels" / label_sub / split)):
                 img_dir.mkdir(parents=True, exist_ok=True)
                 txt_dir.mkdir(parents=True, exist_ok=True)
                 shutil.copy(msrs_dir / sub / f"{name}.png", img_dir)

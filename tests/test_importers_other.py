@@ -242,7 +242,7 @@ def test_m3fd(tmp_path: Path):
     assert m["00001"].color_labels is None and _labels(m["00002"].thermal_labels) == []
     assert (m["00001"].condition, m["00002"].condition) == ("night", "unknown")
     (src / "conditions.csv").write_text("name,condition\n00001,evening\n")
-    with pytest.raises(InvismapError, match="conditions.csv"):
+    with pytest.raises(InvismapError, match=r"conditions.csv"):
         import_m3fd(src, tmp_path / "out2", progress=False, conditions="conditions.csv")
 
 
@@ -311,10 +311,10 @@ def test_out_of_range_box(fmt: str, tmp_path: Path):
 def test_malformed_annotations_name_the_file(tmp_path: Path):
     src, _ = make_llvip(tmp_path / "llvip")
     (src / "Annotations" / "010002.xml").write_text("<annotation><object>")
-    with pytest.raises(InvismapError, match="010002.xml"):
+    with pytest.raises(InvismapError, match=r"010002.xml"):
         import_llvip(src, tmp_path / "o1", progress=False)
     (src / "Annotations" / "010002.xml").unlink()
-    with pytest.raises(InvismapError, match="010002.xml.*annotation missing"):
+    with pytest.raises(InvismapError, match=r"010002.xml.*annotation missing"):
         import_llvip(src, tmp_path / "o2", progress=False)
     src, _ = make_kaist(tmp_path / "kaist")
     (src / "annotations/set00/V000/I00001.txt").write_text("% bbGt version=3\nperson five 6 10 20\n")
@@ -324,7 +324,7 @@ def test_malformed_annotations_name_the_file(tmp_path: Path):
     with pytest.raises(InvismapError, match="annotation file not found"):
         import_flir(src, tmp_path / "o4", progress=False, annotations="nope.json")
     (src / "thermal_annotations.json").write_text('{"images": [{"id": 0}]}')
-    with pytest.raises(InvismapError, match="thermal_annotations.json: not a readable COCO json"):
+    with pytest.raises(InvismapError, match=r"thermal_annotations.json: not a readable COCO json"):
         import_flir(src, tmp_path / "o5", progress=False, annotations="thermal_annotations.json")
 
 
@@ -332,8 +332,8 @@ def test_roadscene_meta_must_match_images(tmp_path: Path):
     src, _ = make_roadscene(tmp_path / "src")
     meta = src / "_meta" / "roadscene_meta.csv"
     meta.write_text(meta.read_text().replace("night,48,32,0", "night,48,32,3"))
-    with pytest.raises(InvismapError, match="roadscene_flir_boxes_crop.json: frame FLIR_00018 has 0 boxes"):
+    with pytest.raises(InvismapError, match=r"roadscene_flir_boxes_crop.json: frame FLIR_00018 has 0 boxes"):
         import_roadscene(src, tmp_path / "out", progress=False)
     meta.write_text(meta.read_text().replace("48,32,3", "50,32,0"))
-    with pytest.raises(InvismapError, match="roadscene_meta.csv: frame FLIR_00018 is 50x32"):
+    with pytest.raises(InvismapError, match=r"roadscene_meta.csv: frame FLIR_00018 is 50x32"):
         import_roadscene(src, tmp_path / "out", progress=False)

@@ -290,7 +290,7 @@ def test_fixed_prior_from_cached_targets(pairs, tmp_path):
     again = prior_source(load_prior(tmp_path))(pairs.samples[0], np.zeros((240, 320, 3), np.uint8), None)
     assert again.shape == (240, 320) and np.allclose(again, prior.mean(), atol=1e-3)
     (tmp_path / "bad.npy").write_bytes(b"not numpy")
-    with pytest.raises(InvismapError, match="bad.npy"):
+    with pytest.raises(InvismapError, match=r"bad.npy"):
         load_prior(tmp_path / "bad.npy")
     with pytest.raises(InvismapError, match="score-pairs"):
         load_prior(tmp_path / "nowhere")

@@ -65,9 +65,10 @@ def test_stage_that_ran_with_other_code_is_flagged_not_rerun(tmp_path, monkeypat
     p.run(start="second")  # re-run with the current code: no longer flagged
     lines.clear()
     p.run()
-    assert [line for line in lines if "other code" in line] == ["[1/4] first: up to date, skipped "
-                                                                f"({p.hash('first')}) - it ran with other code; "
-                                                                "--from first re-runs it and what follows"]
+    flagged = ("[1/4] first: up to date, skipped "
+               f"({p.hash('first')}) - it ran with other code; "
+               "--from first re-runs it and what follows")
+    assert [line for line in lines if "other code" in line] == [flagged]
 
 
 def test_changed_setting_reruns_only_what_depends_on_it(tmp_path):
@@ -179,7 +180,7 @@ def test_tiny_run_writes_a_report_from_its_own_json(tiny_run):
 
 
 def test_tiny_run_second_time_cached_and_predictor_change_reruns_only_its_dependents(tiny_run, capsys):
-    args, out = tiny_run
+    args, _out = tiny_run
     capsys.readouterr()
     assert main(["run", *args]) == 0
     printed = capsys.readouterr().out
@@ -259,12 +260,11 @@ def test_no_training_calibration_target_or_selection_step_reads_a_test_pair(tmp_
     the predictor cross-validation through the whole pipeline."""
     import dataclasses
 
+    import invismap.distill.experiments
+    import invismap.distill.run
     import invismap.io
     import invismap.pipeline
     from invismap.data.manifest import load_manifest
-
-    import invismap.distill.experiments
-    import invismap.distill.run
 
     reads: list[tuple[str, str]] = []
     current = ["-"]

@@ -149,7 +149,7 @@ def test_calibration_yaml_roundtrip(tmp_path):
     assert np.allclose(back.T, calib.T) and back.color.rms == pytest.approx(0.12)
     bad = tmp_path / "bad.yaml"
     bad.write_text("color: {K: [[1, 0], [0, 1]]}\n")
-    with pytest.raises(InvismapError, match="bad.yaml"):
+    with pytest.raises(InvismapError, match=r"bad.yaml"):
         load_calibration(bad)
     with pytest.raises(InvismapError, match="not found"):
         load_calibration(tmp_path / "missing.yaml")

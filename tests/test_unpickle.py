@@ -97,7 +97,7 @@ def test_hand_made_zip_with_forbidden_global(tmp_path):
     data = f"cposix\nsystem\n(V{_marker_cmd(marker)}\ntR.".encode()
     with zipfile.ZipFile(path, "w") as zf:
         zf.writestr("archive/data.pkl", data)
-    with pytest.raises(InvismapError, match="posix.system"):
+    with pytest.raises(InvismapError, match=r"posix.system"):
         restricted_load(path)
     assert not marker.exists()
 
@@ -123,7 +123,7 @@ def test_shared_storage_views_are_rebuilt(tmp_path, fake_yolov5_repo):
 def test_corrupt_and_missing_files(tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint at all")
-    with pytest.raises(InvismapError, match="bad.pt"):
+    with pytest.raises(InvismapError, match=r"bad.pt"):
         load_checkpoint(bad)
     with pytest.raises(InvismapError, match="not found"):
         restricted_load(tmp_path / "nope.pt")

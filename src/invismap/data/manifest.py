@@ -84,7 +84,7 @@ class Manifest:
         return self.samples[i]
 
     def select(self, condition: str | Iterable[str] | None = None, split: str | Iterable[str] | None = None,
-               names: Iterable[str] | None = None) -> "Manifest":
+               names: Iterable[str] | None = None) -> Manifest:
         """Samples matching a condition, a split and/or a set of names (None = any)."""
         conds = {condition} if isinstance(condition, str) else (set(condition) if condition else None)
         splits = {split} if isinstance(split, str) else (set(split) if split else None)
@@ -94,7 +94,7 @@ class Manifest:
                and (keep is None or s.name in keep)]
         return Manifest(out, self.root)
 
-    def holdout(self, every_nth: int) -> tuple["Manifest", "Manifest | None"]:
+    def holdout(self, every_nth: int) -> tuple[Manifest, Manifest | None]:
         """Split off every ``every_nth`` sample for validation (0 = none): ``(train, val or None)``.
 
         Deterministic and spread over the list, so a manifest ordered by name gives a representative val set.

@@ -56,7 +56,7 @@ class PickledObject:
 
     type_name = "?"
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> PickledObject:  # noqa: PYI034 (3.10: no Self)
+    def __new__(cls, *args: Any, **kwargs: Any) -> PickledObject:  # not Self: Python 3.10
         obj = object.__new__(cls)
         obj.args, obj.state = args, {}
         return obj

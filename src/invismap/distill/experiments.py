@@ -156,10 +156,11 @@ def _write(out_dir: Path, kind: str, base: DistillConfig, rows: list[dict]) -> N
     cols = ["variant", "select night", "day", "night"] + [f"{c} {COCO_NAMES[k]}" for c in ("day", "night") for k in ROAD_CLASSES]
     cols += [k for k in rows[0] if k.endswith((" day", " night")) and k.split()[0] not in ("day", "night")]
     cols += [c for c in ("train_seconds", "pairs_per_s") if any(c in r for r in rows)]
-    lines = [f"# Distillation {kind}: thermal AP50 (mean over person/bicycle/car) vs thermal labels",
-             "", f"teacher {base.teacher}, {base.train.max_steps} steps, batch {base.train.batch_size}. "
+    about = (f"teacher {base.teacher}, {base.train.max_steps} steps, batch {base.train.batch_size}. "
              "'select night': night pairs of the training split (never seen in distillation, which uses day "
-             "pairs only) - choose a variant by this column; day/night columns: test split.", "",
+             "pairs only) - choose a variant by this column; day/night columns: test split.")
+    lines = [f"# Distillation {kind}: thermal AP50 (mean over person/bicycle/car) vs thermal labels",
+             "", about, "",
              "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]
     with atomic_write(out_dir / "table.md", "w") as f:

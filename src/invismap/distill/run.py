@@ -114,7 +114,7 @@ def split_pairs(manifest: Manifest, cfg: DistillConfig) -> tuple[Manifest, Manif
                                 "(check the dataset's split, or leave it out of data.more)")
         clash = {s.name for s in pool} & {s.name for s in more}
         if clash:
-            raise InvismapError(f"{extra}: pair name '{sorted(clash)[0]}' is also in {cfg.data}; "
+            raise InvismapError(f"{extra}: pair name '{min(clash)}' is also in {cfg.data}; "
                                 "datasets distilled together need distinct pair names")
         pool = Manifest(pool.samples + more.samples, pool.root)
     train, val = training_pairs(pool, cfg.split, cfg.conditions, cfg.val_every_nth, cfg.data)
@@ -167,7 +167,7 @@ def write_artifacts(teacher, student: ThermalStudent, cfg: DistillConfig, run_di
     else:
         thresholds, offsets = calibrate(teacher.to(device), student.to(device), calib_pairs, cfg.size,
                                         cfg.threshold_percentile, device, cfg.offset_percentile)
-    common = dict(teacher=cfg.teacher, thresholds=thresholds, offsets=offsets, config=to_dict(cfg))
+    common = {"teacher": cfg.teacher, "thresholds": thresholds, "offsets": offsets, "config": to_dict(cfg)}
     save_checkpoint(run_dir / "student.pt", {"kind": "student", **student_checkpoint(student.cpu(), **common)})
     save_checkpoint(run_dir / "thermal_detector.pt",
                     {"kind": "thermal_detector", **student_checkpoint(student, **common)})

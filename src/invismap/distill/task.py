@@ -36,7 +36,7 @@ class DistillTask(nn.Module):
         self.loss, self.head_weight, self.freeze_bn = loss, head_weight, freeze_bn
         self.extra = extra or {}
 
-    def train(self, mode: bool = True) -> "DistillTask":
+    def train(self, mode: bool = True) -> DistillTask:
         super().train(mode)
         self.teacher.eval()
         if self.freeze_bn:

@@ -7,8 +7,8 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -49,7 +49,7 @@ class PairScorer:
     @classmethod
     def from_checkpoint(cls, path: str | Path, thresholds: Sequence[float] | None = None,
                         size: int | None = None, offsets: Sequence[float] | None = None,
-                        scales: Sequence[int] | None = None) -> "PairScorer":
+                        scales: Sequence[int] | None = None) -> PairScorer:
         """Student + its calibrated thresholds (and offsets) from ``student.pt``; the teacher named inside it."""
         path = Path(path)
         ckpt = load_checkpoint(path, ("student", "thermal_detector"))

@@ -53,7 +53,7 @@ class Stage:
     name: str
     needs: tuple[str, ...]
     settings: Callable[[Any], Any]
-    run: Callable[["Pipeline", Path, bool], dict]
+    run: Callable[[Pipeline, Path, bool], dict]
     plan: Callable[[Any], str]
     result: Callable[[dict], str]
     enabled: Callable[[Any], bool] = lambda cfg: True
@@ -75,7 +75,7 @@ def _digest(obj: Any) -> str:
 
 
 def _duration(seconds: float) -> str:
-    m, s = divmod(int(round(seconds)), 60)
+    m, s = divmod(round(seconds), 60)
     return f"{m}m{s:02d}s" if m else f"{seconds:.1f}s"
 
 

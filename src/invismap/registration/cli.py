@@ -180,7 +180,7 @@ def _register(args: argparse.Namespace) -> int:
         if len(chosen) != 1:
             raise InvismapError("with --data give exactly one of --shift, --offset-from, --homography-file, --calib")
         if args.shift or args.offset_from:
-            dx, dy = args.shift if args.shift else run.load_offset(args.offset_from, args.offset_key)
+            dx, dy = args.shift or run.load_offset(args.offset_from, args.offset_key)
             out = run.correct_offset(manifest, dx, dy, args.out, split=args.split)
             print(f"removed color offset dx={dx:+.2f} dy={dy:+.2f} px from {len(out)} pairs; wrote "
                   f"{args.out}/manifest.csv")

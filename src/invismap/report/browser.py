@@ -32,7 +32,7 @@ def _chromium(page: Path, *args: str, timeout: float = 120) -> str:
         raise file_error(page, "report page not found", "run 'invismap run CONFIG' first")
     with tempfile.TemporaryDirectory() as profile:
         cmd = [find_chromium(), *FLAGS, f"--user-data-dir={profile}", *args, page.as_uri()]
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     if done.returncode != 0:
         raise InvismapError(f"chromium failed on {page} (exit {done.returncode}): {done.stderr.strip()[-300:]}")
     return done.stdout

@@ -34,7 +34,7 @@ def heat_rgb(score: np.ndarray) -> np.ndarray:
 
 def _boxes(img: np.ndarray, boxes: np.ndarray, rgb: tuple[int, int, int], scale: float, width: int) -> None:
     for b in np.asarray(boxes).reshape(-1, 5):
-        x1, y1, x2, y2 = (int(round(v * scale)) for v in b[1:])
+        x1, y1, x2, y2 = (round(v * scale) for v in b[1:])
         cv2.rectangle(img, (x1, y1), (x2, y2), rgb, width, cv2.LINE_AA)
 
 

@@ -151,7 +151,7 @@ def section_summary(d: dict) -> str:
     items = []
     res = d.get("invisibility.json") or {}
     if "predictor" in res:
-        m = lambda key, cond="night", name="predictor": interval(metric(res, name, cond, key))  # noqa: E731
+        m = lambda key, cond="night", name="predictor": interval(metric(res, name, cond, key))
         items.append(
             "Color-only predictor, night: tells the objects the color detector <b>misses</b> from those it "
             f"<b>detects</b> with AUROC <b>{m('missed_vs_detected')}</b> (fixed prior {m('missed_vs_detected', name='prior')}, "
@@ -174,7 +174,7 @@ def section_summary(d: dict) -> str:
                          "above 0 = better): " + "; ".join(parts) + ".")
     other = d.get("invisibility_roadscene.json") or {}
     if "predictor" in other:
-        m = lambda key: interval(metric(other, "predictor", "night", key))  # noqa: E731
+        m = lambda key: interval(metric(other, "predictor", "night", key))
         items.append(f"Another camera (RoadScene, FLIR; models trained on MSRS only), night: pixel AUROC "
                      f"{m('pixel_auroc')}, missed vs detected {m('missed_vs_detected')}.")
     det = {r["variant"]: r for r in (d.get("detector.json") or {}).get("rows", [])}
@@ -326,8 +326,7 @@ def section_maps(d: dict, out: Path) -> str:
         return ""
     first = next(iter(res.values()))
     settings = first["settings"]
-    parts = ["<h2>Invisibility maps</h2>",
-             f'<p class="note">Objects are the thermal labels. <b>missed</b>: no color-detector box of IoU &ge; 0.5 '
+    note = (f'<p class="note">Objects are the thermal labels. <b>missed</b>: no color-detector box of IoU &ge; 0.5 '
              f'and the same class at confidence {esc(settings["detection_conf"])}; <b>detected</b>: the others; '
              "<b>invisible</b>: no color label of IoU &ge; 0.5 (an annotator saw nothing in the color image); "
              "<b>visible</b>: the others. Coverage = share of the missed objects' pixels flagged at a given share of "
@@ -337,7 +336,8 @@ def section_maps(d: dict, out: Path) -> str:
              "0.5 there, as the object oracle shows. Frame AUROC: the map's maximum per frame against "
              f"'the frame holds a missed object'. Brackets: 95% intervals, {esc(settings.get('n_boot'))} bootstrap "
              "resamples over images. The fixed prior is the mean training target, the same map for every image. "
-             "Source: data/invisibility.json.</p>", headline_tables(res)]
+             "Source: data/invisibility.json.</p>")
+    parts = ["<h2>Invisibility maps</h2>", note, headline_tables(res)]
     parts.append(f'<div class="figs wide">{img(out, "separations.png", "separations with intervals")}</div>')
     conds = list(first["conditions"])
     figs = [img(out, f"coverage_{c}_{s}.png", f"coverage {c} {s}") for c in conds for s in ("missed", "invisible")]
@@ -467,8 +467,8 @@ def write_report(stage_dirs: Mapping[str, Path], out: str | Path, title: str, co
     d = collect(stage_dirs, out)
     body = "".join([
         f"<h1>invismap report: {esc(title)}</h1>",
-        f'<p class="note">Generated {time.strftime("%Y-%m-%d %H:%M")} by invismap {esc(__version__)}. '
-        "Where a color road camera cannot be trusted, learned from color/thermal pairs without labels.</p>",
+        (f'<p class="note">Generated {time.strftime("%Y-%m-%d %H:%M")} by invismap {esc(__version__)}. '
+         "Where a color road camera cannot be trusted, learned from color/thermal pairs without labels.</p>"),
         section_summary(d), section_data(d, out), section_detector(d), section_experiments(d, out), section_maps(d, out),
         section_predictor_cv(d, out),
         section_registration(d, out), section_geometry(d), section_gallery(d, out), section_run(records or {}, config_text),
@@ -481,4 +481,4 @@ def write_report(stage_dirs: Mapping[str, Path], out: str | Path, title: str, co
     return path
 
 
-__all__ = ["collect", "write_report", "pairs_curve"]
+__all__ = ["collect", "pairs_curve", "write_report"]
