@@ -241,7 +241,8 @@ def save_manifest(manifest: Manifest, path: str | Path) -> Path:
     w.writerow(COLUMNS)
     for s in manifest.samples:
         w.writerow([s.name, rel(s.color), rel(s.thermal), s.condition, s.split,
-                    "" if s.timestamp is None else repr(s.timestamp), rel(s.color_labels), rel(s.thermal_labels)])
+                    "" if s.timestamp is None else repr(s.timestamp),
+                    rel(s.color_labels), rel(s.thermal_labels)])
     with atomic_write(path, "w") as f:
         f.write(buf.getvalue())
     return path
@@ -283,10 +284,12 @@ def read_yolo_labels(path: Path | None, num_classes: int = len(COCO_NAMES)) -> n
     return np.array(rows, np.float32).reshape(-1, 5)
 
 
-def write_yolo_labels(path: Path, boxes_xyxy: np.ndarray, classes: np.ndarray, width: int, height: int) -> None:
+def write_yolo_labels(path: Path, boxes_xyxy: np.ndarray, classes: np.ndarray, width: int,
+                      height: int) -> None:
     """Write pixel ``(N, 4)`` xyxy boxes as a normalised YOLO txt file (boxes clipped to the image)."""
     lines = []
-    for (x1, y1, x2, y2), c in zip(np.asarray(boxes_xyxy, float).reshape(-1, 4), np.asarray(classes).reshape(-1)):
+    for (x1, y1, x2, y2), c in zip(np.asarray(boxes_xyxy, float).reshape(-1, 4),
+                                   np.asarray(classes).reshape(-1)):
         x1, x2 = np.clip([x1, x2], 0, width)
         y1, y2 = np.clip([y1, y2], 0, height)
         if x2 - x1 < 1 or y2 - y1 < 1:

@@ -1,7 +1,9 @@
-"""Gallery rows for the report: color | thermal | pair score | predicted map | objects the color camera missed.
+"""Gallery rows for the report: color | thermal | pair score | predicted map | objects the color camera
+missed.
 
 Example:
-    >>> write_gallery(test_pairs, "RUN/student.pt", "RUN/predictor.pt", "yolov5n", "out/gallery")  # doctest: +SKIP
+    >>> write_gallery(test_pairs, "RUN/student.pt", "RUN/predictor.pt", "yolov5n",  # doctest: +SKIP
+    ...               "out/gallery")
 """
 
 from __future__ import annotations
@@ -67,8 +69,8 @@ def render_row(rgb: np.ndarray, thermal: np.ndarray, pair_score: np.ndarray, pre
     return np.concatenate(titled, axis=1)
 
 
-def write_gallery(pairs: Manifest, student: str | Path, predictor: str | Path, teacher: str, out_dir: str | Path,
-                  per_condition: int = 3, conf: float = 0.25) -> list[dict]:
+def write_gallery(pairs: Manifest, student: str | Path, predictor: str | Path, teacher: str,
+                  out_dir: str | Path, per_condition: int = 3, conf: float = 0.25) -> list[dict]:
     """Render ``per_condition`` rows per condition (pairs with missed objects first) to ``out_dir``.
 
     Writes ``out_dir/<condition>_<name>.png`` and ``out_dir/gallery.json`` (one entry per row, with its
