@@ -146,7 +146,8 @@ def test_roadscene_drive_split_keeps_drives_whole(assets: Path, tmp_path: Path):
     assert all(s.split == "test" for s in a if s.condition == "night")
     assert sum(s.split == "test" for s in a) > sum(s.split == "test" for s in import_roadscene(
         src, tmp_path / "c", progress=False))  # 0.5 of the day drives is more than the default 0.3
-    assert {s.split for s in import_roadscene(src, tmp_path / "d", progress=False, test_fraction=None)} == {"all"}
+    every = import_roadscene(src, tmp_path / "d", progress=False, test_fraction=None)
+    assert {s.split for s in every} == {"all"}
     with pytest.raises(InvismapError, match="test_fraction"):
         import_roadscene(src, tmp_path / "e", progress=False, test_fraction=1.5)
 
@@ -202,8 +203,8 @@ def test_flir_aligned(tmp_path: Path):
 def test_flir_aligned_voc_annotations(tmp_path: Path):
     """FLIR-aligned as published: ``Annotations/FLIR_XXXXX_PreviewData.xml`` (VOC), read without options."""
     src, _ = make_flir(tmp_path / "src")
-    _voc(src / "Annotations" / "FLIR_00006_PreviewData.xml", [("person", [2, 3, 10, 23]), ("car", [20, 10, 40, 22]),
-                                                             ("sign", [1, 1, 5, 5])])
+    _voc(src / "Annotations" / "FLIR_00006_PreviewData.xml",
+         [("person", [2, 3, 10, 23]), ("car", [20, 10, 40, 22]), ("sign", [1, 1, 5, 5])])
     _voc(src / "Annotations" / "FLIR_00018_PreviewData.xml", [])
     m = {s.name: s for s in import_dataset("flir", src, tmp_path / "out", progress=False)}
     assert _labels(m["FLIR_00006"].thermal_labels) == [0, 2]  # 'sign' dropped

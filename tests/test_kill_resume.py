@@ -87,9 +87,10 @@ class Forked:
         if self.pid == 0:  # the child: never returns into pytest
             code = 1
             try:
-                # tqdm's lock is shared across fork (a multiprocessing semaphore, plus a thread lock the parent's
-                # monitor thread may hold at the moment of the fork). A child killed while holding it would
-                # deadlock the test process at its next progress bar; a child that inherits it held would hang.
+                # tqdm's lock is shared across fork (a multiprocessing semaphore, plus a thread lock the
+                # parent's monitor thread may hold at the moment of the fork). A child killed while holding it
+                # would deadlock the test process at its next progress bar; a child that inherits it held
+                # would hang.
                 tqdm.set_lock(threading.RLock())
                 fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
                 os.dup2(fd, 1)

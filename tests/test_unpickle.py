@@ -115,7 +115,8 @@ def test_model_classes_become_inert_placeholders(tmp_path, fake_yolov5_repo):
 def test_shared_storage_views_are_rebuilt(tmp_path, fake_yolov5_repo):
     base = torch.arange(12, dtype=torch.float32)
     path = tmp_path / "views.pt"
-    torch.save({"model": fake_yolov5_repo["Model"](), "a": base[2:8].view(2, 3), "b": base.view(3, 4).t()}, path)
+    torch.save({"model": fake_yolov5_repo["Model"](), "a": base[2:8].view(2, 3), "b": base.view(3, 4).t()},
+               path)
     out = restricted_load(path)
     assert torch.equal(out["a"], base[2:8].view(2, 3)) and torch.equal(out["b"], base.view(3, 4).t())
 

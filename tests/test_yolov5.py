@@ -115,7 +115,8 @@ def test_named_model_resolves_in_assets(monkeypatch, tmp_path, assets):
     assert load_detector("yolov5n").cfg.width_multiple == 0.25
     monkeypatch.setenv("INVISMAP_ASSETS", str(tmp_path))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    with pytest.raises(InvismapError, match=r"weights/yolov5s.pt.*put the file at|weights/yolov5s.pt.*put it at"):
+    with pytest.raises(InvismapError,
+                       match=r"weights/yolov5s.pt.*put the file at|weights/yolov5s.pt.*put it at"):
         load_detector("yolov5s")
     with pytest.raises(InvismapError, match="model file not found"):
         load_detector(tmp_path / "missing.pt")
