@@ -96,7 +96,7 @@ class Forked:
                 os.dup2(fd, 1)
                 os.dup2(fd, 2)
                 sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115 - lives until os._exit
-                sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
+                sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115 - likewise
                 code = main(argv)
             except BaseException:  # noqa: BLE001 - report anything, then leave the child
                 import traceback
