@@ -6,7 +6,7 @@ INVISMAP_ASSETS ?= $(abspath ../shared/assets)
 export INVISMAP_ASSETS
 OUT    ?= runs/demo
 
-.PHONY: setup test demo screenshot clean
+.PHONY: setup lint test demo screenshot clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,10 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 setup: $(VENV)/.installed
+
+# ruff with the rules in pyproject.toml (ruff is pinned in the test extra); CI runs it before the tests.
+lint: setup
+	$(BIN)/ruff check .
 
 test: setup
 	$(BIN)/python -m pytest

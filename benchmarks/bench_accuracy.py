@@ -1,4 +1,4 @@
-"""What the faster predictors cost in invisibility metrics: coverage at tau = 0.35 and AUROC of missed objects.
+"""What the faster predictors cost in invisibility metrics: coverage at tau = 0.35, AUROC of missed objects.
 
 The headline evaluation (``invismap eval-invisibility --split test``) of the same trained predictor run four
 ways: eager PyTorch (the reference, unoptimised), conv+BN fused PyTorch, ONNX Runtime float32, and ONNX
@@ -36,7 +36,8 @@ def map_sources(args, tmp: Path) -> dict:
     size = int(meta["input_size"])
     fp32 = export_predictor(args.predictor, tmp / "predictor.onnx")
     models = {"eager (reference)": model, "eager conv+BN fused": fuse_conv_bn(model),
-              "eager fused + channels-last": optimize_for_inference(model), "ORT fp32": OnnxPredictor(fp32, args.threads)}
+              "eager fused + channels-last": optimize_for_inference(model),
+              "ORT fp32": OnnxPredictor(fp32, args.threads)}
     frames = calibration_frames(args.data, size, count=args.calibration_frames)
     for method in args.methods:
         out = quantize_predictor(fp32, tmp / f"int8_{method}.onnx", frames, method=method)

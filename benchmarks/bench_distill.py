@@ -1,12 +1,12 @@
 """Distillation throughput: the real training loop against pure compute, and where the time goes.
 
-Built as ``invismap distill configs/distill.yaml`` builds it (same data, augmentation, cache, teacher, student,
-task), then, alternating in the same process:
+Built as ``invismap distill configs/distill.yaml`` builds it (same data, augmentation, cache, teacher,
+student, task), then, alternating in the same process:
 
-- **real**: ``engine.loop.fit`` for ``--steps`` steps, the training loop the command runs (data loader with the
-  config's workers, augmentation, collation, logging, checkpoints; no validation), instrumented to split its
-  time into data (dataset items + collation), teacher forward, student forward and the rest (loss, backward,
-  optimizer step, clipping, logging, checkpoints);
+- **real**: ``engine.loop.fit`` for ``--steps`` steps, the training loop the command runs (data loader with
+  the config's workers, augmentation, collation, logging, checkpoints; no validation), instrumented to split
+  its time into data (dataset items + collation), teacher forward, student forward and the rest (loss,
+  backward, optimizer step, clipping, logging, checkpoints);
 - **pure compute**: the same task's training step (teacher forward + student forward/backward + AdamW) on
   batches collated beforehand, no loader.
 
@@ -80,7 +80,8 @@ def build(args):
 
 
 def instrument(task, watch: Stopwatch) -> None:
-    """Time the teacher's and the student's forward passes of ``task`` (instance attributes shadow methods)."""
+    """Time the teacher's and the student's forward passes of ``task`` (instance attributes shadow
+    methods)."""
     task.teacher.neck_features = watch.wrap("teacher", task.teacher.neck_features)
     task.net.forward = watch.wrap("student forward", task.net.forward)
 
@@ -127,7 +128,8 @@ def pure_block(cfg, task, batches: list[dict], steps: int) -> float:
                 group["lr"] = lr_at(step, cfg.train)
             opt.zero_grad(set_to_none=True)
             out[f"loss/{name}"].backward()
-            torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], cfg.train.grad_clip)
+            torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]],
+                                           cfg.train.grad_clip)
             opt.step()
     return time.perf_counter() - t
 
@@ -157,9 +159,11 @@ def main() -> None:
     p.add_argument("--data", default="runs/msrs/manifest.csv", help="imported MSRS manifest")
     p.add_argument("--steps", type=int, default=20, help="steps per timed block")
     p.add_argument("--blocks", type=int, default=3, help="warm real/pure block pairs")
-    p.add_argument("--workers", type=int, default=0, help="DataLoader workers of the real run (train.num_workers)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="DataLoader workers of the real run (train.num_workers)")
     p.add_argument("--torch-to-tensor", action="store_true",
-                   help="convert items with torch (.float().div_(255)) as the data loader did before, to compare")
+                   help="convert items with torch (.float().div_(255)) as the data loader did before, "
+                        "to compare")
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. train.batch_size=4")
     args = p.parse_args()
     if args.quick:
@@ -194,7 +198,7 @@ def main() -> None:
     pure_rate = [b * args.steps / s for s in pure]
     ratio = median([r / q for r, q in zip(real_rate, pure_rate)])
     print(f"\n## throughput (batch {b}, crops {cfg.augment.crop}, {args.blocks} x {args.steps} steps each)\n")
-    blocks = lambda rates: " ".join(f"{r:.2f}" for r in rates)  # noqa: E731
+    blocks = lambda rates: " ".join(f"{r:.2f}" for r in rates)
     print(table(["loop", "pairs/s median", "pairs/s per block"],
                 [["pure compute (preloaded batches)", f"{median(pure_rate):.2f}", blocks(pure_rate)],
                  ["real fit(), warm cache", f"{median(real_rate):.2f}", blocks(real_rate)],
@@ -204,7 +208,8 @@ def main() -> None:
     rest = total - sum(split.values())
     rows = [[label, f"{1000 * s / steps:.1f}", f"{s / total:.1%}"] for label, s in
             [("data: dataset items (cache, augment) + collation", split["data"]),
-             ("teacher forward (color)", split["teacher"]), ("student forward (thermal)", split["student forward"]),
+             ("teacher forward (color)", split["teacher"]),
+             ("student forward (thermal)", split["student forward"]),
              ("checkpoints", split["checkpoints"]),
              ("rest: loss, backward, optimizer, logging", rest)]]
     print(f"\n## where a warm real step's time goes\n\n{table(['part', 'ms/step', 'share'], rows)}")

@@ -39,7 +39,8 @@ def peak_rss(cmd: list[str], env: dict[str, str]) -> tuple[float, float, int, st
         proc.returncode = os.waitstatus_to_exitcode(status)
         wall = time.perf_counter() - t
         err.seek(0)
-        lines = [ln for ln in err.read().decode(errors="replace").replace("\r", "\n").splitlines() if ln.strip()]
+        lines = [ln for ln in err.read().decode(errors="replace").replace("\r", "\n").splitlines()
+                 if ln.strip()]
     return usage.ru_maxrss / 1024, wall, proc.returncode, lines[-1][:120] if lines else ""
 
 
@@ -65,7 +66,8 @@ def commands(args, tmp: Path) -> list[tuple[str, list[str]]]:
     manifest = Path(args.data) / "manifest.csv" if Path(args.data).is_dir() else Path(args.data)
     steps = [f"train.max_steps={args.steps}", "train.ckpt_every=6", "train.eval_every=6"]
     return [
-        ("baseline: python + torch + invismap CLI imported", [sys.executable, "-c", "import torch, invismap.cli"]),
+        ("baseline: python + torch + invismap CLI imported",
+         [sys.executable, "-c", "import torch, invismap.cli"]),
         ("export predictor.onnx (fp32)", [INVISMAP, "export", "--model", args.predictor, "--out", str(onnx)]),
         ("export predictor.int8.onnx (calibration included)",
          [INVISMAP, "export", "--model", args.predictor, "--out", str(int8), "--int8", "--calibration-data",
@@ -80,10 +82,11 @@ def commands(args, tmp: Path) -> list[tuple[str, list[str]]]:
          [INVISMAP, "predict", "--model", args.predictor, str(image), "--out", str(tmp / "p_boxes"),
           "--boxes-from", "yolov5n"]),
         (f"distill configs/distill.yaml, {args.steps} steps",
-         [INVISMAP, "distill", "configs/distill.yaml", f"data={manifest}", *steps, "--run", str(tmp / "distill")]),
+         [INVISMAP, "distill", "configs/distill.yaml", f"data={manifest}", *steps,
+          "--run", str(tmp / "distill")]),
         (f"train-predictor configs/predictor.yaml, {args.steps} steps",
-         [INVISMAP, "train-predictor", "configs/predictor.yaml", f"data={manifest}", f"targets={args.targets}",
-          *steps, "--run", str(tmp / "predictor")]),
+         [INVISMAP, "train-predictor", "configs/predictor.yaml", f"data={manifest}",
+          f"targets={args.targets}", *steps, "--run", str(tmp / "predictor")]),
     ]
 
 

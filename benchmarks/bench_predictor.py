@@ -93,7 +93,6 @@ def matmul_peak(n: int = 2048) -> Variant:
 def build_variants(args, tmp: Path) -> tuple[list[Variant], dict[str, Any]]:
     """Every model variant to time, plus objects the later tables need."""
     from invismap.detector.export import export_detector
-    from invismap.onnx_io import ort_session
     from invismap.detector.zoo import load_detector
     from invismap.invisibility.export import (
         calibration_frames,
@@ -103,6 +102,7 @@ def build_variants(args, tmp: Path) -> tuple[list[Variant], dict[str, Any]]:
         quantize_predictor,
     )
     from invismap.invisibility.predictor import load_predictor
+    from invismap.onnx_io import ort_session
 
     teacher = load_detector("yolov5n").float().eval()
     teacher_onnx = export_detector(teacher, tmp / "yolov5n.onnx")
@@ -129,10 +129,11 @@ def build_variants(args, tmp: Path) -> tuple[list[Variant], dict[str, Any]]:
         print(f"(no {args.data}: int8 calibration frames unavailable, int8 skipped)")
     if args.compile:
         compiled = torch.compile(fused, dynamic=False)
-        variants.append(Variant("predictor, torch.compile(fused)", "predictor", torch_call(compiled), p_flops))
+        variants.append(Variant("predictor, torch.compile(fused)", "predictor", torch_call(compiled),
+                                p_flops))
     variants.append(matmul_peak())
-    extra = {"teacher": teacher, "optimised": optimised, "sessions": sessions, "size": int(meta["input_size"]),
-             "teacher_onnx": teacher_onnx, "fp32": fp32}
+    extra = {"teacher": teacher, "optimised": optimised, "sessions": sessions,
+             "size": int(meta["input_size"]), "teacher_onnx": teacher_onnx, "fp32": fp32}
     return variants, extra
 
 
@@ -164,9 +165,11 @@ def batch_table(variants: list[Variant], times: dict[str, list[float]], cpu: dic
             continue
         ratios[v.name] = paired_ratio(ts, teacher_eager)
         achieved = [v.flops / t for t in ts]
-        rows.append([v.name, f"{1000 * median(ts):.2f}", f"{1000 * min(ts):.2f}", f"{1000 * median(cpu[v.name]):.2f}",
+        rows.append([v.name, f"{1000 * median(ts):.2f}", f"{1000 * min(ts):.2f}",
+                     f"{1000 * median(cpu[v.name]):.2f}",
                      f"{ratios[v.name]:.1%}", f"{paired_ratio(ts, teacher_ort):.1%}",
-                     f"{paired_ratio(cpu[v.name], cpu['teacher yolov5n, eager']):.1%}", f"{v.flops / 1e9:.3f}",
+                     f"{paired_ratio(cpu[v.name], cpu['teacher yolov5n, eager']):.1%}",
+                     f"{v.flops / 1e9:.3f}",
                      f"{median(achieved) / 1e9:.1f}", f"{paired_ratio(achieved, peak_flops):.1%}"])
     head = ["model", "wall ms/frame median", "best", "CPU ms/frame", "x teacher eager", "x teacher ORT",
             "x teacher eager (CPU)", "GFLOP/frame", "GFLOP/s", "% of peak"]
@@ -177,12 +180,14 @@ def speedup_table(times_by_batch: dict[int, dict[str, list[float]]]) -> str:
     """Table 2: eager time / ORT time for the predictor, paired per round."""
     rows = []
     for batch, times in times_by_batch.items():
-        eager, fused, best = times["predictor, eager"], times["predictor, eager conv+BN fused"], times[OPTIMISED]
+        eager, fused = times["predictor, eager"], times["predictor, eager conv+BN fused"]
+        best = times[OPTIMISED]
         for name in [k for k in times if k.startswith("predictor, ORT")]:
             rows.append([batch, name, f"{paired_ratio(eager, times[name]):.2f}x",
-                         f"{paired_ratio(fused, times[name]):.2f}x", f"{paired_ratio(best, times[name]):.2f}x"])
-    return table(["batch", "ONNX Runtime model", "vs eager", "vs eager fused", "vs eager fused + channels-last"],
-                 rows)
+                         f"{paired_ratio(fused, times[name]):.2f}x",
+                         f"{paired_ratio(best, times[name]):.2f}x"])
+    return table(["batch", "ONNX Runtime model", "vs eager", "vs eager fused",
+                  "vs eager fused + channels-last"], rows)
 
 
 def end_to_end_table(args, extra: dict[str, Any], rounds: int) -> str:
@@ -196,10 +201,12 @@ def end_to_end_table(args, extra: dict[str, Any], rounds: int) -> str:
     rows = []
     for batch in (1, 8):
         frames = [frame] * batch
-        calls = {"teacher detect() (letterbox, model, NMS)": partial(detect, extra["teacher"], frames, size=640),
-                 "predict_images, eager fused + channels-last": partial(predict_images, extra["optimised"], frames,
-                                                                        extra["size"], batch),
-                 "predict_images, ORT fp32": partial(predict_images, onnx_model, frames, extra["size"], batch)}
+        calls = {"teacher detect() (letterbox, model, NMS)":
+                     partial(detect, extra["teacher"], frames, size=640),
+                 "predict_images, eager fused + channels-last":
+                     partial(predict_images, extra["optimised"], frames, extra["size"], batch),
+                 "predict_images, ORT fp32":
+                     partial(predict_images, onnx_model, frames, extra["size"], batch)}
         times = interleave(calls, rounds, desc=f"end to end, batch {batch}")
         ref = times["teacher detect() (letterbox, model, NMS)"]
         for name, ts in times.items():
@@ -227,7 +234,8 @@ def spin_table(args, extra: dict[str, Any], rounds: int) -> str:
 
     x = torch.rand(1, 3, HEIGHT, WIDTH)
     feed = {"rgb": x.numpy()}
-    sessions = {"spin": ort_session(extra["fp32"], args.threads, spin=True), "no spin": extra["sessions"]["fp32"]}
+    sessions = {"spin": ort_session(extra["fp32"], args.threads, spin=True),
+                "no spin": extra["sessions"]["fp32"]}
     pred: dict[str, list[float]] = {name: [] for name in sessions}
     teacher: dict[str, list[float]] = {name: [] for name in sessions}
     for r in tqdm(range(rounds + 2), desc="spinning", unit="round", leave=False):
@@ -239,17 +247,20 @@ def spin_table(args, extra: dict[str, Any], rounds: int) -> str:
             if r >= 2:
                 pred[name].append(t_pred - t)
                 teacher[name].append(time.perf_counter() - t_pred)
-    rows = [[name, f"{1000 * median(pred[name]):.2f}", f"{1000 * median(teacher[name]):.1f}"] for name in sessions]
+    rows = [[name, f"{1000 * median(pred[name]):.2f}", f"{1000 * median(teacher[name]):.1f}"]
+            for name in sessions]
     return (table(["ORT worker threads", "predictor ORT fp32 ms", "teacher eager ms right after"], rows)
             + f"\npredictor speed-up from spinning: {paired_ratio(pred['no spin'], pred['spin']):.2f}x; "
-            f"teacher slowdown caused by it: {paired_ratio(teacher['spin'], teacher['no spin']):.2f}x (paired)")
+            "teacher slowdown caused by it: "
+            f"{paired_ratio(teacher['spin'], teacher['no spin']):.2f}x (paired)")
 
 
 def main() -> None:
     p = base_parser(__doc__.splitlines()[0])
     p.add_argument("--predictor", default="runs/predictor/headline/predictor.pt", help="predictor.pt to time")
     p.add_argument("--data", default="runs/msrs", help="pair dataset for int8 calibration and a real frame")
-    p.add_argument("--compile", action="store_true", help="also time torch.compile (about a minute to compile)")
+    p.add_argument("--compile", action="store_true",
+                   help="also time torch.compile (about a minute to compile)")
     args = p.parse_args()
     assets_env()
     setup_torch(args.threads)
@@ -260,12 +271,14 @@ def main() -> None:
         variants, extra = build_variants(args, Path(tmp))
         times_by_batch = {}
         for batch in (1, 8):
-            times_by_batch[batch], cpu = time_batch(variants, batch, rounds if batch == 1 else max(3, rounds // 3))
+            times_by_batch[batch], cpu = time_batch(variants, batch,
+                                                    rounds if batch == 1 else max(3, rounds // 3))
             text, ratios = batch_table(variants, times_by_batch[batch], cpu)
             print(f"\n## batch {batch}: per frame\n\n{text}")
             for name in ("predictor, eager", "predictor, ORT fp32", "predictor, ORT int8 (static QDQ)"):
                 if name in ratios:
-                    print(f"predictor/teacher time ratio ({name} / teacher eager, batch {batch}): {ratios[name]:.1%}")
+                    print(f"predictor/teacher time ratio ({name} / teacher eager, batch {batch}): "
+                          f"{ratios[name]:.1%}")
         print(f"\n## ONNX Runtime speed-up for the predictor\n\n{speedup_table(times_by_batch)}")
         print(f"\n## end to end at 640x480\n\n{end_to_end_table(args, extra, max(3, rounds // 2))}")
         print(f"\n## ONNX Runtime thread spinning and the detector next to it\n\n"

@@ -73,7 +73,8 @@ def in_memory_table(pairs, rounds: int) -> str:
 
     calib = rig((pairs[0][0].shape[1], pairs[0][0].shape[0]))
     mc, mt = color_maps(calib), thermal_maps(calib)
-    registered = [(warp_color_to_thermal(c, calib, maps=mc), undistort_thermal(t, calib, maps=mt)) for c, t in pairs]
+    registered = [(warp_color_to_thermal(c, calib, maps=mc), undistort_thermal(t, calib, maps=mt))
+                  for c, t in pairs]
     H = offset_correction(1.5, -3.0)
 
     def each(fn):
@@ -85,7 +86,8 @@ def in_memory_table(pairs, rounds: int) -> str:
         "register pair, maps per pair": each(lambda c, t: (warp_color_to_thermal(c, calib),
                                                            undistort_thermal(t, calib))),
         "offset correction (warpPerspective, color)": each(lambda c, t: warp_image(c, H)),
-        "displacement (edges + DIS flow fwd/bwd + mask)": lambda: [dense_displacement(t, c) for c, t in registered],
+        "displacement (edges + DIS flow fwd/bwd + mask)":
+            lambda: [dense_displacement(t, c) for c, t in registered],
     }
     times = interleave(calls, rounds, warmup=1, desc="registration")
     ref = times["register pair, maps computed once"]
@@ -96,8 +98,8 @@ def in_memory_table(pairs, rounds: int) -> str:
 
 
 def file_table(manifest, pairs, repeats: int) -> str:
-    """``register_manifest`` on files (read, remap both images, write PNGs and labels), and its image I/O alone
-    (the same reads and atomic PNG writes without the remap), interleaved."""
+    """``register_manifest`` on files (read, remap both images, write PNGs and labels), and its image I/O
+    alone (the same reads and atomic PNG writes without the remap), interleaved."""
     from invismap.io import read_color, write_image
     from invismap.registration.run import read_thermal_raw, register_manifest
 
@@ -107,10 +109,13 @@ def file_table(manifest, pairs, repeats: int) -> str:
         runs = iter(range(10 ** 6))
         calls = {
             "register_manifest (read, remap, write PNG + labels)":
-                lambda: register_manifest(manifest, Path(tmp) / f"r{next(runs)}", calib=calib, progress=False),
-            "read both PNGs of each pair": lambda: [(read_color(s.color), read_thermal_raw(s.thermal)) for s in manifest],
+                lambda: register_manifest(manifest, Path(tmp) / f"r{next(runs)}", calib=calib,
+                                          progress=False),
+            "read both PNGs of each pair":
+                lambda: [(read_color(s.color), read_thermal_raw(s.thermal)) for s in manifest],
             "write both PNGs of each pair (io.write_image)":
-                lambda: [(write_image(Path(tmp) / "c.png", c), write_image(Path(tmp) / "t.png", t)) for c, t in pairs],
+                lambda: [(write_image(Path(tmp) / "c.png", c), write_image(Path(tmp) / "t.png", t))
+                         for c, t in pairs],
         }
         times = interleave(calls, repeats, warmup=1, desc="files")
     ref = times["register_manifest (read, remap, write PNG + labels)"]

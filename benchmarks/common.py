@@ -46,8 +46,8 @@ def machine_description() -> dict[str, str]:
     import numpy
     import torch
 
-    info = {"cpu": cpu_model(), "cores": str(len(os.sched_getaffinity(0))), "python": platform.python_version(),
-            "torch": torch.__version__, "numpy": numpy.__version__}
+    info = {"cpu": cpu_model(), "cores": str(len(os.sched_getaffinity(0))),
+            "python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__}
     try:
         with open("/proc/meminfo") as f:
             kb = int(f.readline().split()[1])
@@ -158,7 +158,8 @@ def wait_quiet(max_wait: float, threshold: float = 0.15) -> None:
             print(f"machine quiet enough: other processes use {share if share is None else f'{share:.0%}'}")
             return
         if time.perf_counter() - start > max_wait:
-            print(f"machine still busy after {max_wait:.0f} s (other processes use {share:.0%}); measuring anyway")
+            print(f"machine still busy after {max_wait:.0f} s (other processes use {share:.0%}); "
+                  "measuring anyway")
             return
         time.sleep(10)
 
@@ -184,7 +185,8 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 def base_parser(description: str) -> argparse.ArgumentParser:
     """Arguments every benchmark takes: ``--threads``, ``--rounds``, ``--quick``."""
     p = argparse.ArgumentParser(description=description)
-    p.add_argument("--threads", type=int, default=2, help="PyTorch / ONNX Runtime intra-op threads (default 2)")
+    p.add_argument("--threads", type=int, default=2,
+                   help="PyTorch / ONNX Runtime intra-op threads (default 2)")
     p.add_argument("--rounds", type=int, default=None, help="timed rounds (default per benchmark)")
     p.add_argument("--quick", action="store_true", help="few rounds: a smoke run, not a measurement")
     p.add_argument("--wait-quiet", type=float, default=0, metavar="SECONDS",

@@ -1,17 +1,18 @@
 """Map-guided fusion against color only, thermal only and constant-weight fusion: AP50 with 95% intervals.
 
-On the registered MSRS pairs: weights chosen on the train split (per condition and label set), AP50 reported on
-the test split, per condition and class, against the thermal labels and the union of color and thermal labels
-(:mod:`invismap.detector.fusion_eval`). Map-guided variants per map: ``linear`` (color weight c * (1 - a * m)),
-``power`` (c * (1 - m) ** a), ``boost`` (linear, and each thermal box weighs 1 + b * m); ``map:NAME`` is the
-variant with the best train AP50. Detections and the maps' means inside the color boxes are computed once
-and cached in ``OUT/detections.npz`` (recomputed when a setting changes); the table is printed and written to
-``OUT/fusion.json``.
+On the registered MSRS pairs: weights chosen on the train split (per condition and label set), AP50 reported
+on the test split, per condition and class, against the thermal labels and the union of color and thermal
+labels (:mod:`invismap.detector.fusion_eval`). Map-guided variants per map: ``linear`` (color weight
+c * (1 - a * m)), ``power`` (c * (1 - m) ** a), ``boost`` (linear, and each thermal box weighs 1 + b * m);
+``map:NAME`` is the variant with the best train AP50. Detections and the maps' means inside the color boxes
+are computed once and cached in ``OUT/detections.npz`` (recomputed when a setting changes); the table is
+printed and written to ``OUT/fusion.json``.
 
 Usage (from the repository root)::
 
     INVISMAP_ASSETS=../shared/assets .venv/bin/python benchmarks/fusion.py --data runs/msrs/register \\
-        --thermal-detector runs/msrs/distill/thermal_detector.pt --predictor runs/msrs/predictor/predictor.pt \\
+        --thermal-detector runs/msrs/distill/thermal_detector.pt \\
+        --predictor runs/msrs/predictor/predictor.pt \\
         --maps predictor,pair --out runs/msrs/fusion [--n-boot 1000] [--method wbf|nms]
 """
 
@@ -26,12 +27,15 @@ from common import assets_env, print_machine, setup_torch
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--data", default="runs/msrs/register", help="registered pairs: manifest.csv or its folder")
+    p.add_argument("--data", default="runs/msrs/register",
+                   help="registered pairs: manifest.csv or its folder")
     p.add_argument("--color", default="yolov5n", help="color detector (name or file)")
     p.add_argument("--thermal-detector", default="runs/msrs/distill/thermal_detector.pt",
                    help="the label-free thermal detector (also gives the pair score)")
-    p.add_argument("--predictor", default="runs/msrs/predictor/predictor.pt", help="the color-only map predictor")
-    p.add_argument("--maps", default="predictor,pair", help="maps to fuse with, comma-separated: predictor, pair")
+    p.add_argument("--predictor", default="runs/msrs/predictor/predictor.pt",
+                   help="the color-only map predictor")
+    p.add_argument("--maps", default="predictor,pair",
+                   help="maps to fuse with, comma-separated: predictor, pair")
     p.add_argument("--out", default="runs/msrs/fusion", help="output folder (detections.npz, fusion.json)")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples of the test images")
     p.add_argument("--method", choices=("wbf", "nms"), default="wbf", help="how boxes are merged")
@@ -74,13 +78,14 @@ def main() -> None:
     specs = map_specs(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    settings = {"data": str(Path(args.data).resolve()), "pairs": [s.name for s in manifest], "color": args.color,
-                "thermal_detector": str(Path(args.thermal_detector).resolve()), "maps": specs, "size": args.size,
-                "conf": 0.001, "iou": 0.45}
+    settings = {"data": str(Path(args.data).resolve()), "pairs": [s.name for s in manifest],
+                "color": args.color, "thermal_detector": str(Path(args.thermal_detector).resolve()),
+                "maps": specs, "size": args.size, "conf": 0.001, "iou": 0.45}
     t0 = time.perf_counter()
     records = load_records(out / "detections.npz", settings)
     if records is None:
-        records = compute_pair_records(manifest, load_detector(args.color), load_detector(args.thermal_detector),
+        records = compute_pair_records(manifest, load_detector(args.color),
+                                       load_detector(args.thermal_detector),
                                        {m: map_source(spec)[1] for m, spec in specs.items()}, size=args.size)
         save_records(out / "detections.npz", records, settings)
         print(f"detections and maps of {len(records)} pairs: {time.perf_counter() - t0:.0f} s "

@@ -43,7 +43,8 @@ def msrs4(msrs_dir: Path, tmp_path_factory) -> Path:
     """Manifest of four real MSRS pairs (two day, two night) with their color labels."""
     samples = [Sample(n, msrs_dir / "vi" / f"{n}.png", msrs_dir / "ir" / f"{n}.png",
                       "night" if n.endswith("N") else "day", "train", None,
-                      msrs_dir / "labels" / "visible" / f"{n}.txt", msrs_dir / "labels" / "infrared" / f"{n}.txt")
+                      msrs_dir / "labels" / "visible" / f"{n}.txt",
+                      msrs_dir / "labels" / "infrared" / f"{n}.txt")
                for n in NAMES]
     return save_manifest(Manifest(samples, msrs_dir), tmp_path_factory.mktemp("msrs4") / "manifest.csv")
 
@@ -130,7 +131,8 @@ def test_stream_a_motion_moves_source_onto_target(msrs4: Path, target: str):
     s = item["a"]
     assert s["source"].shape == (3, 128, 128) and s["edge"].shape == (1, 128, 128)
     assert s["cues"].shape == (5, 128, 128)
-    assert torch.isfinite(s["cues"]).all() and 0 <= float(s["cues"][4].min()) <= float(s["cues"][4].max()) <= 1
+    assert torch.isfinite(s["cues"]).all()
+    assert 0 <= float(s["cues"][4].min()) <= float(s["cues"][4].max()) <= 1
     assert float(s["motion"].norm(dim=0).mean()) > 1.0  # moved for real
     assert float((s["source"] - s["target"]).abs().mean()) > 2 * _stream_error(s)
     assert _stream_error(s) < 0.02
@@ -162,8 +164,8 @@ def _sequence(root: Path, n: int = 4, step: float = 3.0) -> Manifest:
         th = cv2.warpAffine(thermal, m, (260, 200), borderMode=cv2.BORDER_REFLECT)[20:180, 20:240]
         write_image(root / "color" / f"f{t}.png", c)
         write_image(root / "thermal" / f"f{t}.png", th)
-        samples.append(Sample(f"f{t}", root / "color" / f"f{t}.png", root / "thermal" / f"f{t}.png", "day", "train",
-                              100.0 + 0.1 * t))
+        samples.append(Sample(f"f{t}", root / "color" / f"f{t}.png", root / "thermal" / f"f{t}.png", "day",
+                              "train", 100.0 + 0.1 * t))
     return Manifest(samples, root)
 
 
@@ -292,7 +294,7 @@ def test_config_and_cli(tmp_path: Path):
     cfg = load_config(AlignConfig, tmp_path / "a.yaml", ["misalign.max_shift=4", "train.max_steps=7"])
     assert cfg.crop == 128 and cfg.net.corr_windows == (5, 9) and cfg.misalign == FieldConfig(max_shift=4.0)
     assert cfg.train.max_steps == 7
-    with pytest.raises(InvismapError, match="unknown config key 'net.width'"):
+    with pytest.raises(InvismapError, match=r"unknown config key 'net.width'"):
         load_config(AlignConfig, None, ["net.width=3"])
     parser = argparse.ArgumentParser()
     add_parser(parser.add_subparsers())
@@ -308,6 +310,8 @@ def test_aligner_plugs_into_the_weak_alignment_benchmark(trained: Path, msrs4: P
 
     s = load_manifest(msrs4)[0]
     thr, rgb = read_thermal(s.thermal)[100:260, 200:400], read_color(s.color)[100:260, 200:400]
-    res = weak_alignment_experiment([(s.name, thr, rgb)], aligngan_estimators(load_aligner(trained / "aligngan.pt")))
-    for key in ("aligngan/after_abs_share_ge5_all", "aligngan_flow/epe_abs_all", "before/after_abs_epe_edges"):
+    res = weak_alignment_experiment([(s.name, thr, rgb)],
+                                    aligngan_estimators(load_aligner(trained / "aligngan.pt")))
+    for key in ("aligngan/after_abs_share_ge5_all", "aligngan_flow/epe_abs_all",
+                "before/after_abs_epe_edges"):
         assert np.isfinite(res["trials"][0][key]), key

@@ -9,6 +9,7 @@ import re
 import socket
 import threading
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -21,10 +22,10 @@ PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
-    routes: dict[str, bytes] = {}
-    hits: list[str] = []
+    routes: ClassVar[dict[str, bytes]] = {}
+    hits: ClassVar[list[str]] = []
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+    def do_GET(self) -> None:  # http.server's name
         self.hits.append(self.path)
         if self.path == "/short":  # announces more bytes than it sends, then closes
             self.send_response(200)
@@ -95,7 +96,7 @@ def test_table_is_consistent():
             assert a.relpath == f"data/{a.name}" and a.url and a.sha256 is None, a.name
     assert {"msrs", "roadscene", "llvip", "kaist", "flir", "m3fd"} <= set(names)
     assert assets.get_asset("weights/yolov5n.pt").name == "yolov5n.pt"
-    with pytest.raises(InvismapError, match="known assets: yolov5n.pt"):
+    with pytest.raises(InvismapError, match=r"known assets: yolov5n.pt"):
         assets.get_asset("yolov9.pt")
 
 
@@ -137,7 +138,7 @@ def test_find_asset_missing_says_where_and_how(tmp_path, monkeypatch):
     assert str(a) in msg and str(tmp_path / "xdg" / "invismap") in msg
     assert "invismap assets fetch yolov5n.pt" in msg
     assert str(tmp_path / "xdg" / "invismap" / "weights" / "yolov5n.pt") in msg
-    with pytest.raises(InvismapError, match="get it from https://github.com/Linfeng-Tang/MSRS"):
+    with pytest.raises(InvismapError, match=r"get it from https://github.com/Linfeng-Tang/MSRS"):
         find_asset("msrs")
 
 
@@ -151,7 +152,7 @@ def test_traversal_refused(bad, tmp_path):
 
 
 def test_fetch_refuses_traversal_by_name_and_link(tmp_path, server):
-    with pytest.raises(InvismapError, match="'..' are refused"):
+    with pytest.raises(InvismapError, match=r"'..' are refused"):
         fetch("../../etc/passwd", tmp_path)
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -210,7 +211,7 @@ def test_fetch_corrupt_does_not_touch_existing_good_copy(tmp_path, server):
 
 
 def test_fetch_truncated_download(tmp_path, server):
-    with pytest.raises(InvismapError, match="tiny.bin: download from"):
+    with pytest.raises(InvismapError, match=r"tiny.bin: download from"):
         fetch(_asset(f"{server}/short", sha=None), tmp_path)
     assert _files(tmp_path) == []
 

@@ -87,7 +87,8 @@ def make_predictor_config(t: Path, extra: str = "") -> Path:
 
 
 def make_predictor_checkpoint(path: Path, unet: UNetConfig | None = None, **over) -> Path:
-    """A predictor.pt as ``train_predictor`` writes it: the default U-Net config, random weights of ``unet``."""
+    """A predictor.pt as ``train_predictor`` writes it: the default U-Net config, random weights of
+    ``unet``."""
     state = {"kind": "predictor", "unet_config": asdict(UNetConfig()),
              "model": InvisibilityUNet(unet).state_dict(), "input_size": 64, "square": False,
              "normalisation": "rgb 0..1", "loss": "bce", "step": 1}
@@ -250,7 +251,8 @@ def empty_folder(t, mp):
 
 # ---- MSRS layouts: flattened (vi/, ir/) or as released (train|test/vi|ir) ------------------------
 
-@row("/src: no MSRS images found", "expected vi/ and ir/, or the MSRS release's train/{vi,ir} and test/{vi,ir}")
+@row("/src: no MSRS images found",
+     "expected vi/ and ir/, or the MSRS release's train/{vi,ir} and test/{vi,ir}")
 def msrs_no_layout(t, mp):
     src = make_msrs(t / "src")
     (src / "vi").rename(src / "visible")
@@ -292,7 +294,8 @@ def msrs_both_layouts(t, mp):
     return import_case(t, src)
 
 
-@row("labels/infrared/train/0002N.txt", "label file missing for pair 0002N", "add an empty file if 0002N has no")
+@row("labels/infrared/train/0002N.txt", "label file missing for pair 0002N",
+     "add an empty file if 0002N has no")
 def msrs_release_label_missing(t, mp):
     src = make_msrs_release(t / "src")
     (src / "labels/infrared/train/0002N.txt").unlink()
@@ -796,15 +799,17 @@ def distill_more_data_without_training_pairs(t, mp):
     ds = make_dataset(t)
     (t / "more").mkdir()
     rows = (ds / "manifest.csv").read_text().splitlines()
-    (t / "more" / "manifest.csv").write_text("\n".join([rows[0]] + [r.replace("../src", "../ds/../src")
-                                                                   for r in rows[1:] if ",night," in r]) + "\n")
+    night = [r.replace("../src", "../ds/../src") for r in rows[1:] if ",night," in r]
+    (t / "more" / "manifest.csv").write_text("\n".join([rows[0]] + night) + "\n")
     (t / "c.yaml").write_text(f"data: {ds}\nsplit: all\nextra_data: [{t / 'more' / 'manifest.csv'}]\n")
-    return Case(["distill", str(t / "c.yaml"), "--run", str(t / "run")], t / "run", [t / "run" / "student.pt"])
+    return Case(["distill", str(t / "c.yaml"), "--run", str(t / "run")], t / "run",
+                [t / "run" / "student.pt"])
 
 
 @row("config key 'data.more'", "format 'roadscene' is listed twice")
 def pipeline_more_dataset_twice(t, mp):
-    (t / "c.yaml").write_text(f"data: {{more: [{{format: roadscene, src: {t}}}, {{format: roadscene, src: {t}}}]}}\n")
+    (t / "c.yaml").write_text(f"data: {{more: [{{format: roadscene, src: {t}}}, "
+                              f"{{format: roadscene, src: {t}}}]}}\n")
     return Case(["run", str(t / "c.yaml"), f"out={t / 'out'}"], t / "out", [t / "out" / "import"])
 
 
@@ -876,7 +881,7 @@ def test_bad_input_gives_one_clear_line(name, tmp_path, capsys, monkeypatch):
     row_ = ROWS[name]
     case = row_.setup(tmp_path, monkeypatch)
     capsys.readouterr()  # drop what the setup printed
-    before = {p for p in case.out.rglob("*")} if case.out.is_dir() else set()
+    before = set(case.out.rglob("*")) if case.out.is_dir() else set()
     code, err = _run(row_, case, capsys)
     monkeypatch.undo()  # before the checks: restores os.fsync, folder modes are reset below
     if case.out.is_dir():
@@ -889,7 +894,7 @@ def test_bad_input_gives_one_clear_line(name, tmp_path, capsys, monkeypatch):
     for product in case.product:
         assert not product.exists(), f"{product} was written"
     if case.out.is_dir():
-        new = {p for p in case.out.rglob("*")} - before
+        new = set(case.out.rglob("*")) - before
         assert not [p for p in new if p.name.endswith(".tmp")], f"temporary files left: {new}"
 
 

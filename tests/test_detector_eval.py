@@ -75,7 +75,8 @@ def tiny_manifest(msrs_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("msrs_tiny")
     lines = ["name,color,thermal,condition,split,timestamp,color_labels,thermal_labels"]
     for n in names:
-        lines.append(f"{n},{msrs_dir}/vi/{n}.png,{msrs_dir}/ir/{n}.png,{'day' if n.endswith('D') else 'night'},"
+        lines.append(f"{n},{msrs_dir}/vi/{n}.png,{msrs_dir}/ir/{n}.png,"
+                     f"{'day' if n.endswith('D') else 'night'},"
                      f"test,,{msrs_dir}/labels/visible/{n}.txt,{msrs_dir}/labels/infrared/{n}.txt")
     (root / "manifest.csv").write_text("\n".join(lines) + "\n")
     return root / "manifest.csv"
@@ -88,7 +89,8 @@ def yolov5n(weights_dir):
 
 def test_evaluate_detector_on_real_pairs(yolov5n, tiny_manifest):
     manifest = load_manifest(tiny_manifest)
-    res = evaluate_detector(yolov5n, manifest, images="color", labels="color", condition="day", progress=False)
+    res = evaluate_detector(yolov5n, manifest, images="color", labels="color", condition="day",
+                            progress=False)
     assert res["n_images"] == 2 and res["settings"]["condition"] == "day"
     assert set(res["classes"]) == {"person", "bicycle", "car"}
     assert 0.3 < res["AP50"] <= 1.0  # yolov5n sees people and cars in daylight color images

@@ -7,8 +7,9 @@ import importlib
 
 import pytest
 
-MODULES = ["invismap.invisibility.metrics", "invismap.invisibility.bootstrap", "invismap.invisibility.targets",
-           "invismap.invisibility.references", "invismap.invisibility.sources", "invismap.invisibility.neck_head",
+MODULES = ["invismap.invisibility.metrics", "invismap.invisibility.bootstrap",
+           "invismap.invisibility.targets", "invismap.invisibility.references",
+           "invismap.invisibility.sources", "invismap.invisibility.neck_head",
            "invismap.data.importers.roadscene", "invismap.distill.experiments",
            "invismap.data.manifest", "invismap.io",
            "invismap.invisibility.baselines", "invismap.invisibility.unet", "invismap.detector.fusion",

@@ -51,7 +51,8 @@ class Regression(Task):
 
 
 def cfg(**kw):
-    base = dict(max_steps=30, batch_size=4, lr=0.05, warmup_steps=3, ckpt_every=10, eval_every=15, log_every=5)
+    base = {"max_steps": 30, "batch_size": 4, "lr": 0.05, "warmup_steps": 3, "ckpt_every": 10,
+            "eval_every": 15, "log_every": 5}
     base.update(kw)
     return TrainConfig(**base)
 
@@ -98,7 +99,8 @@ def test_ema_ends_with_the_average_and_resumes_exactly(tmp_path):
     fit(again, Points(), cfg(ema=0.9), tmp_path / "part", resume=True, progress=False)
     assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), smooth.state_dict().values()))
     with pytest.raises(InvismapError, match="no moving average"):
-        fit(Regression(), Points(), cfg(ema=0.9, max_steps=40), tmp_path / "plain", resume=True, progress=False)
+        fit(Regression(), Points(), cfg(ema=0.9, max_steps=40), tmp_path / "plain", resume=True,
+            progress=False)
 
 
 def test_one_process_per_folder_and_a_dead_holder_releases_it(tmp_path):
@@ -118,7 +120,8 @@ def test_one_process_per_folder_and_a_dead_holder_releases_it(tmp_path):
         assert holder.stdout.readline() == b"held\n"
         config = tmp_path / "c.yaml"
         config.write_text("report: {gallery: 1}\n")
-        run = subprocess.run([str(Path(sys.executable).with_name("invismap")), "run", str(config), f"out={folder}"],
+        run = subprocess.run([str(Path(sys.executable).with_name("invismap")), "run", str(config),
+                              f"out={folder}"],
                              capture_output=True, text=True, timeout=120, check=False)
         assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
         assert f"in use by another invismap process (PID {holder.pid})" in run.stderr
@@ -164,7 +167,7 @@ def test_wrong_kind_and_corrupt_checkpoint(tmp_path):
     with pytest.raises(InvismapError, match="is a 'predictor' checkpoint, expected student"):
         load_checkpoint(tmp_path / "a.pt", "student")
     (tmp_path / "b.pt").write_bytes((tmp_path / "a.pt").read_bytes()[:100])
-    with pytest.raises(InvismapError, match="b.pt: not a readable invismap checkpoint"):
+    with pytest.raises(InvismapError, match=r"b.pt: not a readable invismap checkpoint"):
         load_checkpoint(tmp_path / "b.pt")
 
 

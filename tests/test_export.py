@@ -127,7 +127,8 @@ def test_int8_predictor_is_quantised_and_close(predictor_file, tmp_path):
 
 def test_export_cli_errors(predictor_file, thermal_detector_file, tmp_path, capsys):
     cases = [
-        (["--model", str(thermal_detector_file), "--out", str(tmp_path / "d.onnx"), "--int8"], "predictor only"),
+        (["--model", str(thermal_detector_file), "--out", str(tmp_path / "d.onnx"), "--int8"],
+         "predictor only"),
         (["--model", str(predictor_file), "--out", str(tmp_path / "p.onnx"), "--int8"], "--calibration-data"),
         (["--model", str(predictor_file), "--out", str(tmp_path / "p.pt")], "must end in .onnx"),
         (["--model", str(thermal_detector_file), "--out", str(tmp_path / "d.onnx"), "--size", "100"],
@@ -150,7 +151,8 @@ def test_dataset_to_tensor_is_bitwise_torch_division():
 
 
 def test_onnx_detector_detects_like_pytorch(assets, msrs_dir, tmp_path, capsys):
-    """`invismap detect --model X.onnx` gives the PyTorch detector's boxes (real yolov5n, real MSRS images)."""
+    """`invismap detect --model X.onnx` gives the PyTorch detector's boxes (real yolov5n, real MSRS
+    images)."""
     from invismap.detector.export import export_detector
     from invismap.detector.onnx_detector import OnnxDetector
     from invismap.detector.postprocess import detect

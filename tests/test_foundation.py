@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass, field
 import re
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -182,10 +182,10 @@ def test_unknown_config_key_is_named(tmp_path):
     from invismap.config import load_config
 
     (tmp_path / "c.yaml").write_text("train:\n  lrr: 0.1\n")
-    with pytest.raises(InvismapError, match="train.lrr"):
+    with pytest.raises(InvismapError, match=r"train.lrr"):
         load_config(_Outer, tmp_path / "c.yaml")
     (tmp_path / "c.yaml").write_text("train:\n  lr: fast\n")
-    with pytest.raises(InvismapError, match="train.lr.*float"):
+    with pytest.raises(InvismapError, match=r"train.lr.*float"):
         load_config(_Outer, tmp_path / "c.yaml")
     cfg = load_config(_Outer, None, ["train.lr=5", "mode=head"])
     assert cfg.train.lr == 5.0 and cfg.mode == "head"
@@ -209,7 +209,7 @@ def test_thermal_channels_gray_jpeg_accepted_palette_refused(tmp_path):
     assert read_thermal(tmp_path / "g.jpg").shape == (48, 64)
     palette = cv2.applyColorMap(gray, cv2.COLORMAP_JET)
     cv2.imwrite(str(tmp_path / "p.png"), palette)
-    with pytest.raises(InvismapError, match="p.png: thermal image has 3 different channels"):
+    with pytest.raises(InvismapError, match=r"p.png: thermal image has 3 different channels"):
         read_thermal(tmp_path / "p.png")
 
 

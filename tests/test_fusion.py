@@ -80,7 +80,8 @@ def test_a_constant_map_is_plain_fusion(form, strength, method):
     guided = fuse_with_map(color, thermal, np.full((H, W), m0, np.float32),
                            FusionParams(color_weight=0.8, map_strength=strength, form=form, method=method))
     c = 0.8 * float(trust(np.array([m0]), form, strength)[0])
-    plain = fuse_with_map(color, thermal, None, FusionParams(color_weight=c, method=method), image_size=(W, H))
+    plain = fuse_with_map(color, thermal, None, FusionParams(color_weight=c, method=method),
+                          image_size=(W, H))
     np.testing.assert_allclose(guided.boxes, plain.boxes, atol=1e-4)
     np.testing.assert_allclose(guided.scores, plain.scores, rtol=1e-6)
     assert guided.classes.tolist() == plain.classes.tolist()
@@ -99,8 +100,8 @@ def test_wbf_merges_agreeing_boxes_and_keeps_lone_ones():
 
 
 def test_box_map_means_and_bad_params():
-    assert box_map_means(blind_left(), np.array([[0, 0, 10, 10], [40, 0, 60, 10], [200, 0, 300, 10]])).tolist() \
-        == [1.0, 0.5, 0.0]
+    boxes = np.array([[0, 0, 10, 10], [40, 0, 60, 10], [200, 0, 300, 10]])
+    assert box_map_means(blind_left(), boxes).tolist() == [1.0, 0.5, 0.0]
     with pytest.raises(ValueError, match="map_strength"):
         FusionParams(map_strength=2.0)  # linear: 1 - alpha * m must stay >= 0
     with pytest.raises(ValueError, match="color_weight"):
@@ -152,7 +153,8 @@ def test_bootstrap_ap50_is_coco_ap_on_the_resampled_images():
 # ---- evaluation on synthetic records ---------------------------------------------------------------
 
 def synthetic_records(n: int = 8) -> tuple[list[PairRecord], dict]:
-    """Pairs where the color detector's box in the flagged region is a false alarm that outranks its true boxes."""
+    """Pairs where the color detector's box in the flagged region is a false alarm that outranks its true
+    boxes."""
     rng = np.random.default_rng(0)
     records, labels = [], {}
     for i in range(2 * n):
@@ -162,15 +164,16 @@ def synthetic_records(n: int = 8) -> tuple[list[PairRecord], dict]:
         color = dets([[59, 9, 79, 49], [6, 10, 31, 40], [10, 40, 30, 70]], [0.5, 0.4, 0.9], [0, 2, 0])
         means = np.array([0.0, 0.1, 0.9 * rng.uniform(0.9, 1)])  # the false alarm sits where the map flags
         name = f"{i:05d}{cond[0].upper()}"
-        records.append(PairRecord(name, cond, split, (W, H), color, thermal, {"toy": means}, {"toy": np.zeros(1)}))
+        records.append(PairRecord(name, cond, split, (W, H), color, thermal, {"toy": means},
+                                  {"toy": np.zeros(1)}))
         labels[name] = {"thermal": truth, "union": truth}
     return records, labels
 
 
 def test_evaluate_fusion_chooses_on_train_and_reports_margins():
     records, labels = synthetic_records()
-    grid = FusionGrid(color_weights=(0.5, 1.0), strengths={"linear": (1.0,), "power": (4.0,), "boost": (0.0,)},
-                      boosts=(1.0,))
+    grid = FusionGrid(color_weights=(0.5, 1.0),
+                      strengths={"linear": (1.0,), "power": (4.0,), "boost": (0.0,)}, boosts=(1.0,))
     res = evaluate_fusion(records, labels, maps=["toy"], grid=grid, n_boot=20, progress=False)
     block = res["conditions"]["night"]["label_sets"]["thermal"]
     assert set(block["methods"]) == {"color", "thermal", "constant", "map:toy:linear", "map:toy:power",
@@ -204,7 +207,8 @@ def test_records_round_trip(tmp_path):
 
 @pytest.fixture(scope="module")
 def thermal_detector(tmp_path_factory, weights_dir) -> Path:
-    """An undistilled thermal detector (the teacher's weights reading gray), saved as distillation saves one."""
+    """An undistilled thermal detector (the teacher's weights reading gray), saved as distillation saves
+    one."""
     from invismap.detector.zoo import load_detector
     from invismap.distill.student import ThermalStudent, student_checkpoint
     from invismap.engine.checkpoint import save_checkpoint

@@ -19,6 +19,7 @@ for minutes each.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import math
 import shutil
@@ -368,10 +369,8 @@ def check_pair_tables(content: str | bytes) -> None:
         assert all(isinstance(v, str) for v in splits.values())
     except InvismapError:
         pass
-    try:
+    with contextlib.suppress(InvismapError):
         _read_conditions(folder / "pairs.csv")
-    except InvismapError:
-        pass
 
 
 # ---- manifest --------------------------------------------------------------------------------------

@@ -63,7 +63,8 @@ def test_release_layout_split_from_folder_and_labels(tmp_path: Path):
             assert s.color == src / split / "vi" / f"{name}.png"
             assert s.thermal == src / split / "ir" / f"{name}.png"
             assert _classes(s.color_labels) == [0] and _classes(s.thermal_labels) == [2]
-    assert m.counts() == {("train", "day"): 1, ("train", "night"): 1, ("test", "day"): 1, ("test", "night"): 1}
+    assert m.counts() == {("train", "day"): 1, ("train", "night"): 1,
+                          ("test", "day"): 1, ("test", "night"): 1}
 
 
 def test_release_without_labels_and_with_one_split(tmp_path: Path):
@@ -116,8 +117,9 @@ def test_flat_images_with_release_labels_match_the_flat_import(msrs_dir: Path, t
     for name in names:
         split = release_split[name]
         for sub, label_sub in (("vi", "visible"), ("ir", "infrared")):
-            for root, img_dir, txt_dir in ((flat, flat / sub, flat / "labels" / label_sub),
-                                           (release, release / split / sub, release / "labels" / label_sub / split)):
+            for _root, img_dir, txt_dir in ((flat, flat / sub, flat / "labels" / label_sub),
+                                            (release, release / split / sub,
+                                             release / "labels" / label_sub / split)):
                 img_dir.mkdir(parents=True, exist_ok=True)
                 txt_dir.mkdir(parents=True, exist_ok=True)
                 shutil.copy(msrs_dir / sub / f"{name}.png", img_dir)

@@ -146,7 +146,8 @@ def test_roadscene_drive_split_keeps_drives_whole(assets: Path, tmp_path: Path):
     assert all(s.split == "test" for s in a if s.condition == "night")
     assert sum(s.split == "test" for s in a) > sum(s.split == "test" for s in import_roadscene(
         src, tmp_path / "c", progress=False))  # 0.5 of the day drives is more than the default 0.3
-    assert {s.split for s in import_roadscene(src, tmp_path / "d", progress=False, test_fraction=None)} == {"all"}
+    every = import_roadscene(src, tmp_path / "d", progress=False, test_fraction=None)
+    assert {s.split for s in every} == {"all"}
     with pytest.raises(InvismapError, match="test_fraction"):
         import_roadscene(src, tmp_path / "e", progress=False, test_fraction=1.5)
 
@@ -202,8 +203,8 @@ def test_flir_aligned(tmp_path: Path):
 def test_flir_aligned_voc_annotations(tmp_path: Path):
     """FLIR-aligned as published: ``Annotations/FLIR_XXXXX_PreviewData.xml`` (VOC), read without options."""
     src, _ = make_flir(tmp_path / "src")
-    _voc(src / "Annotations" / "FLIR_00006_PreviewData.xml", [("person", [2, 3, 10, 23]), ("car", [20, 10, 40, 22]),
-                                                             ("sign", [1, 1, 5, 5])])
+    _voc(src / "Annotations" / "FLIR_00006_PreviewData.xml",
+         [("person", [2, 3, 10, 23]), ("car", [20, 10, 40, 22]), ("sign", [1, 1, 5, 5])])
     _voc(src / "Annotations" / "FLIR_00018_PreviewData.xml", [])
     m = {s.name: s for s in import_dataset("flir", src, tmp_path / "out", progress=False)}
     assert _labels(m["FLIR_00006"].thermal_labels) == [0, 2]  # 'sign' dropped
@@ -242,7 +243,7 @@ def test_m3fd(tmp_path: Path):
     assert m["00001"].color_labels is None and _labels(m["00002"].thermal_labels) == []
     assert (m["00001"].condition, m["00002"].condition) == ("night", "unknown")
     (src / "conditions.csv").write_text("name,condition\n00001,evening\n")
-    with pytest.raises(InvismapError, match="conditions.csv"):
+    with pytest.raises(InvismapError, match=r"conditions.csv"):
         import_m3fd(src, tmp_path / "out2", progress=False, conditions="conditions.csv")
 
 
@@ -311,10 +312,10 @@ def test_out_of_range_box(fmt: str, tmp_path: Path):
 def test_malformed_annotations_name_the_file(tmp_path: Path):
     src, _ = make_llvip(tmp_path / "llvip")
     (src / "Annotations" / "010002.xml").write_text("<annotation><object>")
-    with pytest.raises(InvismapError, match="010002.xml"):
+    with pytest.raises(InvismapError, match=r"010002.xml"):
         import_llvip(src, tmp_path / "o1", progress=False)
     (src / "Annotations" / "010002.xml").unlink()
-    with pytest.raises(InvismapError, match="010002.xml.*annotation missing"):
+    with pytest.raises(InvismapError, match=r"010002.xml.*annotation missing"):
         import_llvip(src, tmp_path / "o2", progress=False)
     src, _ = make_kaist(tmp_path / "kaist")
     (src / "annotations/set00/V000/I00001.txt").write_text("% bbGt version=3\nperson five 6 10 20\n")
@@ -324,7 +325,7 @@ def test_malformed_annotations_name_the_file(tmp_path: Path):
     with pytest.raises(InvismapError, match="annotation file not found"):
         import_flir(src, tmp_path / "o4", progress=False, annotations="nope.json")
     (src / "thermal_annotations.json").write_text('{"images": [{"id": 0}]}')
-    with pytest.raises(InvismapError, match="thermal_annotations.json: not a readable COCO json"):
+    with pytest.raises(InvismapError, match=r"thermal_annotations.json: not a readable COCO json"):
         import_flir(src, tmp_path / "o5", progress=False, annotations="thermal_annotations.json")
 
 
@@ -332,8 +333,8 @@ def test_roadscene_meta_must_match_images(tmp_path: Path):
     src, _ = make_roadscene(tmp_path / "src")
     meta = src / "_meta" / "roadscene_meta.csv"
     meta.write_text(meta.read_text().replace("night,48,32,0", "night,48,32,3"))
-    with pytest.raises(InvismapError, match="roadscene_flir_boxes_crop.json: frame FLIR_00018 has 0 boxes"):
+    with pytest.raises(InvismapError, match=r"roadscene_flir_boxes_crop.json: frame FLIR_00018 has 0 boxes"):
         import_roadscene(src, tmp_path / "out", progress=False)
     meta.write_text(meta.read_text().replace("48,32,3", "50,32,0"))
-    with pytest.raises(InvismapError, match="roadscene_meta.csv: frame FLIR_00018 is 50x32"):
+    with pytest.raises(InvismapError, match=r"roadscene_meta.csv: frame FLIR_00018 is 50x32"):
         import_roadscene(src, tmp_path / "out", progress=False)

@@ -222,7 +222,8 @@ def test_missed_object_oracle_scores_perfectly(pairs):
             m = object_pixel_mask(sets["missed"][:, 1:], 480, 640)
             d = object_pixel_mask(sets["detected"][:, 1:], 480, 640)
             shared, total = shared + (m & d).sum(), total + d.sum()
-        assert r["separation"]["missed_vs_detected_auroc"] == pytest.approx(1 - 0.5 * shared / total, abs=1e-9)
+        assert r["separation"]["missed_vs_detected_auroc"] == pytest.approx(1 - 0.5 * shared / total,
+                                                                            abs=1e-9)
 
 
 def test_constant_map_is_chance_everywhere(pairs):
@@ -242,8 +243,8 @@ def test_constant_map_is_chance_everywhere(pairs):
 
 def test_random_map_and_object_oracle_references(pairs):
     dets = _labels_as_detections(pairs)
-    res = compare_sources(pairs, {"random": random_source(seed=1), "oracle": oracle_source()}, dets, n_boot=50,
-                          progress=False)
+    res = compare_sources(pairs, {"random": random_source(seed=1), "oracle": oracle_source()}, dets,
+                          n_boot=50, progress=False)
     for r in res["random"]["conditions"].values():
         assert r["metrics"]["pixel_auroc"]["value"] == pytest.approx(0.5, abs=0.01)
         assert r["metrics"]["coverage_35.9"]["value"] == pytest.approx(0.359, abs=0.02)
@@ -290,7 +291,7 @@ def test_fixed_prior_from_cached_targets(pairs, tmp_path):
     again = prior_source(load_prior(tmp_path))(pairs.samples[0], np.zeros((240, 320, 3), np.uint8), None)
     assert again.shape == (240, 320) and np.allclose(again, prior.mean(), atol=1e-3)
     (tmp_path / "bad.npy").write_bytes(b"not numpy")
-    with pytest.raises(InvismapError, match="bad.npy"):
+    with pytest.raises(InvismapError, match=r"bad.npy"):
         load_prior(tmp_path / "bad.npy")
     with pytest.raises(InvismapError, match="score-pairs"):
         load_prior(tmp_path / "nowhere")

@@ -87,15 +87,16 @@ class Forked:
         if self.pid == 0:  # the child: never returns into pytest
             code = 1
             try:
-                # tqdm's lock is shared across fork (a multiprocessing semaphore, plus a thread lock the parent's
-                # monitor thread may hold at the moment of the fork). A child killed while holding it would
-                # deadlock the test process at its next progress bar; a child that inherits it held would hang.
+                # tqdm's lock is shared across fork (a multiprocessing semaphore, plus a thread lock the
+                # parent's monitor thread may hold at the moment of the fork). A child killed while holding it
+                # would deadlock the test process at its next progress bar; a child that inherits it held
+                # would hang.
                 tqdm.set_lock(threading.RLock())
                 fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
                 os.dup2(fd, 1)
                 os.dup2(fd, 2)
                 sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115 - lives until os._exit
-                sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
+                sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115 - likewise
                 code = main(argv)
             except BaseException:  # noqa: BLE001 - report anything, then leave the child
                 import traceback

@@ -1,4 +1,5 @@
-"""``invismap run``: stage caching, --from/--only, resume, and one real tiny run from MSRS pairs to the report."""
+"""``invismap run``: stage caching, --from/--only, resume, and one real tiny run from MSRS pairs to the
+report."""
 
 from __future__ import annotations
 
@@ -40,7 +41,8 @@ def _toy_stage(name: str, needs: tuple[str, ...], key: str, fail_at: set | None 
 
 def toy_pipeline(cfg: ToyConfig, fail_at: set | None = None) -> Pipeline:
     stages = [_toy_stage("first", (), "a", fail_at), _toy_stage("second", ("first",), "b", fail_at),
-              _toy_stage("third", ("first",), "c", fail_at), _toy_stage("report", ("second", "third"), "a", fail_at)]
+              _toy_stage("third", ("first",), "c", fail_at),
+              _toy_stage("report", ("second", "third"), "a", fail_at)]
     return Pipeline(cfg, stages, echo=lambda line: None)
 
 
@@ -65,9 +67,10 @@ def test_stage_that_ran_with_other_code_is_flagged_not_rerun(tmp_path, monkeypat
     p.run(start="second")  # re-run with the current code: no longer flagged
     lines.clear()
     p.run()
-    assert [line for line in lines if "other code" in line] == ["[1/4] first: up to date, skipped "
-                                                                f"({p.hash('first')}) - it ran with other code; "
-                                                                "--from first re-runs it and what follows"]
+    flagged = ("[1/4] first: up to date, skipped "
+               f"({p.hash('first')}) - it ran with other code; "
+               "--from first re-runs it and what follows")
+    assert [line for line in lines if "other code" in line] == [flagged]
 
 
 def test_changed_setting_reruns_only_what_depends_on_it(tmp_path):
@@ -137,7 +140,8 @@ def tiny_run(tmp_path_factory, msrs_dir, weights_dir):
     config = root / "tiny.yaml"
     config.write_text(TINY)
     out = root / "out"
-    args = [str(config), f"data.src={msrs_dir}", f"distill.teacher={weights_dir / 'yolov5n.pt'}", f"out={out}"]
+    args = [str(config), f"data.src={msrs_dir}", f"distill.teacher={weights_dir / 'yolov5n.pt'}",
+            f"out={out}"]
     assert main(["run", *args]) == 0
     return args, out
 
@@ -151,7 +155,8 @@ def test_tiny_run_writes_a_report_from_its_own_json(tiny_run):
     from invismap.io import _umask
 
     readable = 0o044 & ~_umask()  # others may read what the umask lets them (with the usual 022: everything)
-    for f in (out / "report").rglob("*"):  # so a web server (another user) can serve the page and all it shows
+    # so a web server (another user) can serve the page and all it shows
+    for f in (out / "report").rglob("*"):
         assert not f.is_file() or f.stat().st_mode & 0o044 == readable, (f, oct(f.stat().st_mode))
     detector = json.loads((out / "report" / "data" / "detector.json").read_text())
     student = detector["rows"][-1]
@@ -160,7 +165,8 @@ def test_tiny_run_writes_a_report_from_its_own_json(tiny_run):
     maps = json.loads((out / "report" / "data" / "invisibility.json").read_text())
     assert {"predictor", "pair", "prior", "darkness", "contrast", "random", "oracle"} <= set(maps)
     night = maps["predictor"]["conditions"]["night"]["metrics"]
-    for key in ("missed_vs_detected", "coverage_35.9"):  # each with its interval, as in the JSON beside the page
+    # each with its interval, as in the JSON beside the page
+    for key in ("missed_vs_detected", "coverage_35.9"):
         e = night[key]
         assert f"{e['value']:.3f} <small>[{e['lo']:.2f}, {e['hi']:.2f}]</small>" in page
     assert "fixed prior (position only)" in page and "object oracle (uses labels)" in page
@@ -171,15 +177,17 @@ def test_tiny_run_writes_a_report_from_its_own_json(tiny_run):
     pair_night = maps["pair"]["conditions"]["night"]["sets"]["missed"]
     assert layers[-1]["night"]["auroc"] == pytest.approx(pair_night["auroc"])  # all scales = the pair map
     # The weak-alignment benchmark: the known field is larger than what the homography leaves.
-    geometry = {r["method"]: r for r in json.loads((out / "report" / "data" / "geometry.json").read_text())["rows"]}
+    geometry_rows = json.loads((out / "report" / "data" / "geometry.json").read_text())["rows"]
+    geometry = {r["method"]: r for r in geometry_rows}
     assert set(geometry) == {"before", "translation", "homography_dense", "flow"}
     before, hom = geometry["before"], geometry["homography_dense"]
     assert hom["after_rel_epe_edges"] < before["after_abs_epe_edges"]
-    assert f"<td>{hom['after_abs_epe_edges']:.2f}</td><td>{100 * hom['after_abs_share_ge5_edges']:.1f}%</td>" in page
+    assert (f"<td>{hom['after_abs_epe_edges']:.2f}</td>"
+            f"<td>{100 * hom['after_abs_share_ge5_edges']:.1f}%</td>") in page
 
 
 def test_tiny_run_second_time_cached_and_predictor_change_reruns_only_its_dependents(tiny_run, capsys):
-    args, out = tiny_run
+    args, _out = tiny_run
     capsys.readouterr()
     assert main(["run", *args]) == 0
     printed = capsys.readouterr().out
@@ -204,7 +212,8 @@ def test_run_rejects_a_bad_config(tmp_path, capsys):
     assert "looks like a config for 'invismap distill'" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed (make screenshot)")
+@pytest.mark.skipif(shutil.which("chromium") is None,
+                    reason="Debian's chromium is not installed (make screenshot)")
 def test_report_renders_in_headless_chromium(tiny_run, tmp_path):
     from invismap.report.browser import check_page, screenshot
 
@@ -259,12 +268,11 @@ def test_no_training_calibration_target_or_selection_step_reads_a_test_pair(tmp_
     the predictor cross-validation through the whole pipeline."""
     import dataclasses
 
+    import invismap.distill.experiments
+    import invismap.distill.run
     import invismap.io
     import invismap.pipeline
     from invismap.data.manifest import load_manifest
-
-    import invismap.distill.experiments
-    import invismap.distill.run
 
     reads: list[tuple[str, str]] = []
     current = ["-"]
@@ -301,7 +309,8 @@ def test_no_training_calibration_target_or_selection_step_reads_a_test_pair(tmp_
     manifest = load_manifest(out / "import" / "manifest.csv")
     more = load_manifest(out / "import" / "more" / "roadscene" / "manifest.csv")
     test_names = {s.name for s in manifest.select(split="test")} | {s.name for s in more.select(split="test")}
-    train_names = {s.name for s in manifest.select(split="train")} | {s.name for s in more.select(split="train")}
+    train_names = ({s.name for s in manifest.select(split="train")}
+                   | {s.name for s in more.select(split="train")})
     assert test_names and train_names
     by_stage: dict[str, set[str]] = {}
     for stage, name in reads:
@@ -313,7 +322,8 @@ def test_no_training_calibration_target_or_selection_step_reads_a_test_pair(tmp_
     assert test_names - {s.name for s in more} <= by_stage["eval_maps"]  # the evaluation is what reads them
     assert {s.name for s in more.select(split="train", condition="day")} & by_stage["distill"]  # distilled on
     detector = json.loads((out / "eval_detector" / "detector.json").read_text())
-    assert [r["variant"] for r in detector["more"]["roadscene"]] == ["teacher on thermal", "thermal detector (mid)"]
+    assert [r["variant"] for r in detector["more"]["roadscene"]] == ["teacher on thermal",
+                                                                     "thermal detector (mid)"]
     assert detector["more"]["roadscene"][0]["night"] is not None
     variants = json.loads((out / "experiments" / "variants" / "table.json").read_text())["rows"]
     assert [r["variant"] for r in variants] == ["teacher on thermal", "teacher on color", "head, EMA"]

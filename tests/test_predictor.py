@@ -1,4 +1,5 @@
-"""The color-only invisibility predictor: U-Net shapes and export, training, checkpoints, prediction outputs."""
+"""The color-only invisibility predictor: U-Net shapes and export, training, checkpoints, prediction
+outputs."""
 
 from __future__ import annotations
 
@@ -307,7 +308,8 @@ def test_onnx_export_matches_pytorch_and_predicts(predictor_file, pairs, tmp_pat
     assert main(["predict", "--model", str(onnx_path), str(img), "--out", str(tmp_path / "out")]) == 0
     assert (tmp_path / "out" / "in_map.png").is_file()
     (tmp_path / "bad.onnx").write_bytes(b"not a model")
-    assert main(["predict", "--model", str(tmp_path / "bad.onnx"), str(img), "--out", str(tmp_path / "o2")]) == 2
+    assert main(["predict", "--model", str(tmp_path / "bad.onnx"), str(img),
+                 "--out", str(tmp_path / "o2")]) == 2
     assert "bad.onnx: not a readable ONNX model" in capsys.readouterr().err
 
 
@@ -332,9 +334,11 @@ def test_neck_head_predictor_trains_loads_predicts_and_exports(pairs, weights_di
     path = train_predictor(cfg, pairs, tmp_path / "targets", tmp_path / "run", progress=False)
     model, meta = load_predictor(path)
     assert isinstance(model, TeacherNeckPredictor) and meta["architecture"] == "neck"
-    assert meta["in_channels"] == [64, 128, 256] and meta["neck_config"] == NeckHeadConfig(width=8, context=True)
+    assert meta["in_channels"] == [64, 128, 256]
+    assert meta["neck_config"] == NeckHeadConfig(width=8, context=True)
     state = torch.load(path, weights_only=True)
-    assert all(k.startswith(("lateral", "context", "body")) for k in state["model"])  # the head only, not the teacher
+    # the head only, not the teacher
+    assert all(k.startswith(("lateral", "context", "body")) for k in state["model"])
     # the teacher inside is frozen and stays in eval mode
     model.train()
     assert not model.teacher.training and not any(p.requires_grad for p in model.teacher.parameters())

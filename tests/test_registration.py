@@ -149,7 +149,7 @@ def test_calibration_yaml_roundtrip(tmp_path):
     assert np.allclose(back.T, calib.T) and back.color.rms == pytest.approx(0.12)
     bad = tmp_path / "bad.yaml"
     bad.write_text("color: {K: [[1, 0], [0, 1]]}\n")
-    with pytest.raises(InvismapError, match="bad.yaml"):
+    with pytest.raises(InvismapError, match=r"bad.yaml"):
         load_calibration(bad)
     with pytest.raises(InvismapError, match="not found"):
         load_calibration(tmp_path / "missing.yaml")
@@ -184,8 +184,8 @@ def test_warp_color_matches_warp_perspective_without_distortion():
 
 def test_warp_with_distortion_is_consistent_with_points():
     """A bright dot lands where the point mapping says, through distortion and homography."""
-    cam_c = CameraModel(np.array([[600.0, 0, 320], [0, 600, 240], [0, 0, 1]]), np.array([-0.25, 0.08, 0, 0, 0]),
-                        (640, 480))
+    cam_c = CameraModel(np.array([[600.0, 0, 320], [0, 600, 240], [0, 0, 1]]),
+                        np.array([-0.25, 0.08, 0, 0, 0]), (640, 480))
     H = np.array([[0.5, 0.0, 5.0], [0.0, 0.5, 2.0], [0, 0, 1.0]])
     calib = RigCalibration(cam_c, CameraModel.ideal((320, 256)), H)
     img = np.zeros((480, 640), np.float32)
@@ -204,7 +204,8 @@ def test_translation_and_boxes():
     img[10:20, 30:40] = 255
     moved = warp_image(img, translation_homography(3, -2))
     assert moved[8:18, 33:43].min() == 255 and moved.sum() == img.sum()
-    boxes = transform_boxes(np.array([[30.0, 10, 40, 20]]), lambda p: transform_points(p, offset_correction(-3, 2)))
+    boxes = transform_boxes(np.array([[30.0, 10, 40, 20]]),
+                            lambda p: transform_points(p, offset_correction(-3, 2)))
     assert np.allclose(boxes, [[33, 8, 43, 18]])
     assert transform_boxes(np.zeros((0, 4)), lambda p: p).shape == (0, 4)
 
@@ -234,12 +235,13 @@ def test_pair_by_time_tolerance_offset_uniqueness():
     assert [(c, t) for c, t, _ in shifted] == [(0, 0), (1, 1), (3, 2)]
     # Unsorted input, streams give the same.
     assert pair_by_time(color[::-1], thermal, 0.02)[0][0] == len(color) - 1
-    assert len(list(pair_streams(((t, i) for i, t in enumerate(color)), ((t, i) for i, t in enumerate(thermal)),
-                                 0.02))) == 3
+    assert len(list(pair_streams(((t, i) for i, t in enumerate(color)),
+                                 ((t, i) for i, t in enumerate(thermal)), 0.02))) == 3
 
 
 def test_pair_by_name():
-    assert pair_by_name(["a.png", "b.png", "c.jpg"], ["c.png", "a.tiff", "z.png"]) == [(2, 0, "c"), (0, 1, "a")]
+    assert pair_by_name(["a.png", "b.png", "c.jpg"], ["c.png", "a.tiff", "z.png"]) == [(2, 0, "c"),
+                                                                                       (0, 1, "a")]
 
 
 # --------------------------------------------------------------------------------------------------

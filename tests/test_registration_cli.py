@@ -75,9 +75,9 @@ def test_calibrate_register_cli(board_dirs, tmp_path, capsys):
 
     # Raw registration, folders paired by timestamps in the names (thermal 4 ms late).
     reg = tmp_path / "reg"
-    assert _run(["register", "--color", str(root / "rgb_t"), "--thermal", str(root / "ir_t"), "--pair-by", "time",
-                 "--tolerance", "0.01", "--time-unit", "s", "--calib", str(out), "--scale", "2",
-                 "--out", str(reg)]) == 0
+    assert _run(["register", "--color", str(root / "rgb_t"), "--thermal", str(root / "ir_t"),
+                 "--pair-by", "time", "--tolerance", "0.01", "--time-unit", "s", "--calib", str(out),
+                 "--scale", "2", "--out", str(reg)]) == 0
     m = load_manifest(reg)
     assert len(m) == 8 and m[0].timestamp == pytest.approx(1000.004)
     c, t = read_color(m[0].color), read_thermal(m[0].thermal)
@@ -89,8 +89,9 @@ def test_calibrate_register_cli(board_dirs, tmp_path, capsys):
 
     # Nothing within tolerance: clear error.
     with pytest.raises(InvismapError, match="tolerance"):
-        _run(["register", "--color", str(root / "rgb_t"), "--thermal", str(root / "ir_t"), "--pair-by", "time",
-              "--tolerance", "0.001", "--time-unit", "s", "--out", str(tmp_path / "none")])
+        _run(["register", "--color", str(root / "rgb_t"), "--thermal", str(root / "ir_t"),
+              "--pair-by", "time", "--tolerance", "0.001", "--time-unit", "s",
+              "--out", str(tmp_path / "none")])
 
 
 def test_register_videos(tmp_path):

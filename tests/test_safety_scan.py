@@ -155,7 +155,8 @@ def test_the_scan_lets_safe_code_through(snippet):
 
 # --------------------------------------------------------------------------------------------- atomic writes
 
-# Writers allowed to bypass invismap.io.atomic_write (none today; ``invismap.io.copy_file`` copies atomically).
+# Writers allowed to bypass invismap.io.atomic_write (none today; ``invismap.io.copy_file`` copies
+# atomically).
 KNOWN_NON_ATOMIC: set[tuple[str, str]] = set()
 WRITERS = {"cv2.imwrite", "torch.save", "numpy.save", "np.save", "numpy.savez", "np.savez",
            "numpy.savez_compressed", "np.savez_compressed", "shutil.copy", "shutil.copy2", "shutil.copyfile",

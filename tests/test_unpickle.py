@@ -97,7 +97,7 @@ def test_hand_made_zip_with_forbidden_global(tmp_path):
     data = f"cposix\nsystem\n(V{_marker_cmd(marker)}\ntR.".encode()
     with zipfile.ZipFile(path, "w") as zf:
         zf.writestr("archive/data.pkl", data)
-    with pytest.raises(InvismapError, match="posix.system"):
+    with pytest.raises(InvismapError, match=r"posix.system"):
         restricted_load(path)
     assert not marker.exists()
 
@@ -115,7 +115,8 @@ def test_model_classes_become_inert_placeholders(tmp_path, fake_yolov5_repo):
 def test_shared_storage_views_are_rebuilt(tmp_path, fake_yolov5_repo):
     base = torch.arange(12, dtype=torch.float32)
     path = tmp_path / "views.pt"
-    torch.save({"model": fake_yolov5_repo["Model"](), "a": base[2:8].view(2, 3), "b": base.view(3, 4).t()}, path)
+    torch.save({"model": fake_yolov5_repo["Model"](), "a": base[2:8].view(2, 3), "b": base.view(3, 4).t()},
+               path)
     out = restricted_load(path)
     assert torch.equal(out["a"], base[2:8].view(2, 3)) and torch.equal(out["b"], base.view(3, 4).t())
 
@@ -123,7 +124,7 @@ def test_shared_storage_views_are_rebuilt(tmp_path, fake_yolov5_repo):
 def test_corrupt_and_missing_files(tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint at all")
-    with pytest.raises(InvismapError, match="bad.pt"):
+    with pytest.raises(InvismapError, match=r"bad.pt"):
         load_checkpoint(bad)
     with pytest.raises(InvismapError, match="not found"):
         restricted_load(tmp_path / "nope.pt")

@@ -53,7 +53,7 @@ def test_decode_row_order_and_formula():
     pred = model.decode(raw)
     assert pred.shape == (1, 3 * (8 * 6 + 4 * 3 + 2 * 1), no)
     offset = 0
-    for lvl, (s, anchors) in enumerate(zip((8, 16, 32), model.cfg.anchors)):
+    for s, anchors in zip((8, 16, 32), model.cfg.anchors):
         ny, nx = 64 // s, 48 // s
         for a, y, x in itertools.product(range(na), range(ny), range(nx)):
             row = pred[0, offset + (a * ny + y) * nx + x]
@@ -95,7 +95,7 @@ def test_other_architecture_is_refused(tmp_path):
     sd = YOLOv5(YOLOv5Config(num_classes=3)).state_dict()
     sd["model.17.cv3.conv.weight"] = torch.zeros(5, 5, 1, 1)
     torch.save(sd, path)
-    with pytest.raises(InvismapError, match="resnet.pt.*not a YOLOv5"):
+    with pytest.raises(InvismapError, match=r"resnet.pt.*not a YOLOv5"):
         load_detector(path)
 
 
@@ -106,7 +106,7 @@ def test_invismap_checkpoint_kind(tmp_path, weights_dir, reference):
     model = load_detector(path)
     assert model.names[5] == "c5"
     torch.save({"kind": "thermal_banana", "state_dict": sd}, path)
-    with pytest.raises(InvismapError, match="thermal_banana.*kinds:.*yolov5"):
+    with pytest.raises(InvismapError, match=r"thermal_banana.*kinds:.*yolov5"):
         load_detector(path)
 
 
@@ -115,7 +115,8 @@ def test_named_model_resolves_in_assets(monkeypatch, tmp_path, assets):
     assert load_detector("yolov5n").cfg.width_multiple == 0.25
     monkeypatch.setenv("INVISMAP_ASSETS", str(tmp_path))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    with pytest.raises(InvismapError, match="weights/yolov5s.pt.*put the file at|weights/yolov5s.pt.*put it at"):
+    with pytest.raises(InvismapError,
+                       match=r"weights/yolov5s.pt.*put the file at|weights/yolov5s.pt.*put it at"):
         load_detector("yolov5s")
     with pytest.raises(InvismapError, match="model file not found"):
         load_detector(tmp_path / "missing.pt")

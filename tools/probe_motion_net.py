@@ -2,8 +2,8 @@
 
 A quick diagnostic of what the learned part of Gm adds on a pair dataset, without G and the discriminators.
 It uses supervised motion losses only (flow L1 plus cross-entropy on the cost volume), as in
-:class:`invismap.align.task.GanTask`. Every ``--every`` steps it prints the validation endpoint error of Gm and
-of its prior (the homography fitted to the edge flow) on held-out training pairs, and the share of pixels
+:class:`invismap.align.task.GanTask`. Every ``--every`` steps it prints the validation endpoint error of Gm
+and of its prior (the homography fitted to the edge flow) on held-out training pairs, and the share of pixels
 off by 5 px or more.
 
     python tools/probe_motion_net.py --data runs/msrs-aligngan/import/manifest.csv --steps 300

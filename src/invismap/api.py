@@ -8,7 +8,8 @@ Example::
     heat = predictor(rgb)                  # (H, W) float32 in [0, 1] for an RGB uint8 (H, W, 3), any size
     color = load_detector("yolov5n")       # a name, a checkpoint or an .onnx export
     thermal = load_detector("runs/msrs/distill/thermal_detector.pt")
-    found = detect(thermal, ir)            # ir: (H, W) uint8; Detections: boxes (N, 4) xyxy px, scores, classes
+    found = detect(thermal, ir)            # ir: (H, W) uint8
+    # found: Detections, boxes (N, 4) xyxy px, scores, classes
 
 Letterboxing, normalisation and batching are done here, as the command line does them
 (``invismap predict``, ``invismap detect`` are thin layers over the same functions).
@@ -41,7 +42,8 @@ class InvisibilityPredictor:
         self.size = int(size or self.meta.get("input_size", 640))
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
-        """RGB uint8 ``(H, W, 3)`` -> ``(H, W)`` float32 in [0, 1]: P(an object here is invisible in color)."""
+        """RGB uint8 ``(H, W, 3)`` -> ``(H, W)`` float32 in [0, 1]: P(an object here is invisible in
+        color)."""
         return self.maps([rgb])[0]
 
     def maps(self, images: Sequence[np.ndarray], batch_size: int = 8) -> list[np.ndarray]:

@@ -26,9 +26,9 @@ import logging
 import os
 import urllib.error
 import urllib.request
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Iterable, Sequence
 
 from tqdm import tqdm
 
@@ -398,10 +398,7 @@ def fetch(name: str | Asset, dest_dir: str | Path | None = None, url: str | None
         InvismapError: unknown name, no download for this asset, path that would leave ``dest_dir``,
             network failure or timeout, truncated download, checksum mismatch, unwritable folder.
     """
-    if isinstance(name, Asset):
-        asset = name
-    else:
-        asset = get_asset(name)
+    asset = name if isinstance(name, Asset) else get_asset(name)
     root = Path(dest_dir).expanduser() if dest_dir is not None else cache_dir()
     target = _inside(root, asset.relpath)
     src = url or asset.url
@@ -424,7 +421,7 @@ def fetch(name: str | Asset, dest_dir: str | Path | None = None, url: str | None
     req = urllib.request.Request(src, headers={"User-Agent": f"invismap/{__version__}"})
     log.info("downloading %s from %s", asset.name, src)
     try:
-        resp = urllib.request.urlopen(req, timeout=timeout)  # noqa: S310 (scheme checked above)
+        resp = urllib.request.urlopen(req, timeout=timeout)  # the scheme is checked above
     except urllib.error.HTTPError as e:
         raise InvismapError(f"{asset.name}: {src} answered HTTP {e.code} {e.reason} ({by_hand})") from None
     except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as e:

@@ -12,8 +12,9 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any
 
 import cv2
 import numpy as np
@@ -134,7 +135,8 @@ def write_image(path: str | Path, image: np.ndarray) -> None:
 
 
 def copy_file(src: str | Path, dst: str | Path) -> Path:
-    """Copy ``src`` to ``dst`` atomically (a killed copy leaves the old ``dst`` or none, never half a file)."""
+    """Copy ``src`` to ``dst`` atomically (a killed copy leaves the old ``dst`` or none, never half a
+    file)."""
     import shutil
 
     try:
@@ -167,7 +169,8 @@ def read_color(path: str | Path) -> np.ndarray:
     path = Path(path)
     img = _decode(path)
     if img.dtype != np.uint8:
-        raise file_error(path, f"color image has dtype {img.dtype}, expected 8-bit", "convert it to 8-bit RGB")
+        raise file_error(path, f"color image has dtype {img.dtype}, expected 8-bit",
+                         "convert it to 8-bit RGB")
     if img.ndim == 2:
         return np.repeat(img[:, :, None], 3, axis=2)
     if img.shape[2] == 4:

@@ -7,7 +7,8 @@
 
 Example:
     >>> from invismap.align import load_aligner  # doctest: +SKIP
-    >>> aligned, flow = load_aligner("runs/align/msrs/aligngan.pt").align_pair(thermal, color)  # doctest: +SKIP
+    >>> aligner = load_aligner("runs/align/msrs/aligngan.pt")  # doctest: +SKIP
+    >>> aligned, flow = aligner.align_pair(thermal, color)  # doctest: +SKIP
 """
 
 from invismap.align.networks import AlignNetConfig, build_aligngan, generate

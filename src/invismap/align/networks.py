@@ -100,8 +100,10 @@ def _norm(kind: str, c: int) -> nn.Module:
 def _block(c_in: int, c_out: int, norm: str, stride: int = 1) -> nn.Sequential:
     """Two 3x3 convs (the first with ``stride``), each followed by norm and LeakyReLU(0.2)."""
     return nn.Sequential(
-        nn.Conv2d(c_in, c_out, 3, stride, 1, bias=norm == "none"), _norm(norm, c_out), nn.LeakyReLU(0.2, True),
-        nn.Conv2d(c_out, c_out, 3, 1, 1, bias=norm == "none"), _norm(norm, c_out), nn.LeakyReLU(0.2, True))
+        nn.Conv2d(c_in, c_out, 3, stride, 1, bias=norm == "none"), _norm(norm, c_out),
+        nn.LeakyReLU(0.2, True),
+        nn.Conv2d(c_out, c_out, 3, 1, 1, bias=norm == "none"), _norm(norm, c_out),
+        nn.LeakyReLU(0.2, True))
 
 
 class UNet(nn.Module):
@@ -127,7 +129,8 @@ class UNet(nn.Module):
         widths = [width * 2 ** min(i, 3) for i in range(depth)]
         self.down = nn.ModuleList([_block(c_in, widths[0], norm)] +
                                   [_block(widths[i - 1], widths[i], norm, stride=2) for i in range(1, depth)])
-        self.up = nn.ModuleList([_block(widths[i + 1] + widths[i], widths[i], norm) for i in range(depth - 1)])
+        self.up = nn.ModuleList([_block(widths[i + 1] + widths[i], widths[i], norm)
+                                 for i in range(depth - 1)])
         self.out = nn.Conv2d(widths[0], c_out, 1)
         if zero_out:
             nn.init.zeros_(self.out.weight)
@@ -174,7 +177,8 @@ def edge_map(rgb: torch.Tensor, sigma: float = 1.0, norm_window: int = 31) -> to
     mag = torch.sqrt(gx * gx + gy * gy + 1e-12)
     p = norm_window // 2
     local = F.pad(mag, (p, p, p, p), mode="replicate")
-    local = F.avg_pool2d(F.avg_pool2d(local, (1, norm_window), stride=1), (norm_window, 1), stride=1)  # separable
+    # separable
+    local = F.avg_pool2d(F.avg_pool2d(local, (1, norm_window), stride=1), (norm_window, 1), stride=1)
     floor = 0.25 * mag.mean(dim=(1, 2, 3), keepdim=True) + 1e-6
     m = mag / (local + floor)
     return m / (m + 1.0)

@@ -15,7 +15,8 @@ Run folder of :func:`train_aligngan`::
 Example:
     >>> cfg = load_config(AlignConfig, "configs/align.yaml")  # doctest: +SKIP
     >>> train_aligngan(cfg, "runs/align/msrs")  # doctest: +SKIP
-    >>> align_dataset("runs/align/msrs/aligngan.pt", "runs/msrs/manifest.csv", "runs/msrs_aligned")  # doctest: +SKIP
+    >>> align_dataset("runs/align/msrs/aligngan.pt", "runs/msrs/manifest.csv",  # doctest: +SKIP
+    ...               "runs/msrs_aligned")
 """
 
 from __future__ import annotations
@@ -178,7 +179,8 @@ class Aligner:
             cues = F.pad(cues, (0, pw, 0, ph), mode="replicate").to(self.device)
         fake, flow = generate(self.nets, src, e, cues)
         fake = (fake[0, :, :h, :w].clamp(0, 1) * 255 + 0.5).byte().permute(1, 2, 0).cpu().numpy()
-        return np.ascontiguousarray(fake), flow[0, :, :h, :w].permute(1, 2, 0).cpu().numpy().astype(np.float32)
+        return (np.ascontiguousarray(fake),
+                flow[0, :, :h, :w].permute(1, 2, 0).cpu().numpy().astype(np.float32))
 
     def align_pair(self, thermal: np.ndarray, color: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Color image moved onto the thermal image: ``(aligned, flow)`` as in :meth:`__call__`."""
@@ -236,8 +238,10 @@ def move_boxes(boxes_xyxy: np.ndarray, flow: np.ndarray, samples: int = 5, iters
     t = np.linspace(0, 1, samples)
     out = []
     for x1, y1, x2, y2 in boxes:
-        xs = np.concatenate([x1 + (x2 - x1) * t, np.full(samples, x2), x1 + (x2 - x1) * t, np.full(samples, x1)])
-        ys = np.concatenate([np.full(samples, y1), y1 + (y2 - y1) * t, np.full(samples, y2), y1 + (y2 - y1) * t])
+        xs = np.concatenate([x1 + (x2 - x1) * t, np.full(samples, x2),
+                             x1 + (x2 - x1) * t, np.full(samples, x1)])
+        ys = np.concatenate([np.full(samples, y1), y1 + (y2 - y1) * t,
+                             np.full(samples, y2), y1 + (y2 - y1) * t])
         p = np.stack([xs, ys], 1)
         x = p.copy()
         for _ in range(iters):

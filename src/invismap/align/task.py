@@ -148,7 +148,8 @@ class GanTask(Task):
                 total = total + lc.warp_weight * _masked_l1(warp(s["source"], flow), s["target"], s["valid"])
             gen_total = gen_total + total
             with torch.no_grad():
-                epe = ((flow - s["motion"]).norm(dim=1, keepdim=True) * s["valid"]).sum() / s["valid"].sum().clamp_min(1)
+                epe = (((flow - s["motion"]).norm(dim=1, keepdim=True) * s["valid"]).sum()
+                       / s["valid"].sum().clamp_min(1))
             logs.update({f"{name}/adv_g": adv_g.detach(), f"{name}/adv_m": adv_m.detach(),
                          f"{name}/l1": l1.detach(), f"{name}/motion_epe": epe})
             fakes.append((s, fake.detach(), flow.detach()))
@@ -174,7 +175,8 @@ class GanTask(Task):
             fake, flow = generate(n, s["source"], s["edge"], s.get("cues"))
             v = s["valid"]
             out[f"{name}_l1"] = float(_masked_l1(fake, s["target"], v))
-            out[f"{name}_epe"] = float(((flow - s["motion"]).norm(dim=1, keepdim=True) * v).sum() / v.sum().clamp_min(1))
+            out[f"{name}_epe"] = float(((flow - s["motion"]).norm(dim=1, keepdim=True) * v).sum()
+                                       / v.sum().clamp_min(1))
         out["loss"] = out["a_l1"]
         return out
 
@@ -188,7 +190,8 @@ class GanTask(Task):
         cues = s["cues"][:1] if "cues" in s else None
         fake, flow = generate(n, s["source"][:1], s["edge"][:1], cues)
         n.train(was)
-        row = torch.cat([s["source"][0], s["edge"][0].expand(3, -1, -1), fake[0].clamp(0, 1), s["target"][0]], 2)
+        row = torch.cat([s["source"][0], s["edge"][0].expand(3, -1, -1), fake[0].clamp(0, 1),
+                         s["target"][0]], 2)
         writer.add_image("align/source|edge|aligned|target", row, step)
         mag = torch.cat([flow[0].norm(dim=0), s["motion"][0].norm(dim=0)], 1)
         writer.add_image("align/motion_pred|real", (mag / mag.max().clamp_min(1e-6))[None], step)

@@ -130,7 +130,8 @@ class PairDataset(Dataset):
             rgb, thr, cboxes, tboxes = _augment(rgb, thr, cboxes, tboxes, self.augment, rng)
         s = self.manifest[i]
         return {"name": s.name, "condition": s.condition, "rgb": to_tensor(rgb), "thermal": to_tensor(thr),
-                "color_boxes": torch.from_numpy(cboxes), "thermal_boxes": torch.from_numpy(tboxes), "letterbox": lb}
+                "color_boxes": torch.from_numpy(cboxes), "thermal_boxes": torch.from_numpy(tboxes),
+                "letterbox": lb}
 
 
 def _augment(rgb: np.ndarray, thr: np.ndarray, cboxes: np.ndarray, tboxes: np.ndarray, aug: Augment,
@@ -158,7 +159,8 @@ def _augment(rgb: np.ndarray, thr: np.ndarray, cboxes: np.ndarray, tboxes: np.nd
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
-    """uint8 ``(H, W, C)`` or ``(H, W)`` -> float32 ``(C, H, W)`` in 0..1 (``x / 255``, as ``.float().div(255)``).
+    """uint8 ``(H, W, C)`` or ``(H, W)`` -> float32 ``(C, H, W)`` in 0..1 (``x / 255``, as
+    ``.float().div(255)``).
 
     Converted by numpy on the calling thread: a torch elementwise op starts its thread pool for every item,
     which on a busy 2-core machine waits for a descheduled thread (milliseconds per call, see

@@ -75,7 +75,8 @@ def letterbox_params(orig_w: int, orig_h: int, size: int | tuple[int, int], stri
 def apply_letterbox(image: np.ndarray, lb: Letterbox, pad_value: int = PAD_VALUE) -> np.ndarray:
     """Resize and pad ``(H, W)`` or ``(H, W, C)`` ``image`` as planned by ``lb``."""
     if image.shape[0] != lb.orig_h or image.shape[1] != lb.orig_w:
-        raise ValueError(f"image is {image.shape[1]}x{image.shape[0]}, letterbox planned for {lb.orig_w}x{lb.orig_h}")
+        raise ValueError(f"image is {image.shape[1]}x{image.shape[0]}, "
+                         f"letterbox planned for {lb.orig_w}x{lb.orig_h}")
     rows, cols = lb.content_slice()
     new_h, new_w = rows.stop - rows.start, cols.stop - cols.start
     if (new_w, new_h) != (lb.orig_w, lb.orig_h):

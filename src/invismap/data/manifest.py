@@ -84,7 +84,7 @@ class Manifest:
         return self.samples[i]
 
     def select(self, condition: str | Iterable[str] | None = None, split: str | Iterable[str] | None = None,
-               names: Iterable[str] | None = None) -> "Manifest":
+               names: Iterable[str] | None = None) -> Manifest:
         """Samples matching a condition, a split and/or a set of names (None = any)."""
         conds = {condition} if isinstance(condition, str) else (set(condition) if condition else None)
         splits = {split} if isinstance(split, str) else (set(split) if split else None)
@@ -94,7 +94,7 @@ class Manifest:
                and (keep is None or s.name in keep)]
         return Manifest(out, self.root)
 
-    def holdout(self, every_nth: int) -> tuple["Manifest", "Manifest | None"]:
+    def holdout(self, every_nth: int) -> tuple[Manifest, Manifest | None]:
         """Split off every ``every_nth`` sample for validation (0 = none): ``(train, val or None)``.
 
         Deterministic and spread over the list, so a manifest ordered by name gives a representative val set.
@@ -241,7 +241,8 @@ def save_manifest(manifest: Manifest, path: str | Path) -> Path:
     w.writerow(COLUMNS)
     for s in manifest.samples:
         w.writerow([s.name, rel(s.color), rel(s.thermal), s.condition, s.split,
-                    "" if s.timestamp is None else repr(s.timestamp), rel(s.color_labels), rel(s.thermal_labels)])
+                    "" if s.timestamp is None else repr(s.timestamp),
+                    rel(s.color_labels), rel(s.thermal_labels)])
     with atomic_write(path, "w") as f:
         f.write(buf.getvalue())
     return path
@@ -283,10 +284,12 @@ def read_yolo_labels(path: Path | None, num_classes: int = len(COCO_NAMES)) -> n
     return np.array(rows, np.float32).reshape(-1, 5)
 
 
-def write_yolo_labels(path: Path, boxes_xyxy: np.ndarray, classes: np.ndarray, width: int, height: int) -> None:
+def write_yolo_labels(path: Path, boxes_xyxy: np.ndarray, classes: np.ndarray, width: int,
+                      height: int) -> None:
     """Write pixel ``(N, 4)`` xyxy boxes as a normalised YOLO txt file (boxes clipped to the image)."""
     lines = []
-    for (x1, y1, x2, y2), c in zip(np.asarray(boxes_xyxy, float).reshape(-1, 4), np.asarray(classes).reshape(-1)):
+    for (x1, y1, x2, y2), c in zip(np.asarray(boxes_xyxy, float).reshape(-1, 4),
+                                   np.asarray(classes).reshape(-1)):
         x1, x2 = np.clip([x1, x2], 0, width)
         y1, y2 = np.clip([y1, y2], 0, height)
         if x2 - x1 < 1 or y2 - y1 < 1:

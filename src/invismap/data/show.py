@@ -19,8 +19,8 @@ def _draw(img: np.ndarray, boxes: np.ndarray, rgb: tuple[int, int, int], scale: 
     for cls, x1, y1, x2, y2 in boxes:
         p1, p2 = (int(x1 * scale), int(y1 * scale)), (int(x2 * scale), int(y2 * scale))
         cv2.rectangle(img, p1, p2, rgb, 1 if dashed else 2, lineType=cv2.LINE_AA)
-        cv2.putText(img, COCO_NAMES[int(cls)], (p1[0], max(p1[1] - 3, 10)), cv2.FONT_HERSHEY_SIMPLEX, 0.35, rgb, 1,
-                    cv2.LINE_AA)
+        cv2.putText(img, COCO_NAMES[int(cls)], (p1[0], max(p1[1] - 3, 10)), cv2.FONT_HERSHEY_SIMPLEX, 0.35,
+                    rgb, 1, cv2.LINE_AA)
 
 
 def render_pair(sample, width: int = 480) -> np.ndarray:

@@ -24,8 +24,8 @@ def thermal_only_mask(color_xyxy, thermal_xyxy, iou_thres: float = 0.5):
 
 def summarize(manifest: Manifest) -> list[dict]:
     """One row per (split, condition): pairs, color boxes, thermal boxes, thermal-only objects."""
-    rows: dict[tuple[str, str], dict] = defaultdict(lambda: dict(pairs=0, color_boxes=0, thermal_boxes=0,
-                                                                 thermal_only=0))
+    rows: dict[tuple[str, str], dict] = defaultdict(
+        lambda: {"pairs": 0, "color_boxes": 0, "thermal_boxes": 0, "thermal_only": 0})
     for s in manifest:
         r = rows[(s.split, s.condition)]
         r["pairs"] += 1

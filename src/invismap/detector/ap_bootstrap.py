@@ -121,7 +121,8 @@ def ap50_replicates(matches: dict[int, ClassMatches], weights: np.ndarray, chunk
         chunk: replicates computed at once (bounds memory to ``chunk x detections``).
 
     Returns:
-        ``(R, K)`` AP50 in 0..1, classes in ``matches`` order; NaN where a replicate holds no truth of the class.
+        ``(R, K)`` AP50 in 0..1, classes in ``matches`` order; NaN where a replicate holds no truth of the
+        class.
     """
     weights = np.atleast_2d(np.asarray(weights, np.float64))
     out = np.full((len(weights), len(matches)), np.nan)

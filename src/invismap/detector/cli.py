@@ -6,8 +6,8 @@ color camera there (:mod:`invismap.detector.fusion`).
 
 Examples:
     invismap detect --model yolov5n photos/ --out runs/detect
-    invismap detect --model yolov5n color/ --thermal thermal/ --thermal-detector runs/msrs/thermal_detector.pt \
-        --map runs/msrs/predictor.pt --out runs/fused
+    invismap detect --model yolov5n color/ --thermal thermal/ \\
+        --thermal-detector runs/msrs/thermal_detector.pt --map runs/msrs/predictor.pt --out runs/fused
     invismap eval-detector --data runs/msrs --model yolov5n --images thermal --labels thermal \\
         --condition night --split test --json runs/eval/thermal_night.json
 """
@@ -33,7 +33,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Write OUT/<image>.png with boxes drawn and OUT/detections.json "
                                    "(COCO results format; category_id = 0-based COCO-80 class id).")
     d.add_argument("source", help="an image file or a folder of images")
-    d.add_argument("--model", default="yolov5n", help="model name (yolov5n, ...), .pt/.cfg file, or an .onnx export")
+    d.add_argument("--model", default="yolov5n",
+                   help="model name (yolov5n, ...), .pt/.cfg file, or an .onnx export")
     d.add_argument("--out", required=True, help="output folder")
     d.add_argument("--modality", choices=("color", "thermal"), default="color",
                    help="read images as color RGB or as one-channel thermal (fed as gray RGB)")
@@ -51,7 +52,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--color-weight", type=float, default=1.0, help="weight c of every color box (thermal: 1)")
     f.add_argument("--map-strength", type=float, default=1.0,
                    help="alpha: color weight c * (1 - alpha * m) (linear) or c * (1 - m) ** alpha (power)")
-    f.add_argument("--trust-form", choices=FORMS, default="linear", help="how the map lowers a color box's weight")
+    f.add_argument("--trust-form", choices=FORMS, default="linear",
+                   help="how the map lowers a color box's weight")
     f.add_argument("--thermal-boost", type=float, default=0.0,
                    help="beta: each thermal box weighs 1 + beta * m (0: every thermal box weighs 1)")
     f.add_argument("--fusion", choices=METHODS, default="wbf",
@@ -62,7 +64,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser("eval-detector", help="COCO AP of a detector on a pair dataset",
                        description="AP50 and AP50:95 per class (person, bicycle, car) and their mean.")
     e.add_argument("--data", required=True, help="manifest.csv or its folder")
-    e.add_argument("--model", default="yolov5n", help="model name (yolov5n, ...), .pt/.cfg file, or an .onnx export")
+    e.add_argument("--model", default="yolov5n",
+                   help="model name (yolov5n, ...), .pt/.cfg file, or an .onnx export")
     e.add_argument("--images", choices=("color", "thermal"), default="color", help="images to detect on")
     e.add_argument("--labels", choices=("color", "thermal"), default="color", help="labels to score against")
     e.add_argument("--condition", help="only this condition (day, night, ...)")
@@ -71,7 +74,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--conf", type=float, default=0.001, help="score threshold")
     e.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold")
     e.add_argument("--multi-label", action="store_true",
-                   help="YOLOv5 val.py multi-label NMS (a box may count for several classes); default: best class")
+                   help="YOLOv5 val.py multi-label NMS (a box may count for several classes); "
+                        "default: best class")
     e.add_argument("--json", required=True, help="output JSON file")
     e.set_defaults(func=_eval)
 
@@ -93,7 +97,8 @@ def _detect(args: argparse.Namespace) -> int:
     if args.map != "none":
         from invismap.errors import InvismapError
 
-        raise InvismapError(f"--map {args.map}: a map only weights a fusion (add --thermal and --thermal-detector)")
+        raise InvismapError(f"--map {args.map}: a map only weights a fusion "
+                            "(add --thermal and --thermal-detector)")
     from invismap.detector.postprocess import detect
     from invismap.detector.zoo import load_inference_detector
     from invismap.io import read_color, read_thermal, write_image, write_json
@@ -111,7 +116,8 @@ def _detect(args: argparse.Namespace) -> int:
         for f, img, det in zip(chunk, imgs, detect(model, imgs, size=args.size, conf=args.conf, iou=args.iou,
                                                      batch_size=batch)):
             image_id = len(images) + 1
-            images.append({"id": image_id, "file_name": str(f), "width": img.shape[1], "height": img.shape[0]})
+            images.append({"id": image_id, "file_name": str(f),
+                           "width": img.shape[1], "height": img.shape[0]})
             results += coco_results(det, image_id, str(f), model.names)
             write_image(out / f"{f.stem}.png", draw_detections(img, det, model.names))
             log.info("%s: %d detections", f.name, len(det))
@@ -125,8 +131,8 @@ def fusion_params(args: argparse.Namespace):
     from invismap.detector.fusion import FusionParams
     from invismap.errors import InvismapError
 
-    flags = {"color_weight": "--color-weight", "map_strength": "--map-strength", "thermal_boost": "--thermal-boost",
-             "iou_thr": "--fusion-iou"}
+    flags = {"color_weight": "--color-weight", "map_strength": "--map-strength",
+             "thermal_boost": "--thermal-boost", "iou_thr": "--fusion-iou"}
     guided = args.map != "none"
     try:
         return FusionParams(color_weight=args.color_weight, map_strength=args.map_strength if guided else 0.0,
@@ -143,7 +149,8 @@ def pair_images(color: Path, thermal: Path) -> list[tuple[Path, Path]]:
 
     colors = list_images(color)
     if not thermal.exists():
-        raise file_error(thermal, "not found", "give the thermal twin of the color image, or a folder of them")
+        raise file_error(thermal, "not found",
+                         "give the thermal twin of the color image, or a folder of them")
     if color.is_file() != thermal.is_file():
         raise InvismapError(f"{color} and {thermal}: give two image files or two folders, not one of each")
     if color.is_file():
@@ -157,7 +164,8 @@ def pair_images(color: Path, thermal: Path) -> list[tuple[Path, Path]]:
 
 
 def map_spec(value: str, thermal_detector: str) -> str | None:
-    """The :mod:`~invismap.invisibility.sources` spec of ``--map`` (None for 'none'), checked before any model loads."""
+    """The :mod:`~invismap.invisibility.sources` spec of ``--map`` (None for 'none'), checked before any
+    model loads."""
     from invismap.errors import InvismapError, file_error
 
     if value == "none":
@@ -189,7 +197,8 @@ def _detect_fused(args: argparse.Namespace) -> int:
         wh_color, wh_thermal = image_size(c), image_size(t)
         if wh_color != wh_thermal:
             raise file_error(t, f"size {wh_thermal[0]}x{wh_thermal[1]} differs from its color twin {c.name} "
-                             f"({wh_color[0]}x{wh_color[1]})", "register the pair first ('invismap register')")
+                             f"({wh_color[0]}x{wh_color[1]})",
+                             "register the pair first ('invismap register')")
     model, thermal_model = load_inference_detector(args.model), load_detector(args.thermal_detector)
     invisibility = None if spec is None else map_source(spec)[1]
     out = Path(args.out)
@@ -198,8 +207,8 @@ def _detect_fused(args: argparse.Namespace) -> int:
         rgb, thr = read_color(c), read_thermal(t)
         kw = {"size": args.size, "conf": args.conf, "iou": args.iou, "batch_size": 1}
         heat = invisibility(None, rgb, thr) if invisibility else None
-        fused = fuse_with_map(detect(model, [rgb], **kw)[0], detect(thermal_model, [thr], **kw)[0], heat, params,
-                              image_size=(rgb.shape[1], rgb.shape[0]))
+        fused = fuse_with_map(detect(model, [rgb], **kw)[0], detect(thermal_model, [thr], **kw)[0], heat,
+                              params, image_size=(rgb.shape[1], rgb.shape[0]))
         results += coco_results(fused, image_id, str(c), model.names)
         write_yolo(out / "labels" / f"{c.stem}.txt", fused, rgb.shape[1], rgb.shape[0])
         write_image(out / f"{c.stem}.png", draw_fused(rgb, thr, fused, heat, model.names))
@@ -212,7 +221,8 @@ def _detect_fused(args: argparse.Namespace) -> int:
 
 def coco_results(det, image_id: int, file_name: str, names: list[str]) -> list[dict]:
     """COCO results records (xywh pixels) of one image's detections."""
-    return [{"image_id": image_id, "file_name": file_name, "category_id": int(c), "category_name": names[int(c)],
+    return [{"image_id": image_id, "file_name": file_name,
+             "category_id": int(c), "category_name": names[int(c)],
              "bbox": [round(float(v), 2) for v in (x1, y1, x2 - x1, y2 - y1)], "score": round(float(s), 5)}
             for (x1, y1, x2, y2), s, c in zip(det.boxes.tolist(), det.scores.tolist(), det.classes.tolist())]
 
@@ -224,12 +234,14 @@ def write_yolo(path: Path, det, width: int, height: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path, "w") as f:
         for (x1, y1, x2, y2), s, c in zip(det.boxes.tolist(), det.scores.tolist(), det.classes.tolist()):
-            f.write(f"{int(c)} {(x1 + x2) / 2 / width:.6f} {(y1 + y2) / 2 / height:.6f} {(x2 - x1) / width:.6f} "
-                    f"{(y2 - y1) / height:.6f} {s:.5f}\n")
+            f.write(f"{int(c)} {(x1 + x2) / 2 / width:.6f} {(y1 + y2) / 2 / height:.6f} "
+                    f"{(x2 - x1) / width:.6f} {(y2 - y1) / height:.6f} {s:.5f}\n")
 
 
-def draw_fused(rgb: np.ndarray, thermal: np.ndarray, det, heat: np.ndarray | None, names: list[str]) -> np.ndarray:
-    """``(H, 2W, 3)``: the color image (under the map as a heat map, if any) and the thermal image, boxes on both."""
+def draw_fused(rgb: np.ndarray, thermal: np.ndarray, det, heat: np.ndarray | None,
+               names: list[str]) -> np.ndarray:
+    """``(H, 2W, 3)``: the color image (under the map as a heat map, if any) and the thermal image,
+    boxes on both."""
     from invismap.invisibility.predict import overlay
 
     left = overlay(rgb, heat) if heat is not None else rgb

@@ -42,9 +42,10 @@ Usage:
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -645,7 +646,7 @@ def load_darknet_weights(model: DarknetDetector, path: str | Path) -> None:
 def save_darknet_weights(model: DarknetDetector, path: str | Path) -> None:
     """Write ``model`` as a Darknet ``.weights`` file (atomically), with the header it was loaded with."""
     major, minor, revision, seen = model.header
-    hsize, seen_t = _header_layout(major, minor)
+    _hsize, seen_t = _header_layout(major, minor)
     with atomic_write(path, "wb") as f:
         f.write(np.array([major, minor, revision], "<i4").tobytes())
         f.write(np.array([seen], "<i8" if seen_t is np.int64 else "<i4").tobytes())

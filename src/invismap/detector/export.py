@@ -13,11 +13,13 @@ Two-scale detectors (yolov3-tiny, yolo-fastest) have two heads. The metadata rec
 channels, normalisation, letterbox padding value, strides, class names and output layout.
 
 :class:`~invismap.detector.onnx_detector.OnnxDetector` runs such a file where a
-:class:`~invismap.detector.base.Detector` is expected for inference (:func:`invismap.detector.postprocess.detect`,
-``invismap detect``, ``invismap eval-detector``); the ONNX helpers are in :mod:`invismap.onnx_io`.
+:class:`~invismap.detector.base.Detector` is expected for inference
+(:func:`invismap.detector.postprocess.detect`, ``invismap detect``, ``invismap eval-detector``); the ONNX
+helpers are in :mod:`invismap.onnx_io`.
 
 Example:
-    >>> export_detector("runs/distill/headline/thermal_detector.pt", "thermal_detector.onnx")  # doctest: +SKIP
+    >>> export_detector("runs/distill/headline/thermal_detector.pt",  # doctest: +SKIP
+    ...                 "thermal_detector.onnx")
 """
 
 from __future__ import annotations
@@ -57,15 +59,16 @@ def head_names(detector: Detector) -> list[str]:
 
 def export_detector(model: str | Path | Detector, out: str | Path, size: int = 640, opset: int = 17) -> Path:
     """Write ``out`` (.onnx) for a detector: a name (``yolov5n``), a checkpoint (``thermal_detector.pt``) or a
-    :class:`~invismap.detector.base.Detector`; returns the path. ``size`` is the letterbox size recorded in the
-    metadata (the export itself accepts any multiple of the largest stride)."""
+    :class:`~invismap.detector.base.Detector`; returns the path. ``size`` is the letterbox size recorded in
+    the metadata (the export itself accepts any multiple of the largest stride)."""
     from invismap.detector.zoo import load_detector
 
     detector = model if isinstance(model, Detector) else load_detector(model)
     detector = detector.float().eval()
     channels = detector.in_channels
     if size % detector.max_stride:
-        raise InvismapError(f"--size {size} must be a multiple of the detector's largest stride {detector.max_stride}")
+        raise InvismapError(f"--size {size} must be a multiple of the detector's largest stride "
+                            f"{detector.max_stride}")
     example = torch.rand(1, channels, size * 3 // 4 // detector.max_stride * detector.max_stride, size)
     outputs = {name: {0: "batch", 2: f"height/{s}", 3: f"width/{s}"}
                for name, s in zip(head_names(detector), detector.strides)}

@@ -10,24 +10,26 @@ mean ``m_b`` inside it (:func:`box_map_means`),
 its score is multiplied by ``w(b)``, every thermal box keeps weight 1 (or, with a thermal boost ``beta > 0``,
 ``1 + beta * m_b``: a thermal box where the color camera is blind is not penalised for the color detector's
 silence), and the two sets are merged per class by weighted boxes fusion
-(``ensemble_boxes.weighted_boxes_fusion``, boxes normalised to [0, 1]) or by score-aware NMS. Plain fusion (one
-constant weight ``c`` for every color box) is the same function with ``alpha = beta = 0``, or with a constant
-map ``m0`` and ``beta = 0`` (then ``c * trust(m0)`` is the constant).
+(``ensemble_boxes.weighted_boxes_fusion``, boxes normalised to [0, 1]) or by score-aware NMS. Plain fusion
+(one constant weight ``c`` for every color box) is the same function with ``alpha = beta = 0``, or with a
+constant map ``m0`` and ``beta = 0`` (then ``c * trust(m0)`` is the constant).
 
 A per-box weight on the scores is WBF's per-model weight made per box: with ``conf_type="avg"`` WBF multiplies
 each score by its model's weight and divides every fused score by the sum of the weights, so model weights
-``[c, 1]`` and color scores scaled by ``c`` with weights ``[1, 1]`` give the same boxes with every score scaled
-by the same factor ``2 / (1 + c)``: the same ranking, the same AP.
+``[c, 1]`` and color scores scaled by ``c`` with weights ``[1, 1]`` give the same boxes with every score
+scaled by the same factor ``2 / (1 + c)``: the same ranking, the same AP.
 
 Example:
     >>> from invismap.detector.base import Detections
-    >>> color = Detections(np.array([[10, 10, 30, 50]], np.float32), np.array([0.8], np.float32), np.array([0]))
+    >>> color = Detections(np.array([[10, 10, 30, 50]], np.float32), np.array([0.8], np.float32),
+    ...                    np.array([0]))
     >>> thermal = Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))
     >>> heat = np.zeros((60, 80), np.float32); heat[:, :40] = 1.0  # the color camera is blind on the left
     >>> fuse_with_map(color, thermal, heat, FusionParams(map_strength=1.0)).scores.tolist()  # weight 0
     []
     >>> # plain fusion: WBF's average over two detectors halves a box only one of them found
-    >>> fuse_with_map(color, thermal, None, FusionParams(), image_size=(80, 60)).scores.astype(float).round(2).tolist()
+    >>> plain = fuse_with_map(color, thermal, None, FusionParams(), image_size=(80, 60))
+    >>> plain.scores.astype(float).round(2).tolist()
     [0.4]
 """
 
@@ -55,7 +57,8 @@ class FusionParams:
         form: ``"linear"`` (``1 - alpha * m``, alpha in [0, 1]) or ``"power"`` (``(1 - m) ** alpha``).
         thermal_boost: ``beta``; each thermal box weighs ``1 + beta * m_b`` (0: every thermal box weighs 1).
         method: ``"wbf"`` (weighted boxes fusion) or ``"nms"`` (score-aware NMS over both sets).
-        iou_thr: boxes of one class overlapping by more than this are one object (WBF cluster, NMS suppression).
+        iou_thr: boxes of one class overlapping by more than this are one object (WBF cluster,
+            NMS suppression).
         skip_box_thr: boxes whose weighted score is below this are dropped before merging.
     """
 
@@ -73,7 +76,8 @@ class FusionParams:
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         upper = 1.0 if self.form == "linear" else math.inf
-        checks = (("color_weight", self.color_weight, 0.0, math.inf), ("map_strength", self.map_strength, 0.0, upper),
+        checks = (("color_weight", self.color_weight, 0.0, math.inf),
+                  ("map_strength", self.map_strength, 0.0, upper),
                   ("thermal_boost", self.thermal_boost, 0.0, math.inf), ("iou_thr", self.iou_thr, 0.0, 1.0),
                   ("skip_box_thr", self.skip_box_thr, 0.0, 1.0))
         for name, v, lo, hi in checks:
@@ -171,7 +175,8 @@ def fuse_with_map(color: Detections, thermal: Detections, invisibility_map: np.n
             raise ValueError("give image_size when fusing without a map")
         means, t_means = np.zeros(len(color)), np.zeros(len(thermal))
     else:
-        means, t_means = box_map_means(invisibility_map, color.boxes), box_map_means(invisibility_map, thermal.boxes)
+        means = box_map_means(invisibility_map, color.boxes)
+        t_means = box_map_means(invisibility_map, thermal.boxes)
         image_size = image_size or (invisibility_map.shape[1], invisibility_map.shape[0])
     return fuse_detections(color, thermal, color_box_weights(means, params), image_size, params,
                            thermal_box_weights(t_means, params))
@@ -200,7 +205,8 @@ def _weighted_boxes_fusion(sets, image_size: tuple[int, int], iou_thr: float) ->
     if not sum(len(s) for s in scores):
         return _empty()
     fused, fused_scores, fused_labels = weighted_boxes_fusion(boxes, scores, labels, weights=[1.0, 1.0],
-                                                              iou_thr=iou_thr, skip_box_thr=0.0, conf_type="avg")
+                                                              iou_thr=iou_thr, skip_box_thr=0.0,
+                                                              conf_type="avg")
     return Detections((np.asarray(fused) * scale).astype(np.float32), np.asarray(fused_scores, np.float32),
                       np.asarray(fused_labels).astype(np.int64))
 

@@ -1,4 +1,4 @@
-"""Does the invisibility map make a better fusion of color and thermal detectors? AP50 with bootstrap intervals.
+"""Does the invisibility map make a better fusion of color and thermal detectors? AP50, bootstrap intervals.
 
 On registered pairs, per condition (day, night), four detectors are scored with AP50 (pycocotools, through
 :func:`~invismap.detector.evaluate.coco_ap`) against two label sets:
@@ -7,7 +7,8 @@ On registered pairs, per condition (day, night), four detectors are scored with 
 - ``thermal``: the label-free thermal detector on the thermal image;
 - ``constant``: :mod:`invismap.detector.fusion` with one weight ``c`` for every color box;
 - ``map:NAME:VARIANT``: map-guided fusion, each color box weighted by ``c * trust(m_b)`` (variants
-  ``linear`` and ``power``: the trust form), or also each thermal box by ``1 + beta * m_b`` (variant ``boost``);
+  ``linear`` and ``power``: the trust form), or also each thermal box by ``1 + beta * m_b``
+  (variant ``boost``);
   ``map:NAME`` is the variant that scores best on the train split.
 
 Every weight is chosen on the **train** split (per condition and label set, by AP50 over a grid) and reported
@@ -23,7 +24,8 @@ Detections and the map's mean inside every color box are computed once per pair
 Example:
     >>> records = compute_pair_records(manifest, load_detector("yolov5n"),  # doctest: +SKIP
     ...                                load_detector("runs/msrs/distill/thermal_detector.pt"),
-    ...                                {"predictor": map_source("predictor:runs/msrs/predictor/predictor.pt")[1]})
+    ...                                {"predictor":
+    ...                                 map_source("predictor:runs/msrs/predictor/predictor.pt")[1]})
     >>> res = evaluate_fusion(records, load_labels(manifest), maps=["predictor"])  # doctest: +SKIP
     >>> print(format_fusion_table(res))  # doctest: +SKIP
 """
@@ -60,7 +62,8 @@ VARIANTS = ("linear", "power", "boost")  # map-guided variants searched (see Fus
 CONDITIONS = ("day", "night")
 SINGLE = ("color", "thermal")
 RECORDS_FORMAT = 2  # bumped when save_records changes its layout: older caches are recomputed
-# (sample, rgb (H, W, 3) uint8, thermal (H, W) uint8) -> (H, W) map in [0, 1] (invisibility.evaluate.MapSource)
+# (sample, rgb (H, W, 3) uint8, thermal (H, W) uint8) -> (H, W) map in [0, 1]
+# (invisibility.evaluate.MapSource)
 MapFn = Callable[[Sample, np.ndarray, np.ndarray], np.ndarray]
 
 
@@ -73,7 +76,8 @@ def union_labels(color: np.ndarray, thermal: np.ndarray, iou_thr: float = 0.5) -
     becomes the mean of its two boxes; unmatched boxes of either set are kept as they are.
 
     Args:
-        color, thermal: ``(N, 5)`` / ``(M, 5)`` pixel ``[class, x1, y1, x2, y2]`` in the same (registered) pixels.
+        color, thermal: ``(N, 5)`` / ``(M, 5)`` pixel ``[class, x1, y1, x2, y2]`` in the same
+            (registered) pixels.
         iou_thr: the IoU at which two boxes are the same object.
 
     Returns:
@@ -83,7 +87,8 @@ def union_labels(color: np.ndarray, thermal: np.ndarray, iou_thr: float = 0.5) -
         >>> c = np.array([[0, 0, 0, 10, 10], [2, 50, 50, 60, 60]])
         >>> t = np.array([[0, 1, 0, 11, 10], [0, 50, 50, 60, 60], [1, 30, 30, 40, 40]])
         >>> union_labels(c, t).tolist()  # the person is merged; the car is not a person; the bicycle stays
-        [[0.0, 0.5, 0.0, 10.5, 10.0], [0.0, 50.0, 50.0, 60.0, 60.0], [1.0, 30.0, 30.0, 40.0, 40.0], [2.0, 50.0, 50.0, 60.0, 60.0]]
+        [[0.0, 0.5, 0.0, 10.5, 10.0], [0.0, 50.0, 50.0, 60.0, 60.0], [1.0, 30.0, 30.0, 40.0, 40.0],
+         [2.0, 50.0, 50.0, 60.0, 60.0]]
     """
     color = np.asarray(color, np.float64).reshape(-1, 5)
     thermal = np.asarray(thermal, np.float64).reshape(-1, 5)
@@ -103,7 +108,8 @@ def union_labels(color: np.ndarray, thermal: np.ndarray, iou_thr: float = 0.5) -
 
 
 def load_labels(manifest: Manifest) -> dict[str, dict[str, np.ndarray]]:
-    """``{name: {"color", "thermal", "union"}}`` pixel labels ``(N, 5)`` of every pair (thermal image size)."""
+    """``{name: {"color", "thermal", "union"}}`` pixel labels ``(N, 5)`` of every pair
+    (thermal image size)."""
     from invismap.io import image_size
 
     out = {}
@@ -142,7 +148,8 @@ def compute_pair_records(manifest: Manifest, color_detector: Detector, thermal_d
     Args:
         manifest: registered pairs (color and thermal images of one size, in the same pixels).
         color_detector: run on the color image; thermal_detector: run on the thermal image.
-        maps: ``{name: source(sample, rgb, thermal) -> (H, W) map}`` (see :mod:`invismap.invisibility.sources`).
+        maps: ``{name: source(sample, rgb, thermal) -> (H, W) map}``
+            (see :mod:`invismap.invisibility.sources`).
         size, conf, iou, classes: detection settings (conf 0.001: YOLOv5's mAP protocol; best class per box).
 
     Returns:
@@ -165,12 +172,16 @@ def compute_pair_records(manifest: Manifest, color_detector: Detector, thermal_d
 
 
 def save_records(path: str | Path, records: Sequence[PairRecord], settings: Mapping) -> None:
-    """Write records to one ``.npz`` (no pickles): concatenated boxes with per-pair counts, plus ``settings``."""
+    """Write records to one ``.npz`` (no pickles): concatenated boxes with per-pair counts, plus
+    ``settings``."""
     from invismap.io import atomic_write
 
-    arrays = {"name": np.array([r.name for r in records]), "condition": np.array([r.condition for r in records]),
-              "split": np.array([r.split for r in records]), "size": np.array([r.size for r in records], np.int64),
-              "settings": np.array(json.dumps({**settings, "records_format": RECORDS_FORMAT}, sort_keys=True))}
+    arrays = {"name": np.array([r.name for r in records]),
+              "condition": np.array([r.condition for r in records]),
+              "split": np.array([r.split for r in records]),
+              "size": np.array([r.size for r in records], np.int64),
+              "settings": np.array(json.dumps({**settings, "records_format": RECORDS_FORMAT},
+                                              sort_keys=True))}
     for kind in SINGLE:
         dets = [getattr(r, kind) for r in records]
         arrays[f"{kind}_count"] = np.array([len(d) for d in dets], np.int64)
@@ -179,13 +190,15 @@ def save_records(path: str | Path, records: Sequence[PairRecord], settings: Mapp
         arrays[f"{kind}_classes"] = np.concatenate([d.classes for d in dets]).astype(np.int64)
     for name in records[0].color_map_means if records else ():
         for kind in SINGLE:
-            arrays[f"map_{kind}_{name}"] = np.concatenate([getattr(r, f"{kind}_map_means")[name] for r in records])
+            arrays[f"map_{kind}_{name}"] = np.concatenate([getattr(r, f"{kind}_map_means")[name]
+                                                           for r in records])
     with atomic_write(path, "wb") as f:
         np.savez_compressed(f, **arrays)
 
 
 def load_records(path: str | Path, settings: Mapping | None = None) -> list[PairRecord] | None:
-    """Records from :func:`save_records`; None when the file is missing or was made with other ``settings``."""
+    """Records from :func:`save_records`; None when the file is missing or was made with other
+    ``settings``."""
     path = Path(path)
     if not path.is_file():
         return None
@@ -220,7 +233,8 @@ class FusionGrid:
     boosts: tuple[float, ...] = (0.5, 1.0, 2.0)  # beta of the "boost" variant
 
     def constant(self, base: FusionParams) -> list[FusionParams]:
-        return [replace(base, color_weight=c, map_strength=0.0, thermal_boost=0.0) for c in self.color_weights]
+        return [replace(base, color_weight=c, map_strength=0.0, thermal_boost=0.0)
+                for c in self.color_weights]
 
     def guided(self, base: FusionParams, variant: str) -> list[FusionParams]:
         """``linear``/``power``: c x alpha of that trust form; ``boost``: c x alpha (linear) x beta."""
@@ -239,8 +253,8 @@ def fuse_record(record: PairRecord, params: FusionParams, map_name: str | None =
         raise KeyError(f"no map {map_name!r} in the records (have {sorted(record.color_map_means)})")
     else:
         means, t_means = record.color_map_means[map_name], record.thermal_map_means[map_name]
-    return fuse_detections(record.color, record.thermal, color_box_weights(means, params), record.size, params,
-                           thermal_box_weights(t_means, params))
+    return fuse_detections(record.color, record.thermal, color_box_weights(means, params), record.size,
+                           params, thermal_box_weights(t_means, params))
 
 
 def _method_detections(records: Sequence[PairRecord], method: str,
@@ -314,7 +328,8 @@ def evaluate_fusion(records: Sequence[PairRecord], labels: Mapping[str, Mapping[
     test = [r for r in records if r.split == test_split]
     groups = {c: [i for i, r in enumerate(train) if r.condition == c] for c in conditions}
     if any(not groups[c] or not any(r.condition == c for r in test) for c in conditions):
-        raise InvismapError(f"every condition of {list(conditions)} needs {train_split} and {test_split} pairs")
+        raise InvismapError(f"every condition of {list(conditions)} needs {train_split} "
+                            f"and {test_split} pairs")
     tune = {"groups": groups, "label_sets": label_sets, "classes": classes, "progress": progress}
     chosen = {"constant": choose_on_train(train, labels, grid.constant(base), None, **tune)}
     for m in maps:
@@ -323,15 +338,18 @@ def evaluate_fusion(records: Sequence[PairRecord], labels: Mapping[str, Mapping[
         # the headline per map: the variant (and its weights) with the best train AP50
         chosen[f"map:{m}"] = {key: max((per_variant[v][key] for v in variants), key=lambda pa: pa[1])
                               for key in per_variant[variants[0]]}
-    out = {"settings": {"base": asdict(base), "grid": {"color_weights": list(grid.color_weights),
-                                                       "strengths": {v: list(grid.strengths[v]) for v in variants},
-                                                       "boosts": list(grid.boosts)},
-                        "maps": list(maps), "variants": list(variants), "classes": list(classes), "n_boot": n_boot,
-                        "seed": seed, "level": 0.95, "train_split": train_split, "test_split": test_split},
+    grid_settings = {"color_weights": list(grid.color_weights),
+                     "strengths": {v: list(grid.strengths[v]) for v in variants},
+                     "boosts": list(grid.boosts)}
+    out = {"settings": {"base": asdict(base), "grid": grid_settings,
+                        "maps": list(maps), "variants": list(variants), "classes": list(classes),
+                        "n_boot": n_boot, "seed": seed, "level": 0.95,
+                        "train_split": train_split, "test_split": test_split},
            "conditions": {}}
     for c in conditions:
         cond_test = [r for r in test if r.condition == c]
-        weights = resample_weights([np.arange(len(cond_test))], n_boot, seed)  # (R, N), shared by every method
+        # (R, N), shared by every method
+        weights = resample_weights([np.arange(len(cond_test))], n_boot, seed)
         out["conditions"][c] = {"n_train": len(groups[c]), "n_test": len(cond_test),
                                 "label_sets": {ls: score_methods(cond_test, labels, ls, {m: chosen[m][(c, ls)]
                                                                                            for m in chosen},
@@ -356,8 +374,8 @@ def score_methods(records: Sequence[PairRecord], labels, label_set: str, chosen:
     for method in (*SINGLE, *chosen):
         dets = _method_detections(records, method, chosen[method][0] if method in chosen else None)
         point = coco_ap(gts, dets, sizes, classes)
-        per_class = ap50_replicates(match_at_iou50(gts, dets, sizes, classes), np.vstack([np.ones(len(records)),
-                                                                                           weights]))
+        per_class = ap50_replicates(match_at_iou50(gts, dets, sizes, classes),
+                                    np.vstack([np.ones(len(records)), weights]))
         if not np.isclose(mean_over_classes(per_class[:1])[0], point["AP50"], atol=1e-9, equal_nan=True):
             raise AssertionError(f"bootstrap AP50 of {method} disagrees with coco_ap")  # a bug, not bad input
         points[method], reps[method] = point["AP50"], mean_over_classes(per_class[1:])
@@ -374,7 +392,8 @@ def score_methods(records: Sequence[PairRecord], labels, label_set: str, chosen:
     return {"methods": res, "best_single": best,
             "chosen": {m: {**asdict(p), "train_AP50": round(100 * ap, 2)} for m, (p, ap) in chosen.items()},
             "margins": {"fused_minus_best_single": {m: margin(m, best) for m in chosen},
-                        "map_minus_constant": {m: margin(m, "constant") for m in chosen if m.startswith("map:")}}}
+                        "map_minus_constant": {m: margin(m, "constant")
+                                               for m in chosen if m.startswith("map:")}}}
 
 
 def _pct(est: Mapping) -> dict:
@@ -389,7 +408,9 @@ def format_fusion_table(result: Mapping) -> str:
     def ci(e: Mapping) -> str:
         if e["value"] is None:
             return "n/a"
-        return f"{e['value']:5.1f} [{e['lo']:5.1f}, {e['hi']:5.1f}]" if e["lo"] is not None else f"{e['value']:5.1f}"
+        if e["lo"] is None:
+            return f"{e['value']:5.1f}"
+        return f"{e['value']:5.1f} [{e['lo']:5.1f}, {e['hi']:5.1f}]"
 
     lines = []
     for c, cond in result["conditions"].items():
@@ -401,19 +422,22 @@ def format_fusion_table(result: Mapping) -> str:
                          + "  chosen on train")
             for m, r in block["methods"].items():
                 p = block["chosen"].get(m)
-                how = "" if p is None else (f"c={p['color_weight']:g}" + (f" {p['form']} a={p['map_strength']:g}"
-                                            if m.startswith("map:") else "")
+                how = "" if p is None else (f"c={p['color_weight']:g}"
+                                            + (f" {p['form']} a={p['map_strength']:g}"
+                                               if m.startswith("map:") else "")
                                             + (f" boost={p['thermal_boost']:g}" if p["thermal_boost"] else "")
                                             + f" (train {p['train_AP50']:.1f})")
-                lines.append(f"{m:<24} {ci(r['AP50']):>22} " + " ".join(f"{ci(r['classes'][n]):>22}" for n in names)
+                lines.append(f"{m:<24} {ci(r['AP50']):>22} "
+                             + " ".join(f"{ci(r['classes'][n]):>22}" for n in names)
                              + f"  {how}")
             lines.append(f"margins (AP50 points, paired bootstrap; best single = {block['best_single']}):")
-            for kind, title in (("fused_minus_best_single", "- best single"), ("map_minus_constant", "- constant")):
+            for kind, title in (("fused_minus_best_single", "- best single"),
+                                ("map_minus_constant", "- constant")):
                 for m, e in block["margins"][kind].items():
                     lines.append(f"  {m + ' ' + title:<38} {ci(e):>22}")
     return "\n".join(lines)
 
 
-__all__ = ["CONDITIONS", "LABEL_SETS", "VARIANTS", "FusionGrid", "PairRecord", "choose_on_train", "compute_pair_records",
-           "evaluate_fusion", "format_fusion_table", "fuse_record", "load_labels", "load_records", "save_records",
-           "union_labels"]
+__all__ = ["CONDITIONS", "LABEL_SETS", "VARIANTS", "FusionGrid", "PairRecord", "choose_on_train",
+           "compute_pair_records", "evaluate_fusion", "format_fusion_table", "fuse_record", "load_labels",
+           "load_records", "save_records", "union_labels"]

@@ -36,7 +36,8 @@ class OnnxDetector:
     def __init__(self, path: str | Path, threads: int = 0):
         self.path = Path(path)
         if not self.path.is_file():
-            raise file_error(self.path, "not found", "export a detector with 'invismap export --model M --out X.onnx'")
+            raise file_error(self.path, "not found",
+                             "export a detector with 'invismap export --model M --out X.onnx'")
         self.session = ort_session(self.path, threads)  # a one-line error for files that are not ONNX
         meta = dict(self.session.get_modelmeta().custom_metadata_map)  # the file is read once, by the session
         if meta.get("kind") != ONNX_KIND:

@@ -56,7 +56,7 @@ class PickledObject:
 
     type_name = "?"
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> PickledObject:  # noqa: PYI034 (3.10: no Self)
+    def __new__(cls, *args: Any, **kwargs: Any) -> PickledObject:  # not Self: Python 3.10
         obj = object.__new__(cls)
         obj.args, obj.state = args, {}
         return obj
@@ -182,7 +182,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
                 raise pickle.UnpicklingError(f"storage {key} holds {len(raw)} bytes, expected "
                                              f"{numel} x {itemsize}")
             # bytearray: torch.frombuffer wants a writable buffer; (numel,) flat, views come later.
-            flat = torch.frombuffer(bytearray(raw), dtype=stype.dtype) if raw else torch.empty(0, dtype=stype.dtype)
+            flat = (torch.frombuffer(bytearray(raw), dtype=stype.dtype) if raw
+                    else torch.empty(0, dtype=stype.dtype))
             self._storages[key] = flat
         return self._storages[key]
 
@@ -242,7 +243,8 @@ def _load_zip(zf: zipfile.ZipFile, path: Path) -> Any:
 
 
 def load_checkpoint(path: str | Path) -> Any:
-    """Load a ``.pt`` file safely: ``torch.load(weights_only=True)`` when it allows, else :func:`restricted_load`.
+    """Load a ``.pt`` file safely: ``torch.load(weights_only=True)`` when it allows, else
+    :func:`restricted_load`.
 
     Plain state_dicts and invismap checkpoints (tensors, numbers, strings, containers) go through torch's
     own weights-only loader; pickled model objects (Ultralytics) fall back to the restricted unpickler.

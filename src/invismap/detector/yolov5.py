@@ -6,7 +6,8 @@ width/depth variant (n/s/m/l/x). Reference: Ultralytics YOLOv5 v6.1, ``models/co
 ``models/yolo.py`` (GPL-3.0); re-implemented here from the published layer table.
 
 Example:
-    >>> model = YOLOv5.from_state_dict(torch.load("yolov5n_state_dict.pt", weights_only=True))  # doctest: +SKIP
+    >>> state = torch.load("yolov5n_state_dict.pt", weights_only=True)  # doctest: +SKIP
+    >>> model = YOLOv5.from_state_dict(state)  # doctest: +SKIP
     >>> p3, p4, p5 = model.neck_features(images)  # doctest: +SKIP
 """
 
@@ -131,7 +132,8 @@ class Concat(nn.Module):
 
 
 class Detect(nn.Module):
-    """The head: one 1x1 conv per scale to ``A * (5 + nc)`` channels; ``anchors`` in stride units (upstream)."""
+    """The head: one 1x1 conv per scale to ``A * (5 + nc)`` channels; ``anchors`` in stride units
+    (upstream)."""
 
     def __init__(self, nc: int, anchors: torch.Tensor, channels: Sequence[int]):
         super().__init__()
@@ -278,7 +280,8 @@ def infer_config(state_dict: Mapping[str, torch.Tensor], source: str = "state_di
     na = anchors_stride.shape[1]
     out_ch = state_dict["model.24.m.0.weight"].shape[0]
     if out_ch % na or out_ch // na <= 5:
-        raise InvismapError(f"{source}: head has {out_ch} channels, not a multiple of {na} anchors x (5 + nc)")
+        raise InvismapError(f"{source}: head has {out_ch} channels, "
+                            f"not a multiple of {na} anchors x (5 + nc)")
     px = anchors_stride * torch.tensor(STRIDES, dtype=torch.float32).view(-1, 1, 1)
     anchors = tuple(tuple((float(w), float(h)) for w, h in level.tolist()) for level in px)
     return YOLOv5Config(depth, width, out_ch // na - 5, anchors)

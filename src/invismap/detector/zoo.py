@@ -81,7 +81,8 @@ def load_detector(name_or_path: str | Path) -> Detector:
 
 
 def load_inference_detector(name_or_path: str | Path):
-    """:func:`load_detector`, or an :class:`~invismap.detector.onnx_detector.OnnxDetector` for an ``.onnx`` file.
+    """:func:`load_detector`, or an :class:`~invismap.detector.onnx_detector.OnnxDetector` for an ``.onnx``
+    file.
 
     For inference only (``detect``, ``eval-detector``): an ONNX detector has no neck features to distil.
     """

@@ -2,4 +2,4 @@
 
 from invismap.distill.student import ThermalDetector, ThermalStudent, load_student
 
-__all__ = ["ThermalStudent", "ThermalDetector", "load_student"]
+__all__ = ["ThermalDetector", "ThermalStudent", "load_student"]

@@ -33,7 +33,8 @@ def add_experiment_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("config", help="base distillation YAML")
     p.add_argument("overrides", nargs="*", help="key=value overrides of the base config")
     p.add_argument("--out", required=True, help="experiment folder (one run folder per variant)")
-    p.add_argument("--pairs", type=int, nargs="+", help="pair counts for the pairs curve (default 25 50 100 200)")
+    p.add_argument("--pairs", type=int, nargs="+",
+                   help="pair counts for the pairs curve (default 25 50 100 200)")
     p.set_defaults(func=_experiment)
 
 

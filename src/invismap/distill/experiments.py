@@ -53,8 +53,8 @@ def detector_scores(model, manifest, images: str, split: str, size: int,
                               split=select_split, size=size, progress=False)
         row["select night"] = round(100 * r["AP50"], 1)
     for condition in ("day", "night"):
-        r = evaluate_detector(model, manifest, images=images, labels="thermal", condition=condition, split=split,
-                              size=size, progress=False)
+        r = evaluate_detector(model, manifest, images=images, labels="thermal", condition=condition,
+                              split=split, size=size, progress=False)
         row[condition] = round(100 * r["AP50"], 1)
         for name, v in r["classes"].items():
             row[f"{condition} {name}"] = round(100 * v["AP50"], 1)
@@ -110,7 +110,8 @@ def run_experiment(kind: str, base: DistillConfig, out_dir: str | Path, pair_cou
 
     def scores(model, images: str) -> dict[str, Any]:
         row = detector_scores(model, manifest, images, eval_split, eval_size)
-        for name, other in others.items() if images == "thermal" else ():  # other cameras: thermal labels only
+        # other cameras: thermal labels only
+        for name, other in others.items() if images == "thermal" else ():
             r = detector_scores(model, other, images, eval_split, eval_size, select_split=None)
             row.update({f"{name} {c}": r[c] for c in ("day", "night")})
         return row
@@ -153,13 +154,15 @@ def spread(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _write(out_dir: Path, kind: str, base: DistillConfig, rows: list[dict]) -> None:
-    cols = ["variant", "select night", "day", "night"] + [f"{c} {COCO_NAMES[k]}" for c in ("day", "night") for k in ROAD_CLASSES]
+    cols = (["variant", "select night", "day", "night"]
+            + [f"{c} {COCO_NAMES[k]}" for c in ("day", "night") for k in ROAD_CLASSES])
     cols += [k for k in rows[0] if k.endswith((" day", " night")) and k.split()[0] not in ("day", "night")]
     cols += [c for c in ("train_seconds", "pairs_per_s") if any(c in r for r in rows)]
-    lines = [f"# Distillation {kind}: thermal AP50 (mean over person/bicycle/car) vs thermal labels",
-             "", f"teacher {base.teacher}, {base.train.max_steps} steps, batch {base.train.batch_size}. "
+    about = (f"teacher {base.teacher}, {base.train.max_steps} steps, batch {base.train.batch_size}. "
              "'select night': night pairs of the training split (never seen in distillation, which uses day "
-             "pairs only) - choose a variant by this column; day/night columns: test split.", "",
+             "pairs only) - choose a variant by this column; day/night columns: test split.")
+    lines = [f"# Distillation {kind}: thermal AP50 (mean over person/bicycle/car) vs thermal labels",
+             "", about, "",
              "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]
     with atomic_write(out_dir / "table.md", "w") as f:

@@ -50,8 +50,8 @@ class DistillConfig:
     """One distillation experiment."""
 
     data: str = ""  # manifest.csv (or its folder) of aligned pairs
-    # more manifests (e.g. another camera's pairs) whose pairs of the same split and conditions are distilled on
-    # too; label-free, so any camera's day pairs help. The pipeline fills it from data.more
+    # more manifests (e.g. another camera's pairs) whose pairs of the same split and conditions are distilled
+    # on too; label-free, so any camera's day pairs help. The pipeline fills it from data.more
     extra_data: list[str] = field(default_factory=list)
     teacher: str = "yolov5n"  # model name or file
     loss: Literal["mid", "head", "mid+head"] = "mid"
@@ -67,8 +67,8 @@ class DistillConfig:
     # b_k = this percentile of daytime d_k (the student's residual floor); null = the paper's b_k = 0.
     # Chosen on MSRS train pairs: same ranking, but day maps sit near 0 and tau = 0.35 becomes meaningful.
     offset_percentile: float | None = 50.0
-    # fixed t_k per neck scale, fine to coarse, instead of calibrating them (then b_k = 0, the paper's formula);
-    # the paper's YOLOv3 values, layers 103/91/79: [3.2, 3.5, 4.0]
+    # fixed t_k per neck scale, fine to coarse, instead of calibrating them (then b_k = 0, the paper's
+    # formula); the paper's YOLOv3 values, layers 103/91/79: [3.2, 3.5, 4.0]
     thresholds: list[float] | None = None
     cache: bool = True  # keep decoded, letterboxed pairs in memory
     freeze_bn: bool = True
@@ -110,11 +110,11 @@ def split_pairs(manifest: Manifest, cfg: DistillConfig) -> tuple[Manifest, Manif
     for extra in cfg.extra_data:
         more = load_manifest(extra).select(condition=cfg.conditions, split=cfg.split)
         if len(more) == 0:
-            raise InvismapError(f"{extra}: no {'/'.join(cfg.conditions)} pairs in split '{cfg.split}' to distil on "
-                                "(check the dataset's split, or leave it out of data.more)")
+            raise InvismapError(f"{extra}: no {'/'.join(cfg.conditions)} pairs in split '{cfg.split}' "
+                                "to distil on (check the dataset's split, or leave it out of data.more)")
         clash = {s.name for s in pool} & {s.name for s in more}
         if clash:
-            raise InvismapError(f"{extra}: pair name '{sorted(clash)[0]}' is also in {cfg.data}; "
+            raise InvismapError(f"{extra}: pair name '{min(clash)}' is also in {cfg.data}; "
                                 "datasets distilled together need distinct pair names")
         pool = Manifest(pool.samples + more.samples, pool.root)
     train, val = training_pairs(pool, cfg.split, cfg.conditions, cfg.val_every_nth, cfg.data)
@@ -127,7 +127,8 @@ def split_pairs(manifest: Manifest, cfg: DistillConfig) -> tuple[Manifest, Manif
 
 @torch.no_grad()
 def calibrate(teacher, student: ThermalStudent, pairs: Manifest, size: int, percentile: float,
-              device: torch.device, offset_percentile: float | None = None) -> tuple[list[float], list[float] | None]:
+              device: torch.device,
+              offset_percentile: float | None = None) -> tuple[list[float], list[float] | None]:
     """t_k (and b_k) from daytime pairs: percentiles of the per-cell distance d_k at each scale."""
     ds = PairDataset(pairs, size=size)
     student.eval()
@@ -140,7 +141,8 @@ def calibrate(teacher, student: ThermalStudent, pairs: Manifest, size: int, perc
         for k, (a, b) in enumerate(zip(t, s)):
             stride = item["rgb"].shape[1] // a.shape[2]
             d = feature_distance(a, b)[0]
-            d = d[rows.start // stride: -(-rows.stop // stride), cols.start // stride: -(-cols.stop // stride)]
+            d = d[rows.start // stride: -(-rows.stop // stride),
+                  cols.start // stride: -(-cols.stop // stride)]
             if len(per_scale) <= k:
                 per_scale.append([])
             per_scale[k].append(d.flatten().cpu())
@@ -167,14 +169,16 @@ def write_artifacts(teacher, student: ThermalStudent, cfg: DistillConfig, run_di
     else:
         thresholds, offsets = calibrate(teacher.to(device), student.to(device), calib_pairs, cfg.size,
                                         cfg.threshold_percentile, device, cfg.offset_percentile)
-    common = dict(teacher=cfg.teacher, thresholds=thresholds, offsets=offsets, config=to_dict(cfg))
-    save_checkpoint(run_dir / "student.pt", {"kind": "student", **student_checkpoint(student.cpu(), **common)})
+    common = {"teacher": cfg.teacher, "thresholds": thresholds, "offsets": offsets, "config": to_dict(cfg)}
+    save_checkpoint(run_dir / "student.pt",
+                    {"kind": "student", **student_checkpoint(student.cpu(), **common)})
     save_checkpoint(run_dir / "thermal_detector.pt",
                     {"kind": "thermal_detector", **student_checkpoint(student, **common)})
     return thresholds, offsets
 
 
-def recalibrate(run_dir: str | Path, overrides: list[str] | None = None) -> tuple[list[float], list[float] | None]:
+def recalibrate(run_dir: str | Path,
+                overrides: list[str] | None = None) -> tuple[list[float], list[float] | None]:
     """Re-derive t_k/b_k of a finished run (e.g. with another percentile) without training again."""
     from invismap.config import apply_overrides, from_dict
     from invismap.distill.student import load_student

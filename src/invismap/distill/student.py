@@ -70,7 +70,8 @@ class ThermalStudent(nn.Module):
         - output: neck features, the same shapes as the teacher's for an ``(B, 3, H, W)`` image.
     """
 
-    def __init__(self, teacher: Detector, input_mode: str = "replicate", init: str = "teacher", seed: int = 0):
+    def __init__(self, teacher: Detector, input_mode: str = "replicate", init: str = "teacher",
+                 seed: int = 0):
         super().__init__()
         if input_mode not in INPUT_MODES:
             raise ValueError(f"input_mode must be one of {INPUT_MODES}, got {input_mode!r}")

@@ -28,15 +28,15 @@ class DistillTask(nn.Module):
 
     kind = "student"
 
-    def __init__(self, teacher: Detector, student: ThermalStudent, loss: str = "mid", head_weight: float = 0.1,
-                 freeze_bn: bool = True, extra: dict[str, Any] | None = None):
+    def __init__(self, teacher: Detector, student: ThermalStudent, loss: str = "mid",
+                 head_weight: float = 0.1, freeze_bn: bool = True, extra: dict[str, Any] | None = None):
         super().__init__()
         self.teacher = freeze(teacher)
         self.net = student
         self.loss, self.head_weight, self.freeze_bn = loss, head_weight, freeze_bn
         self.extra = extra or {}
 
-    def train(self, mode: bool = True) -> "DistillTask":
+    def train(self, mode: bool = True) -> DistillTask:
         super().train(mode)
         self.teacher.eval()
         if self.freeze_bn:
@@ -74,7 +74,8 @@ class DistillTask(nn.Module):
             batch["thermal"][:1])
         for k, (t, s) in enumerate(zip(teacher, student)):
             pair = torch.cat([t[0].abs().mean(0), s[0].abs().mean(0)], dim=1)
-            writer.add_image(f"features/scale{k}_teacher|student", (pair / pair.max().clamp_min(1e-6))[None], step)
+            writer.add_image(f"features/scale{k}_teacher|student", (pair / pair.max().clamp_min(1e-6))[None],
+                             step)
         writer.add_image("input/color", batch["rgb"][0], step)
         writer.add_image("input/thermal", batch["thermal"][0], step)
 

@@ -105,6 +105,7 @@ def check_state_dict(path: str | Path, model: torch.nn.Module, state_dict: dict[
     if missing or extra or shape:
         what = (f"{len(missing)} missing keys (e.g. {missing[0]})" if missing else
                 f"{len(extra)} unexpected keys (e.g. {extra[0]})" if extra else
-                f"shape mismatch at {shape[0]}: {tuple(state_dict[shape[0]].shape)} vs {tuple(own[shape[0]].shape)}")
+                f"shape mismatch at {shape[0]}: {tuple(state_dict[shape[0]].shape)} "
+                f"vs {tuple(own[shape[0]].shape)}")
         raise file_error(path, f"weights are for another architecture: {what}",
                          "use a checkpoint made with the same model/config")

@@ -15,9 +15,10 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -199,7 +200,8 @@ def _move(batch: Any, device: torch.device) -> Any:
     return batch
 
 
-def fit(task: Task, train_set: Dataset, cfg: TrainConfig, run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
+def fit(task: Task, train_set: Dataset, cfg: TrainConfig, run_dir: str | Path,
+        **kwargs: Any) -> dict[str, Any]:
     """:func:`train` with ``run_dir`` held by this process (:func:`~invismap.engine.rundir.hold_folder`): a
     second trainer on the same folder is refused. Under torchrun the first rank holds it for all."""
     if int(os.environ.get("RANK", "0")) != 0:
@@ -266,7 +268,8 @@ def train(task: Task, train_set: Dataset, cfg: TrainConfig, run_dir: str | Path,
             raise file_error(last, "training checkpoint has no moving average (the run was started without "
                              "train.ema)", "resume with the config the run was started with")
     if world > 1:
-        task.net = nn.parallel.DistributedDataParallel(task.net, device_ids=[device.index] if device.type == "cuda" else None)
+        task.net = nn.parallel.DistributedDataParallel(
+            task.net, device_ids=[device.index] if device.type == "cuda" else None)
 
     end_step = cfg.max_steps if stop_at is None else min(stop_at, cfg.max_steps)
     sampler = StepBatchSampler(len(train_set), cfg.batch_size, start_step, end_step, cfg.seed, rank, world)

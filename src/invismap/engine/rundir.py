@@ -1,4 +1,5 @@
-"""Run folders: one per training run, holding ``config.yaml``, ``ckpt/`` and ``tb/``; one process at a time."""
+"""Run folders: one per training run, holding ``config.yaml``, ``ckpt/`` and ``tb/``; one process at a
+time."""
 
 from __future__ import annotations
 
@@ -29,14 +30,15 @@ def hold_folder(folder: str | Path) -> Iterator[Path]:
         folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as e:
-        raise InvismapError(f"{folder}: cannot use this output folder ({e.strerror}); choose another") from None
+        raise InvismapError(f"{folder}: cannot use this output folder ({e.strerror}); "
+                            "choose another") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            raise InvismapError(f"{folder}: in use by another invismap process (PID {holder}); wait for it to "
-                                "finish or stop it, or choose another output folder") from None
+            raise InvismapError(f"{folder}: in use by another invismap process (PID {holder}); "
+                                "wait for it to finish or stop it, or choose another output folder") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield folder

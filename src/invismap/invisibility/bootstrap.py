@@ -6,8 +6,8 @@ replicate draws, within every group (a condition), as many images as the group h
 replicate is a row of multiplicities ``w`` and a pooled histogram is ``w @ per_image_counts``.
 
 Two maps scored on the same images are compared with the *same* replicates (a paired bootstrap): the
-margin ``metric(map) - metric(reference)`` is computed replicate by replicate, which cancels the image-to-image
-variation both maps share and gives a much tighter interval than two separate ones.
+margin ``metric(map) - metric(reference)`` is computed replicate by replicate, which cancels the
+image-to-image variation both maps share and gives a much tighter interval than two separate ones.
 
 Example:
     >>> w = resample_weights([np.arange(3)], n_boot=4, seed=0)
@@ -37,7 +37,8 @@ def resample_weights(groups: Sequence[np.ndarray], n_boot: int = N_BOOT, seed: i
         seed: fixes the draw (the same seed and groups give the same replicates for every map).
 
     Returns:
-        ``(R, N)`` float64: how often each image is drawn in each replicate (each group's row sum is its size).
+        ``(R, N)`` float64: how often each image is drawn in each replicate (each group's row sum is its
+        size).
     """
     if n_boot < 1:
         raise ValueError(f"need at least one bootstrap replicate, got {n_boot}")

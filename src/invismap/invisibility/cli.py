@@ -8,42 +8,49 @@ from pathlib import Path
 from invismap.engine.rundir import add_training_arguments, config_and_run_dir
 from invismap.errors import InvismapError
 
-MAP_HELP = ("map sources: predictor:RUN/predictor.pt (or .onnx), pair:RUN/student.pt, prior:TARGETS (the fixed "
-            "prior), darkness, contrast, random, oracle (uses labels); several allowed")
+MAP_HELP = ("map sources: predictor:RUN/predictor.pt (or .onnx), pair:RUN/student.pt, "
+            "prior:TARGETS (the fixed prior), darkness, contrast, random, oracle (uses labels); "
+            "several allowed")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval-invisibility", help="coverage of missed objects, separations, 95% intervals",
                        description="Evaluate invisibility maps on a pair dataset, per condition: coverage of "
-                                   "missed objects' pixels at 35.9%% and 25%% flagged, pixel AUROC, how well the map "
-                                   "separates missed from detected and invisible from visible objects (pixel and "
-                                   "object level), frame-level AUROC, day/night overlap; 95%% bootstrap intervals "
+                                   "missed objects' pixels at 35.9%% and 25%% flagged, pixel AUROC, "
+                                   "how well the map separates missed from detected and invisible from "
+                                   "visible objects (pixel and object level), frame-level AUROC, "
+                                   "day/night overlap; 95%% bootstrap intervals "
                                    "over images and paired margins over the reference maps.")
     p.add_argument("--data", required=True, help="manifest.csv or its folder")
     p.add_argument("--maps", nargs="+", required=True, help=MAP_HELP)
     p.add_argument("--split", default="test", help="split to evaluate (default test)")
     p.add_argument("--condition", nargs="+", default=["day", "night"], help="conditions (default day night)")
     p.add_argument("--teacher", default="yolov5n", help="color detector that defines 'missed' objects")
-    p.add_argument("--conf", type=float, default=0.25, help="teacher confidence for 'detected' (default 0.25)")
+    p.add_argument("--conf", type=float, default=0.25,
+                   help="teacher confidence for 'detected' (default 0.25)")
     p.add_argument("--tau", type=float, default=0.35, help="score threshold (the paper's 0.35)")
     p.add_argument("--json", required=True, help="output JSON")
     p.add_argument("--plots", help="folder for coverage curves, interval plots and score histograms (PNG)")
     p.add_argument("--references", nargs="*", default=["prior", "darkness"],
-                   help="maps every other map is compared with, by a paired bootstrap (default prior darkness)")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples over images (default 1000)")
+                   help="maps every other map is compared with, by a paired bootstrap "
+                        "(default prior darkness)")
+    p.add_argument("--bootstrap", type=int, default=1000,
+                   help="bootstrap resamples over images (default 1000)")
     p.set_defaults(func=_eval)
 
     t = sub.add_parser("score-pairs", help="pair scores F of every pair (the predictor's training targets)",
-                       description="Compute the invisibility score of each color/thermal pair with a distilled "
-                                   "student and cache it as OUT/NAME.npy (float16, letterboxed canvas).")
+                       description="Compute the invisibility score of each color/thermal pair with a "
+                                   "distilled student and cache it as OUT/NAME.npy "
+                                   "(float16, letterboxed canvas).")
     t.add_argument("--student", required=True, help="RUN/student.pt from 'invismap distill'")
     t.add_argument("--data", required=True, help="manifest.csv or its folder")
     t.add_argument("--out", required=True, help="target cache folder")
     t.add_argument("--split", default="train", help="which split to score (default train; never test)")
     t.add_argument("--size", type=int, default=640, help="letterbox size (same as the predictor's)")
     t.add_argument("--kind", choices=["pair", "pair+detectors"], default="pair",
-                   help="pair: the pair score F; pair+detectors: F with the thermal detector's objects set to "
-                        "1 where the color detector misses them and 0 where it finds them (targets.py)")
+                   help="pair: the pair score F; pair+detectors: F with the thermal detector's objects "
+                        "set to 1 where the color detector misses them and 0 where it finds them "
+                        "(targets.py)")
     t.add_argument("--light", type=float, default=0.0,
                    help="pair+detectors: weight of each frame's base rate of missed objects (default 0)")
     t.set_defaults(func=_score_pairs)
@@ -54,9 +61,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     tp.set_defaults(func=_train_predictor)
 
     ex = sub.add_parser("export", help="export the predictor or a detector to ONNX (dynamic batch and size)",
-                        description="Write an ONNX model of RUN/predictor.pt (run it with 'invismap predict --model "
-                                    "X.onnx'), or of a detector (RUN/thermal_detector.pt, yolov5n: raw head outputs "
-                                    "and decoded predictions), with input size and normalisation in the metadata.")
+                        description="Write an ONNX model of RUN/predictor.pt "
+                                    "(run it with 'invismap predict --model X.onnx'), "
+                                    "or of a detector (RUN/thermal_detector.pt, yolov5n: "
+                                    "raw head outputs and decoded predictions), "
+                                    "with input size and normalisation in the metadata.")
     ex.add_argument("--model", required=True,
                     help="RUN/predictor.pt, RUN/thermal_detector.pt, or a detector name or file (yolov5n)")
     ex.add_argument("--out", required=True, help="output .onnx file")
@@ -65,7 +74,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     ex.add_argument("--calibration-data", metavar="DATA",
                     help="pair dataset (manifest.csv or folder) whose train split calibrates --int8")
     ex.add_argument("--calibration-frames", type=int, default=32, help="frames for --int8 (default 32)")
-    ex.add_argument("--size", type=int, default=640, help="detector only: letterbox size recorded (default 640)")
+    ex.add_argument("--size", type=int, default=640,
+                    help="detector only: letterbox size recorded (default 640)")
     ex.set_defaults(func=_export)
 
 

@@ -74,8 +74,8 @@ CLASS_FOLD: dict[int, int] = {3: 1, 5: 2, 7: 2}  # motorcycle -> bicycle, bus ->
 CURVE_POINTS = np.linspace(0.0, 1.0, 201)  # flagged shares at which the stored curves are sampled
 HIST_BINS = 100  # bins of the stored score histograms (0.01 wide) and of the day/night overlap
 FLAGGED_SHARES = (PAPER_FLAGGED, 0.25)  # coverage of missed-object pixels is read at these flagged shares
-# A frame's one number: its highest score (the 100th percentile). A missed pedestrian far away covers < 0.1% of a
-# frame, so any lower percentile would let even the perfect map (the oracle of the missed boxes) miss it.
+# A frame's one number: its highest score (the 100th percentile). A missed pedestrian far away covers < 0.1%
+# of a frame, so any lower percentile would let even the perfect map (the oracle of the missed boxes) miss it.
 FRAME_PERCENTILE = 100.0
 SEPARATIONS = ("missed_vs_detected", "invisible_vs_visible", "missed_vs_detected_object",
                "invisible_vs_visible_object")
@@ -285,12 +285,13 @@ def collect_records(manifest: Manifest, map_source: MapSource,
                                 "(run teacher_detections on the same manifest)")
     n, n_sets = len(samples), len(OBJECT_SETS)
     rec = MapRecords(names=[s.name for s in samples], conditions=[s.condition for s in samples],
-                     pixels=np.zeros((n, 1 + n_sets, bins), np.int64), objects=np.zeros((n, n_sets, bins), np.int64),
+                     pixels=np.zeros((n, 1 + n_sets, bins), np.int64),
+                     objects=np.zeros((n, n_sets, bins), np.int64),
                      defined=np.zeros((n, n_sets), bool), frame=np.zeros(n), missed=np.full(n, -1, np.int64),
                      moments=np.zeros((n, 2)))
     grid = ScoreHistogram(bins)  # only its binning is used
-    for i, s in enumerate(tqdm(samples, desc=f"evaluating {getattr(map_source, '__name__', 'map')}", unit="pair",
-                               disable=not progress)):
+    for i, s in enumerate(tqdm(samples, desc=f"evaluating {getattr(map_source, '__name__', 'map')}",
+                               unit="pair", disable=not progress)):
         rgb, thr = load_pair(s)
         h, w = thr.shape
         score = check_score_map(map_source(s, rgb, thr), h, w, s.name)
@@ -441,7 +442,8 @@ def summarise_records(records: Mapping[str, MapRecords], references: Sequence[st
     out: dict[str, dict[str, Any]] = {}
     for name, rec in records.items():
         res: dict[str, Any] = {"settings": {**(settings or {}), "n_boot": n_boot, "seed": seed,
-                                            "frame_percentile": FRAME_PERCENTILE, "object_score": "mean in box"},
+                                            "frame_percentile": FRAME_PERCENTILE,
+                                            "object_score": "mean in box"},
                                "conditions": {}}
         replicates[name] = {}
         for scope, keep in scopes.items():
@@ -458,7 +460,8 @@ def summarise_records(records: Mapping[str, MapRecords], references: Sequence[st
                                if all(n in c["sets"] for n in k.removesuffix("_object").split("_vs_"))}
             c["frame"] = {"frames": int((rec.missed[keep] >= 0).sum()),
                           "frames_with_missed": int((rec.missed[keep] > 0).sum()),
-                          "auroc": float(point["frame_auroc"][0]), "spearman": float(point["frame_spearman"][0])}
+                          "auroc": float(point["frame_auroc"][0]),
+                          "spearman": float(point["frame_spearman"][0])}
             c["metrics"] = metrics
             res["conditions"][scope] = json_safe(c)
         if "day" in groups and "night" in groups:
@@ -551,12 +554,14 @@ def evaluate_maps(manifest: Manifest, map_source: MapSource,
     name = getattr(map_source, "__name__", None)
     settings = _settings(conditions, tau, matched_flagged, max_flagged, iou_thres, match, class_fold,
                          detection_conf if detections_by_name is not None else None, bins, name)
-    return summarise_records({"map": rec}, (), settings, tau, matched_flagged, max_flagged, n_boot, seed)["map"]
+    return summarise_records({"map": rec}, (), settings, tau, matched_flagged, max_flagged, n_boot,
+                             seed)["map"]
 
 
-def _settings(conditions, tau, matched_flagged, max_flagged, iou_thres, match, class_fold, detection_conf, bins,
-              map_source) -> dict[str, Any]:
-    return {"tau": tau, "matched_flagged": matched_flagged, "max_flagged": max_flagged, "iou_thres": iou_thres,
+def _settings(conditions, tau, matched_flagged, max_flagged, iou_thres, match, class_fold, detection_conf,
+              bins, map_source) -> dict[str, Any]:
+    return {"tau": tau, "matched_flagged": matched_flagged, "max_flagged": max_flagged,
+            "iou_thres": iou_thres,
             "match": match, "class_fold": {str(k): v for k, v in (class_fold or {}).items()},
             "detection_conf": detection_conf, "bins": bins, "map_source": map_source,
             "conditions": list(conditions)}
@@ -579,14 +584,15 @@ def compare_sources(manifest: Manifest, sources: Mapping[str, MapSource],
     Returns:
         ``{source name: results}``.
     """
-    records = {name: collect_records(manifest, src, detections_by_name, conditions, iou_thres, match, class_fold,
-                                     detection_conf, bins, progress) for name, src in sources.items()}
+    records = {name: collect_records(manifest, src, detections_by_name, conditions, iou_thres, match,
+                                     class_fold, detection_conf, bins, progress)
+               for name, src in sources.items()}
     out = {}
     for name, res in summarise_records(records, references, None, tau, matched_flagged, max_flagged, n_boot,
                                        seed).items():
-        res["settings"] = {**_settings(conditions, tau, matched_flagged, max_flagged, iou_thres, match, class_fold,
-                                       detection_conf if detections_by_name is not None else None, bins,
-                                       getattr(sources[name], "__name__", name)), **res["settings"]}
+        res["settings"] = {**_settings(conditions, tau, matched_flagged, max_flagged, iou_thres, match,
+                                       class_fold, detection_conf if detections_by_name is not None else None,
+                                       bins, getattr(sources[name], "__name__", name)), **res["settings"]}
         out[name] = res
     return out
 
@@ -612,8 +618,9 @@ def format_table(results: Mapping[str, Mapping[str, Any]], metrics: Sequence[str
     lines = []
     conditions = list(dict.fromkeys(c for r in results.values() for c in r["conditions"]))
     for cond in conditions:
-        lines.append(f"{cond}: " + ", ".join(f"{n} {next(iter(results.values()))['conditions'][cond]['objects'].get(n, 0)}"
-                                              for n in ("missed", "detected", "invisible", "visible")) + " objects")
+        objects = next(iter(results.values()))["conditions"][cond]["objects"]
+        counts = ", ".join(f"{n} {objects.get(n, 0)}" for n in ("missed", "detected", "invisible", "visible"))
+        lines.append(f"{cond}: {counts} objects")
         lines.append(f"{'map':<{width}}" + "".join(f"{METRIC_LABELS[k]:>19}" for k in metrics))
         for name, r in results.items():
             c = r["conditions"].get(cond)

@@ -18,7 +18,8 @@ the config they hold, so a rerun reuses exactly the work whose settings did not 
 
 Example:
     >>> rows = predictor_ablation(cfg, {"U-Net, F": [], "neck, F": ["model=neck"]},  # doctest: +SKIP
-    ...                           "runs/x/distill/student.pt", "runs/x/import/manifest.csv", "runs/x/ablation")
+    ...                           "runs/x/distill/student.pt", "runs/x/import/manifest.csv",
+    ...                           "runs/x/ablation")
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ from invismap.io import atomic_write, write_json
 
 log = logging.getLogger(__name__)
 
-SELECTION = ("pixel_auroc", "missed_vs_detected", "invisible_vs_visible")  # per condition, + 1 - day/night overlap
+# per condition, + 1 - day/night overlap
+SELECTION = ("pixel_auroc", "missed_vs_detected", "invisible_vs_visible")
 
 
 def variant_config(base: PredictorConfig, overrides: Sequence[str]) -> PredictorConfig:
@@ -104,7 +106,8 @@ def predictor_ablation(base: PredictorConfig, variants: Mapping[str, Sequence[st
 
     Args:
         base: the predictor config the variants override (``data``/``targets`` are set here).
-        variants: name -> overrides, e.g. ``{"neck, detectors": ["model=neck", "target.kind=pair+detectors"]}``;
+        variants: name -> overrides, e.g.
+            ``{"neck, detectors": ["model=neck", "target.kind=pair+detectors"]}``;
             the first is the reference of the paired margins.
         student: ``RUN/student.pt`` (targets need it, and its ``thermal_detector.pt``).
         data: the pairs (manifest or folder).
@@ -116,7 +119,8 @@ def predictor_ablation(base: PredictorConfig, variants: Mapping[str, Sequence[st
         n_boot: bootstrap resamples.
     """
     if split == "test":
-        raise InvismapError("the predictor ablation selects a variant: run it on the train split, never on test")
+        raise InvismapError("the predictor ablation selects a variant: "
+                            "run it on the train split, never on test")
     if not variants:
         raise InvismapError("no predictor variants to compare")
     from invismap.detector.zoo import load_detector
@@ -125,7 +129,8 @@ def predictor_ablation(base: PredictorConfig, variants: Mapping[str, Sequence[st
     out = Path(out)
     pairs = load_manifest(data).select(split=split, condition=list(conditions))
     if len(pairs) == 0:
-        raise InvismapError(f"{data}: no {'/'.join(conditions)} pairs in split '{split}' to cross-validate on")
+        raise InvismapError(f"{data}: no {'/'.join(conditions)} pairs in split '{split}' "
+                            "to cross-validate on")
     configs = {name: variant_config(base, ov) for name, ov in variants.items()}
     parts = folds(pairs, k)
     detections = teacher_detections(pairs, load_detector(teacher), progress=progress)
@@ -133,7 +138,8 @@ def predictor_ablation(base: PredictorConfig, variants: Mapping[str, Sequence[st
     records: dict[str, MapRecords] = {}
     for name, cfg in configs.items():
         key = repr((dataclasses.astuple(cfg.target), cfg.size, cfg.square))
-        if key not in targets:  # folders named by what they hold, so a changed variant list reuses nothing stale
+        # folders named by what they hold, so a changed variant list reuses nothing stale
+        if key not in targets:
             folder = out / "targets" / digest(key)
             if not (folder / TARGETS_META).is_file():
                 compute_targets(pairs, student, folder, cfg.size, cfg.target, cfg.square, progress=progress)
@@ -142,11 +148,12 @@ def predictor_ablation(base: PredictorConfig, variants: Mapping[str, Sequence[st
         for f, held in enumerate(parts):
             train = Manifest([s for s in pairs if s.name not in {h.name for h in held}], pairs.root)
             run = out / f"{slug(name)}-{digest(repr(dataclasses.astuple(cfg)))}" / f"fold{f}"
-            fold_cfg = dataclasses.replace(cfg, data="", targets=str(targets[key]), val_every_nth=0, split=split)
+            fold_cfg = dataclasses.replace(cfg, data="", targets=str(targets[key]), val_every_nth=0,
+                                           split=split)
             if not (run / "predictor.pt").is_file():
                 log.info(f"{name}: fold {f + 1}/{k}, training on {len(train)} pairs")
-                train_predictor(fold_cfg, train, targets[key], run, resume=(run / "ckpt" / "last.pt").is_file(),
-                                progress=progress)
+                train_predictor(fold_cfg, train, targets[key], run,
+                                resume=(run / "ckpt" / "last.pt").is_file(), progress=progress)
             _, source = map_source(f"predictor:{run / 'predictor.pt'}")
             per_fold.append(collect_records(held, source, detections, conditions, progress=progress))
         records[name] = concat_records(per_fold)
@@ -160,12 +167,14 @@ def predictor_ablation(base: PredictorConfig, variants: Mapping[str, Sequence[st
             for name, res in results.items()]
     rows.sort(key=lambda r: -r["selection"] if np.isfinite(r["selection"]) else np.inf)
     write_json(out / "cv.json", {"rows": rows, "results": results, "chosen": rows[0]["variant"],
-                                 "reference": first, "selection": list(SELECTION) + ["1 - day/night overlap"]})
+                                 "reference": first,
+                                 "selection": list(SELECTION) + ["1 - day/night overlap"]})
     with atomic_write(out / "table.md", "w") as fh:
         fh.write(format_rows(rows, k, len(pairs)) + "\n")
     from invismap.invisibility.plots import plot_intervals
 
-    plot_intervals(results, out / "separations.png", title=f"{k}-fold cross-validation on {len(pairs)} '{split}' pairs")
+    plot_intervals(results, out / "separations.png",
+                   title=f"{k}-fold cross-validation on {len(pairs)} '{split}' pairs")
     return rows
 
 
@@ -174,7 +183,8 @@ def format_rows(rows: Sequence[Mapping[str, Any]], k: int, n: int,
                                           "invisible_vs_visible")) -> str:
     """The ablation as a Markdown table (best selection score first)."""
     conds = [c for c in ("night", "day") if c in rows[0]]
-    head = ["variant", "selection"] + [f"{c} {METRIC_LABELS[m]}" for c in conds for m in metrics] + ["overlap"]
+    head = (["variant", "selection"] + [f"{c} {METRIC_LABELS[m]}" for c in conds for m in metrics]
+            + ["overlap"])
     fmt = lambda v: "" if v is None else f"{v:.3f}"
     lines = [f"# Predictor variants, {k}-fold cross-validation on {n} training pairs (chosen: first row)", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

@@ -1,8 +1,8 @@
-"""Deployment: the predictor made fast for inference, as an ONNX model (fp32 or int8), and run by ONNX Runtime.
+"""Deployment: the predictor made fast for inference, as an ONNX model (fp32 or int8), run by ONNX Runtime.
 
-The exported graph takes ``rgb`` ``(B, 3, H, W)`` float32 in 0..1 (letterboxed, H and W multiples of 32; batch,
-height and width are dynamic) and returns ``logits`` ``(B, 1, H, W)``; the map is ``sigmoid(logits)``. The
-input size the predictor was trained at and the normalisation are stored as ONNX metadata.
+The exported graph takes ``rgb`` ``(B, 3, H, W)`` float32 in 0..1 (letterboxed, H and W multiples of 32;
+batch, height and width are dynamic) and returns ``logits`` ``(B, 1, H, W)``; the map is ``sigmoid(logits)``.
+The input size the predictor was trained at and the normalisation are stored as ONNX metadata.
 
 Three ways to make the predictor cheaper, measured side by side in ``benchmarks/bench_predictor.py`` and for
 accuracy in ``benchmarks/bench_accuracy.py`` (figures in ``BENCHMARKS.md``):
@@ -15,7 +15,8 @@ accuracy in ``benchmarks/bench_accuracy.py`` (figures in ``BENCHMARKS.md``):
 
 Example:
     >>> export_predictor("runs/predictor/headline/predictor.pt", "predictor.onnx")  # doctest: +SKIP
-    >>> quantize_predictor("predictor.onnx", "predictor.int8.onnx", calibration_frames("runs/msrs"))  # doctest: +SKIP
+    >>> quantize_predictor("predictor.onnx", "predictor.int8.onnx",  # doctest: +SKIP
+    ...                    calibration_frames("runs/msrs"))
     >>> model, meta = load_onnx_predictor("predictor.int8.onnx")  # doctest: +SKIP
 """
 
@@ -47,8 +48,8 @@ ONNX_KIND = "invismap.predictor"
 # --------------------------------------------------------------------------------------------- PyTorch
 
 def fuse_conv_bn(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` for inference with every ``Conv2d`` directly followed by a ``BatchNorm2d`` inside an
-    ``nn.Sequential`` folded into one conv (the BatchNorm becomes ``Identity``); ``eval()`` mode.
+    """A copy of ``model`` for inference with every ``Conv2d`` directly followed by a ``BatchNorm2d``
+    inside an ``nn.Sequential`` folded into one conv (the BatchNorm becomes ``Identity``); ``eval()`` mode.
 
     The U-Net's blocks are ``Sequential(conv, bn, relu)``, so this removes every BatchNorm pass; outputs agree
     with the original to float rounding (~1e-6).
@@ -187,7 +188,8 @@ class OnnxPredictor(nn.Module):
 
     def forward(self, rgb: torch.Tensor) -> torch.Tensor:
         """``(B, 3, H, W)`` in 0..1 -> ``(B, 1, H, W)`` logits."""
-        (logits,) = self.session.run(None, {"rgb": np.ascontiguousarray(rgb.detach().cpu().numpy(), np.float32)})
+        batch = np.ascontiguousarray(rgb.detach().cpu().numpy(), np.float32)
+        (logits,) = self.session.run(None, {"rgb": batch})
         return torch.from_numpy(logits)
 
 

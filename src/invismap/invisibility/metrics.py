@@ -468,6 +468,6 @@ def distribution_overlap(h1: np.ndarray, h2: np.ndarray) -> dict[str, float | np
     return {k: float(v) if v.ndim == 0 else v for k, v in out.items()}
 
 
-__all__ = ["DEFAULT_BINS", "ScoreHistogram", "auroc_from_counts", "box_means", "coverage_at_flagged_from_counts",
-           "coverage_flagged", "distribution_overlap",
+__all__ = ["DEFAULT_BINS", "ScoreHistogram", "auroc_from_counts", "box_means",
+           "coverage_at_flagged_from_counts", "coverage_flagged", "distribution_overlap",
            "gaussian_fit", "object_pixel_mask"]

@@ -78,7 +78,8 @@ class NeckHead(nn.Module):
 
 
 class TeacherNeckPredictor(nn.Module):
-    """The deployable map: frozen teacher neck + :class:`NeckHead`, ``(B, 3, H, W)`` -> ``(B, 1, H, W)`` logits.
+    """The deployable map: frozen teacher neck + :class:`NeckHead`, ``(B, 3, H, W)`` -> ``(B, 1, H, W)``
+    logits.
 
     ``H`` and ``W`` must be multiples of the teacher's largest stride (the letterbox guarantees it).
     """

@@ -7,8 +7,8 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -35,8 +35,9 @@ class PairScorer:
             ablation scores with one scale at a time).
     """
 
-    def __init__(self, teacher: Detector, student: ThermalStudent, thresholds: Sequence[float], size: int = 640,
-                 offsets: Sequence[float] | None = None, scales: Sequence[int] | None = None):
+    def __init__(self, teacher: Detector, student: ThermalStudent, thresholds: Sequence[float],
+                 size: int = 640, offsets: Sequence[float] | None = None,
+                 scales: Sequence[int] | None = None):
         if len(thresholds) != len(teacher.strides):
             raise ValueError(f"{len(thresholds)} thresholds for {len(teacher.strides)} neck scales")
         self.scales = list(range(len(thresholds))) if scales is None else [int(k) for k in scales]
@@ -49,8 +50,9 @@ class PairScorer:
     @classmethod
     def from_checkpoint(cls, path: str | Path, thresholds: Sequence[float] | None = None,
                         size: int | None = None, offsets: Sequence[float] | None = None,
-                        scales: Sequence[int] | None = None) -> "PairScorer":
-        """Student + its calibrated thresholds (and offsets) from ``student.pt``; the teacher named inside it."""
+                        scales: Sequence[int] | None = None) -> PairScorer:
+        """Student + its calibrated thresholds (and offsets) from ``student.pt``; the teacher named
+        inside it."""
         path = Path(path)
         ckpt = load_checkpoint(path, ("student", "thermal_detector"))
         if thresholds is None and "thresholds" not in ckpt:
@@ -72,7 +74,8 @@ class PairScorer:
                                   rgb.shape[-2:], offsets)
 
     def score(self, rgb: np.ndarray, thermal: np.ndarray) -> np.ndarray:
-        """One pair, RGB ``(H, W, 3)`` and thermal ``(H, W)`` uint8 -> ``(H, W)`` float32 F in original pixels."""
+        """One pair, RGB ``(H, W, 3)`` and thermal ``(H, W)`` uint8 -> ``(H, W)`` float32 F in original
+        pixels."""
         lb = letterbox_params(rgb.shape[1], rgb.shape[0], self.size, stride=max(self.teacher.strides))
         device = next(self.teacher.parameters()).device
         x_rgb = torch.from_numpy(apply_letterbox(rgb, lb).transpose(2, 0, 1).copy()).float().div(255)[None]

@@ -160,7 +160,8 @@ def plot_intervals(results_by_source: Mapping[str, Mapping[str, Any]], path: str
         for j, cond in enumerate(conds):
             offset = (j - (len(conds) - 1) / 2) * 0.22
             for i, name in enumerate(names):
-                e = results_by_source[name].get("conditions", {}).get(cond, {}).get("metrics", {}).get(key) or {}
+                cond_metrics = results_by_source[name].get("conditions", {}).get(cond, {}).get("metrics", {})
+                e = cond_metrics.get(key) or {}
                 if e.get("value") is None:
                     continue
                 lo, hi = e.get("lo"), e.get("hi")

@@ -87,7 +87,8 @@ def predict_images(model: nn.Module, images: Sequence[np.ndarray], size: int = 6
 
 
 def load_any_predictor(path: str | Path) -> tuple[nn.Module, dict]:
-    """A predictor from ``predictor.pt`` (PyTorch) or its ``.onnx`` export (ONNX Runtime): ``(model, meta)``."""
+    """A predictor from ``predictor.pt`` (PyTorch) or its ``.onnx`` export (ONNX Runtime):
+    ``(model, meta)``."""
     if str(path).endswith(".onnx"):
         from invismap.invisibility.export import load_onnx_predictor
 
@@ -265,7 +266,8 @@ def _predict_video(model: nn.Module, path: Path, out_dir: Path, box_fn: BoxFn | 
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = out_dir / f".{path.stem}_overlay.tmp.mp4"  # the suffix picks the container: keep .mp4 last
     writer, means, p95s = None, [], []
-    bar = tqdm(total=total, desc=f"predict {path.name}", unit="frame", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=total, desc=f"predict {path.name}", unit="frame", disable=not progress,
+               dynamic_ncols=True)
     try:
         while True:
             frames = []
@@ -315,7 +317,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "NAME_map.npy, NAME_overlay.png per image, NAME_overlay.mp4 per video, "
                                    "and index.json.")
     p.add_argument("source", help="an image, a folder of images, or a video file")
-    p.add_argument("--model", required=True, help="predictor checkpoint (RUN/predictor.pt) or its .onnx export")
+    p.add_argument("--model", required=True,
+                   help="predictor checkpoint (RUN/predictor.pt) or its .onnx export")
     p.add_argument("--backend", choices=["torch", "onnxruntime"], default=None,
                    help="inference engine (default: onnxruntime for .onnx files, torch otherwise)")
     p.add_argument("--out", required=True, help="output folder")

@@ -1,9 +1,9 @@
 """Train the color-only invisibility predictor on precomputed, label-free targets.
 
-Paper "Pixel Invisibility", Section 3.4: the pair score F (:mod:`invismap.invisibility.score`) needs both images
-and two detectors; the deployable predictor sees the color frame only and learns from pairs of every condition.
-What it learns is the target cache (:mod:`invismap.invisibility.targets`: F, or F with where the color detector
-misses the thermal detector's objects); the network is ``model``:
+Paper "Pixel Invisibility", Section 3.4: the pair score F (:mod:`invismap.invisibility.score`) needs both
+images and two detectors; the deployable predictor sees the color frame only and learns from pairs of every
+condition. What it learns is the target cache (:mod:`invismap.invisibility.targets`: F, or F with where the
+color detector misses the thermal detector's objects); the network is ``model``:
 
 - ``neck`` (:mod:`invismap.invisibility.neck_head`): a light head on the frozen color teacher's neck features,
   computed once per training image and flip (``cache: true``). Chosen by cross-validation on MSRS
@@ -44,7 +44,8 @@ Run folder of :func:`train_predictor`::
     RUN/tb/                    TensorBoard: losses, val/loss, val/mae, rgb | target | prediction images
 
 Example:
-    >>> path = train_predictor(PredictorConfig(), "runs/msrs", "runs/targets/msrs", "runs/predictor")  # doctest: +SKIP
+    >>> path = train_predictor(PredictorConfig(), "runs/msrs", "runs/targets/msrs",  # doctest: +SKIP
+    ...                        "runs/predictor")
     >>> model, meta = load_predictor(path)  # doctest: +SKIP
 """
 
@@ -176,8 +177,8 @@ class TargetMapDataset(Dataset):
         if self.object_weight != 1.0:
             self.evidence = load_evidence(target_dir) if target_dir is not None else None
             if self.evidence is None:
-                raise InvismapError("object_weight needs targets of kind 'pair+detectors' (their evidence.json "
-                                    "holds the thermal boxes to weigh)")
+                raise InvismapError("object_weight needs targets of kind 'pair+detectors' "
+                                    "(their evidence.json holds the thermal boxes to weigh)")
 
     def __len__(self) -> int:
         return len(self.base)
@@ -225,7 +226,8 @@ class TargetMapDataset(Dataset):
         if flipped:
             rgb, target, valid = rgb.flip(-1), target.flip(-1), valid.flip(-1)
             weight = None if weight is None else weight.flip(-1)
-        out = {"name": item["name"], "condition": item["condition"], "rgb": rgb, "target": target, "valid": valid}
+        out = {"name": item["name"], "condition": item["condition"], "rgb": rgb, "target": target,
+               "valid": valid}
         if weight is not None:
             out["weight"] = weight
         if self.feature_fn is not None:
@@ -280,8 +282,8 @@ class PredictorTask(Task):
     kind = KIND
 
     def __init__(self, unet: UNetConfig | None = None, loss: str = "bce", input_size: int = 640,
-                 model: str = "unet", neck: NeckHeadConfig | None = None, in_channels: list[int] | None = None,
-                 teacher: str = "yolov5n"):
+                 model: str = "unet", neck: NeckHeadConfig | None = None,
+                 in_channels: list[int] | None = None, teacher: str = "yolov5n"):
         super().__init__()
         if loss not in LOSSES:
             raise InvismapError(f"predictor loss must be one of {', '.join(LOSSES)}, got {loss!r}")
@@ -347,8 +349,8 @@ class PredictorTask(Task):
         """What :func:`load_predictor` needs to rebuild the network (besides its weights)."""
         if self.model == "unet":
             return {"architecture": "unet", "unet_config": asdict(self.unet_config)}
-        return {"architecture": "neck", "neck_config": asdict(self.neck_config), "in_channels": self.in_channels,
-                "teacher": self.teacher}
+        return {"architecture": "neck", "neck_config": asdict(self.neck_config),
+                "in_channels": self.in_channels, "teacher": self.teacher}
 
 
 # --------------------------------------------------------------------------------------------- run
@@ -415,8 +417,8 @@ def train_predictor(cfg: PredictorConfig, manifest: Manifest | str | Path | None
 
     def dataset(pairs: Manifest, hflip: float) -> TargetMapDataset:
         base = PairDataset(pairs, cfg.size, square=cfg.square, cache=cfg.cache)
-        return TargetMapDataset(base, target_dir=target_dir, hflip=hflip, seed=cfg.train.seed, cache=cfg.cache,
-                                feature_fn=feature_fn, object_weight=cfg.object_weight)
+        return TargetMapDataset(base, target_dir=target_dir, hflip=hflip, seed=cfg.train.seed,
+                                cache=cfg.cache, feature_fn=feature_fn, object_weight=cfg.object_weight)
 
     train_set = dataset(train_pairs, cfg.hflip)
     val_set = dataset(val_pairs, 0.0) if val_pairs else None
@@ -476,7 +478,8 @@ def load_predictor(path: str | Path, map_location: str | torch.device = "cpu"
             model = NeckHead(state.get("in_channels") or [], arch_cfg)
     except (InvismapError, ValueError, TypeError) as e:
         label = {"unet": "U-Net", "neck": "neck head"}[arch]
-        raise file_error(path, f"unusable {label} config: {e}", "re-train with this invismap version") from None
+        raise file_error(path, f"unusable {label} config: {e}",
+                         "re-train with this invismap version") from None
     check_state_dict(path, model, state["model"])
     model.load_state_dict(state["model"])
     if arch == "neck":

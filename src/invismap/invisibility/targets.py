@@ -54,7 +54,8 @@ from invismap.io import atomic_write, write_json
 
 KINDS = ("pair", "pair+detectors")
 TARGETS_META = "targets.json"
-OBJECT_CLASSES = (*ROAD_CLASSES, *CLASS_FOLD)  # person, bicycle, car, and motorcycle, bus, truck folded onto them
+# person, bicycle, car, and motorcycle, bus, truck folded onto them
+OBJECT_CLASSES = (*ROAD_CLASSES, *CLASS_FOLD)
 EVIDENCE_FILE = "evidence.json"
 
 
@@ -72,7 +73,8 @@ class TargetConfig:
 def check_target_config(cfg: TargetConfig, key: str = "target") -> None:
     """Refuse values no run can use, naming the config key."""
     if cfg.kind not in KINDS:
-        raise InvismapError(f"config key '{key}.kind': {cfg.kind!r} is not allowed (one of {', '.join(KINDS)})")
+        raise InvismapError(f"config key '{key}.kind': {cfg.kind!r} is not allowed "
+                            f"(one of {', '.join(KINDS)})")
     for name in ("thermal_conf", "color_conf", "light"):
         v = getattr(cfg, name)
         if not 0 <= v <= 1:
@@ -84,13 +86,15 @@ def check_target_config(cfg: TargetConfig, key: str = "target") -> None:
 # ------------------------------------------------------------------------------------------- pure math
 
 def road_boxes(dets: Detections, conf: float) -> np.ndarray:
-    """``(N, 5)`` ``[cls, x1, y1, x2, y2]`` of the road objects scored >= ``conf``, classes folded onto 0..2."""
+    """``(N, 5)`` ``[cls, x1, y1, x2, y2]`` of the road objects scored >= ``conf``, classes folded
+    onto 0..2."""
     keep = (np.asarray(dets.scores) >= conf) & np.isin(dets.classes, OBJECT_CLASSES)
     cls = np.array([CLASS_FOLD.get(int(c), int(c)) for c in np.asarray(dets.classes)[keep]], np.float32)
     return np.concatenate([cls[:, None], np.asarray(dets.boxes, np.float32).reshape(-1, 4)[keep]], 1)
 
 
-def missed_by_color(thermal: Detections, color: Detections, cfg: TargetConfig) -> tuple[np.ndarray, np.ndarray]:
+def missed_by_color(thermal: Detections, color: Detections,
+                    cfg: TargetConfig) -> tuple[np.ndarray, np.ndarray]:
     """The confident thermal objects of one pair and which of them the color detector misses.
 
     Returns:
@@ -111,7 +115,8 @@ def base_rates(missed: list[np.ndarray], cfg: TargetConfig) -> tuple[list[float]
     return rates.tolist(), mean
 
 
-def detector_target(pair_score: np.ndarray, boxes: np.ndarray, missed: np.ndarray, level: float) -> np.ndarray:
+def detector_target(pair_score: np.ndarray, boxes: np.ndarray, missed: np.ndarray,
+                    level: float) -> np.ndarray:
     """``T = l + (1 - l) V``; V is F with the thermal objects set to 0 (seen in color) or 1 (missed).
 
     Args:
@@ -298,7 +303,8 @@ def mean_target(manifest: Manifest, target_dir: str | Path, size: int, square: b
         target = map_to_original(load_target(target_path(target_dir, s.name), lb), lb)
         if shape is None:
             shape, total = target.shape, np.zeros(target.shape, np.float64)
-        total += cv2.resize(target, shape[::-1], interpolation=cv2.INTER_AREA) if target.shape != shape else target
+        total += (cv2.resize(target, shape[::-1], interpolation=cv2.INTER_AREA) if target.shape != shape
+                  else target)
     return (total / len(manifest)).astype(np.float32)
 
 
@@ -315,15 +321,16 @@ def load_prior(path: str | Path) -> np.ndarray:
     if path.is_dir():
         path = path / PRIOR_FILE
     if not path.is_file():
-        raise file_error(path, "no fixed prior here", "run score-pairs (it writes prior.npy beside the targets)")
+        raise file_error(path, "no fixed prior here",
+                         "run score-pairs (it writes prior.npy beside the targets)")
     try:
         prior = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
         raise file_error(path, f"not a readable .npy map ({str(e)[:120]})", "recompute it") from None
     if prior.ndim != 2 or not np.issubdtype(prior.dtype, np.floating) or not np.isfinite(prior).all() \
             or prior.min() < 0 or prior.max() > 1:
-        raise file_error(path, f"expected one (H, W) map of values in [0, 1], got {prior.dtype} {prior.shape}",
-                         "recompute it with score-pairs")
+        raise file_error(path, f"expected one (H, W) map of values in [0, 1], got {prior.dtype} "
+                         f"{prior.shape}", "recompute it with score-pairs")
     return prior.astype(np.float32)
 
 
@@ -350,7 +357,7 @@ def load_evidence(target_dir: str | Path) -> dict[str, dict] | None:
         raise InvismapError(f"{path}: not readable JSON ({str(e)[:120]}); recompute the targets") from None
 
 
-__all__ = ["EVIDENCE_FILE", "KINDS", "OBJECT_CLASSES", "PRIOR_FILE", "TARGETS_META", "TargetConfig", "base_rates", "cache_targets",
-           "check_target_config", "compute_targets", "detector_target", "load_evidence", "load_prior", "load_target", "mean_target",
-           "missed_by_color", "pair_evidence", "pair_target_fn", "road_boxes", "save_prior", "save_target", "score_pairs",
-           "target_path"]
+__all__ = ["EVIDENCE_FILE", "KINDS", "OBJECT_CLASSES", "PRIOR_FILE", "TARGETS_META", "TargetConfig",
+           "base_rates", "cache_targets", "check_target_config", "compute_targets", "detector_target",
+           "load_evidence", "load_prior", "load_target", "mean_target", "missed_by_color", "pair_evidence",
+           "pair_target_fn", "road_boxes", "save_prior", "save_target", "score_pairs", "target_path"]

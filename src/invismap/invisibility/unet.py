@@ -10,7 +10,8 @@ Design, for real time on a CPU next to the detector it warns for:
   of the input (``in_scale=0.5``) and predicts at 1/4 of that internal resolution (1/8 of the input, the
   finest scale F has), then upsamples bilinearly to the input size.
 - Plain 3x3 conv + BatchNorm + ReLU blocks: depthwise-separable convs cut the FLOPs 6x (0.02 GMAC) but
-  not the eager CPU time at these widths (7.6 vs 6.8 ms, memory-bound small kernels); widths ``base_width * 2**level`` (8-16-32-64-128 by default) over five levels
+  not the eager CPU time at these widths (7.6 vs 6.8 ms, memory-bound small kernels); widths
+  ``base_width * 2**level`` (8-16-32-64-128 by default) over five levels
   (internal strides 2..32, i.e. 4..64 input pixels; receptive field ~370 input pixels).
 - Skips are merged by bilinear upsampling to the skip's size (taken from the tensor shape, so any input
   size works, including sizes not divisible by 32) and concatenation.
@@ -194,7 +195,8 @@ def _benchmark(argv: list[str] | None = None) -> None:  # python -m invismap.inv
                        ("unet in_scale 1", UNetConfig(in_scale=1.0))]:
         models[label] = InvisibilityUNet(cfg)
     ms = measure_latency(models, runs=args.runs)
-    print(f"{args.threads} thread(s), 640x480, batch 1, eager, {args.runs} runs: wall median / min, CPU median")
+    print(f"{args.threads} thread(s), 640x480, batch 1, eager, {args.runs} runs: "
+          "wall median / min, CPU median")
     for label, model in models.items():
         params = sum(p.numel() for p in model.parameters())
         med, low, cpu = ms[label]

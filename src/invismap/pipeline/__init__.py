@@ -27,5 +27,5 @@ def run_pipeline(config: str, overrides: list[str] | None = None, start: str | N
     return build_pipeline(config, overrides, echo).run(start=start, only=only, until=until)
 
 
-__all__ = ["Pipeline", "PipelineConfig", "STAGES", "Stage", "build_pipeline", "load_pipeline_config",
+__all__ = ["STAGES", "Pipeline", "PipelineConfig", "Stage", "build_pipeline", "load_pipeline_config",
            "run_pipeline"]

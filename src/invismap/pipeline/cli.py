@@ -7,9 +7,9 @@ import argparse
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="the whole experiment, pairs to HTML report, each stage cached",
-                       description="import -> displacement -> (register) -> (align) -> distill -> targets -> "
-                                   "predictor -> eval_detector -> eval_maps -> (experiments) -> (geometry) -> "
-                                   "gallery -> report. "
+                       description="import -> displacement -> (register) -> (align) -> distill -> targets "
+                                   "-> predictor -> eval_detector -> eval_maps -> (experiments) "
+                                   "-> (geometry) -> gallery -> report. "
                                    "A stage re-runs only when its config section or an input changed; an "
                                    "interrupted run continues where it stopped.")
     p.add_argument("config", help="YAML config (see configs/demo.yaml)")
@@ -21,8 +21,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run)
 
     s = sub.add_parser("screenshot", help="render a report page in headless Chromium: PNG + image check",
-                       description="Open PAGE in headless Chromium, check that all its images load, and save a "
-                                   "full-page screenshot (needs Debian's chromium package).")
+                       description="Open PAGE in headless Chromium, check that all its images load, "
+                                   "and save a full-page screenshot (needs Debian's chromium package).")
     s.add_argument("page", help="report index.html")
     s.add_argument("--out", required=True, help="output PNG")
     s.add_argument("--width", type=int, default=1400, help="window width in pixels (default 1400)")

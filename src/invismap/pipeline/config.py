@@ -32,10 +32,12 @@ class DataSection:
     """Which pair dataset to import (``invismap data import FORMAT SRC``)."""
 
     format: str = "msrs"
-    src: str = ""  # the dataset's folder; empty = the assets dataset named like the format (see `invismap assets`)
+    # the dataset's folder; empty = the assets dataset named like the format (see `invismap assets`)
+    src: str = ""
     max_pairs: int = 0  # keep at most this many pairs per (split, condition), evenly spaced; 0 = all
-    # more pair datasets (e.g. [{format: roadscene}]): imported beside this one, their training-split pairs are
-    # distilled on too (distill.conditions), and the thermal detector is scored on each one's evaluate.split.
+    # more pair datasets (e.g. [{format: roadscene}]): imported beside this one, their training-split pairs
+    # are distilled on too (distill.conditions), and the thermal detector is scored on each one's
+    # evaluate.split.
     # They are not registered (registration measures this dataset's offset) and do not train the predictor.
     more: list[MoreData] = field(default_factory=list)
 
@@ -88,7 +90,8 @@ class EvaluateSection:
     baselines: list[str] = field(default_factory=lambda: ["darkness", "contrast", "random", "oracle"])
     references: list[str] = field(default_factory=lambda: ["prior", "darkness"])  # paired margins over these
     bootstrap: int = 1000  # resamples over images for the 95% intervals
-    # other cameras to score the maps on (e.g. [{format: roadscene}]): a user's camera is never the training one
+    # other cameras to score the maps on (e.g. [{format: roadscene}]): a user's camera is never the training
+    # one
     other: list[OtherData] = field(default_factory=list)
     max_pairs: int = 0  # evaluate at most this many pairs per condition (0 = all)
     layers: bool = True  # also score with each neck scale alone (the layer ablation of the pair score)
@@ -101,14 +104,17 @@ class ExperimentsSection:
     losses: list[str] = field(default_factory=list)  # e.g. [head, "mid+head 0.1"] (see distill.experiments)
     pairs: list[int] = field(default_factory=list)  # the number-of-pairs curve, e.g. [25, 50]
     alignment: bool = False  # distil once more on the pairs without registration/alignment (or with, if off)
-    # the 'geometry' stage, 0 = off: the weak-alignment benchmark (registration.experiment) on this many evaluation
-    # pairs, each color image moved by a known random field and recovered by the homography (and AlignGAN if enabled)
+    # the 'geometry' stage, 0 = off: the weak-alignment benchmark (registration.experiment) on this many
+    # evaluation pairs, each color image moved by a known random field and recovered by the homography
+    # (and AlignGAN if enabled)
     geometry_pairs: int = 0
     max_steps: int = 0  # steps of each variant (0 = the distill section's)
-    # distillation variants, name -> overrides of the distill section (e.g. [loss=head, train.ema=0.99]), each a
-    # full run scored like the main one; choose by the 'select night' column (the training split's night pairs)
+    # distillation variants, name -> overrides of the distill section (e.g. [loss=head, train.ema=0.99]), each
+    # a full run scored like the main one; choose by the 'select night' column (the training split's night
+    # pairs)
     detector: dict[str, list[str]] = field(default_factory=dict)
-    seeds: list[int] = field(default_factory=list)  # the main distillation again with these seeds: mean and std
+    # the main distillation again with these seeds: mean and std
+    seeds: list[int] = field(default_factory=list)
     # the 'predictor_cv' stage: predictor variants, name -> overrides of the predictor section (e.g.
     # ["model=neck", "target.kind=pair+detectors"]), cross-validated on the training split (which one to ship)
     predictor: dict[str, list[str]] = field(default_factory=dict)
@@ -171,7 +177,8 @@ def _stage_config_hint(data: dict) -> str:
                          (AlignConfig, "invismap align-train")):
         fields = {f.name for f in dataclasses.fields(cls)}
         if set(data) - known and set(data) <= fields:
-            return f"; this looks like a config for '{command}', not a pipeline config such as configs/demo.yaml"
+            return (f"; this looks like a config for '{command}', "
+                    "not a pipeline config such as configs/demo.yaml")
     return ""
 
 

@@ -53,7 +53,7 @@ class Stage:
     name: str
     needs: tuple[str, ...]
     settings: Callable[[Any], Any]
-    run: Callable[["Pipeline", Path, bool], dict]
+    run: Callable[[Pipeline, Path, bool], dict]
     plan: Callable[[Any], str]
     result: Callable[[dict], str]
     enabled: Callable[[Any], bool] = lambda cfg: True
@@ -75,7 +75,7 @@ def _digest(obj: Any) -> str:
 
 
 def _duration(seconds: float) -> str:
-    m, s = divmod(int(round(seconds)), 60)
+    m, s = divmod(round(seconds), 60)
     return f"{m}m{s:02d}s" if m else f"{seconds:.1f}s"
 
 
@@ -118,7 +118,8 @@ class Pipeline:
         r = self.record(name)
         return bool(r and r.get("finished") and r.get("hash") == self.hash(name))
 
-    def run(self, start: str | None = None, only: str | None = None, until: str | None = None) -> dict[str, str]:
+    def run(self, start: str | None = None, only: str | None = None,
+            until: str | None = None) -> dict[str, str]:
         """Run what is needed; ``start`` forces that stage and all after it, ``only`` just that stage,
         ``until`` stops at that stage (running only what it depends on). One process per output folder: a
         second run on it is refused (:func:`~invismap.engine.rundir.hold_folder`).
@@ -145,7 +146,8 @@ class Pipeline:
                 continue
             if only and stage.name != only:
                 if not self.up_to_date(stage.name) and stage.name in self._upstream(only):
-                    raise InvismapError(f"--only {only}: stage '{stage.name}' it depends on is not up to date "
+                    raise InvismapError(f"--only {only}: stage '{stage.name}' it depends on "
+                                        "is not up to date "
                                         f"(run without --only, or with --from {stage.name})")
                 continue
             if stage.name not in forced and not only and self.up_to_date(stage.name):

@@ -94,7 +94,8 @@ def _register(p: Pipeline, d: Path, resume: bool) -> dict:
     dx, dy = load_offset(p.dir("displacement"), p.cfg.register.offset)
     manifest = correct_offset(load_manifest(p.dir("import")), dx, dy, d)
     c = p.cfg.displacement
-    after = run_displacement(manifest, d / "displacement", split=c.split or None, max_pairs=c.max_pairs or None)
+    after = run_displacement(manifest, d / "displacement", split=c.split or None,
+                             max_pairs=c.max_pairs or None)
     return {"pairs": len(manifest), "removed": {"dx": dx, "dy": dy}, "after": _displacement_summary(after)}
 
 
@@ -105,7 +106,8 @@ def _align(p: Pipeline, d: Path, resume: bool) -> dict:
     gan = dataclasses.replace(p.cfg.align.gan, data=str(source))
     summary = train_aligngan(gan, d / "gan", resume=resume and (d / "gan" / "ckpt" / "last.pt").is_file())
     manifest = align_dataset(d / "gan" / "aligngan.pt", source, d / "pairs")
-    return {"pairs": len(manifest), "train": {k: v for k, v in (summary or {}).items() if not isinstance(v, dict)}}
+    return {"pairs": len(manifest),
+            "train": {k: v for k, v in (summary or {}).items() if not isinstance(v, dict)}}
 
 
 # ------------------------------------------------------------------------------------------- training
@@ -135,7 +137,8 @@ def _targets(p: Pipeline, d: Path, resume: bool) -> dict:
     from invismap.invisibility.targets import TARGETS_META, score_pairs
 
     c = p.cfg.predictor
-    score_pairs(p.dir("distill") / "student.pt", pairs_manifest(p), d, split=c.split, size=c.size, cfg=c.target)
+    score_pairs(p.dir("distill") / "student.pt", pairs_manifest(p), d, split=c.split, size=c.size,
+                cfg=c.target)
     meta = json.loads((d / TARGETS_META).read_text())
     return {"pairs": meta["count"], "split": c.split, "kind": c.target.kind,
             **{k: meta[k] for k in ("objects", "missed", "mean_miss_rate") if k in meta}}
@@ -153,7 +156,8 @@ def _predictor(p: Pipeline, d: Path, resume: bool) -> dict:
 
     train_predictor(predictor_config(p), run_dir=d, resume=resume and (d / "ckpt" / "last.pt").is_file())
     s = json.loads((d / "summary.json").read_text())
-    return {k: s[k] for k in ("steps", "seconds", "best_val_loss", "step", "train_pairs", "val_pairs") if k in s}
+    return {k: s[k] for k in ("steps", "seconds", "best_val_loss", "step", "train_pairs", "val_pairs")
+            if k in s}
 
 
 # ----------------------------------------------------------------------------------------- evaluation
@@ -170,11 +174,13 @@ def _eval_detector(p: Pipeline, d: Path, resume: bool) -> dict:
     rows = []
     for name, model, images in models:
         p.echo(f"  AP50 of {name}")
-        rows.append({"variant": name, **detector_scores(model, manifest, images, c.evaluate.split, c.distill.size)})
+        rows.append({"variant": name,
+                     **detector_scores(model, manifest, images, c.evaluate.split, c.distill.size)})
     more = {}
     for fmt, path in more_manifests(p).items():  # each dataset's own test split, reported apart
         other = load_manifest(path)
-        more[fmt] = [{"variant": name, **detector_scores(model, other, images, c.evaluate.split, c.distill.size)}
+        more[fmt] = [{"variant": name,
+                      **detector_scores(model, other, images, c.evaluate.split, c.distill.size)}
                      for name, model, images in models if images == "thermal" or _has_color_labels(other)]
         p.echo(f"  {fmt}: " + _fmt_ap(more[fmt]))
     write_json(d / "detector.json", {"split": c.evaluate.split, "size": c.distill.size,
@@ -191,12 +197,13 @@ def evaluation_pairs(p: Pipeline) -> Manifest:
     manifest = load_manifest(pairs_manifest(p)).select(condition=c.conditions, split=c.split)
     manifest = subset(manifest, c.max_pairs, key=lambda s: s.condition)
     if len(manifest) == 0:
-        raise InvismapError(f"{pairs_manifest(p)}: no pairs in split '{c.split}' with condition {c.conditions}")
+        raise InvismapError(f"{pairs_manifest(p)}: no pairs in split '{c.split}' "
+                            f"with condition {c.conditions}")
     return manifest
 
 
 def map_specs(p: Pipeline) -> dict[str, str]:
-    """The maps the evaluation scores: predictor, pair score, the fixed prior, and the configured baselines."""
+    """The maps the evaluation scores: predictor, pair score, the fixed prior and the configured baselines."""
     from invismap.invisibility.sources import map_source_name
 
     specs = {"predictor": f"predictor:{p.dir('predictor') / 'predictor.pt'}",
@@ -213,8 +220,8 @@ def _eval_maps(p: Pipeline, d: Path, resume: bool) -> dict:
 
     c = p.cfg.evaluate
     manifest = evaluation_pairs(p)
-    results = evaluate_specs(manifest, map_specs(p), p.cfg.distill.teacher, conditions=c.conditions, tau=c.tau,
-                             conf=c.conf, references=c.references, n_boot=c.bootstrap)
+    results = evaluate_specs(manifest, map_specs(p), p.cfg.distill.teacher, conditions=c.conditions,
+                             tau=c.tau, conf=c.conf, references=c.references, n_boot=c.bootstrap)
     write_json(d / "invisibility.json", results)
     write_plots(results, d / "plots")
     p.echo(format_table(results))
@@ -238,9 +245,10 @@ def evaluate_other(p: Pipeline, other, d: Path) -> dict:
     manifest = import_dataset(other.format, other.src, d / "other" / other.format, progress=False)
     manifest = manifest.select(split=None if other.split == "all" else other.split, condition=c.conditions)
     if len(manifest) == 0:
-        raise InvismapError(f"{other.src}: no {'/'.join(c.conditions)} pairs in split '{other.split}' to evaluate")
-    results = evaluate_specs(manifest, map_specs(p), p.cfg.distill.teacher, conditions=c.conditions, tau=c.tau,
-                             conf=c.conf, references=c.references, n_boot=c.bootstrap)
+        raise InvismapError(f"{other.src}: no {'/'.join(c.conditions)} pairs in split '{other.split}' "
+                            "to evaluate")
+    results = evaluate_specs(manifest, map_specs(p), p.cfg.distill.teacher, conditions=c.conditions,
+                             tau=c.tau, conf=c.conf, references=c.references, n_boot=c.bootstrap)
     for r in results.values():
         r["settings"].update(dataset=other.format, split=other.split)
     write_json(d / f"invisibility_{other.format}.json", results)
@@ -323,28 +331,31 @@ def _experiments(p: Pipeline, d: Path, resume: bool) -> dict:
         other = p.dir("import") / "manifest.csv"
         run = d / "alignment_off"
         if not (run / "thermal_detector.pt").is_file():
-            run_distill(distill_config(p, data=other, **steps), run, resume=(run / "ckpt" / "last.pt").is_file())
+            run_distill(distill_config(p, data=other, **steps), run,
+                        resume=(run / "ckpt" / "last.pt").is_file())
         manifest = load_manifest(pairs_manifest(p))
         rows = []
         for name, path in (("with registration/alignment", p.dir("distill") / "thermal_detector.pt"),
                            ("without (imported pairs)", run / "thermal_detector.pt")):
             rows.append({"variant": name, **detector_scores(load_detector(str(path)), manifest, "thermal",
                                                             p.cfg.evaluate.split, size)})
-        write_json(d / "alignment.json", {"rows": rows, "note": "thermal AP50 on the same test pairs; the two "
-                                          "runs differ only in the color images distilled from"})
+        write_json(d / "alignment.json", {"rows": rows,
+                                          "note": "thermal AP50 on the same test pairs; the two "
+                                                  "runs differ only in the color images distilled from"})
         out["alignment"] = rows
     return out
 
 
 def _predictor_cv(p: Pipeline, d: Path, resume: bool) -> dict:
-    """Predictor variants cross-validated on the training split: ``cv.json``, ``table.md``, ``separations.png``."""
+    """Predictor variants cross-validated on the training split: ``cv.json``, ``table.md``,
+    ``separations.png``."""
     from invismap.invisibility.experiments import predictor_ablation
 
     c, pred = p.cfg.experiments, p.cfg.predictor
     rows = predictor_ablation(dataclasses.replace(pred, teacher=p.cfg.distill.teacher), c.predictor,
-                              p.dir("distill") / "student.pt", pairs_manifest(p), d, k=c.folds, split=pred.split,
-                              conditions=p.cfg.evaluate.conditions, teacher=p.cfg.distill.teacher,
-                              n_boot=p.cfg.evaluate.bootstrap)
+                              p.dir("distill") / "student.pt", pairs_manifest(p), d, k=c.folds,
+                              split=pred.split, conditions=p.cfg.evaluate.conditions,
+                              teacher=p.cfg.distill.teacher, n_boot=p.cfg.evaluate.bootstrap)
     return {"chosen": rows[0]["variant"], "rows": [{k: r[k] for k in ("variant", "selection")} for r in rows]}
 
 
@@ -365,8 +376,8 @@ def _geometry(p: Pipeline, d: Path, resume: bool) -> dict:
                             "(set evaluate.split, or experiments.geometry_pairs: 0)")
     res = run_weak_alignment(manifest, None, split=split, max_pairs=p.cfg.experiments.geometry_pairs,
                              estimators=estimators)
-    keys = ("after_abs_epe_edges", "after_abs_share_ge5_edges", "after_rel_epe_edges", "after_rel_share_ge5_edges",
-            "floor_edges", "floor_share_ge5_edges")
+    keys = ("after_abs_epe_edges", "after_abs_share_ge5_edges", "after_rel_epe_edges",
+            "after_rel_share_ge5_edges", "floor_edges", "floor_share_ge5_edges")
     rows = [{"method": name, **{k: m.get(k) for k in keys}} for name, m in res["summary"].items()]
     write_json(d / "geometry.json", {"rows": rows, "n_pairs": res["n_pairs"], "field": res["field"],
                                      "data": str(source), "split": p.cfg.evaluate.split, "mask": res["mask"],
@@ -377,7 +388,8 @@ def _geometry(p: Pipeline, d: Path, resume: bool) -> dict:
 
 def _fmt_geometry(s: dict) -> str:
     share = {r["method"]: r["after_abs_share_ge5_edges"] for r in s["rows"]}
-    return f"{s['pairs']} pairs, share off by >= 5 px: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in share.items())
+    return (f"{s['pairs']} pairs, share off by >= 5 px: "
+            + ", ".join(f"{k} {100 * v:.1f}%" for k, v in share.items()))
 
 
 def _gallery(p: Pipeline, d: Path, resume: bool) -> dict:
@@ -427,23 +439,42 @@ def _fmt_displacement(s: dict) -> str:
 def _plan_distill(cfg) -> str:
     c = cfg.distill
     more = "".join(f" + {m.format}" for m in cfg.data.more)
-    return (f"distil {c.teacher} into a thermal student on {'/'.join(c.conditions)} pairs of split '{c.split}' "
-            f"of {cfg.data.format}{more} (loss {c.loss}, {c.train.max_steps} steps, size {c.size}), then calibrate t_k")
+    return (f"distil {c.teacher} into a thermal student on {'/'.join(c.conditions)} pairs "
+            f"of split '{c.split}' of {cfg.data.format}{more} "
+            f"(loss {c.loss}, {c.train.max_steps} steps, size {c.size}), then calibrate t_k")
+
+
+def _plan_experiments(cfg) -> str:
+    e = cfg.experiments
+    runs = (f"losses {e.losses}" if e.losses else "",
+            f"pairs {e.pairs}" if e.pairs else "",
+            "alignment on/off" if e.alignment else "",
+            f"variants {list(e.detector)}" if e.detector else "",
+            f"seeds {e.seeds}" if e.seeds else "")
+    return "distillation ablations: " + ", ".join(x for x in runs if x)
+
+
+def _fmt_predictor_cv(s: dict) -> str:
+    scores = ", ".join(f"{r['variant']} {r['selection']:.3f}" for r in s["rows"])
+    return f"best: {s['chosen']} ({scores})"
 
 
 STAGES = [
     Stage("import", (), lambda cfg: {**to_dict(cfg.data), "files": _fingerprint(cfg.data.src),
                                      "more_files": [_fingerprint(m.src) for m in cfg.data.more]}, _import,
           lambda cfg: f"import {cfg.data.format} pairs from {cfg.data.src}"
-                      + (f" (at most {cfg.data.max_pairs} per split and condition)" if cfg.data.max_pairs else ""),
+                      + (f" (at most {cfg.data.max_pairs} per split and condition)"
+                         if cfg.data.max_pairs else ""),
           lambda s: f"{s['pairs']} pairs"),
     Stage("displacement", ("import",), lambda cfg: cfg.displacement, _displacement,
-          lambda cfg: f"measure residual color/thermal displacement (optical flow) on split '{cfg.displacement.split}'",
+          lambda cfg: "measure residual color/thermal displacement (optical flow) "
+                      f"on split '{cfg.displacement.split}'",
           _fmt_displacement,
           enabled=lambda cfg: cfg.displacement.enabled or cfg.register.enabled),
     Stage("register", ("import", "displacement"), lambda cfg: cfg.register, _register,
           lambda cfg: f"remove the measured '{cfg.register.offset}' offset from every color image",
-          lambda s: f"removed dx {s['removed']['dx']:.2f}, dy {s['removed']['dy']:.2f} px from {s['pairs']} pairs",
+          lambda s: f"removed dx {s['removed']['dx']:.2f}, dy {s['removed']['dy']:.2f} px "
+                    f"from {s['pairs']} pairs",
           enabled=lambda cfg: cfg.register.enabled),
     Stage("align", ("import", "register"), lambda cfg: cfg.align, _align,
           lambda cfg: f"train AlignGAN ({cfg.align.gan.train.max_steps} steps) and align every color image",
@@ -453,41 +484,41 @@ STAGES = [
           lambda s: f"{s.get('steps')} steps at {s.get('pairs_per_s', 0):.1f} pairs/s, t_k = "
                     + ", ".join(f"{t:.3g}" for t in s.get("thresholds", []))),
     Stage("targets", ("import", "register", "align", "distill"),
-          lambda cfg: {"size": cfg.predictor.size, "split": cfg.predictor.split, "target": cfg.predictor.target},
+          lambda cfg: {"size": cfg.predictor.size, "split": cfg.predictor.split,
+                       "target": cfg.predictor.target},
           _targets,
           lambda cfg: f"targets ({cfg.predictor.target.kind}) of every pair of split '{cfg.predictor.split}' "
                       "from teacher vs student" + (" and the two detectors" if cfg.predictor.target.kind
                                                    != "pair" else ""),
-          lambda s: f"{s['pairs']} targets cached" + (f"; the color detector misses {s['missed']} of the "
-                                                       f"{s['objects']} thermal objects" if "objects" in s else "")),
+          lambda s: f"{s['pairs']} targets cached"
+                    + (f"; the color detector misses {s['missed']} of the {s['objects']} thermal objects"
+                       if "objects" in s else "")),
     Stage("predictor", ("import", "register", "align", "targets"),
           lambda cfg: dataclasses.replace(cfg.predictor, data="", targets=""), _predictor,
           lambda cfg: f"train the color-only predictor ({cfg.predictor.model}, "
                       f"{cfg.predictor.train.max_steps} steps, size {cfg.predictor.size})",
-          lambda s: f"weights of step {s.get('step')} (best validation loss {s.get('best_val_loss', 0):.4f})"),
-    Stage("eval_detector", ("import", "register", "align", "distill"), lambda cfg: {"split": cfg.evaluate.split},
+          lambda s: f"weights of step {s.get('step')} "
+                    f"(best validation loss {s.get('best_val_loss', 0):.4f})"),
+    Stage("eval_detector", ("import", "register", "align", "distill"),
+          lambda cfg: {"split": cfg.evaluate.split},
           _eval_detector,
           lambda cfg: f"thermal AP50 by condition and class on split '{cfg.evaluate.split}'",
           lambda s: _fmt_ap(s["rows"])),
     Stage("eval_maps", ("import", "register", "align", "distill", "targets", "predictor"),
           lambda cfg: cfg.evaluate, _eval_maps,
-          lambda cfg: f"evaluate predictor, pair score, fixed prior and {', '.join(cfg.evaluate.baselines) or 'no'} "
+          lambda cfg: "evaluate predictor, pair score, fixed prior and "
+                      f"{', '.join(cfg.evaluate.baselines) or 'no'} "
                       f"on split '{cfg.evaluate.split}' ({cfg.evaluate.bootstrap} bootstrap resamples)",
           _fmt_maps),
     Stage("experiments", ("import", "register", "align", "distill"),
-          lambda cfg: {"experiments": dataclasses.replace(cfg.experiments, geometry_pairs=0, predictor={}, folds=0),
+          lambda cfg: {"experiments": dataclasses.replace(cfg.experiments, geometry_pairs=0, predictor={},
+                                                          folds=0),
                        "distill": dataclasses.replace(cfg.distill, data=""), "split": cfg.evaluate.split},
-          _experiments,
-          lambda cfg: "distillation ablations: "
-                      + ", ".join(x for x in (f"losses {cfg.experiments.losses}" if cfg.experiments.losses else "",
-                                              f"pairs {cfg.experiments.pairs}" if cfg.experiments.pairs else "",
-                                              "alignment on/off" if cfg.experiments.alignment else "",
-                                              f"variants {list(cfg.experiments.detector)}" if cfg.experiments.detector
-                                              else "", f"seeds {cfg.experiments.seeds}" if cfg.experiments.seeds
-                                              else "") if x),
+          _experiments, _plan_experiments,
           lambda s: ", ".join(f"{k}: {len(v)} rows" for k, v in s.items()),
-          enabled=lambda cfg: bool(cfg.experiments.losses or cfg.experiments.pairs or cfg.experiments.alignment
-                                   or cfg.experiments.detector or cfg.experiments.seeds)),
+          enabled=lambda cfg: bool(cfg.experiments.losses or cfg.experiments.pairs
+                                   or cfg.experiments.alignment or cfg.experiments.detector
+                                   or cfg.experiments.seeds)),
     Stage("predictor_cv", ("import", "register", "align", "distill"),
           lambda cfg: {"variants": cfg.experiments.predictor, "folds": cfg.experiments.folds,
                        "predictor": dataclasses.replace(cfg.predictor, data="", targets=""),
@@ -496,12 +527,12 @@ STAGES = [
           _predictor_cv,
           lambda cfg: f"cross-validate {len(cfg.experiments.predictor)} predictor variants on split "
                       f"'{cfg.predictor.split}' ({cfg.experiments.folds} folds)",
-          lambda s: f"best: {s['chosen']} (" + ", ".join(f"{r['variant']} {r['selection']:.3f}" for r in s["rows"]) + ")",
-          enabled=lambda cfg: bool(cfg.experiments.predictor)),
+          _fmt_predictor_cv, enabled=lambda cfg: bool(cfg.experiments.predictor)),
     Stage("geometry", ("import", "register", "align"),
           lambda cfg: {"pairs": cfg.experiments.geometry_pairs, "split": cfg.evaluate.split}, _geometry,
-          lambda cfg: f"weak-alignment benchmark: {cfg.experiments.geometry_pairs} '{cfg.evaluate.split}' pairs moved "
-                      "by known fields, recovered by the homography" + (" and AlignGAN" if cfg.align.enabled else ""),
+          lambda cfg: f"weak-alignment benchmark: {cfg.experiments.geometry_pairs} '{cfg.evaluate.split}' "
+                      "pairs moved by known fields, recovered by the homography"
+                      + (" and AlignGAN" if cfg.align.enabled else ""),
           _fmt_geometry, enabled=lambda cfg: cfg.experiments.geometry_pairs > 0),
     Stage("gallery", ("import", "register", "align", "distill", "predictor"),
           lambda cfg: {"n": cfg.report.gallery, "evaluate": cfg.evaluate}, _gallery,
@@ -517,22 +548,26 @@ STAGES = [
 def check_config(cfg) -> None:
     """Refuse combinations that cannot run, before any stage starts."""
     if cfg.experiments.alignment and not (cfg.register.enabled or cfg.align.enabled):
-        raise InvismapError("experiments.alignment compares distillation with and without registration/alignment:"
-                            " enable register or align too")
+        raise InvismapError("experiments.alignment compares distillation with and without "
+                            "registration/alignment: enable register or align too")
     c = cfg.evaluate
     for key, split in (("predictor.split", cfg.predictor.split), ("distill.split", cfg.distill.split),
                        ("displacement.split", cfg.displacement.split)):
         if split == c.split:
             raise InvismapError(f"config key '{key}': '{split}' is the evaluation split (evaluate.split); "
-                                "training, calibration and targets must never see the pairs they are scored on")
+                                "training, calibration and targets must never see the pairs "
+                                "they are scored on")
     formats = [m.format for m in cfg.data.more]
     twice = [f for f in formats if formats.count(f) > 1]
     if twice:
-        raise InvismapError(f"config key 'data.more': format '{twice[0]}' is listed twice (one entry per dataset)")
+        raise InvismapError(f"config key 'data.more': format '{twice[0]}' is listed twice "
+                            "(one entry per dataset)")
     if cfg.experiments.predictor and cfg.experiments.folds < 2:
         raise InvismapError(f"config key 'experiments.folds': {cfg.experiments.folds} is not allowed (>= 2)")
     if c.bootstrap < 1:
-        raise InvismapError(f"config key 'evaluate.bootstrap': {c.bootstrap} is not allowed (an integer >= 1)")
+        raise InvismapError(f"config key 'evaluate.bootstrap': {c.bootstrap} is not allowed "
+                            "(an integer >= 1)")
     if cfg.experiments.geometry_pairs < 0:
-        raise InvismapError(f"config key 'experiments.geometry_pairs': {cfg.experiments.geometry_pairs} is not "
+        raise InvismapError("config key 'experiments.geometry_pairs': "
+                            f"{cfg.experiments.geometry_pairs} is not "
                             "allowed (a number of pairs >= 0; 0 = no weak-alignment benchmark)")

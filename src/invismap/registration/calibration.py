@@ -197,7 +197,8 @@ def find_board_corners(image: np.ndarray, pattern: tuple[int, int], *, thermal: 
     crit = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 60, 1e-4)
     for gray in candidates:
         ok, corners = cv2.findChessboardCornersSB(
-            gray, pattern, flags=cv2.CALIB_CB_NORMALIZE_IMAGE | cv2.CALIB_CB_EXHAUSTIVE | cv2.CALIB_CB_ACCURACY)
+            gray, pattern,
+            flags=cv2.CALIB_CB_NORMALIZE_IMAGE | cv2.CALIB_CB_EXHAUSTIVE | cv2.CALIB_CB_ACCURACY)
         if not ok:
             ok, corners = cv2.findChessboardCorners(
                 gray, pattern, flags=cv2.CALIB_CB_ADAPTIVE_THRESH | cv2.CALIB_CB_NORMALIZE_IMAGE)
@@ -453,7 +454,8 @@ def calibration_to_dict(calib: RigCalibration) -> dict:
 
     def cam(c: CameraModel) -> dict:
         return {"image_size": [int(c.size[0]), int(c.size[1])], "K": np.asarray(c.K, float).tolist(),
-                "dist": np.asarray(c.dist, float).ravel().tolist(), "rms": _num(c.rms), "n_views": int(c.n_views)}
+                "dist": np.asarray(c.dist, float).ravel().tolist(), "rms": _num(c.rms),
+                "n_views": int(c.n_views)}
 
     out = {
         "format": "invismap-rig-calibration/1",
@@ -468,7 +470,8 @@ def calibration_to_dict(calib: RigCalibration) -> dict:
         },
     }
     if calib.R is not None and calib.T is not None:
-        out["extrinsics"] = {"R": np.asarray(calib.R, float).tolist(), "T": np.asarray(calib.T, float).ravel().tolist(),
+        out["extrinsics"] = {"R": np.asarray(calib.R, float).tolist(),
+                             "T": np.asarray(calib.T, float).ravel().tolist(),
                              "maps": "X_thermal = R X_color + T"}
     if calib.extras:
         out["extras"] = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in calib.extras.items()}

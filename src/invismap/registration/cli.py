@@ -24,7 +24,8 @@ def _pattern(text: str) -> tuple[int, int]:
     try:
         c, r = (int(v) for v in text.lower().replace("*", "x").split("x"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"pattern must look like 9x6 (inner corners), got '{text}'") from None
+        raise argparse.ArgumentTypeError("pattern must look like 9x6 (inner corners), "
+                                         f"got '{text}'") from None
     if c < 2 or r < 2 or c == r:
         raise argparse.ArgumentTypeError(f"pattern {c}x{r}: need >= 2 corners per side and columns != rows "
                                          "(a square pattern's orientation is ambiguous)")
@@ -55,7 +56,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "homography from the undistorted color image to the undistorted thermal image. Writes "
                     "OUT (YAML) and OUT's stem + .report.json.")
     p.add_argument("--color", required=True, help="folder of color board images")
-    p.add_argument("--thermal", required=True, help="folder of thermal board images, taken with the color ones")
+    p.add_argument("--thermal", required=True,
+                   help="folder of thermal board images, taken with the color ones")
     p.add_argument("--pattern", type=_pattern, required=True, help="inner corners COLSxROWS, e.g. 9x6")
     p.add_argument("--square", type=_positive, required=True, help="square side in metres, e.g. 0.04")
     p.add_argument("--out", required=True, help="output calibration YAML")
@@ -132,7 +134,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--correct", metavar="OUT_DATASET", default=None,
                    help="also write a corrected dataset with the measured global offset removed")
     p.add_argument("--correct-with", default="global",
-                   help="offset used by --correct: global (pooled flow median), phase, ecc, edge_ncc_per_box, labels")
+                   help="offset used by --correct: global (pooled flow median), phase, ecc, "
+                        "edge_ncc_per_box, labels")
     p.set_defaults(func=_displacement)
 
 
@@ -144,7 +147,8 @@ def _calibrate(args: argparse.Namespace) -> int:
                                tolerance=args.tolerance, time_regex=args.time_regex, time_unit=args.time_unit,
                                fix_k3=not args.free_k3)
     n = len(rep["pairs"])
-    print(f"board found in {sum(rep['color_found'])}/{n} color and {sum(rep['thermal_found'])}/{n} thermal images")
+    print(f"board found in {sum(rep['color_found'])}/{n} color and "
+          f"{sum(rep['thermal_found'])}/{n} thermal images")
     print(f"color   RMS reprojection error {rep['color_rms']:.3f} px  fx={calib.color.K[0, 0]:.1f} "
           f"fy={calib.color.K[1, 1]:.1f}")
     print(f"thermal RMS reprojection error {rep['thermal_rms']:.3f} px  fx={calib.thermal.K[0, 0]:.1f} "
@@ -178,9 +182,10 @@ def _register(args: argparse.Namespace) -> int:
         manifest = load_manifest(args.data)
         chosen = [x for x in (args.shift, args.offset_from, args.homography_file, calib) if x is not None]
         if len(chosen) != 1:
-            raise InvismapError("with --data give exactly one of --shift, --offset-from, --homography-file, --calib")
+            raise InvismapError("with --data give exactly one of --shift, --offset-from, --homography-file, "
+                                "--calib")
         if args.shift or args.offset_from:
-            dx, dy = args.shift if args.shift else run.load_offset(args.offset_from, args.offset_key)
+            dx, dy = args.shift or run.load_offset(args.offset_from, args.offset_key)
             out = run.correct_offset(manifest, dx, dy, args.out, split=args.split)
             print(f"removed color offset dx={dx:+.2f} dy={dy:+.2f} px from {len(out)} pairs; wrote "
                   f"{args.out}/manifest.csv")
@@ -232,9 +237,10 @@ def _displacement(args: argparse.Namespace) -> int:
                          big=args.big, translation_methods=methods, max_pairs=args.max_pairs)
     p = s["pooled"]
     print(f"{s['n_pairs']} pairs, {p['n_pixels']} trusted edge pixels")
-    print(f"pooled median dx {p['median_dx']:+.2f} px, dy {p['median_dy']:+.2f} px (dy < 0: color above thermal)")
-    print(f"share displaced >= {args.big:g} px: {100 * p['share_ge_big']:.1f}% (x: {100 * p['share_x_ge_big']:.1f}%,"
-          f" y: {100 * p['share_y_ge_big']:.1f}%)")
+    print(f"pooled median dx {p['median_dx']:+.2f} px, dy {p['median_dy']:+.2f} px "
+          "(dy < 0: color above thermal)")
+    print(f"share displaced >= {args.big:g} px: {100 * p['share_ge_big']:.1f}% "
+          f"(x: {100 * p['share_x_ge_big']:.1f}%, y: {100 * p['share_y_ge_big']:.1f}%)")
     for m, t in s["translation"].items():
         print(f"global shift by {m}: dx {t['dx']:+.2f}, dy {t['dy']:+.2f} px")
     if s["objects"]:

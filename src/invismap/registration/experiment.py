@@ -203,7 +203,8 @@ def residual_after_flow(g: np.ndarray, f: np.ndarray, f0: np.ndarray | None = No
         return (z - p).astype(np.float32)
     # Index by z0 (the grid of the corrected clean image): p = z0 + f0(z0).
     p = grid + f0.astype(np.float32)
-    gp = cv2.remap(g.astype(np.float32), p[..., 0], p[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    gp = cv2.remap(g.astype(np.float32), p[..., 0], p[..., 1], cv2.INTER_LINEAR,
+                   borderMode=cv2.BORDER_REPLICATE)
     z = _solve(p + gp, f, iters)
     return (z - grid).astype(np.float32)
 
@@ -274,7 +275,8 @@ def weak_alignment_experiment(pairs: Iterable[tuple[str, np.ndarray, np.ndarray]
     bar = tqdm(total=len(pairs) * trials_per_pair, desc="weak alignment", disable=not progress)
     for name, thermal, color in pairs:
         if thermal.shape[:2] != color.shape[:2]:
-            raise ValueError(f"{name}: thermal {thermal.shape[:2]} and color {color.shape[:2]} differ in size")
+            raise ValueError(f"{name}: thermal {thermal.shape[:2]} and color {color.shape[:2]} "
+                             "differ in size")
         clean = color
         if tuple(base_offset) != (0.0, 0.0):
             clean = warp_image(color, offset_correction(*base_offset), border="replicate")
@@ -315,12 +317,14 @@ def weak_alignment_experiment(pairs: Iterable[tuple[str, np.ndarray, np.ndarray]
                     for key, m in emasks.items():
                         row[f"{est_name}/epe_abs_{key}"] = _stats(out - g, m)[0]
                         row[f"{est_name}/epe_rel_{key}"] = _stats(out - expected_rel, m)[0]
-                        row[f"{est_name}/floor_{key}"], row[f"{est_name}/floor_share_ge5_{key}"] = _stats(out0, m)
+                        (row[f"{est_name}/floor_{key}"],
+                         row[f"{est_name}/floor_share_ge5_{key}"]) = _stats(out0, m)
                 else:
                     res_abs = measure_residual(clean, out.astype(np.uint8))
                     res_rel = measure_residual(out0.astype(np.uint8), out.astype(np.uint8))
                     for key, m in masks.items():
-                        row[f"{est_name}/floor_{key}"], row[f"{est_name}/floor_share_ge5_{key}"] = _stats(floor, m)
+                        (row[f"{est_name}/floor_{key}"],
+                         row[f"{est_name}/floor_share_ge5_{key}"]) = _stats(floor, m)
                 for key, m in masks.items():
                     (row[f"{est_name}/after_abs_epe_{key}"],
                      row[f"{est_name}/after_abs_share_ge5_{key}"]) = _stats(res_abs, m)
@@ -373,8 +377,9 @@ def run_weak_alignment(manifest, out_dir: str | Path | None = None, *, split: st
     if max_pairs is not None:
         samples = evenly(samples, max_pairs)
     pairs = ((s.name, read_thermal(s.thermal), read_color(s.color)) for s in samples)
-    res = weak_alignment_experiment(pairs, estimators or default_estimators(), trials_per_pair=trials_per_pair,
-                                    base_offset=base_offset, seed=seed, progress=progress)
+    res = weak_alignment_experiment(pairs, estimators or default_estimators(),
+                                    trials_per_pair=trials_per_pair, base_offset=base_offset, seed=seed,
+                                    progress=progress)
     if out_dir is not None:
         write_json(Path(out_dir) / "weak_alignment.json", res)
     return res
@@ -403,8 +408,8 @@ def main(argv: list[str] | None = None) -> int:
 
         estimators.update(aligngan_estimators(load_aligner(a.aligngan)))
     res = run_weak_alignment(load_manifest(a.data), a.out, split=None if a.split in ("", "all") else a.split,
-                             max_pairs=a.max_pairs, trials_per_pair=a.trials, base_offset=tuple(a.base_offset),
-                             seed=a.seed, estimators=estimators)
+                             max_pairs=a.max_pairs, trials_per_pair=a.trials,
+                             base_offset=tuple(a.base_offset), seed=a.seed, estimators=estimators)
     for est, m in res["summary"].items():
         log.info("%-12s %s", est, "  ".join(f"{k}={v:.3f}" for k, v in m.items()))
     return 0

@@ -120,7 +120,8 @@ def _pair_folders(color_dir: Path, thermal_dir: Path, pair_by: str, tolerance: f
     """``(name, color_path, thermal_path, thermal_time)`` for two image folders."""
     cf, tf = list_images(color_dir), list_images(thermal_dir)
     if pair_by == "name":
-        pairs = [(stem, cf[i], tf[j], parse_timestamp(tf[j].name, time_regex, time_unit) if time_regex else None)
+        pairs = [(stem, cf[i], tf[j],
+                  parse_timestamp(tf[j].name, time_regex, time_unit) if time_regex else None)
                  for i, j, stem in pair_by_name([p.name for p in cf], [p.name for p in tf])]
         if not pairs:
             raise InvismapError(f"{color_dir} and {thermal_dir}: no file names in common "
@@ -137,7 +138,8 @@ def _pair_folders(color_dir: Path, thermal_dir: Path, pair_by: str, tolerance: f
             except (ValueError, IndexError) as e:
                 raise InvismapError(f"--time-regex/--time-unit: {e}") from None
             if t is None:
-                raise file_error(p, "file name holds no timestamp", "pass --time-regex with a group (?P<t>...)")
+                raise file_error(p, "file name holds no timestamp",
+                                 "pass --time-regex with a group (?P<t>...)")
             out.append(t)
         return out
 
@@ -169,7 +171,8 @@ def _video_frames(path: Path, every: int, gray: bool) -> Iterator[tuple[float, t
                 if gray:
                     f = frame if frame.ndim == 2 else frame[:, :, 0]
                 else:
-                    f = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB) if frame.ndim == 3 else np.repeat(frame[..., None], 3, 2)
+                    f = (cv2.cvtColor(frame, cv2.COLOR_BGR2RGB) if frame.ndim == 3
+                         else np.repeat(frame[..., None], 3, 2))
                 yield t, (idx, f)
             idx += 1
     finally:
@@ -235,14 +238,15 @@ def identity_calibration(color_size: tuple[int, int], thermal_size: tuple[int, i
     sx, sy = wt / wc, ht / hc
     # Pixel-centre aligned scaling: (x + 0.5) * s - 0.5.
     H = np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5], [0, 0, 1.0]])
-    return RigCalibration(CameraModel.ideal(color_size), CameraModel.ideal(thermal_size), H, H_method="identity")
+    return RigCalibration(CameraModel.ideal(color_size), CameraModel.ideal(thermal_size), H,
+                          H_method="identity")
 
 
 def run_register(color_src: str | Path, thermal_src: str | Path, out_dir: str | Path, *,
                  calib: RigCalibration | None = None, scale: float = 1.0, pair_by: str = "name",
                  tolerance: float = 0.02, time_regex: str | None = None, time_unit: str = "auto",
-                 offset: float = 0.0, every: int = 1, max_pairs: int | None = None, condition: str = "unknown",
-                 split: str = "all", progress: bool = True) -> Manifest:
+                 offset: float = 0.0, every: int = 1, max_pairs: int | None = None,
+                 condition: str = "unknown", split: str = "all", progress: bool = True) -> Manifest:
     """Undistort and warp every raw pair onto the thermal grid; write a pair dataset.
 
     Sources are two image folders (paired by file name, or by timestamps in the names) or two videos
@@ -279,7 +283,8 @@ def run_register(color_src: str | Path, thermal_src: str | Path, out_dir: str | 
     if all(videos):
         pairs_iter = ((f"{thermal_src.stem}_{ti:06d}", cf, tf, t_thr)
                       for _, t_thr, (ci, cf), (ti, tf) in pair_streams(
-                          _video_frames(color_src, 1, gray=False), _video_frames(thermal_src, every, gray=True),
+                          _video_frames(color_src, 1, gray=False),
+                          _video_frames(thermal_src, every, gray=True),
                           tolerance, offset))
         total = None
     else:
@@ -296,13 +301,15 @@ def run_register(color_src: str | Path, thermal_src: str | Path, out_dir: str | 
             break
         color = read_color(c) if isinstance(c, Path) else c
         thermal = read_thermal_raw(t) if isinstance(t, Path) else t
-        cal = calib or identity_calibration((color.shape[1], color.shape[0]), (thermal.shape[1], thermal.shape[0]))
+        cal = calib or identity_calibration((color.shape[1], color.shape[0]),
+                                            (thermal.shape[1], thermal.shape[0]))
         if (color.shape[1], color.shape[0]) != tuple(cal.color.size) or \
                 (thermal.shape[1], thermal.shape[0]) != tuple(cal.thermal.size):
             where = c if isinstance(c, Path) else color_src
             raise file_error(where, f"pair '{name}' is color {color.shape[1]}x{color.shape[0]}, thermal "
                              f"{thermal.shape[1]}x{thermal.shape[0]}; the calibration expects "
-                             f"{cal.color.size[0]}x{cal.color.size[1]} and {cal.thermal.size[0]}x{cal.thermal.size[1]}",
+                             f"{cal.color.size[0]}x{cal.color.size[1]} and "
+                             f"{cal.thermal.size[0]}x{cal.thermal.size[1]}",
                              "recalibrate, or check --color/--thermal")
         key = (cal.color.size, cal.thermal.size)
         if key not in maps:
@@ -394,8 +401,8 @@ def register_manifest(manifest: Manifest, out_dir: str | Path, *, H: np.ndarray 
         thermal = read_thermal_raw(s.thermal)
         size_t = (thermal.shape[1], thermal.shape[0])
         if (wc, hc) != tuple(calib.color.size) or size_t != tuple(calib.thermal.size):
-            raise file_error(s.color, f"pair '{s.name}' sizes {wc}x{hc} / {size_t[0]}x{size_t[1]} do not match "
-                             "the calibration", "recalibrate for this dataset")
+            raise file_error(s.color, f"pair '{s.name}' sizes {wc}x{hc} / {size_t[0]}x{size_t[1]} "
+                             "do not match the calibration", "recalibrate for this dataset")
         tp = out_dir / "thermal" / f"{s.name}.png"
         tl = out_dir / "labels" / "thermal" / f"{s.name}.txt"
         write_image(cp, cv2.remap(color, *mc, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT))
@@ -455,7 +462,8 @@ def load_offset(path: str | Path, key: str = "global") -> tuple[float, float]:
     except FileNotFoundError:
         raise file_error(path, "not found", "run 'invismap displacement' first") from None
     except (ValueError, UnicodeDecodeError):
-        raise file_error(path, "is not JSON", "use the displacement.json of 'invismap displacement'") from None
+        raise file_error(path, "is not JSON",
+                         "use the displacement.json of 'invismap displacement'") from None
     try:
         off = d["global_offset"] if key == "global" else d["offsets"][key]
         dx, dy = float(off["dx"]), float(off["dy"])
@@ -592,8 +600,8 @@ def run_displacement(manifest: Manifest, out_dir: str | Path | None, *, split: s
     if have_boxes:
         objects = {"flow_in_thermal_boxes": _pooled(box_hx, box_hy, box_n, box_big, big),
                    "edge_ncc_per_box": _offset_stats(np.concatenate(obj_shifts) if obj_shifts else None, big,
-                                                     "each thermal box's edge image matched in the color edge "
-                                                     "image (NCC, +-8 px); one shift per object"),
+                                                     "each thermal box's edge image matched in the "
+                                                     "color edge image (NCC, +-8 px); one shift per object"),
                    "labels": _offset_stats(np.concatenate(lab_offsets) if lab_offsets else None, big,
                                            "centres of boxes drawn separately on color and thermal, matched "
                                            "by class and IoU >= 0.5")}

@@ -125,7 +125,8 @@ def _render(rays: np.ndarray, R: np.ndarray, t: np.ndarray, pattern: tuple[int, 
     img = np.full((h, w), 0.45)
     cols, rows = pattern
     # Only the board's bounding box (plus a margin) is ray-traced: the rest is the gray background.
-    plate = np.array([[-2.2, -2.2, 0], [cols + 1.2, -2.2, 0], [cols + 1.2, rows + 1.2, 0], [-2.2, rows + 1.2, 0]])
+    plate = np.array([[-2.2, -2.2, 0], [cols + 1.2, -2.2, 0],
+                      [cols + 1.2, rows + 1.2, 0], [-2.2, rows + 1.2, 0]])
     corners, _ = cv2.projectPoints(plate * square, cv2.Rodrigues(R)[0], t, cam.K, cam.dist)
     x0, y0 = np.floor(corners.reshape(-1, 2).min(0)).astype(int) - 3
     x1, y1 = np.ceil(corners.reshape(-1, 2).max(0)).astype(int) + 4

@@ -188,8 +188,10 @@ def transform_boxes(boxes_xyxy: np.ndarray, point_fn, samples: int = 5) -> np.nd
         ys = y1 + (y2 - y1) * t
         # Pixel-edge coordinates to pixel-centre coordinates (-0.5) and back, so that a plain shift maps
         # a box exactly by that shift.
-        pts = np.concatenate([np.stack([xs, np.full_like(xs, y1)], 1), np.stack([xs, np.full_like(xs, y2)], 1),
-                              np.stack([np.full_like(ys, x1), ys], 1), np.stack([np.full_like(ys, x2), ys], 1)])
+        pts = np.concatenate([np.stack([xs, np.full_like(xs, y1)], 1),
+                              np.stack([xs, np.full_like(xs, y2)], 1),
+                              np.stack([np.full_like(ys, x1), ys], 1),
+                              np.stack([np.full_like(ys, x2), ys], 1)])
         m = np.asarray(point_fn(pts - 0.5), np.float64) + 0.5
         out[i] = [m[:, 0].min(), m[:, 1].min(), m[:, 0].max(), m[:, 1].max()]
     return out

@@ -1,4 +1,5 @@
-"""Check a report the way a person sees it: headless Chromium loads the page, counts images, takes a screenshot.
+"""Check a report the way a person sees it: headless Chromium loads the page, counts images, takes a
+screenshot.
 
 Needs Debian's ``chromium`` package (``apt-get install chromium``); nothing else is downloaded.
 """
@@ -14,8 +15,9 @@ from pathlib import Path
 from invismap.errors import InvismapError, file_error
 
 # Flags for a sandbox without network: no first-run UI, no background connections, a fresh profile.
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--hide-scrollbars",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--hide-scrollbars", "--disable-background-networking", "--disable-component-update",
+         "--disable-sync"]
 
 
 def find_chromium() -> str:
@@ -32,9 +34,10 @@ def _chromium(page: Path, *args: str, timeout: float = 120) -> str:
         raise file_error(page, "report page not found", "run 'invismap run CONFIG' first")
     with tempfile.TemporaryDirectory() as profile:
         cmd = [find_chromium(), *FLAGS, f"--user-data-dir={profile}", *args, page.as_uri()]
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     if done.returncode != 0:
-        raise InvismapError(f"chromium failed on {page} (exit {done.returncode}): {done.stderr.strip()[-300:]}")
+        raise InvismapError(f"chromium failed on {page} (exit {done.returncode}): "
+                            f"{done.stderr.strip()[-300:]}")
     return done.stdout
 
 
@@ -52,7 +55,8 @@ def screenshot(page: str | Path, out: str | Path, width: int = 1400, height: int
     out = Path(out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp.png")  # renamed into place only once complete
-    _chromium(Path(page), f"--screenshot={tmp}", f"--window-size={width},{height}", "--virtual-time-budget=15000")
+    _chromium(Path(page), f"--screenshot={tmp}", f"--window-size={width},{height}",
+              "--virtual-time-budget=15000")
     if not tmp.is_file():
         raise InvismapError(f"chromium wrote no screenshot to {out}")
     tmp.replace(out)

@@ -1,7 +1,9 @@
-"""Gallery rows for the report: color | thermal | pair score | predicted map | objects the color camera missed.
+"""Gallery rows for the report: color | thermal | pair score | predicted map | objects the color camera
+missed.
 
 Example:
-    >>> write_gallery(test_pairs, "RUN/student.pt", "RUN/predictor.pt", "yolov5n", "out/gallery")  # doctest: +SKIP
+    >>> write_gallery(test_pairs, "RUN/student.pt", "RUN/predictor.pt", "yolov5n",  # doctest: +SKIP
+    ...               "out/gallery")
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ def heat_rgb(score: np.ndarray) -> np.ndarray:
 
 def _boxes(img: np.ndarray, boxes: np.ndarray, rgb: tuple[int, int, int], scale: float, width: int) -> None:
     for b in np.asarray(boxes).reshape(-1, 5):
-        x1, y1, x2, y2 = (int(round(v * scale)) for v in b[1:])
+        x1, y1, x2, y2 = (round(v * scale) for v in b[1:])
         cv2.rectangle(img, (x1, y1), (x2, y2), rgb, width, cv2.LINE_AA)
 
 
@@ -67,8 +69,8 @@ def render_row(rgb: np.ndarray, thermal: np.ndarray, pair_score: np.ndarray, pre
     return np.concatenate(titled, axis=1)
 
 
-def write_gallery(pairs: Manifest, student: str | Path, predictor: str | Path, teacher: str, out_dir: str | Path,
-                  per_condition: int = 3, conf: float = 0.25) -> list[dict]:
+def write_gallery(pairs: Manifest, student: str | Path, predictor: str | Path, teacher: str,
+                  out_dir: str | Path, per_condition: int = 3, conf: float = 0.25) -> list[dict]:
     """Render ``per_condition`` rows per condition (pairs with missed objects first) to ``out_dir``.
 
     Writes ``out_dir/<condition>_<name>.png`` and ``out_dir/gallery.json`` (one entry per row, with its

@@ -38,8 +38,8 @@ DATA_FILES = {
                   "invisibility_roadscene.json": "invisibility_roadscene.json"},
     "predictor_cv": {"cv.json": "predictor_cv.json"},
     "experiments": {"losses/table.json": "ablation_losses.json", "pairs/table.json": "ablation_pairs.json",
-                    "variants/table.json": "ablation_variants.json", "seeds/table.json": "ablation_seeds.json",
-                    "alignment.json": "ablation_alignment.json"},
+                    "variants/table.json": "ablation_variants.json",
+                    "seeds/table.json": "ablation_seeds.json", "alignment.json": "ablation_alignment.json"},
     "geometry": {"geometry.json": "geometry.json"},
     "gallery": {"gallery.json": "gallery.json"},
 }
@@ -58,7 +58,8 @@ table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.92em; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
 th { background: #f2f2f2; } td:first-child, th:first-child { text-align: left; }
 .figs { display: flex; flex-wrap: wrap; gap: 1em; } .figs img { max-width: 560px; border: 1px solid #ddd; }
-.wide img { max-width: 1200px; } .gallery img { width: 100%; max-width: 1600px; display: block; margin: 0.3em 0 1.2em; }
+.wide img { max-width: 1200px; }
+.gallery img { width: 100%; max-width: 1600px; display: block; margin: 0.3em 0 1.2em; }
 .note { color: #555; font-size: 0.92em; max-width: 1100px; } .missing { color: #a33; }
 pre { background: #f7f7f7; padding: 0.8em; font-size: 0.85em; overflow-x: auto; }
 """
@@ -87,10 +88,12 @@ def collect(stage_dirs: Mapping[str, Path], out: Path) -> dict[str, Any]:
     images = {stage: dict(files) for stage, files in IMAGE_FILES.items()}
     if "eval_maps" in stage_dirs:
         plots = Path(stage_dirs["eval_maps"]) / "plots"
-        images["eval_maps"] = {p.relative_to(plots.parent).as_posix(): p.relative_to(plots).as_posix().replace("/", "_")
+        images["eval_maps"] = {p.relative_to(plots.parent).as_posix():
+                               p.relative_to(plots).as_posix().replace("/", "_")
                                for p in sorted(plots.rglob("*.png"))}
     if "gallery" in stage_dirs:
-        images["gallery"] = {p.name: f"gallery_{p.name}" for p in sorted(Path(stage_dirs["gallery"]).glob("*.png"))}
+        images["gallery"] = {p.name: f"gallery_{p.name}"
+                             for p in sorted(Path(stage_dirs["gallery"]).glob("*.png"))}
     for stage, files in images.items():
         for rel, name in files.items():
             src = Path(stage_dirs[stage]) / rel if stage in stage_dirs else None
@@ -151,30 +154,36 @@ def section_summary(d: dict) -> str:
     items = []
     res = d.get("invisibility.json") or {}
     if "predictor" in res:
-        m = lambda key, cond="night", name="predictor": interval(metric(res, name, cond, key))  # noqa: E731
+        m = lambda key, cond="night", name="predictor": interval(metric(res, name, cond, key))
         items.append(
             "Color-only predictor, night: tells the objects the color detector <b>misses</b> from those it "
-            f"<b>detects</b> with AUROC <b>{m('missed_vs_detected')}</b> (fixed prior {m('missed_vs_detected', name='prior')}, "
-            f"darkness {m('missed_vs_detected', name='darkness')}); objects invisible in the color image from "
-            f"visible ones (labels) <b>{m('invisible_vs_visible')}</b>; day: {m('missed_vs_detected', 'day')} and "
-            f"{m('invisible_vs_visible', 'day')}. 0.5 is chance; brackets are 95% bootstrap intervals over images.")
+            f"<b>detects</b> with AUROC <b>{m('missed_vs_detected')}</b> "
+            f"(fixed prior {m('missed_vs_detected', name='prior')}, "
+            f"darkness {m('missed_vs_detected', name='darkness')}); "
+            "objects invisible in the color image from "
+            f"visible ones (labels) <b>{m('invisible_vs_visible')}</b>; "
+            f"day: {m('missed_vs_detected', 'day')} and {m('invisible_vs_visible', 'day')}. "
+            "0.5 is chance; brackets are 95% bootstrap intervals over images.")
         overlap = (res["predictor"].get("day_vs_night") or {}).get("overlap_interval")
         frame = (res["predictor"].get("pooled") or {}).get("metrics", {}).get("frame_auroc")
-        items.append(f"Night pixel AUROC of missed objects {m('pixel_auroc')}; {m('coverage_35.9')} of their pixels "
+        darkness_pooled = (res.get("darkness") or {}).get("pooled") or {}
+        items.append(f"Night pixel AUROC of missed objects {m('pixel_auroc')}; "
+                     f"{m('coverage_35.9')} of their pixels "
                      f"at 35.9% of the image flagged (paper: 77.5%). Day/night overlap of the map's scores "
-                     f"<b>{interval(overlap)}</b> (paper: nearly disjoint). Frames holding a missed object, day and "
-                     f"night pooled: AUROC {interval(frame)} (darkness "
-                     f"{interval(((res.get('darkness') or {}).get('pooled') or {}).get('metrics', {}).get('frame_auroc'))}).")
+                     f"<b>{interval(overlap)}</b> (paper: nearly disjoint). "
+                     "Frames holding a missed object, day and night pooled: "
+                     f"AUROC {interval(frame)} (darkness "
+                     f"{interval(darkness_pooled.get('metrics', {}).get('frame_auroc'))}).")
         margins = (res["predictor"].get("margins") or {}).get("prior") or {}
         if margins:
             parts = [f"{cond} {label} {interval(margins.get(cond, {}).get(key))}" for cond in ("night", "day")
                      for key, label in (("pixel_auroc", "AUROC"), ("missed_vs_detected", "missed/detected"),
                                         ("invisible_vs_visible", "invisible/visible")) if cond in margins]
-            items.append("Margin over the fixed prior (what position in the frame alone explains; paired bootstrap, "
-                         "above 0 = better): " + "; ".join(parts) + ".")
+            items.append("Margin over the fixed prior (what position in the frame alone explains; "
+                         "paired bootstrap, above 0 = better): " + "; ".join(parts) + ".")
     other = d.get("invisibility_roadscene.json") or {}
     if "predictor" in other:
-        m = lambda key: interval(metric(other, "predictor", "night", key))  # noqa: E731
+        m = lambda key: interval(metric(other, "predictor", "night", key))
         items.append(f"Another camera (RoadScene, FLIR; models trained on MSRS only), night: pixel AUROC "
                      f"{m('pixel_auroc')}, missed vs detected {m('missed_vs_detected')}.")
     det = {r["variant"]: r for r in (d.get("detector.json") or {}).get("rows", [])}
@@ -182,9 +191,10 @@ def section_summary(d: dict) -> str:
     if student:
         base = det.get("teacher on thermal", {})
         color = det.get("teacher on color", {})
-        items.append(f"Thermal detector trained without labels: night AP50 <b>{num(student.get('night'), 1)}</b> "
-                     f"(the color teacher run on thermal images: {num(base.get('night'), 1)}; on the color images: "
-                     f"{num(color.get('night'), 1)}); day {num(student.get('day'), 1)}.")
+        items.append(f"Thermal detector trained without labels: "
+                     f"night AP50 <b>{num(student.get('night'), 1)}</b> "
+                     f"(the color teacher run on thermal images: {num(base.get('night'), 1)}; "
+                     f"on the color images: {num(color.get('night'), 1)}); day {num(student.get('day'), 1)}.")
     if not items:
         return ""
     return "<h2>At a glance</h2><ul>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>"
@@ -198,8 +208,8 @@ def section_data(d: dict, out: Path) -> str:
              r["thermal_only"]] for r in rows]
     return ("<h2>Data</h2>" + table(["split", "condition", "pairs", "color boxes", "thermal boxes",
                                      "thermal-only objects"], body)
-            + '<p class="note">Source: data/pairs.json. Training uses the train split only; every figure below '
-              "is on the evaluation split. Color labels green, thermal labels magenta.</p>"
+            + '<p class="note">Source: data/pairs.json. Training uses the train split only; '
+              "every figure below is on the evaluation split. Color labels green, thermal labels magenta.</p>"
             + f'<div class="figs wide">{img(out, "contact_sheet.png", "contact sheet")}</div>')
 
 
@@ -212,25 +222,31 @@ def ap_rows(rows: list[dict], more: list[str] = ()) -> list[list[Any]]:
 
 def ap_table(rows: list[dict]) -> str:
     """:data:`AP_HEADER` rows, with a column per other dataset's condition (``roadscene night``) if scored."""
-    more = [k for k in rows[0] if k.endswith((" day", " night")) and k.split()[0] not in ("day", "night")] if rows else []
+    more = [k for k in rows[0]
+            if k.endswith((" day", " night")) and k.split()[0] not in ("day", "night")] if rows else []
     return table(AP_HEADER[:-1] + more + AP_HEADER[-1:], ap_rows(rows, more))
 
 
-AP_HEADER = (["model / variant", "select night*", "day", "night"] + [f"{c} {k}" for c in ("day", "night") for k in CLASSES]
+AP_HEADER = (["model / variant", "select night*", "day", "night"]
+             + [f"{c} {k}" for c in ("day", "night") for k in CLASSES]
              + ["train s"])
 AP_NOTE = ('<p class="note">AP50 (x100, mean over person/bicycle/car) of detections on the thermal images '
            "against the thermal labels. *select night: the training split's night pairs, never seen by "
-           "distillation (which uses day pairs): choose variants by this column, not by the test columns.</p>")
+           "distillation (which uses day pairs): choose variants by this column, "
+           "not by the test columns.</p>")
 
 
 def section_detector(d: dict) -> str:
     det = d.get("detector.json")
     if not det:
         return ""
-    more = "".join(f"<h3>{esc(fmt)} (data.more: another camera, its own split)</h3>{table(AP_HEADER, ap_rows(rows))}"
+    more = "".join(f"<h3>{esc(fmt)} (data.more: another camera, its own split)</h3>"
+                   f"{table(AP_HEADER, ap_rows(rows))}"
                    for fmt, rows in (det.get("more") or {}).items())
-    return (f"<h2>Thermal detection without labels</h2>{table(AP_HEADER, ap_rows(det['rows']))}{AP_NOTE}{more}"
-            f'<p class="note">Split {esc(det["split"])}, letterbox {esc(det["size"])}. Source: data/detector.json.</p>')
+    return ("<h2>Thermal detection without labels</h2>"
+            f"{table(AP_HEADER, ap_rows(det['rows']))}{AP_NOTE}{more}"
+            f'<p class="note">Split {esc(det["split"])}, letterbox {esc(det["size"])}. '
+            "Source: data/detector.json.</p>")
 
 
 def pairs_curve(rows: list[dict], path: Path) -> None:
@@ -243,7 +259,8 @@ def pairs_curve(rows: list[dict], path: Path) -> None:
                 label=f"thermal detector, {cond}")
         if base and base.get(cond) is not None:
             ax.axhline(base[cond], color=colour, ls=":", lw=1, label=f"teacher on thermal, {cond}")
-    ax.set(xlabel="daytime training pairs", ylabel="AP50 (thermal labels)", title="Distillation: number of pairs")
+    ax.set(xlabel="daytime training pairs", ylabel="AP50 (thermal labels)",
+           title="Distillation: number of pairs")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7.5)
     save_figure(fig, path)
@@ -259,7 +276,8 @@ def section_experiments(d: dict, out: Path) -> str:
     parts.append("<h3>Number of training pairs</h3>")
     if pairs:
         pairs_curve(pairs["rows"], out / "img" / "pairs_curve.png")
-        parts.append(ap_table(pairs["rows"]) + f'<div class="figs">{img(out, "pairs_curve.png", "pairs curve")}</div>')
+        parts.append(ap_table(pairs["rows"])
+                     + f'<div class="figs">{img(out, "pairs_curve.png", "pairs curve")}</div>')
     else:
         parts.append(not_run("pairs curve", "set experiments.pairs, e.g. [25, 50]"))
     for key, title, hint in (("ablation_variants.json", "Distillation variants",
@@ -270,8 +288,10 @@ def section_experiments(d: dict, out: Path) -> str:
         parts.append(ap_table(d[key]["rows"]) + AP_NOTE if d.get(key) else not_run(title.lower(), hint))
     align = d.get("ablation_alignment.json")
     parts.append("<h3>Alignment on / off</h3>")
-    parts.append(table(AP_HEADER, ap_rows(align["rows"])) + f'<p class="note">{esc(align.get("note", ""))}</p>'
-                 if align else not_run("alignment ablation", "enable register or align, and experiments.alignment"))
+    parts.append(table(AP_HEADER, ap_rows(align["rows"]))
+                 + f'<p class="note">{esc(align.get("note", ""))}</p>'
+                 if align
+                 else not_run("alignment ablation", "enable register or align, and experiments.alignment"))
     return "".join(parts)
 
 
@@ -282,7 +302,8 @@ HEADLINE_COLUMNS = {"coverage_35.9": "coverage @ 35.9% flagged", "coverage_25": 
                     "pixel_auroc": "pixel AUROC", "missed_vs_detected": "missed vs detected",
                     "invisible_vs_visible": "invisible vs visible",
                     "missed_vs_detected_object": "missed vs detected, objects",
-                    "invisible_vs_visible_object": "invisible vs visible, objects", "frame_auroc": "frame AUROC"}
+                    "invisible_vs_visible_object": "invisible vs visible, objects",
+                    "frame_auroc": "frame AUROC"}
 
 
 def headline_tables(res: Mapping[str, Any]) -> str:
@@ -291,11 +312,14 @@ def headline_tables(res: Mapping[str, Any]) -> str:
     conds = list(next(iter(res.values()))["conditions"])
     for cond in conds:
         objects = next(iter(res.values()))["conditions"][cond]["objects"]
-        rows = [[esc(MAP_LABELS.get(name, name))] + [interval(((r["conditions"].get(cond) or {}).get("metrics") or {})
-                                                           .get(k)) for k in HEADLINE_COLUMNS]
+        rows = [[esc(MAP_LABELS.get(name, name))]
+                + [interval(((r["conditions"].get(cond) or {}).get("metrics") or {}).get(k))
+                   for k in HEADLINE_COLUMNS]
                 for name, r in res.items()]
-        parts.append(f"<h3>{esc(cond)}: {objects.get('missed', 0)} missed / {objects.get('detected', 0)} detected, "
-                     f"{objects.get('invisible', 0)} invisible / {objects.get('visible', 0)} visible objects</h3>"
+        parts.append(f"<h3>{esc(cond)}: {objects.get('missed', 0)} missed / "
+                     f"{objects.get('detected', 0)} detected, "
+                     f"{objects.get('invisible', 0)} invisible / "
+                     f"{objects.get('visible', 0)} visible objects</h3>"
                      + table(["map"] + list(HEADLINE_COLUMNS.values()), rows))
     rows = []
     references = {ref for r in res.values() for ref in (r.get("margins") or {})}
@@ -308,15 +332,19 @@ def headline_tables(res: Mapping[str, Any]) -> str:
                            for k in ("pixel_auroc", "missed_vs_detected", "invisible_vs_visible")])
     if rows:
         parts.append("<h3>Paired margins over the reference maps (above 0: better)</h3>"
-                     + table(["map - reference"] + [f"{c} {k}" for c in conds
-                                                    for k in ("pixel AUROC", "missed vs detected", "invisible vs visible")],
+                     + table(["map - reference"]
+                             + [f"{c} {k}" for c in conds
+                                for k in ("pixel AUROC", "missed vs detected", "invisible vs visible")],
                              rows))
     rows = [[esc(MAP_LABELS.get(name, name)),
-             "; ".join(f"{esc(c)} {num(x['scores']['mean'])} ± {num(x['scores']['std'])}" for c, x in r["conditions"].items()),
+             "; ".join(f"{esc(c)} {num(x['scores']['mean'])} ± {num(x['scores']['std'])}"
+                       for c, x in r["conditions"].items()),
              interval((r.get("day_vs_night") or {}).get("overlap_interval")),
-             interval((r.get("pooled") or {}).get("metrics", {}).get("frame_auroc"))] for name, r in res.items()]
+             interval((r.get("pooled") or {}).get("metrics", {}).get("frame_auroc"))]
+            for name, r in res.items()]
     parts.append("<h3>Day vs night, and frames</h3>" + table(
-        ["map", "mean ± std of all pixels", "day/night histogram overlap", "frame AUROC, day+night pooled"], rows))
+        ["map", "mean ± std of all pixels", "day/night histogram overlap", "frame AUROC, day+night pooled"],
+        rows))
     return "".join(parts)
 
 
@@ -326,39 +354,49 @@ def section_maps(d: dict, out: Path) -> str:
         return ""
     first = next(iter(res.values()))
     settings = first["settings"]
-    parts = ["<h2>Invisibility maps</h2>",
-             f'<p class="note">Objects are the thermal labels. <b>missed</b>: no color-detector box of IoU &ge; 0.5 '
-             f'and the same class at confidence {esc(settings["detection_conf"])}; <b>detected</b>: the others; '
-             "<b>invisible</b>: no color label of IoU &ge; 0.5 (an annotator saw nothing in the color image); "
-             "<b>visible</b>: the others. Coverage = share of the missed objects' pixels flagged at a given share of "
-             "the image flagged (paper, night: 77.5% at 35.9%). Pixel AUROC: missed-object pixels against every "
-             "other pixel. The separations are AUROCs of missed against detected (invisible against visible) "
-             "pixels, or, for <i>objects</i>, of each object's mean score: a map that lights up every object scores "
-             "0.5 there, as the object oracle shows. Frame AUROC: the map's maximum per frame against "
-             f"'the frame holds a missed object'. Brackets: 95% intervals, {esc(settings.get('n_boot'))} bootstrap "
-             "resamples over images. The fixed prior is the mean training target, the same map for every image. "
-             "Source: data/invisibility.json.</p>", headline_tables(res)]
+    note = ('<p class="note">Objects are the thermal labels. '
+            "<b>missed</b>: no color-detector box of IoU &ge; 0.5 "
+            f'and the same class at confidence {esc(settings["detection_conf"])}; '
+            "<b>detected</b>: the others; "
+            "<b>invisible</b>: no color label of IoU &ge; 0.5 (an annotator saw nothing in the color image); "
+            "<b>visible</b>: the others. "
+            "Coverage = share of the missed objects' pixels flagged at a given share of "
+            "the image flagged (paper, night: 77.5% at 35.9%). "
+            "Pixel AUROC: missed-object pixels against every "
+            "other pixel. The separations are AUROCs of missed against detected (invisible against visible) "
+            "pixels, or, for <i>objects</i>, of each object's mean score: "
+            "a map that lights up every object scores "
+            "0.5 there, as the object oracle shows. Frame AUROC: the map's maximum per frame against "
+            f"'the frame holds a missed object'. "
+            f"Brackets: 95% intervals, {esc(settings.get('n_boot'))} bootstrap resamples over images. "
+            "The fixed prior is the mean training target, the same map for every image. "
+            "Source: data/invisibility.json.</p>")
+    parts = ["<h2>Invisibility maps</h2>", note, headline_tables(res)]
     parts.append(f'<div class="figs wide">{img(out, "separations.png", "separations with intervals")}</div>')
     conds = list(first["conditions"])
-    figs = [img(out, f"coverage_{c}_{s}.png", f"coverage {c} {s}") for c in conds for s in ("missed", "invisible")]
+    figs = [img(out, f"coverage_{c}_{s}.png", f"coverage {c} {s}")
+            for c in conds for s in ("missed", "invisible")]
     figs += [img(out, f"scores_{name.replace(' ', '_')}.png", f"scores {name}") for name in res]
     parts.append(f'<div class="figs">{"".join(figs)}</div>')
     layers = d.get("layers.json")
     if layers:
         rows = [[esc(r["scales"]), esc(", ".join(map(str, r["strides"])))]
                 + [v for cond in conds for v in (pct((r.get(cond) or {}).get("coverage_at_matched_flagged")),
-                                                   num((r.get(cond) or {}).get("auroc")))] for r in layers["rows"]]
+                                                   num((r.get(cond) or {}).get("auroc")))]
+                for r in layers["rows"]]
         parts.append("<h3>Layer ablation: which neck scales the pair score uses</h3>"
                      + table(["scales", "strides"] + [f"{cond} {m}" for cond in conds
                                                       for m in ("coverage @ 35.9%", "AUROC")], rows)
-                     + '<p class="note">Missed objects; P3/P4/P5 are the teacher\'s neck outputs at strides 8/16/32 '
+                     + '<p class="note">Missed objects; '
+                       "P3/P4/P5 are the teacher's neck outputs at strides 8/16/32 "
                        "(YOLOv3 layers 103/91/79). Source: data/layers.json.</p>")
     other = d.get("invisibility_roadscene.json")
     if other:
         parts.append("<h2>Another camera: RoadScene (FLIR), models trained on MSRS only</h2>"
                      '<p class="note">RoadScene has no color labels, so no invisible/visible sets. Source: '
                      "data/invisibility_roadscene.json.</p>" + headline_tables(other)
-                     + f'<div class="figs">{img(out, "roadscene_separations.png", "RoadScene separations")}</div>')
+                     + f'<div class="figs">'
+                       f'{img(out, "roadscene_separations.png", "RoadScene separations")}</div>')
     return "".join(parts)
 
 
@@ -370,22 +408,28 @@ def section_predictor_cv(d: dict, out: Path) -> str:
     conds = [c for c in ("night", "day") if c in rows[0]]
     keys = ("coverage_35.9", "pixel_auroc", "missed_vs_detected", "invisible_vs_visible")
     body = [[esc(r["variant"]), esc(" ".join(r["overrides"]) or "(the base config)"), num(r["selection"])]
-            + [num(r[c].get(k)) for c in conds for k in keys] + [num(r.get("day_vs_night_overlap"))] for r in rows]
+            + [num(r[c].get(k)) for c in conds for k in keys] + [num(r.get("day_vs_night_overlap"))]
+            for r in rows]
     settings = next(iter(cv["results"].values()))["settings"]
     return ("<h2>Which predictor: cross-validation on the training split</h2>"
-            f'<p class="note">{esc(settings.get("folds"))}-fold cross-validation on the {esc(settings.get("pairs"))} '
-            "training pairs: each pair is scored by a predictor trained without it; the test split is never read. "
-            "Selection score: mean over conditions of pixel AUROC and both separations, and 1 - day/night overlap. "
+            f'<p class="note">{esc(settings.get("folds"))}-fold cross-validation '
+            f"on the {esc(settings.get('pairs'))} training pairs: "
+            "each pair is scored by a predictor trained without it; the test split is never read. "
+            "Selection score: mean over conditions of pixel AUROC and both separations, "
+            "and 1 - day/night overlap. "
             f"Best: <b>{esc(cv['chosen'])}</b>. Source: data/predictor_cv.json.</p>"
-            + table(["variant", "overrides", "selection"] + [f"{c} {HEADLINE_COLUMNS[k]}" for c in conds for k in keys]
+            + table(["variant", "overrides", "selection"]
+                    + [f"{c} {HEADLINE_COLUMNS[k]}" for c in conds for k in keys]
                     + ["day/night overlap"], body)
-            + f'<div class="figs wide">{img(out, "predictor_cv_separations.png", "cross-validated separations")}</div>')
+            + '<div class="figs wide">'
+              f'{img(out, "predictor_cv_separations.png", "cross-validated separations")}</div>')
 
 
 def _disp_row(label: str, s: dict) -> list[Any]:
     pooled, offs = s.get("pooled", {}), s.get("offsets", {})
     obj = offs.get("edge_ncc_per_box") or {}
-    return [esc(label), s.get("n_pairs", ""), num(pooled.get("median_dx"), 2), num(pooled.get("median_dy"), 2),
+    return [esc(label), s.get("n_pairs", ""),
+            num(pooled.get("median_dx"), 2), num(pooled.get("median_dy"), 2),
             pct(pooled.get("share_x_ge_big")), pct(pooled.get("share_y_ge_big")),
             f"{num(obj.get('dx'), 2)}, {num(obj.get('dy'), 2)}" if obj else ""]
 
@@ -405,7 +449,8 @@ def section_registration(d: dict, out: Path) -> str:
     return ("<h2>Residual misalignment</h2>"
             + table(["pairs", "n", "median dx (px)", "median dy (px)", "|dx| ≥ 5 px", "|dy| ≥ 5 px",
                      "per-object offset dx, dy"], rows)
-            + f'<p class="note">Dense optical flow between thermal and color edge images, trusted pixels only '
+            + '<p class="note">Dense optical flow between thermal and color edge images, '
+              "trusted pixels only "
               f"(dy &lt; 0: color content sits above the thermal content). {esc(note)} Source: "
               f'data/displacement*.json.</p><div class="figs">{figs}</div>')
 
@@ -430,13 +475,16 @@ def section_geometry(d: dict) -> str:
     return ("<h3>Weak-alignment benchmark</h3>"
             + table(["method", "EPE (px)", "≥ 5 px", "EPE, own reference (px)", "≥ 5 px, own reference",
                      "moves the unperturbed pair (px)", "≥ 5 px"], rows)
-            + f'<p class="note">{geo["n_pairs"]} {esc(geo["split"])} pairs, each color image moved by a known random '
+            + f'<p class="note">{geo["n_pairs"]} {esc(geo["split"])} pairs, '
+              "each color image moved by a known random "
               f"field (shift up to {f['max_shift']:g} px, rotation up to {f['max_rot_deg']:g}°, elastic "
-              f"{f['elastic_amp']:g} px), scored on co-visible edges. The first two columns take the original pair "
-              "as aligned. The pairs carry their own misalignment, so a method that follows the thermal image is "
-              "charged for it; the last two columns show how much each method moves the unperturbed pair. The "
-              '"own reference" columns compare with the method\'s own correction of the unperturbed pair, which '
-              "isolates the known part. Source: data/geometry.json.</p>")
+              f"{f['elastic_amp']:g} px), scored on co-visible edges. "
+              "The first two columns take the original pair as aligned. "
+              "The pairs carry their own misalignment, so a method that follows the thermal image is "
+              "charged for it; "
+              "the last two columns show how much each method moves the unperturbed pair. The "
+              "\"own reference\" columns compare with the method's own correction of the unperturbed pair, "
+              "which isolates the known part. Source: data/geometry.json.</p>")
 
 
 def section_gallery(d: dict, out: Path) -> str:
@@ -456,8 +504,8 @@ def section_gallery(d: dict, out: Path) -> str:
 def section_run(records: Mapping[str, dict], config_text: str) -> str:
     rows = [[esc(n), esc(r.get("hash", "")), num(r.get("seconds"), 1)] for n, r in records.items()]
     return ("<h2>Run</h2>" + table(["stage", "hash", "seconds"], rows)
-            + f"<details><summary>Config (resolved, with every default)</summary><pre>{esc(config_text)}</pre>"
-              "</details>")
+            + "<details><summary>Config (resolved, with every default)</summary>"
+              f"<pre>{esc(config_text)}</pre></details>")
 
 
 def write_report(stage_dirs: Mapping[str, Path], out: str | Path, title: str, config_text: str = "",
@@ -467,13 +515,16 @@ def write_report(stage_dirs: Mapping[str, Path], out: str | Path, title: str, co
     d = collect(stage_dirs, out)
     body = "".join([
         f"<h1>invismap report: {esc(title)}</h1>",
-        f'<p class="note">Generated {time.strftime("%Y-%m-%d %H:%M")} by invismap {esc(__version__)}. '
-        "Where a color road camera cannot be trusted, learned from color/thermal pairs without labels.</p>",
-        section_summary(d), section_data(d, out), section_detector(d), section_experiments(d, out), section_maps(d, out),
+        (f'<p class="note">Generated {time.strftime("%Y-%m-%d %H:%M")} by invismap {esc(__version__)}. '
+         "Where a color road camera cannot be trusted, learned from color/thermal pairs without labels.</p>"),
+        section_summary(d), section_data(d, out), section_detector(d), section_experiments(d, out),
+        section_maps(d, out),
         section_predictor_cv(d, out),
-        section_registration(d, out), section_geometry(d), section_gallery(d, out), section_run(records or {}, config_text),
+        section_registration(d, out), section_geometry(d), section_gallery(d, out),
+        section_run(records or {}, config_text),
     ])
-    page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>invismap: {esc(title)}</title>'
+    page = ('<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+            f"<title>invismap: {esc(title)}</title>"
             f"<style>{CSS}</style></head><body>{body}<script>{CHECK_SCRIPT}</script></body></html>\n")
     path = out / "index.html"
     with atomic_write(path, "w") as f:
@@ -481,4 +532,4 @@ def write_report(stage_dirs: Mapping[str, Path], out: str | Path, title: str, co
     return path
 
 
-__all__ = ["collect", "write_report", "pairs_curve"]
+__all__ = ["collect", "pairs_curve", "write_report"]

@@ -7,8 +7,8 @@ them), labels are converted to YOLO txt with COCO class ids under ``dst/labels/{
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from invismap.data.manifest import Manifest
 from invismap.errors import InvismapError

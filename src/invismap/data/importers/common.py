@@ -31,7 +31,8 @@ def list_images(folder: Path) -> dict[str, Path]:
 
 def pair_by_stem(color: dict[str, Path], thermal: dict[str, Path], color_dir: Path,
                  thermal_dir: Path) -> list[tuple[str, Path, Path]]:
-    """Pair color and thermal images by stem; a color image without thermal twin (or vice versa) is an error."""
+    """Pair color and thermal images by stem; a color image without thermal twin (or vice versa) is an
+    error."""
     only_c = sorted(set(color) - set(thermal))
     only_t = sorted(set(thermal) - set(color))
     if only_c:
@@ -60,7 +61,8 @@ def check_pair_sizes(samples: Iterable[Sample], progress: bool = True) -> dict[s
         ch, cw = read_color(s.color).shape[:2]
         th, tw = read_thermal(s.thermal, refuse_palette=False).shape[:2]
         if (cw, ch) != (tw, th):
-            raise file_error(s.thermal, f"size {tw}x{th} differs from its color twin {s.color.name} ({cw}x{ch})",
+            raise file_error(s.thermal,
+                             f"size {tw}x{th} differs from its color twin {s.color.name} ({cw}x{ch})",
                              "register the pair first: 'invismap register'")
         sizes[s.name] = (cw, ch)
     return sizes

@@ -73,7 +73,8 @@ def _layout(src: Path) -> str:
     flat = (src / "vi").is_dir() or (src / "ir").is_dir()
     release = any((src / split / m).is_dir() for split in RELEASE_SPLITS for m in ("vi", "ir"))
     if flat and release:
-        raise file_error(src, "holds both MSRS layouts (vi/ and ir/ beside train/ or test/)", "keep one of them")
+        raise file_error(src, "holds both MSRS layouts (vi/ and ir/ beside train/ or test/)",
+                         "keep one of them")
     if not (flat or release):
         raise file_error(src, "no MSRS images found", f"expected {LAYOUTS}")
     return "release" if release else "flat"
@@ -115,7 +116,8 @@ def _flat_pairs(src: Path, split_column: str) -> list[Pair]:
 
 
 def _label_root(src: Path, labels: str | Path | None) -> Path:
-    """``SRC/labels``, or the ``labels`` folder (a path, or one relative to SRC) holding visible/, infrared/."""
+    """``SRC/labels``, or the ``labels`` folder (a path, or one relative to SRC) holding visible/,
+    infrared/."""
     if labels is None:
         return src / "labels"
     root = Path(labels) if Path(labels).is_dir() else src / labels
@@ -129,7 +131,8 @@ def _label_root(src: Path, labels: str | Path | None) -> Path:
 
 def _label_file(folder: Path, name: str, release_split: str | None) -> Path:
     """Pair NAME's label txt in one modality's ``folder``: ``NAME.txt``, or ``{train,test}/NAME.txt`` when
-    ``folder`` is in the label release layout (there, in the images' own split when they came as a release)."""
+    ``folder`` is in the label release layout (there, in the images' own split when they came as a
+    release)."""
     if not any((folder / split).is_dir() for split in RELEASE_SPLITS):
         path = folder / f"{name}.txt"
     else:
@@ -141,11 +144,13 @@ def _label_file(folder: Path, name: str, release_split: str | None) -> Path:
                 raise file_error(found[0], f"is under {found[0].parent.name}/ but pair {name}'s images are "
                                  f"under {release_split}/", "use labels from the same MSRS release")
         elif len(found) > 1:
-            raise file_error(found[1], f"pair {name} is labelled in both train/ and test/", "keep one of them")
+            raise file_error(found[1], f"pair {name} is labelled in both train/ and test/",
+                             "keep one of them")
         else:
             path = found[0] if found else Path(f"{folder}/{{train,test}}/{name}.txt")
     if not path.is_file():
-        raise file_error(path, f"label file missing for pair {name}", f"add an empty file if {name} has no objects")
+        raise file_error(path, f"label file missing for pair {name}",
+                         f"add an empty file if {name} has no objects")
     return path
 
 
