@@ -56,3 +56,19 @@ def test_only_the_command_line_imports_the_command_line():
     cli = {m for m in imports() if m.rsplit(".", 1)[-1] in ("cli", "__main__") or m.endswith("assets_cli")}
     offenders = {m: sorted(deps & cli) for m, deps in imports().items() if m not in cli and deps & cli}
     assert not offenders, offenders
+
+
+def test_every_help_page_renders(capsys):
+    """``invismap --help`` and each subcommand's ``--help`` print (argparse %-formats every help string)."""
+    import pytest
+
+    from invismap.cli import build_parser
+
+    parser = build_parser()
+    commands = list(parser._subparsers._group_actions[0].choices)  # argparse has no public API for this
+    assert len(commands) > 10
+    for argv in [["--help"], *([c, "--help"] for c in commands)]:
+        with pytest.raises(SystemExit) as e:
+            parser.parse_args(argv)
+        assert e.value.code == 0, argv
+    assert "eval-invisibility" in capsys.readouterr().out

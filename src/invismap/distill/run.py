@@ -205,7 +205,8 @@ def build_distillation(cfg: DistillConfig) -> tuple[DistillTask, PairDataset, Pa
     train_set = PairDataset(train_pairs, cfg.size, augment=aug, seed=cfg.train.seed, cache=cfg.cache,
                             square=a.crop is None)
     # pairs from several cameras (extra_data) differ in shape; a square canvas lets them share a batch
-    val_set = PairDataset(val_pairs, cfg.size, cache=cfg.cache, square=bool(cfg.extra_data)) if val_pairs else None
+    val_set = (PairDataset(val_pairs, cfg.size, cache=cfg.cache, square=bool(cfg.extra_data))
+               if val_pairs else None)
     task = DistillTask(teacher, student, cfg.loss, cfg.head_weight, cfg.freeze_bn,
                        extra={"teacher": cfg.teacher})
     return task, train_set, val_set, train_pairs, val_pairs

@@ -14,7 +14,7 @@ MAP_HELP = ("map sources: predictor:RUN/predictor.pt (or .onnx), pair:RUN/studen
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval-invisibility", help="coverage of missed objects, separations, 95% intervals",
+    p = sub.add_parser("eval-invisibility", help="coverage of missed objects, separations, 95%% intervals",
                        description="Evaluate invisibility maps on a pair dataset, per condition: coverage of "
                                    "missed objects' pixels at 35.9%% and 25%% flagged, pixel AUROC, "
                                    "how well the map separates missed from detected and invisible from "
