@@ -806,6 +806,12 @@ def distill_more_data_without_training_pairs(t, mp):
                 [t / "run" / "student.pt"])
 
 
+@row("config key 'fusion.maps'", "unknown map 'darkness'", "known: predictor, pair")
+def pipeline_fusion_unknown_map(t, mp):
+    (t / "c.yaml").write_text("fusion: {enabled: true, maps: [predictor, darkness]}\n")
+    return Case(["run", str(t / "c.yaml"), f"out={t / 'out'}"], t / "out", [t / "out" / "import"])
+
+
 @row("config key 'data.more'", "format 'roadscene' is listed twice")
 def pipeline_more_dataset_twice(t, mp):
     (t / "c.yaml").write_text(f"data: {{more: [{{format: roadscene, src: {t}}}, "

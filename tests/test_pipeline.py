@@ -256,6 +256,7 @@ experiments:
   predictor: {"U-Net, pair score": [model=unet, target.kind=pair, object_weight=1.0], "neck, detectors": []}
   folds: 2
 evaluate: {bootstrap: 50, layers: false}
+fusion: {enabled: true}
 """
 
 
@@ -336,6 +337,10 @@ def test_no_training_calibration_target_or_selection_step_reads_a_test_pair(tmp_
     page = (out / "report" / "index.html").read_text()
     assert "Which predictor: cross-validation on the training split" in page
     assert "roadscene (data.more" in page
+    fusion = json.loads((out / "fusion" / "fusion.json").read_text())  # weights chosen on train, scored on test
+    night = fusion["conditions"]["night"]["label_sets"]["thermal"]
+    assert set(night["methods"]) >= {"color", "thermal", "constant", "map:predictor", "map:pair"}
+    assert "Fusing color and thermal detections, guided by the map" in page
     assert json.loads((out / "targets" / "targets.json").read_text())["target"]["kind"] == "pair+detectors"
 
 

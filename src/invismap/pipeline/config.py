@@ -122,6 +122,16 @@ class ExperimentsSection:
 
 
 @dataclass
+class FusionSection:
+    """Color and thermal detections fused, each color box weighted by the map (``detector/fusion.py``)."""
+
+    enabled: bool = False
+    maps: list[str] = field(default_factory=lambda: ["predictor", "pair"])  # maps that weight color boxes
+    method: str = "wbf"  # wbf (weighted box fusion) or nms (score-aware)
+    iou: float = 0.55  # IoU at which a color and a thermal box are one object
+
+
+@dataclass
 class ReportSection:
     gallery: int = 3  # gallery rows per condition
 
@@ -143,6 +153,7 @@ class PipelineConfig:
     predictor: PredictorConfig = field(default_factory=PredictorConfig)
     evaluate: EvaluateSection = field(default_factory=EvaluateSection)
     experiments: ExperimentsSection = field(default_factory=ExperimentsSection)
+    fusion: FusionSection = field(default_factory=FusionSection)
     report: ReportSection = field(default_factory=ReportSection)
 
 

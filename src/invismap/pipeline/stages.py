@@ -392,6 +392,44 @@ def _fmt_geometry(s: dict) -> str:
             + ", ".join(f"{k} {100 * v:.1f}%" for k, v in share.items()))
 
 
+def _fusion(p: Pipeline, d: Path, resume: bool) -> dict:
+    """Color only, thermal only, constant and map-guided fusion: weights chosen on the training split, AP50
+    with 95% intervals on the evaluation split, against thermal and union labels; writes ``fusion.json``."""
+    from invismap.detector.fusion import FusionParams
+    from invismap.detector.fusion_eval import (
+        compute_pair_records,
+        evaluate_fusion,
+        format_fusion_table,
+        load_labels,
+        load_records,
+        save_records,
+    )
+    from invismap.detector.zoo import load_detector
+    from invismap.invisibility.sources import map_source
+
+    c, train = p.cfg.fusion, p.cfg.predictor.split
+    thermal = p.dir("distill") / "thermal_detector.pt"
+    known = {"predictor": f"predictor:{p.dir('predictor') / 'predictor.pt'}", "pair": f"pair:{thermal}"}
+    manifest = load_manifest(pairs_manifest(p)).select(split=(train, p.cfg.evaluate.split),
+                                                       condition=p.cfg.evaluate.conditions)
+    settings = {"pairs": [s.name for s in manifest], "maps": {m: known[m] for m in c.maps},
+                "size": p.cfg.distill.size}
+    records = load_records(d / "detections.npz", settings)  # an interrupted run keeps its detections
+    if records is None:
+        maps = {m: map_source(known[m])[1] for m in c.maps}
+        records = compute_pair_records(manifest, load_detector(p.cfg.distill.teacher),
+                                       load_detector(str(thermal)), maps, size=p.cfg.distill.size)
+        save_records(d / "detections.npz", records, settings)
+    ev = p.cfg.evaluate
+    result = evaluate_fusion(records, load_labels(manifest), maps=list(c.maps), conditions=ev.conditions,
+                             base=FusionParams(method=c.method, iou_thr=c.iou), n_boot=ev.bootstrap,
+                             train_split=train, test_split=ev.split)
+    write_json(d / "fusion.json", result)
+    p.echo(format_fusion_table(result))
+    return {cond: {ls: {m: r["AP50"]["value"] for m, r in block["methods"].items()}
+                   for ls, block in res["label_sets"].items()} for cond, res in result["conditions"].items()}
+
+
 def _gallery(p: Pipeline, d: Path, resume: bool) -> dict:
     from invismap.report.gallery import write_gallery
 
@@ -534,19 +572,43 @@ STAGES = [
                       "pairs moved by known fields, recovered by the homography"
                       + (" and AlignGAN" if cfg.align.enabled else ""),
           _fmt_geometry, enabled=lambda cfg: cfg.experiments.geometry_pairs > 0),
+    Stage("fusion", ("import", "register", "align", "distill", "predictor"),
+          lambda cfg: {"fusion": cfg.fusion, "size": cfg.distill.size, "teacher": cfg.distill.teacher,
+                       "splits": [cfg.predictor.split, cfg.evaluate.split],
+                       "conditions": cfg.evaluate.conditions, "bootstrap": cfg.evaluate.bootstrap},
+          _fusion,
+          lambda cfg: f"fuse color and thermal detections ({cfg.fusion.method}; constant weight and "
+                      f"weighted by {', '.join(cfg.fusion.maps)}), chosen on '{cfg.predictor.split}', "
+                      "AP50 on "
+                      f"'{cfg.evaluate.split}'",
+          lambda s: "; ".join(f"{c} {ls}: " + ", ".join(f"{m} {v:.1f}" for m, v in r.items() if v is not None)
+                              for c, blocks in s.items() for ls, r in blocks.items() if ls == "thermal"),
+          enabled=lambda cfg: cfg.fusion.enabled),
     Stage("gallery", ("import", "register", "align", "distill", "predictor"),
           lambda cfg: {"n": cfg.report.gallery, "evaluate": cfg.evaluate}, _gallery,
           lambda cfg: f"render {cfg.report.gallery} gallery rows per condition",
           lambda s: f"{len(s['images'])} images"),
     Stage("report", ("import", "displacement", "register", "align", "distill", "predictor", "eval_detector",
-                     "eval_maps", "experiments", "predictor_cv", "geometry", "gallery"),
+                     "eval_maps", "experiments", "predictor_cv", "geometry", "fusion", "gallery"),
           lambda cfg: {"name": cfg.name}, _report,
           lambda cfg: "write the HTML report", lambda s: f"open {s['page']}"),
 ]
 
 
+FUSION_MAPS = ("predictor", "pair")
+
+
 def check_config(cfg) -> None:
     """Refuse combinations that cannot run, before any stage starts."""
+    from invismap.detector.fusion import METHODS
+
+    unknown = [m for m in cfg.fusion.maps if m not in FUSION_MAPS]
+    if cfg.fusion.enabled and unknown:
+        raise InvismapError(f"config key 'fusion.maps': unknown map '{unknown[0]}' "
+                            f"(known: {', '.join(FUSION_MAPS)})")
+    if cfg.fusion.enabled and cfg.fusion.method not in METHODS:
+        raise InvismapError(f"config key 'fusion.method': '{cfg.fusion.method}' is not one of "
+                            f"{', '.join(METHODS)}")
     if cfg.experiments.alignment and not (cfg.register.enabled or cfg.align.enabled):
         raise InvismapError("experiments.alignment compares distillation with and without "
                             "registration/alignment: enable register or align too")

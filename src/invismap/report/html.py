@@ -41,6 +41,7 @@ DATA_FILES = {
                     "variants/table.json": "ablation_variants.json",
                     "seeds/table.json": "ablation_seeds.json", "alignment.json": "ablation_alignment.json"},
     "geometry": {"geometry.json": "geometry.json"},
+    "fusion": {"fusion.json": "fusion.json"},
     "gallery": {"gallery.json": "gallery.json"},
 }
 IMAGE_FILES = {
@@ -247,6 +248,44 @@ def section_detector(d: dict) -> str:
             f"{table(AP_HEADER, ap_rows(det['rows']))}{AP_NOTE}{more}"
             f'<p class="note">Split {esc(det["split"])}, letterbox {esc(det["size"])}. '
             "Source: data/detector.json.</p>")
+
+
+FUSION_LABELS = {"color": "color detector", "thermal": "thermal detector",
+                 "constant": "fusion, constant weight"}
+
+
+def ap_interval(e: Mapping[str, Any] | None) -> str:
+    """``55.1 [46.3, 66.0]``: AP points with their 95% interval (empty where not computed)."""
+    if not e or e.get("value") is None:
+        return ""
+    if e.get("lo") is None:
+        return f"{e['value']:.1f}"
+    return f"{e['value']:.1f} <small>[{e['lo']:.1f}, {e['hi']:.1f}]</small>"
+
+
+def section_fusion(d: dict) -> str:
+    """Color only, thermal only, constant and map-guided fusion: AP50 [95% CI] and margins per condition."""
+    fusion = d.get("fusion.json")
+    if not fusion:
+        return ""
+    parts = ["<h2>Fusing color and thermal detections, guided by the map</h2>"]
+    for cond, res in fusion["conditions"].items():
+        for labels, block in res["label_sets"].items():
+            methods = [m for m in block["methods"] if m in FUSION_LABELS or m.count(":") == 1]
+            margins = block["margins"]
+            rows = [[esc(FUSION_LABELS.get(m, f"fusion weighted by the {m[4:]} map")),
+                     ap_interval(block["methods"][m]["AP50"]),
+                     ap_interval(margins["fused_minus_best_single"].get(m)),
+                     ap_interval(margins["map_minus_constant"].get(m))] for m in methods]
+            parts.append(f"<h3>{esc(cond)}, {esc(labels)} labels ({res['n_test']} test pairs)</h3>"
+                         + table(["detector", "AP50 [95% CI]", "minus the better single detector",
+                                  "minus constant-weight fusion"], rows))
+    parts.append('<p class="note">Weights (one for every color box, or the map-guided form and strength) '
+                 f"chosen on the {esc(fusion['settings']['train_split'])} split per condition and label set; "
+                 "AP50 (mean over person/bicycle/car) with 95% intervals and paired margins from "
+                 f"{esc(fusion['settings']['n_boot'])} bootstrap resamples of the test images. Union labels: "
+                 "color and thermal boxes of one class at IoU ≥ 0.5 merged. Source: data/fusion.json.</p>")
+    return "".join(parts)
 
 
 def pairs_curve(rows: list[dict], path: Path) -> None:
@@ -517,7 +556,8 @@ def write_report(stage_dirs: Mapping[str, Path], out: str | Path, title: str, co
         f"<h1>invismap report: {esc(title)}</h1>",
         (f'<p class="note">Generated {time.strftime("%Y-%m-%d %H:%M")} by invismap {esc(__version__)}. '
          "Where a color road camera cannot be trusted, learned from color/thermal pairs without labels.</p>"),
-        section_summary(d), section_data(d, out), section_detector(d), section_experiments(d, out),
+        section_summary(d), section_data(d, out), section_detector(d), section_fusion(d),
+        section_experiments(d, out),
         section_maps(d, out),
         section_predictor_cv(d, out),
         section_registration(d, out), section_geometry(d), section_gallery(d, out),
