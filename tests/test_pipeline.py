@@ -337,7 +337,7 @@ def test_no_training_calibration_target_or_selection_step_reads_a_test_pair(tmp_
     page = (out / "report" / "index.html").read_text()
     assert "Which predictor: cross-validation on the training split" in page
     assert "roadscene (data.more" in page
-    fusion = json.loads((out / "fusion" / "fusion.json").read_text())  # weights chosen on train, scored on test
+    fusion = json.loads((out / "fusion" / "fusion.json").read_text())  # chosen on train, scored on test
     night = fusion["conditions"]["night"]["label_sets"]["thermal"]
     assert set(night["methods"]) >= {"color", "thermal", "constant", "map:predictor", "map:pair"}
     assert "Fusing color and thermal detections, guided by the map" in page
