@@ -30,6 +30,7 @@ import numpy as np
 
 from invismap.data.manifest import ROAD_CLASSES
 from invismap.detector.base import Detections
+from invismap.detector.evaluate import coco_annotations
 
 RECALL_POINTS = np.linspace(0.0, 1.0, 101)  # pycocotools' recThrs
 MAX_DETS = 100  # per image and class, as coco_ap (pycocotools' last maxDets)
@@ -73,7 +74,7 @@ def match_at_iou50(ground_truth: Sequence[np.ndarray], detections: Sequence[Dete
         raise ValueError(f"{len(ground_truth)} ground truths, {len(detections)} detections, "
                          f"{len(image_sizes)} image sizes: need one of each per image")
     classes = [int(c) for c in classes]
-    images, gt_anns, dt_anns = _coco_annotations(ground_truth, detections, image_sizes, classes)
+    images, gt_anns, dt_anns = coco_annotations(ground_truth, detections, image_sizes, classes)
     n = len(images)
     if not gt_anns or not dt_anns:  # loadRes refuses an empty result list: no truth gives NaN, no detection 0
         return {c: ClassMatches(np.zeros(0, np.intp), np.zeros(0, bool), np.zeros(0, bool),
@@ -159,24 +160,6 @@ def mean_over_classes(per_class: np.ndarray) -> np.ndarray:
     valid = np.isfinite(per_class)
     n = valid.sum(1)
     return np.where(n > 0, np.where(valid, per_class, 0.0).sum(1) / np.maximum(n, 1), np.nan)
-
-
-def _coco_annotations(ground_truth, detections, image_sizes, classes):
-    """COCO ``images``, truth and result annotations (xywh) of the evaluated classes; ids start at 1."""
-    images, gt_anns, dt_anns = [], [], []
-    for img_id, (gt, det, (w, h)) in enumerate(zip(ground_truth, detections, image_sizes), start=1):
-        images.append({"id": img_id, "width": int(w), "height": int(h)})
-        for c, x1, y1, x2, y2 in np.asarray(gt, np.float64).reshape(-1, 5):
-            if int(c) in classes:
-                gt_anns.append({"id": len(gt_anns) + 1, "image_id": img_id, "category_id": int(c),
-                                "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1),
-                                "iscrowd": 0})
-        for (x1, y1, x2, y2), s, c in zip(np.asarray(det.boxes, np.float64).reshape(-1, 4), det.scores,
-                                          det.classes):
-            if int(c) in classes:
-                dt_anns.append({"image_id": img_id, "category_id": int(c), "score": float(s),
-                                "bbox": [x1, y1, x2 - x1, y2 - y1]})
-    return images, gt_anns, dt_anns
 
 
 __all__ = ["RECALL_POINTS", "ClassMatches", "ap50_replicates", "match_at_iou50", "mean_over_classes"]

@@ -52,20 +52,7 @@ def coco_ap(ground_truth: Sequence[np.ndarray], detections: Sequence[Detections]
         raise ValueError(f"{len(ground_truth)} ground truths, {len(detections)} detections, "
                          f"{len(image_sizes)} image sizes: need one of each per image")
     classes = [int(c) for c in classes]
-    images, gt_anns, dt_anns = [], [], []
-    for img_id, (gt, det, (w, h)) in enumerate(zip(ground_truth, detections, image_sizes), start=1):
-        images.append({"id": img_id, "width": int(w), "height": int(h)})
-        for c, x1, y1, x2, y2 in np.asarray(gt, np.float64).reshape(-1, 5):
-            if int(c) in classes:
-                # ids start at 1: pycocotools treats a matched id of 0 as "unmatched".
-                gt_anns.append({"id": len(gt_anns) + 1, "image_id": img_id, "category_id": int(c),
-                                "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1),
-                                "iscrowd": 0})
-        for (x1, y1, x2, y2), s, c in zip(np.asarray(det.boxes, np.float64).reshape(-1, 4), det.scores,
-                                          det.classes):
-            if int(c) in classes:
-                dt_anns.append({"image_id": img_id, "category_id": int(c), "score": float(s),
-                                "bbox": [x1, y1, x2 - x1, y2 - y1]})
+    images, gt_anns, dt_anns = coco_annotations(ground_truth, detections, image_sizes, classes)
     n_gt = {c: sum(a["category_id"] == c for a in gt_anns) for c in classes}
     n_det = {c: sum(a["category_id"] == c for a in dt_anns) for c in classes}
     ap50, ap = _pycocotools_ap(images, gt_anns, dt_anns, classes) if dt_anns and gt_anns else ({}, {})
@@ -81,6 +68,27 @@ def coco_ap(ground_truth: Sequence[np.ndarray], detections: Sequence[Detections]
         "classes": per_class,
         "n_images": len(images),
     }
+
+
+def coco_annotations(ground_truth: Sequence[np.ndarray], detections: Sequence[Detections],
+                     image_sizes: Sequence[tuple[int, int]],
+                     classes: Sequence[int]) -> tuple[list, list, list]:
+    """COCO ``images``, truth and result annotations (xywh) of ``classes``; arguments as :func:`coco_ap`."""
+    images, gt_anns, dt_anns = [], [], []
+    for img_id, (gt, det, (w, h)) in enumerate(zip(ground_truth, detections, image_sizes), start=1):
+        images.append({"id": img_id, "width": int(w), "height": int(h)})
+        for c, x1, y1, x2, y2 in np.asarray(gt, np.float64).reshape(-1, 5):
+            if int(c) in classes:
+                # ids start at 1: pycocotools treats a matched id of 0 as "unmatched".
+                gt_anns.append({"id": len(gt_anns) + 1, "image_id": img_id, "category_id": int(c),
+                                "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1),
+                                "iscrowd": 0})
+        for (x1, y1, x2, y2), s, c in zip(np.asarray(det.boxes, np.float64).reshape(-1, 4), det.scores,
+                                          det.classes):
+            if int(c) in classes:
+                dt_anns.append({"image_id": img_id, "category_id": int(c), "score": float(s),
+                                "bbox": [x1, y1, x2 - x1, y2 - y1]})
+    return images, gt_anns, dt_anns
 
 
 def _name(c: int) -> str:
