@@ -812,6 +812,13 @@ def pipeline_fusion_unknown_map(t, mp):
     return Case(["run", str(t / "c.yaml"), f"out={t / 'out'}"], t / "out", [t / "out" / "import"])
 
 
+@row("config key 'evaluate.other'", "roadscene is also in data.more", "score it on split 'test'")
+def pipeline_other_dataset_distilled_on(t, mp):
+    (t / "c.yaml").write_text(f"data: {{more: [{{format: roadscene, src: {t}}}]}}\n"
+                              f"evaluate: {{other: [{{format: roadscene, src: {t}, split: all}}]}}\n")
+    return Case(["run", str(t / "c.yaml"), f"out={t / 'out'}"], t / "out", [t / "out" / "import"])
+
+
 @row("config key 'data.more'", "format 'roadscene' is listed twice")
 def pipeline_more_dataset_twice(t, mp):
     (t / "c.yaml").write_text(f"data: {{more: [{{format: roadscene, src: {t}}}, "

@@ -405,3 +405,16 @@ def test_python_api_maps_and_boxes_from_numpy(predictor_file, pairs, weights_dir
     assert isinstance(found, Detections) and found.boxes.shape[1:] == (4,)
     thermal = read_thermal(pairs.samples[0].thermal)
     assert len(detect(color, [rgb, thermal], size=320)[0]) == len(found)
+
+
+def test_predictor_trained_with_ema_ships_the_moving_average(pairs, tmp_path):
+    """``train.ema``: predictor.pt holds the weights' moving average (not the last or best step's)."""
+    cache_targets(PairDataset(pairs, size=128), darkness, tmp_path / "t", progress=False)
+    train = TrainConfig(max_steps=4, batch_size=2, warmup_steps=1, eval_every=2, ema=0.5)
+    cfg = PredictorConfig(size=128, val_every_nth=4, train=train)
+    path = train_predictor(cfg, pairs, tmp_path / "t", tmp_path / "run", progress=False)
+    shipped = torch.load(path, weights_only=True)
+    last = torch.load(tmp_path / "run" / "ckpt" / "last.pt", weights_only=True)
+    assert shipped["weights_from"] == "ema"
+    assert all(torch.equal(v, last["ema"][f"module.{k}"]) for k, v in shipped["model"].items())
+    assert any(not torch.equal(v, last["model"][k]) for k, v in shipped["model"].items())

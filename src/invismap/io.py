@@ -47,7 +47,8 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
+        with contextlib.suppress(OSError):  # some filesystems (vfat, CIFS) refuse modes; the data is written
+            os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except OSError as e:
         _remove_quietly(tmp)

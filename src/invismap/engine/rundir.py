@@ -39,6 +39,9 @@ def hold_folder(folder: str | Path) -> Iterator[Path]:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             raise InvismapError(f"{folder}: in use by another invismap process (PID {holder}); "
                                 "wait for it to finish or stop it, or choose another output folder") from None
+        except OSError as e:  # e.g. a network filesystem without locks
+            raise InvismapError(f"{folder}: cannot lock this output folder ({e.strerror}); "
+                                "choose a folder on a local disk") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield folder

@@ -109,6 +109,8 @@ def calibration_frames(data: str | Path, size: int = 640, count: int = 32, split
     from invismap.data.dataset import PairDataset
     from invismap.data.manifest import load_manifest
 
+    if count < 1:
+        raise InvismapError(f"--calibration-frames {count}: the int8 calibration needs at least 1 frame")
     manifest = load_manifest(data).select(split=split)
     if len(manifest) == 0:
         raise InvismapError(f"{data}: no pairs in split '{split}' to calibrate the int8 model on")

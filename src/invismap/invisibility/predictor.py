@@ -67,7 +67,7 @@ from invismap.data.dataset import PairDataset
 from invismap.data.letterbox import Letterbox
 from invismap.data.manifest import Manifest, load_manifest, training_pairs
 from invismap.engine.checkpoint import check_state_dict, load_checkpoint, save_checkpoint
-from invismap.engine.loop import Task, TrainConfig, check_train_config, fit
+from invismap.engine.loop import Task, TrainConfig, check_train_config, fit, unwrap
 from invismap.engine.rundir import start_run
 from invismap.errors import InvismapError, file_error
 from invismap.invisibility.neck_head import NeckHead, NeckHeadConfig, TeacherNeckPredictor
@@ -434,16 +434,20 @@ def train_predictor(cfg: PredictorConfig, manifest: Manifest | str | Path | None
     if summary["steps"] < cfg.train.max_steps:
         return out  # interrupted on purpose: no deployable file yet
     best = run_dir / "ckpt" / "best.pt"
-    source = best if best.is_file() else run_dir / "ckpt" / "last.pt"
+    source = best if best.is_file() and not cfg.train.ema else run_dir / "ckpt" / "last.pt"
     state = load_checkpoint(source, KIND)
+    # with train.ema the net ends with the weights' moving average (engine/loop.py): ship that
+    weights = unwrap(task.net).state_dict() if cfg.train.ema else state["model"]
     save_checkpoint(out, {
-        "kind": KIND, **task.architecture(), "model": state["model"], "input_size": cfg.size,
+        "kind": KIND, **task.architecture(), "model": weights, "input_size": cfg.size,
         "square": cfg.square, "normalisation": NORMALISATION, "loss": cfg.loss, "step": state["step"],
-        "weights_from": source.name, "best_val_loss": summary["best_val_loss"], "config": state["config"],
+        "weights_from": "ema" if cfg.train.ema else source.name, "best_val_loss": summary["best_val_loss"],
+        "config": state["config"],
     })
     write_json(run_dir / "summary.json", {**summary, "train_pairs": len(train_pairs),
                                           "val_pairs": len(val_pairs) if val_pairs else 0,
-                                          "weights_from": source.name, "step": state["step"]})
+                                          "weights_from": "ema" if cfg.train.ema else source.name,
+                                          "step": state["step"]})
     log.info(f"wrote {out} (weights of step {state['step']}, from {source.name})")
     return out
 

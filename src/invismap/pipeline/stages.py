@@ -619,6 +619,11 @@ def check_config(cfg) -> None:
             raise InvismapError(f"config key '{key}': '{split}' is the evaluation split (evaluate.split); "
                                 "training, calibration and targets must never see the pairs "
                                 "they are scored on")
+    for other in cfg.evaluate.other:  # distilled on its training pairs: only its evaluation split is unseen
+        if other.format in {m.format for m in cfg.data.more} and other.split != cfg.evaluate.split:
+            raise InvismapError(f"config key 'evaluate.other': {other.format} is also in data.more (its "
+                                f"'{cfg.distill.split}' pairs are distilled on), so score it on split "
+                                f"'{cfg.evaluate.split}', not '{other.split}'")
     formats = [m.format for m in cfg.data.more]
     twice = [f for f in formats if formats.count(f) > 1]
     if twice:

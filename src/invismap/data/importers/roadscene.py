@@ -14,7 +14,8 @@ RoadScene itself):
 There are no color labels. RoadScene has no split of its own; this one is a fixed rule (:func:`drive_split`),
 so that every user gets the same: frames are cut into *drives* of ``DRIVE_FRAMES`` consecutive FLIR frame
 numbers (``FLIR_04208`` and ``FLIR_04229`` share drive ``FLIR/16``; ``FLIR_video_*`` frames count apart), and
-a drive goes whole to one side, so near-duplicate neighbours never straddle train and test. Every drive that
+a drive goes whole to one side, so neighbouring frames stay together (except two that happen to sit on either
+side of a 250-frame boundary). Every drive that
 holds a night frame is test (distillation uses day pairs, so night pairs need no training side); of the
 others, a fraction ``test_fraction`` (by a hash of the drive's name) is test. With the shared files: train 45
 day and 23 unknown pairs, test 23 day, 40 night and 90 unknown. ``test_fraction=None`` puts every pair in
