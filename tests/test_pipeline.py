@@ -326,7 +326,11 @@ def test_no_training_calibration_target_or_selection_step_reads_a_test_pair(tmp_
     assert [r["variant"] for r in detector["more"]["roadscene"]] == ["teacher on thermal",
                                                                      "thermal detector (mid)"]
     assert detector["more"]["roadscene"][0]["night"] is not None
-    variants = json.loads((out / "experiments" / "variants" / "table.json").read_text())["rows"]
+    table = json.loads((out / "experiments" / "variants" / "table.json").read_text())
+    variants = table["rows"]
+    assert table["more"] == ["roadscene"]
+    header = (out / "experiments" / "variants" / "table.md").read_text().splitlines()[4]
+    assert header.count("select night") == 1 and header.count("roadscene night") == 1
     assert [r["variant"] for r in variants] == ["teacher on thermal", "teacher on color", "head, EMA"]
     assert "roadscene night" in variants[-1] and "select night" in variants[-1]
     seeds = json.loads((out / "experiments" / "seeds" / "table.json").read_text())["rows"]

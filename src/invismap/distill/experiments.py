@@ -134,10 +134,10 @@ def run_experiment(kind: str, base: DistillConfig, out_dir: str | Path, pair_cou
             row["train_seconds"] = round(summary["seconds"])
             row["pairs_per_s"] = round(summary["pairs_per_s"], 2)
         rows.append(row)
-        _write(out_dir, kind, base, rows)
+        _write(out_dir, kind, base, rows, list(others))
     if kind == "seeds" and len(variants) > 1:
         rows += spread([r for r in rows if r["variant"] in variants])
-        _write(out_dir, kind, base, rows)
+        _write(out_dir, kind, base, rows, list(others))
     return rows
 
 
@@ -153,10 +153,10 @@ def spread(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             {"variant": "std", **{k: round(float(v.std(ddof=1)), 2) for k, v in values.items()}}]
 
 
-def _write(out_dir: Path, kind: str, base: DistillConfig, rows: list[dict]) -> None:
+def _write(out_dir: Path, kind: str, base: DistillConfig, rows: list[dict], more: list[str]) -> None:
     cols = (["variant", "select night", "day", "night"]
             + [f"{c} {COCO_NAMES[k]}" for c in ("day", "night") for k in ROAD_CLASSES])
-    cols += [k for k in rows[0] if k.endswith((" day", " night")) and k.split()[0] not in ("day", "night")]
+    cols += [f"{name} {c}" for name in more for c in ("day", "night")]  # other cameras' test splits
     cols += [c for c in ("train_seconds", "pairs_per_s") if any(c in r for r in rows)]
     about = (f"teacher {base.teacher}, {base.train.max_steps} steps, batch {base.train.batch_size}. "
              "'select night': night pairs of the training split (never seen in distillation, which uses day "
@@ -167,5 +167,6 @@ def _write(out_dir: Path, kind: str, base: DistillConfig, rows: list[dict]) -> N
     lines += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]
     with atomic_write(out_dir / "table.md", "w") as f:
         f.write("\n".join(lines) + "\n")
-    write_json(out_dir / "table.json", {"experiment": kind, "config": to_dict(base), "rows": rows})
+    write_json(out_dir / "table.json",
+               {"experiment": kind, "config": to_dict(base), "rows": rows, "more": more})
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import html
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -221,11 +221,10 @@ def ap_rows(rows: list[dict], more: list[str] = ()) -> list[list[Any]]:
             + [num(r.get("train_seconds"), 0) if "train_seconds" in r else ""] for r in rows]
 
 
-def ap_table(rows: list[dict]) -> str:
-    """:data:`AP_HEADER` rows, with a column per other dataset's condition (``roadscene night``) if scored."""
-    more = [k for k in rows[0]
-            if k.endswith((" day", " night")) and k.split()[0] not in ("day", "night")] if rows else []
-    return table(AP_HEADER[:-1] + more + AP_HEADER[-1:], ap_rows(rows, more))
+def ap_table(rows: list[dict], more: Sequence[str] = ()) -> str:
+    """:data:`AP_HEADER` rows, and a day and a night column for each other dataset scored (``more``)."""
+    cols = [f"{name} {c}" for name in more for c in ("day", "night")]
+    return table(AP_HEADER[:-1] + cols + AP_HEADER[-1:], ap_rows(rows, cols))
 
 
 AP_HEADER = (["model / variant", "select night*", "day", "night"]
@@ -309,13 +308,13 @@ def section_experiments(d: dict, out: Path) -> str:
     parts = ["<h2>Distillation ablations</h2>"]
     losses = d.get("ablation_losses.json")
     parts.append("<h3>Loss (mid-level features, detection head, both)</h3>")
-    parts.append(ap_table(losses["rows"]) + AP_NOTE if losses
+    parts.append(ap_table(losses["rows"], losses.get("more", [])) + AP_NOTE if losses
                  else not_run("loss ablation", "set experiments.losses, e.g. [head, 'mid+head 0.1']"))
     pairs = d.get("ablation_pairs.json")
     parts.append("<h3>Number of training pairs</h3>")
     if pairs:
         pairs_curve(pairs["rows"], out / "img" / "pairs_curve.png")
-        parts.append(ap_table(pairs["rows"])
+        parts.append(ap_table(pairs["rows"], pairs.get("more", []))
                      + f'<div class="figs">{img(out, "pairs_curve.png", "pairs curve")}</div>')
     else:
         parts.append(not_run("pairs curve", "set experiments.pairs, e.g. [25, 50]"))
@@ -324,7 +323,9 @@ def section_experiments(d: dict, out: Path) -> str:
                              ("ablation_seeds.json", "Seed-to-seed spread of the main distillation",
                               "set experiments.seeds, e.g. [0, 1, 2]")):
         parts.append(f"<h3>{title}</h3>")
-        parts.append(ap_table(d[key]["rows"]) + AP_NOTE if d.get(key) else not_run(title.lower(), hint))
+        res = d.get(key)
+        parts.append(ap_table(res["rows"], res.get("more", [])) + AP_NOTE if res
+                     else not_run(title.lower(), hint))
     align = d.get("ablation_alignment.json")
     parts.append("<h3>Alignment on / off</h3>")
     parts.append(table(AP_HEADER, ap_rows(align["rows"]))
