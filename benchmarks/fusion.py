@@ -63,40 +63,29 @@ def main() -> None:
     from invismap.data.manifest import load_manifest
     from invismap.detector.fusion import FusionParams
     from invismap.detector.fusion_eval import (
-        compute_pair_records,
+        cached_pair_records,
         evaluate_fusion,
         format_fusion_table,
         load_labels,
-        load_records,
-        save_records,
     )
-    from invismap.detector.zoo import load_detector
-    from invismap.invisibility.sources import map_source
     from invismap.io import write_json
 
     manifest = load_manifest(args.data).select(split=("train", "test"))
     specs = map_specs(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    settings = {"data": str(Path(args.data).resolve()), "pairs": [s.name for s in manifest],
-                "color": args.color, "thermal_detector": str(Path(args.thermal_detector).resolve()),
-                "maps": specs, "size": args.size, "conf": 0.001, "iou": 0.45}
     t0 = time.perf_counter()
-    records = load_records(out / "detections.npz", settings)
-    if records is None:
-        records = compute_pair_records(manifest, load_detector(args.color),
-                                       load_detector(args.thermal_detector),
-                                       {m: map_source(spec)[1] for m, spec in specs.items()}, size=args.size)
-        save_records(out / "detections.npz", records, settings)
-        print(f"detections and maps of {len(records)} pairs: {time.perf_counter() - t0:.0f} s "
-              f"(cached in {out / 'detections.npz'})")
-    else:
-        print(f"detections and maps of {len(records)} pairs read from {out / 'detections.npz'}")
+    records = cached_pair_records(manifest, args.color, args.thermal_detector, specs, out / "detections.npz",
+                                  size=args.size)
+    print(f"detections and maps of {len(records)} pairs: {time.perf_counter() - t0:.0f} s "
+          f"(cached in {out / 'detections.npz'})")
     t0 = time.perf_counter()
     result = evaluate_fusion(records, load_labels(manifest), maps=list(specs),
                              base=FusionParams(method=args.method, iou_thr=args.iou_thr), n_boot=args.n_boot,
                              seed=args.seed)
-    result["settings"].update({"detections": settings, "seconds": round(time.perf_counter() - t0, 1)})
+    result["settings"].update({"data": str(Path(args.data).resolve()), "color": args.color,
+                               "thermal_detector": str(args.thermal_detector), "maps_from": specs,
+                               "seconds": round(time.perf_counter() - t0, 1)})
     print(f"\nAP50 in points, 95% bootstrap intervals over test images ({args.n_boot} resamples, within "
           f"condition); weights chosen on the train split per condition and label set "
           f"({result['settings']['seconds']:.0f} s)")

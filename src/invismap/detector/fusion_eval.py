@@ -221,6 +221,30 @@ def load_records(path: str | Path, settings: Mapping | None = None) -> list[Pair
             for i in range(len(data["name"]))]
 
 
+def cached_pair_records(manifest: Manifest, color: str, thermal_detector: str | Path,
+                        map_specs: Mapping[str, str], cache: str | Path, size: int = 640,
+                        progress: bool = True) -> list[PairRecord]:
+    """:func:`compute_pair_records` for detectors and map sources given by name, kept in ``cache`` (.npz) and
+    read back while the pairs, detectors, maps and size stay the same.
+
+    Args:
+        color: the color detector (a name or file); thermal_detector: the thermal detector's file.
+        map_specs: ``{name: map source spec}``, e.g. ``{"predictor": "predictor:RUN/predictor.pt"}``.
+    """
+    from invismap.detector.zoo import load_detector
+    from invismap.invisibility.sources import map_source
+
+    settings = {"pairs": [s.name for s in manifest], "color": str(color), "maps": dict(map_specs),
+                "thermal_detector": str(Path(thermal_detector).resolve()), "size": size}
+    records = load_records(cache, settings)
+    if records is None:
+        maps = {m: map_source(spec)[1] for m, spec in map_specs.items()}
+        records = compute_pair_records(manifest, load_detector(color), load_detector(str(thermal_detector)),
+                                       maps, size=size, progress=progress)
+        save_records(cache, records, settings)
+    return records
+
+
 # --------------------------------------------------------------------------------------------- fusion
 
 @dataclass(frozen=True)
@@ -438,6 +462,7 @@ def format_fusion_table(result: Mapping) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["CONDITIONS", "LABEL_SETS", "VARIANTS", "FusionGrid", "PairRecord", "choose_on_train",
+__all__ = ["CONDITIONS", "LABEL_SETS", "VARIANTS", "FusionGrid", "PairRecord", "cached_pair_records",
+           "choose_on_train",
            "compute_pair_records", "evaluate_fusion", "format_fusion_table", "fuse_record", "load_labels",
            "load_records", "save_records", "union_labels"]

@@ -397,29 +397,20 @@ def _fusion(p: Pipeline, d: Path, resume: bool) -> dict:
     with 95% intervals on the evaluation split, against thermal and union labels; writes ``fusion.json``."""
     from invismap.detector.fusion import FusionParams
     from invismap.detector.fusion_eval import (
-        compute_pair_records,
+        cached_pair_records,
         evaluate_fusion,
         format_fusion_table,
         load_labels,
-        load_records,
-        save_records,
     )
-    from invismap.detector.zoo import load_detector
-    from invismap.invisibility.sources import map_source
 
     c, train = p.cfg.fusion, p.cfg.predictor.split
     thermal = p.dir("distill") / "thermal_detector.pt"
     known = {"predictor": f"predictor:{p.dir('predictor') / 'predictor.pt'}", "pair": f"pair:{thermal}"}
     manifest = load_manifest(pairs_manifest(p)).select(split=(train, p.cfg.evaluate.split),
                                                        condition=p.cfg.evaluate.conditions)
-    settings = {"pairs": [s.name for s in manifest], "maps": {m: known[m] for m in c.maps},
-                "size": p.cfg.distill.size}
-    records = load_records(d / "detections.npz", settings)  # an interrupted run keeps its detections
-    if records is None:
-        maps = {m: map_source(known[m])[1] for m in c.maps}
-        records = compute_pair_records(manifest, load_detector(p.cfg.distill.teacher),
-                                       load_detector(str(thermal)), maps, size=p.cfg.distill.size)
-        save_records(d / "detections.npz", records, settings)
+    # an interrupted run keeps its detections
+    records = cached_pair_records(manifest, p.cfg.distill.teacher, thermal, {m: known[m] for m in c.maps},
+                                  d / "detections.npz", size=p.cfg.distill.size)
     ev = p.cfg.evaluate
     result = evaluate_fusion(records, load_labels(manifest), maps=list(c.maps), conditions=ev.conditions,
                              base=FusionParams(method=c.method, iou_thr=c.iou), n_boot=ev.bootstrap,
