@@ -242,7 +242,11 @@ def evaluate_other(p: Pipeline, other, d: Path) -> dict:
     from invismap.invisibility.sources import evaluate_specs
 
     c = p.cfg.evaluate
-    manifest = import_dataset(other.format, other.src, d / "other" / other.format, progress=False)
+    same = [m for m in p.cfg.data.more if (m.format, m.src) == (other.format, other.src)]
+    if same:  # imported already (data.more)
+        manifest = load_manifest(more_manifests(p)[other.format])
+    else:
+        manifest = import_dataset(other.format, other.src, d / "other" / other.format, progress=False)
     manifest = manifest.select(split=None if other.split == "all" else other.split, condition=c.conditions)
     if len(manifest) == 0:
         raise InvismapError(f"{other.src}: no {'/'.join(c.conditions)} pairs in split '{other.split}' "
@@ -305,13 +309,16 @@ def _experiments(p: Pipeline, d: Path, resume: bool) -> dict:
     base = distill_config(p, **steps)
     main = base.loss if base.loss != "mid+head" else f"mid+head {base.head_weight}"
     losses = list(c.losses)
-    if not steps:  # the main distill run is one variant of each table: reuse it instead of training it again
+    reused = []  # the main distill run is one variant of each table: reuse it instead of training it again
+    if not steps:
         n_all = len(split_pairs(load_manifest(base.data), base)[0])
         losses += [main] if main in LOSS_VARIANTS and main not in losses and losses else []
-        for folder in (variant_dir(d / "losses", main), variant_dir(d / "pairs", f"{n_all} pairs")):
-            folder.mkdir(parents=True, exist_ok=True)
-            for f in ("thermal_detector.pt", "summary.json"):
-                copy_file(p.dir("distill") / f, folder / f)
+        reused += [variant_dir(d / "losses", main), variant_dir(d / "pairs", f"{n_all} pairs")]
+        reused += [variant_dir(d / "seeds", f"seed {base.train.seed}")] if base.train.seed in c.seeds else []
+    for folder in reused:
+        folder.mkdir(parents=True, exist_ok=True)
+        for f in ("thermal_detector.pt", "summary.json"):
+            copy_file(p.dir("distill") / f, folder / f)
     out: dict = {}
     scored = {"eval_split": split, "eval_size": size, "more": more_manifests(p)}
     if losses:
@@ -321,11 +328,6 @@ def _experiments(p: Pipeline, d: Path, resume: bool) -> dict:
     if c.detector:
         out["variants"] = run_experiment("variants", base, d / "variants", variants=c.detector, **scored)
     if c.seeds:
-        if not steps and base.train.seed in c.seeds:  # the main run is one of the seeds
-            folder = variant_dir(d / "seeds", f"seed {base.train.seed}")
-            folder.mkdir(parents=True, exist_ok=True)
-            for f in ("thermal_detector.pt", "summary.json"):
-                copy_file(p.dir("distill") / f, folder / f)
         out["seeds"] = run_experiment("seeds", base, d / "seeds", seeds=c.seeds, **scored)
     if c.alignment:
         other = p.dir("import") / "manifest.csv"

@@ -137,13 +137,14 @@ def not_run(what: str, how: str) -> str:
 
 # ------------------------------------------------------------------------------------------ sections
 
-def interval(e: Mapping[str, Any] | None, digits: int = 2) -> str:
-    """``0.812 [0.74, 0.87]``: a figure with its 95% bootstrap interval."""
+def interval(e: Mapping[str, Any] | None, digits: int = 2, value_digits: int = 3,
+             missing: str = "n/a") -> str:
+    """``0.812 [0.74, 0.87]``: a figure with its 95% bootstrap interval (``missing`` where not computed)."""
     if not e or e.get("value") is None:
-        return "n/a"
+        return missing
     if e.get("lo") is None:
-        return f"{e['value']:.3f}"
-    return f"{e['value']:.3f} <small>[{e['lo']:.{digits}f}, {e['hi']:.{digits}f}]</small>"
+        return f"{e['value']:.{value_digits}f}"
+    return f"{e['value']:.{value_digits}f} <small>[{e['lo']:.{digits}f}, {e['hi']:.{digits}f}]</small>"
 
 
 def metric(res: Mapping[str, Any], name: str, cond: str, key: str) -> Mapping[str, Any] | None:
@@ -255,11 +256,7 @@ FUSION_LABELS = {"color": "color detector", "thermal": "thermal detector",
 
 def ap_interval(e: Mapping[str, Any] | None) -> str:
     """``55.1 [46.3, 66.0]``: AP points with their 95% interval (empty where not computed)."""
-    if not e or e.get("value") is None:
-        return ""
-    if e.get("lo") is None:
-        return f"{e['value']:.1f}"
-    return f"{e['value']:.1f} <small>[{e['lo']:.1f}, {e['hi']:.1f}]</small>"
+    return interval(e, 1, value_digits=1, missing="")
 
 
 def section_fusion(d: dict) -> str:
