@@ -13,7 +13,7 @@ import pytest
 
 from invismap.cli import main
 from invismap.errors import InvismapError
-from invismap.pipeline.runner import Pipeline, Stage
+from invismap.pipeline.runner import Inputs, Pipeline, Settings, Stage
 
 # ------------------------------------------------------------------------------ runner (toy stages)
 
@@ -27,22 +27,23 @@ class ToyConfig:
     calls: list = field(default_factory=list)
 
 
-def _toy_stage(name: str, needs: tuple[str, ...], key: str, fail_at: set | None = None) -> Stage:
-    def run(p: Pipeline, folder: Path, resume: bool) -> dict:
-        p.cfg.calls.append((name, resume))
+def _toy_stage(name: str, needs: tuple[str, ...], key: str, calls: list, fail_at: set | None = None) -> Stage:
+    def run(settings: Settings, inputs: Inputs, folder: Path, resume: bool) -> dict:
+        calls.append((name, resume))
         if fail_at and name in fail_at:
             raise KeyboardInterrupt  # an interruption in the middle of the stage
-        (folder / "out.txt").write_text(str(getattr(p.cfg, key)))
-        return {"value": getattr(p.cfg, key)}
+        (folder / "out.txt").write_text(str(getattr(settings, key)))
+        return {"value": getattr(settings, key)}
 
     return Stage(name, needs, lambda cfg: {key: getattr(cfg, key)}, run, lambda cfg: f"make {name}",
                  lambda s: f"value {s['value']}")
 
 
 def toy_pipeline(cfg: ToyConfig, fail_at: set | None = None) -> Pipeline:
-    stages = [_toy_stage("first", (), "a", fail_at), _toy_stage("second", ("first",), "b", fail_at),
-              _toy_stage("third", ("first",), "c", fail_at),
-              _toy_stage("report", ("second", "third"), "a", fail_at)]
+    stages = [_toy_stage("first", (), "a", cfg.calls, fail_at),
+              _toy_stage("second", ("first",), "b", cfg.calls, fail_at),
+              _toy_stage("third", ("first",), "c", cfg.calls, fail_at),
+              _toy_stage("report", ("second", "third"), "a", cfg.calls, fail_at)]
     return Pipeline(cfg, stages, echo=lambda line: None)
 
 
@@ -114,6 +115,50 @@ def test_interrupted_stage_resumes_and_changed_stage_starts_clean(tmp_path):
     cfg.b = 3
     toy_pipeline(cfg).run()
     assert not (tmp_path / "second" / "partial.bin").exists()  # new settings: started from an empty folder
+
+
+def test_a_stage_sees_only_its_own_settings_and_inputs(tmp_path):
+    """The stage contract: a stage that reads a setting outside its hashed settings, or the folder of a stage
+    it does not name, fails instead of silently depending on something its cache key does not cover."""
+    cfg = ToyConfig(str(tmp_path))
+    seen = {}
+
+    def greedy(settings: Settings, inputs: Inputs, folder: Path, resume: bool) -> dict:
+        seen.update(b=settings.b, dirs=set(inputs.dirs), first=inputs.summary("first"))
+        return {"c": settings.c}  # 'c' is not in its settings
+
+    def sneaky(settings: Settings, inputs: Inputs, folder: Path, resume: bool) -> dict:
+        return {"path": str(inputs.dirs["second"])}  # 'second' is not one of its inputs
+
+    first = _toy_stage("first", (), "a", cfg.calls)
+    second = Stage("second", ("first",), lambda c: {"b": c.b}, greedy, lambda c: "", lambda s: "")
+    with pytest.raises(AttributeError, match="stage 'second' has no setting 'c' \\(it sees: b\\)"):
+        Pipeline(cfg, [first, second], echo=lambda line: None).run()
+    assert seen == {"b": 1, "dirs": {"first"}, "first": {"value": 1}}
+    third = Stage("third", ("first",), lambda c: {"c": c.c}, sneaky, lambda c: "", lambda s: "")
+    with pytest.raises(KeyError, match="second"):
+        Pipeline(cfg, [first, second, third], echo=lambda line: None).run(only="third")
+    with pytest.raises(AttributeError, match="read-only"):
+        Settings("x", {"b": 1}).b = 2
+
+
+def test_every_stage_takes_only_settings_and_inputs(tmp_path):
+    """Each row of the real stage table is ``run(settings, inputs, out, resume)``: no stage is handed the
+    pipeline or the whole config, only a section of it or :class:`Settings`, which is what its hash covers."""
+    import inspect
+
+    from invismap.pipeline import STAGES
+    from invismap.pipeline.config import PipelineConfig
+
+    cfg = PipelineConfig(out=str(tmp_path))
+    cfg.data.src = str(tmp_path)
+    pipeline = Pipeline(cfg, STAGES, echo=lambda line: None)
+    for stage in STAGES:
+        params = list(inspect.signature(stage.run).parameters.values())
+        assert len(params) == 4 and params[1].annotation in (Inputs, "Inputs"), stage.name
+        given = pipeline.settings(stage)
+        assert isinstance(given, Settings) or type(given).__module__.startswith("invismap."), stage.name
+        assert not isinstance(given, PipelineConfig), stage.name
 
 
 # ------------------------------------------------------------------------- a real run, tiny sizes
@@ -230,8 +275,9 @@ def test_geometry_refuses_a_split_without_pairs(tiny_run, tmp_path):
 
     args, _ = tiny_run
     p = build_pipeline(args[0], [*args[1:], "evaluate.split=nosuch"])
+    stage = p.by_name["geometry"]
     with pytest.raises(InvismapError, match="no pairs in split 'nosuch' for the weak-alignment benchmark"):
-        _geometry(p, tmp_path, False)
+        _geometry(p.settings(stage), p.inputs(stage), tmp_path, False)
     assert not list(tmp_path.iterdir())  # nothing written
 
 

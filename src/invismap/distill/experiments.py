@@ -30,6 +30,7 @@ from invismap.data.manifest import COCO_NAMES, ROAD_CLASSES, load_manifest
 from invismap.detector.evaluate import evaluate_detector
 from invismap.detector.zoo import load_detector
 from invismap.distill.run import DistillConfig, run_distill, split_pairs
+from invismap.engine.checkpoint import can_resume
 from invismap.errors import InvismapError
 from invismap.io import atomic_write, write_json
 
@@ -127,7 +128,7 @@ def run_experiment(kind: str, base: DistillConfig, out_dir: str | Path, pair_cou
             summary = json.loads(done.read_text()) if done.is_file() else {}
         else:
             log.info(f"{name}: training in {run_dir}")
-            summary = run_distill(cfg, run_dir, resume=(run_dir / "ckpt" / "last.pt").is_file())
+            summary = run_distill(cfg, run_dir, resume=can_resume(run_dir))
         model = load_detector(str(run_dir / "thermal_detector.pt"))
         row = {"variant": name, **scores(model, "thermal")}
         if summary:

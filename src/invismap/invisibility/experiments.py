@@ -36,6 +36,7 @@ import numpy as np
 
 from invismap.config import apply_overrides, from_dict, to_dict
 from invismap.data.manifest import Manifest, load_manifest
+from invismap.engine.checkpoint import can_resume
 from invismap.errors import InvismapError
 from invismap.invisibility.evaluate import (
     HEADLINE,
@@ -153,7 +154,7 @@ def predictor_ablation(base: PredictorConfig, variants: Mapping[str, Sequence[st
             if not (run / "predictor.pt").is_file():
                 log.info(f"{name}: fold {f + 1}/{k}, training on {len(train)} pairs")
                 train_predictor(fold_cfg, train, targets[key], run,
-                                resume=(run / "ckpt" / "last.pt").is_file(), progress=progress)
+                                resume=can_resume(run), progress=progress)
             _, source = map_source(f"predictor:{run / 'predictor.pt'}")
             per_fold.append(collect_records(held, source, detections, conditions, progress=progress))
         records[name] = concat_records(per_fold)

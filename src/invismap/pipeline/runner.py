@@ -1,8 +1,11 @@
 """Run the stages of an experiment in order, each cached by a hash of its settings and its inputs.
 
-A stage's hash covers its own settings, the hashes of the stages it reads from and the package version,
-so changing one section of the config re-runs that stage and everything downstream of it, nothing else.
-Each stage works in ``OUT/<stage>/`` and records ``OUT/<stage>/stage.json``::
+The stage contract: a stage is ``run(settings, inputs, out, resume) -> summary``. ``settings`` is exactly what
+its row in the stage table says it depends on (read-only: a name outside it raises), ``inputs`` the folders
+and records of the upstream stages it names (:class:`Inputs`), ``out`` its own folder. The runner hashes
+that same ``settings`` object with the upstream stages' hashes and the package version, so what a stage
+cannot see it cannot depend on: changing one section of the config re-runs the stages that read it and
+everything downstream of them, nothing else. Each stage records ``OUT/<stage>/stage.json``::
 
     {"stage": ..., "hash": ..., "finished": true|false, "code": ..., "seconds": ..., "summary": {...}}
 
@@ -17,14 +20,17 @@ code is reported as such, and ``--from STAGE`` re-runs it.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import functools
 import hashlib
 import json
 import shutil
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from invismap import __version__
@@ -36,6 +42,69 @@ from invismap.io import write_json
 RECORD = "stage.json"
 
 
+class Settings:
+    """A stage's settings: the named values its hash covers, read-only. Reading any other name fails, so a
+    stage cannot depend on a setting its cache key does not cover.
+
+    >>> s = Settings("eval_detector", {"split": "test"})
+    >>> s.split
+    'test'
+    >>> s.teacher
+    Traceback (most recent call last):
+    ...
+    AttributeError: stage 'eval_detector' has no setting 'teacher' (it sees: split)
+    """
+
+    __slots__ = ("_stage", "_values")
+
+    def __init__(self, stage: str, values: Mapping[str, Any]):
+        object.__setattr__(self, "_stage", stage)
+        object.__setattr__(self, "_values", MappingProxyType(dict(values)))
+
+    def __getattr__(self, name: str) -> Any:
+        values = object.__getattribute__(self, "_values")
+        if name in values:
+            return values[name]
+        stage = object.__getattribute__(self, "_stage")
+        raise AttributeError(f"stage '{stage}' has no setting '{name}' (it sees: {', '.join(values)})")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("a stage's settings are read-only")
+
+    def plain(self) -> dict:
+        return {k: plain(v) for k, v in self._values.items()}
+
+
+def plain(value: Any) -> Any:
+    """JSON-able form of a stage's settings (dataclasses as dicts), for its hash."""
+    if isinstance(value, Settings):
+        return value.plain()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return to_dict(value)
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What the upstream stages a stage names produced: their folders and their records (``stage.json``).
+
+    Only stages in the stage's ``needs`` (and enabled) are here; values that cross stages, such as the teacher
+    a student was distilled from, are read from the upstream record that produced them.
+    """
+
+    dirs: Mapping[str, Path]
+    records: Mapping[str, dict]
+    echo: Callable[[str], None] = field(default=print, compare=False)  # where the stage prints its tables
+
+    def summary(self, stage: str) -> dict:
+        """The summary an upstream stage returned (``KeyError`` if it is not an input of this stage)."""
+        return self.records[stage].get("summary") or {}
+
+
 @dataclass(frozen=True)
 class Stage:
     """One step of the pipeline.
@@ -43,8 +112,9 @@ class Stage:
     Attributes:
         name: folder name and what ``--from``/``--only`` take.
         needs: stages whose outputs it reads (disabled ones are skipped).
-        settings: the part of the config its result depends on (hashed).
-        run: ``(pipeline, folder, resume) -> summary`` does the work in ``folder``.
+        settings: ``cfg -> {name: value}`` (or one config section): everything of the config the stage
+            reads. It is hashed and given to ``run`` as :class:`Settings`, and nothing else of the config is.
+        run: ``(settings, inputs, out, resume) -> summary`` does the work in ``out``.
         plan: one line saying what it will do.
         result: one line summing up its summary.
         enabled: whether the config asks for it.
@@ -53,7 +123,7 @@ class Stage:
     name: str
     needs: tuple[str, ...]
     settings: Callable[[Any], Any]
-    run: Callable[[Pipeline, Path, bool], dict]
+    run: Callable[[Any, Inputs, Path, bool], dict]
     plan: Callable[[Any], str]
     result: Callable[[dict], str]
     enabled: Callable[[Any], bool] = lambda cfg: True
@@ -94,17 +164,29 @@ class Pipeline:
     def enabled(self, name: str) -> bool:
         return any(s.name == name for s in self.stages)
 
-    def inputs(self, stage: Stage) -> list[str]:
+    def needs(self, stage: Stage) -> list[str]:
+        """The enabled stages ``stage`` reads from."""
         return [n for n in stage.needs if self.enabled(n)]
+
+    def settings(self, stage: Stage) -> Any:
+        """What ``stage`` is given of the config: its own copy (a stage cannot change the config), as
+        :class:`Settings` when the table names several values, else the one config section."""
+        values = copy.deepcopy(stage.settings(self.cfg))
+        return Settings(stage.name, values) if isinstance(values, Mapping) else values
+
+    def inputs(self, stage: Stage) -> Inputs:
+        """The folders and records of the stages ``stage`` reads from."""
+        needs = self.needs(stage)
+        return Inputs(MappingProxyType({n: self.dir(n) for n in needs}),
+                      MappingProxyType({n: self.record(n) or {} for n in needs}), self.echo)
 
     def hash(self, name: str) -> str:
         """Hash of a stage's settings and, recursively, of everything it reads."""
         if name not in self._hashes:
             stage = self.by_name[name]
-            settings = stage.settings(self.cfg)
-            settings = to_dict(settings) if hasattr(settings, "__dataclass_fields__") else settings
-            self._hashes[name] = _digest({"stage": name, "version": __version__, "settings": settings,
-                                          "inputs": {n: self.hash(n) for n in self.inputs(stage)}})
+            self._hashes[name] = _digest({"stage": name, "version": __version__,
+                                          "settings": plain(self.settings(stage)),
+                                          "inputs": {n: self.hash(n) for n in self.needs(stage)}})
         return self._hashes[name]
 
     def record(self, name: str) -> dict | None:
@@ -163,7 +245,7 @@ class Pipeline:
 
     def _upstream(self, name: str) -> set[str]:
         out: set[str] = set()
-        for n in self.inputs(self.by_name[name]):
+        for n in self.needs(self.by_name[name]):
             out |= {n} | self._upstream(n)
         return out
 
@@ -177,7 +259,7 @@ class Pipeline:
         write_json(folder / RECORD, {"stage": stage.name, "hash": h, "finished": False})
         self.echo(f"{tag}: {stage.plan(self.cfg)}" + (" (resuming)" if resume else ""))
         t0 = time.time()
-        summary = stage.run(self, folder, resume) or {}
+        summary = stage.run(self.settings(stage), self.inputs(stage), folder, resume) or {}
         seconds = time.time() - t0
         write_json(folder / RECORD, {"stage": stage.name, "hash": h, "finished": True, "code": code_digest(),
                                      "seconds": round(seconds, 1), "summary": summary})

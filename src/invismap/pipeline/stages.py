@@ -3,8 +3,12 @@
     import -> displacement -> (register) -> (align) -> distill -> targets -> predictor
            -> eval_detector -> eval_maps -> (experiments) -> (geometry) -> gallery -> report
 
-Every stage writes into its own folder ``OUT/<stage>/`` and returns a small JSON-able summary; the data
-stages (import, register, align) each leave a ``manifest.csv`` and later stages read the last of them.
+Each stage is ``run(settings, inputs, out, resume) -> summary`` (the contract of ``pipeline/runner.py``):
+``settings`` holds exactly what its row in :data:`STAGES` hashes, ``inputs`` the folders and records of the
+stages it names. It writes into its own folder ``OUT/<stage>/`` and returns a small JSON-able summary; the
+data stages (import, register, align) each leave a ``manifest.csv`` and later stages read the last of them.
+Values that cross stages (the teacher, the image size and the loss of the distillation) are read from the
+distill stage's record, never from another stage's settings.
 """
 
 from __future__ import annotations
@@ -13,21 +17,42 @@ import dataclasses
 import logging
 from pathlib import Path
 
-from invismap.config import to_dict
+from invismap.config import dump_config
 from invismap.data.manifest import Manifest, evenly, load_manifest, save_manifest
+from invismap.distill.run import DistillConfig
+from invismap.engine.checkpoint import can_resume
 from invismap.errors import InvismapError
+from invismap.invisibility.predictor import PredictorConfig
 from invismap.io import copy_file, write_json
-from invismap.pipeline.runner import Pipeline, Stage
+from invismap.pipeline.config import AlignSection, DisplacementSection, EvaluateSection
+from invismap.pipeline.runner import Inputs, Settings, Stage
 
 log = logging.getLogger(__name__)
 
 DATA_STAGES = ("import", "register", "align")
 
 
-def pairs_manifest(p: Pipeline) -> Path:
-    """The manifest later stages train and evaluate on: the last enabled data stage's output."""
-    last = [n for n in DATA_STAGES if p.enabled(n)][-1]
-    return p.dir(last) / ("pairs" if last == "align" else "") / "manifest.csv"
+def pairs_manifest(inputs: Inputs) -> Path:
+    """The manifest a stage trains and evaluates on: the output of the last data stage among its inputs."""
+    last = [n for n in DATA_STAGES if n in inputs.dirs][-1]
+    return inputs.dirs[last] / ("pairs" if last == "align" else "") / "manifest.csv"
+
+
+def source_manifest(inputs: Inputs) -> Path:
+    """The pairs registration/alignment start from: the registered ones if registered, else the imported."""
+    return inputs.dirs.get("register", inputs.dirs["import"]) / "manifest.csv"
+
+
+def more_manifests(inputs: Inputs) -> dict[str, Path]:
+    """The manifests of ``data.more``, by format, as the import stage wrote them."""
+    return {fmt: inputs.dirs["import"] / "more" / fmt / "manifest.csv"
+            for fmt in inputs.summary("import").get("more", {})}
+
+
+def distilled(inputs: Inputs) -> tuple[str, int, str]:
+    """``(teacher, size, loss)`` of the distillation upstream, from its record."""
+    s = inputs.summary("distill")
+    return s["teacher"], s["size"], s["loss"]
 
 
 def subset(manifest: Manifest, per_group: int, key=lambda s: (s.split, s.condition)) -> Manifest:
@@ -51,31 +76,30 @@ def _fingerprint(folder: str) -> list:
 
 # ----------------------------------------------------------------------------------------------- data
 
-def _import(p: Pipeline, d: Path, resume: bool) -> dict:
+def _import(s: Settings, inputs: Inputs, d: Path, resume: bool) -> dict:
     from invismap.data.importers import import_dataset
     from invismap.data.show import contact_sheet
     from invismap.data.summary import format_table, summarize
 
-    c = p.cfg.data
+    c = s.data
     manifest = subset(import_dataset(c.format, c.src, d), c.max_pairs)
     save_manifest(manifest, d / "manifest.csv")
     rows = summarize(manifest)
     write_json(d / "summary.json", rows)
     contact_sheet(manifest, d / "contact_sheet.png", max_pairs=8)
-    p.echo(format_table(rows))
+    inputs.echo(format_table(rows))
     out = {"pairs": len(manifest), "table": rows}
     for m in c.more:  # as imported: their own split, all of their pairs
         more = import_dataset(m.format, m.src, d / "more" / m.format)
-        p.echo(f"{m.format} (data.more):\n{format_table(summarize(more))}")
+        inputs.echo(f"{m.format} (data.more):\n{format_table(summarize(more))}")
         out.setdefault("more", {})[m.format] = len(more)
     return out
 
 
-def _displacement(p: Pipeline, d: Path, resume: bool) -> dict:
+def _displacement(c: DisplacementSection, inputs: Inputs, d: Path, resume: bool) -> dict:
     from invismap.registration.run import run_displacement
 
-    c = p.cfg.displacement
-    summary = run_displacement(load_manifest(p.dir("import")), d, split=c.split or None,
+    summary = run_displacement(load_manifest(inputs.dirs["import"]), d, split=c.split or None,
                                max_pairs=c.max_pairs or None)
     return _displacement_summary(summary)
 
@@ -88,23 +112,23 @@ def _displacement_summary(s: dict) -> dict:
             "share_y_ge_5px": pooled.get("share_y_ge_big")}
 
 
-def _register(p: Pipeline, d: Path, resume: bool) -> dict:
+def _register(s: Settings, inputs: Inputs, d: Path, resume: bool) -> dict:
     from invismap.registration.run import correct_offset, load_offset, run_displacement
 
-    dx, dy = load_offset(p.dir("displacement"), p.cfg.register.offset)
-    manifest = correct_offset(load_manifest(p.dir("import")), dx, dy, d)
-    c = p.cfg.displacement
+    dx, dy = load_offset(inputs.dirs["displacement"], s.register.offset)
+    manifest = correct_offset(load_manifest(inputs.dirs["import"]), dx, dy, d)
+    c = s.displacement  # measured again after the correction, as the displacement stage measures
     after = run_displacement(manifest, d / "displacement", split=c.split or None,
                              max_pairs=c.max_pairs or None)
     return {"pairs": len(manifest), "removed": {"dx": dx, "dy": dy}, "after": _displacement_summary(after)}
 
 
-def _align(p: Pipeline, d: Path, resume: bool) -> dict:
+def _align(c: AlignSection, inputs: Inputs, d: Path, resume: bool) -> dict:
     from invismap.align.run import align_dataset, train_aligngan
 
-    source = p.dir("register" if p.enabled("register") else "import") / "manifest.csv"
-    gan = dataclasses.replace(p.cfg.align.gan, data=str(source))
-    summary = train_aligngan(gan, d / "gan", resume=resume and (d / "gan" / "ckpt" / "last.pt").is_file())
+    source = source_manifest(inputs)
+    gan = dataclasses.replace(c.gan, data=str(source))
+    summary = train_aligngan(gan, d / "gan", resume=resume and can_resume(d / "gan"))
     manifest = align_dataset(d / "gan" / "aligngan.pt", source, d / "pairs")
     return {"pairs": len(manifest),
             "train": {k: v for k, v in (summary or {}).items() if not isinstance(v, dict)}}
@@ -112,49 +136,41 @@ def _align(p: Pipeline, d: Path, resume: bool) -> dict:
 
 # ------------------------------------------------------------------------------------------- training
 
-def more_manifests(p: Pipeline) -> dict[str, Path]:
-    """The manifests of ``data.more``, by format (imported by the import stage)."""
-    return {m.format: p.dir("import") / "more" / m.format / "manifest.csv" for m in p.cfg.data.more}
+def distill_config(c: DistillConfig, inputs: Inputs, data: Path | None = None, **changes):
+    """The distill section ``c`` with its data (and ``data.more``) filled in, and ``changes`` applied."""
+    return dataclasses.replace(c, data=str(data or pairs_manifest(inputs)),
+                               extra_data=[str(m) for m in more_manifests(inputs).values()], **changes)
 
 
-def distill_config(p: Pipeline, data: Path | None = None, **changes):
-    """The distill section with its data (and ``data.more``) filled in, and ``changes`` applied."""
-    return dataclasses.replace(p.cfg.distill, data=str(data or pairs_manifest(p)),
-                               extra_data=[str(m) for m in more_manifests(p).values()], **changes)
-
-
-def _distill(p: Pipeline, d: Path, resume: bool) -> dict:
+def _distill(c: DistillConfig, inputs: Inputs, d: Path, resume: bool) -> dict:
     from invismap.distill.run import run_distill
 
-    summary = run_distill(distill_config(p), d, resume=resume and (d / "ckpt" / "last.pt").is_file())
-    return {k: summary[k] for k in ("steps", "seconds", "pairs_per_s", "thresholds", "offsets", "train_pairs",
-                                    "val_pairs", "best_val_loss") if k in summary}
+    summary = run_distill(distill_config(c, inputs), d, resume=resume and can_resume(d))
+    return {**{k: summary[k] for k in ("steps", "seconds", "pairs_per_s", "thresholds", "offsets",
+                                       "train_pairs", "val_pairs", "best_val_loss") if k in summary},
+            "teacher": c.teacher, "size": c.size, "loss": c.loss}  # what later stages read (distilled())
 
 
-def _targets(p: Pipeline, d: Path, resume: bool) -> dict:
+def _targets(c: Settings, inputs: Inputs, d: Path, resume: bool) -> dict:
     import json
 
     from invismap.invisibility.targets import TARGETS_META, score_pairs
 
-    c = p.cfg.predictor
-    score_pairs(p.dir("distill") / "student.pt", pairs_manifest(p), d, split=c.split, size=c.size,
+    score_pairs(inputs.dirs["distill"] / "student.pt", pairs_manifest(inputs), d, split=c.split, size=c.size,
                 cfg=c.target)
     meta = json.loads((d / TARGETS_META).read_text())
     return {"pairs": meta["count"], "split": c.split, "kind": c.target.kind,
             **{k: meta[k] for k in ("objects", "missed", "mean_miss_rate") if k in meta}}
 
 
-def predictor_config(p: Pipeline):
-    return dataclasses.replace(p.cfg.predictor, data=str(pairs_manifest(p)), targets=str(p.dir("targets")),
-                               teacher=p.cfg.distill.teacher)
-
-
-def _predictor(p: Pipeline, d: Path, resume: bool) -> dict:
+def _predictor(c: PredictorConfig, inputs: Inputs, d: Path, resume: bool) -> dict:
     import json
 
     from invismap.invisibility.predictor import train_predictor
 
-    train_predictor(predictor_config(p), run_dir=d, resume=resume and (d / "ckpt" / "last.pt").is_file())
+    cfg = dataclasses.replace(c, data=str(pairs_manifest(inputs)), targets=str(inputs.dirs["targets"]),
+                              teacher=distilled(inputs)[0])
+    train_predictor(cfg, run_dir=d, resume=resume and can_resume(d))
     s = json.loads((d / "summary.json").read_text())
     return {k: s[k] for k in ("steps", "seconds", "best_val_loss", "step", "train_pairs", "val_pairs")
             if k in s}
@@ -162,28 +178,26 @@ def _predictor(p: Pipeline, d: Path, resume: bool) -> dict:
 
 # ----------------------------------------------------------------------------------------- evaluation
 
-def _eval_detector(p: Pipeline, d: Path, resume: bool) -> dict:
+def _eval_detector(s: Settings, inputs: Inputs, d: Path, resume: bool) -> dict:
     from invismap.detector.zoo import load_detector
     from invismap.distill.experiments import detector_scores
 
-    manifest, c = load_manifest(pairs_manifest(p)), p.cfg
-    teacher = load_detector(c.distill.teacher)
-    student = load_detector(str(p.dir("distill") / "thermal_detector.pt"))
+    manifest, (teacher_name, size, loss) = load_manifest(pairs_manifest(inputs)), distilled(inputs)
+    teacher = load_detector(teacher_name)
+    student = load_detector(str(inputs.dirs["distill"] / "thermal_detector.pt"))
     models = (("teacher on color", teacher, "color"), ("teacher on thermal", teacher, "thermal"),
-              (f"thermal detector ({c.distill.loss})", student, "thermal"))
+              (f"thermal detector ({loss})", student, "thermal"))
     rows = []
     for name, model, images in models:
-        p.echo(f"  AP50 of {name}")
-        rows.append({"variant": name,
-                     **detector_scores(model, manifest, images, c.evaluate.split, c.distill.size)})
+        inputs.echo(f"  AP50 of {name}")
+        rows.append({"variant": name, **detector_scores(model, manifest, images, s.split, size)})
     more = {}
-    for fmt, path in more_manifests(p).items():  # each dataset's own test split, reported apart
+    for fmt, path in more_manifests(inputs).items():  # each dataset's own test split, reported apart
         other = load_manifest(path)
-        more[fmt] = [{"variant": name,
-                      **detector_scores(model, other, images, c.evaluate.split, c.distill.size)}
+        more[fmt] = [{"variant": name, **detector_scores(model, other, images, s.split, size)}
                      for name, model, images in models if images == "thermal" or _has_color_labels(other)]
-        p.echo(f"  {fmt}: " + _fmt_ap(more[fmt]))
-    write_json(d / "detector.json", {"split": c.evaluate.split, "size": c.distill.size,
+        inputs.echo(f"  {fmt}: " + _fmt_ap(more[fmt]))
+    write_json(d / "detector.json", {"split": s.split, "size": size,
                                      "labels": "thermal", "rows": rows, "more": more})
     return {"rows": rows, "more": more}
 
@@ -192,67 +206,69 @@ def _has_color_labels(manifest: Manifest) -> bool:
     return any(s.color_labels is not None for s in manifest)
 
 
-def evaluation_pairs(p: Pipeline) -> Manifest:
-    c = p.cfg.evaluate
-    manifest = load_manifest(pairs_manifest(p)).select(condition=c.conditions, split=c.split)
+def evaluation_pairs(c: EvaluateSection, inputs: Inputs) -> Manifest:
+    """The pairs the evaluation section ``c`` scores (its split and conditions, at most ``c.max_pairs``)."""
+    manifest = load_manifest(pairs_manifest(inputs)).select(condition=c.conditions, split=c.split)
     manifest = subset(manifest, c.max_pairs, key=lambda s: s.condition)
     if len(manifest) == 0:
-        raise InvismapError(f"{pairs_manifest(p)}: no pairs in split '{c.split}' "
+        raise InvismapError(f"{pairs_manifest(inputs)}: no pairs in split '{c.split}' "
                             f"with condition {c.conditions}")
     return manifest
 
 
-def map_specs(p: Pipeline) -> dict[str, str]:
+def map_specs(inputs: Inputs, baselines: list[str]) -> dict[str, str]:
     """The maps the evaluation scores: predictor, pair score, the fixed prior and the configured baselines."""
     from invismap.invisibility.sources import map_source_name
 
-    specs = {"predictor": f"predictor:{p.dir('predictor') / 'predictor.pt'}",
-             "pair": f"pair:{p.dir('distill') / 'student.pt'}", "prior": f"prior:{p.dir('targets')}"}
-    specs.update({map_source_name(b): b for b in p.cfg.evaluate.baselines})
+    specs = {"predictor": f"predictor:{inputs.dirs['predictor'] / 'predictor.pt'}",
+             "pair": f"pair:{inputs.dirs['distill'] / 'student.pt'}",
+             "prior": f"prior:{inputs.dirs['targets']}"}
+    specs.update({map_source_name(b): b for b in baselines})
     return specs
 
 
-def _eval_maps(p: Pipeline, d: Path, resume: bool) -> dict:
+def _eval_maps(s: Settings, inputs: Inputs, d: Path, resume: bool) -> dict:
     from invismap.detector.zoo import load_detector
     from invismap.invisibility.evaluate import format_table, teacher_detections
     from invismap.invisibility.plots import write_plots
     from invismap.invisibility.sources import evaluate_specs
 
-    c = p.cfg.evaluate
-    manifest = evaluation_pairs(p)
-    results = evaluate_specs(manifest, map_specs(p), p.cfg.distill.teacher, conditions=c.conditions,
+    c, teacher = s.evaluate, distilled(inputs)[0]
+    manifest = evaluation_pairs(c, inputs)
+    results = evaluate_specs(manifest, map_specs(inputs, c.baselines), teacher, conditions=c.conditions,
                              tau=c.tau, conf=c.conf, references=c.references, n_boot=c.bootstrap)
     write_json(d / "invisibility.json", results)
     write_plots(results, d / "plots")
-    p.echo(format_table(results))
+    inputs.echo(format_table(results))
     for other in c.other:
-        other_results = evaluate_other(p, other, d)
-        p.echo(f"{other.format} (another camera, models trained on {p.cfg.data.format} only):")
-        p.echo(format_table(other_results))
+        other_results = evaluate_other(s, inputs, other, d)
+        inputs.echo(f"{other.format} (another camera, models trained on {s.dataset} only):")
+        inputs.echo(format_table(other_results))
     if c.layers:
-        detections = teacher_detections(manifest, load_detector(p.cfg.distill.teacher), conf=c.conf)
-        layer_ablation(p, manifest, detections, d)
+        detections = teacher_detections(manifest, load_detector(teacher), conf=c.conf)
+        layer_ablation(c, inputs, manifest, detections, d)
     return {"headline": headline(results)}
 
 
-def evaluate_other(p: Pipeline, other, d: Path) -> dict:
+def evaluate_other(s: Settings, inputs: Inputs, other, d: Path) -> dict:
     """The same maps on another camera's pairs: ``d/invisibility_<format>.json`` and ``d/plots/<format>/``."""
     from invismap.data.importers import import_dataset
     from invismap.invisibility.plots import write_plots
     from invismap.invisibility.sources import evaluate_specs
 
-    c = p.cfg.evaluate
-    same = [m for m in p.cfg.data.more if (m.format, m.src) == (other.format, other.src)]
+    c = s.evaluate
+    same = [m for m in s.more if (m.format, m.src) == (other.format, other.src)]
     if same:  # imported already (data.more)
-        manifest = load_manifest(more_manifests(p)[other.format])
+        manifest = load_manifest(more_manifests(inputs)[other.format])
     else:
         manifest = import_dataset(other.format, other.src, d / "other" / other.format, progress=False)
     manifest = manifest.select(split=None if other.split == "all" else other.split, condition=c.conditions)
     if len(manifest) == 0:
         raise InvismapError(f"{other.src}: no {'/'.join(c.conditions)} pairs in split '{other.split}' "
                             "to evaluate")
-    results = evaluate_specs(manifest, map_specs(p), p.cfg.distill.teacher, conditions=c.conditions,
-                             tau=c.tau, conf=c.conf, references=c.references, n_boot=c.bootstrap)
+    results = evaluate_specs(manifest, map_specs(inputs, c.baselines), distilled(inputs)[0],
+                             conditions=c.conditions, tau=c.tau, conf=c.conf, references=c.references,
+                             n_boot=c.bootstrap)
     for r in results.values():
         r["settings"].update(dataset=other.format, split=other.split)
     write_json(d / f"invisibility_{other.format}.json", results)
@@ -260,14 +276,14 @@ def evaluate_other(p: Pipeline, other, d: Path) -> dict:
     return results
 
 
-def layer_ablation(p: Pipeline, manifest: Manifest, detections: dict, d: Path) -> None:
+def layer_ablation(c: EvaluateSection, inputs: Inputs, manifest: Manifest, detections: dict, d: Path) -> None:
     """The pair score from each neck scale alone and from all of them: ``d/layers.json``."""
     from invismap.invisibility.evaluate import evaluate_maps
     from invismap.invisibility.pair import PairScorer
 
-    c = p.cfg.evaluate
     rows = []
-    full = PairScorer.from_checkpoint(p.dir("distill") / "student.pt")  # load once, score with each subset
+    # load once, score with each subset
+    full = PairScorer.from_checkpoint(inputs.dirs["distill"] / "student.pt")
     strides = full.teacher.strides
     for scales in [[k] for k in range(len(strides))] + [list(range(len(strides)))]:
         scorer = PairScorer(full.teacher, full.student, full.thresholds, full.size, full.offsets, scales)
@@ -299,14 +315,14 @@ def headline(results: dict, set_name: str = "missed") -> dict:
     return out
 
 
-def _experiments(p: Pipeline, d: Path, resume: bool) -> dict:
+def _experiments(s: Settings, inputs: Inputs, d: Path, resume: bool) -> dict:
     from invismap.detector.zoo import load_detector
     from invismap.distill.experiments import LOSS_VARIANTS, detector_scores, run_experiment, variant_dir
     from invismap.distill.run import run_distill, split_pairs
 
-    c, size, split = p.cfg.experiments, p.cfg.distill.size, p.cfg.evaluate.split
-    steps = {"train": dataclasses.replace(p.cfg.distill.train, max_steps=c.max_steps)} if c.max_steps else {}
-    base = distill_config(p, **steps)
+    c, size, split = s.experiments, s.distill.size, s.split
+    steps = {"train": dataclasses.replace(s.distill.train, max_steps=c.max_steps)} if c.max_steps else {}
+    base = distill_config(s.distill, inputs, **steps)
     main = base.loss if base.loss != "mid+head" else f"mid+head {base.head_weight}"
     losses = list(c.losses)
     reused = []  # the main distill run is one variant of each table: reuse it instead of training it again
@@ -318,9 +334,9 @@ def _experiments(p: Pipeline, d: Path, resume: bool) -> dict:
     for folder in reused:
         folder.mkdir(parents=True, exist_ok=True)
         for f in ("thermal_detector.pt", "summary.json"):
-            copy_file(p.dir("distill") / f, folder / f)
+            copy_file(inputs.dirs["distill"] / f, folder / f)
     out: dict = {}
-    scored = {"eval_split": split, "eval_size": size, "more": more_manifests(p)}
+    scored = {"eval_split": split, "eval_size": size, "more": more_manifests(inputs)}
     if losses:
         out["losses"] = run_experiment("ablation", base, d / "losses", losses=losses, **scored)
     if c.pairs:
@@ -330,17 +346,16 @@ def _experiments(p: Pipeline, d: Path, resume: bool) -> dict:
     if c.seeds:
         out["seeds"] = run_experiment("seeds", base, d / "seeds", seeds=c.seeds, **scored)
     if c.alignment:
-        other = p.dir("import") / "manifest.csv"
+        other = inputs.dirs["import"] / "manifest.csv"
         run = d / "alignment_off"
         if not (run / "thermal_detector.pt").is_file():
-            run_distill(distill_config(p, data=other, **steps), run,
-                        resume=(run / "ckpt" / "last.pt").is_file())
-        manifest = load_manifest(pairs_manifest(p))
+            run_distill(distill_config(s.distill, inputs, data=other, **steps), run, resume=can_resume(run))
+        manifest = load_manifest(pairs_manifest(inputs))
         rows = []
-        for name, path in (("with registration/alignment", p.dir("distill") / "thermal_detector.pt"),
+        for name, path in (("with registration/alignment", inputs.dirs["distill"] / "thermal_detector.pt"),
                            ("without (imported pairs)", run / "thermal_detector.pt")):
             rows.append({"variant": name, **detector_scores(load_detector(str(path)), manifest, "thermal",
-                                                            p.cfg.evaluate.split, size)})
+                                                            split, size)})
         write_json(d / "alignment.json", {"rows": rows,
                                           "note": "thermal AP50 on the same test pairs; the two "
                                                   "runs differ only in the color images distilled from"})
@@ -348,41 +363,39 @@ def _experiments(p: Pipeline, d: Path, resume: bool) -> dict:
     return out
 
 
-def _predictor_cv(p: Pipeline, d: Path, resume: bool) -> dict:
+def _predictor_cv(s: Settings, inputs: Inputs, d: Path, resume: bool) -> dict:
     """Predictor variants cross-validated on the training split: ``cv.json``, ``table.md``,
     ``separations.png``."""
     from invismap.invisibility.experiments import predictor_ablation
 
-    c, pred = p.cfg.experiments, p.cfg.predictor
-    rows = predictor_ablation(dataclasses.replace(pred, teacher=p.cfg.distill.teacher), c.predictor,
-                              p.dir("distill") / "student.pt", pairs_manifest(p), d, k=c.folds,
-                              split=pred.split, conditions=p.cfg.evaluate.conditions,
-                              teacher=p.cfg.distill.teacher, n_boot=p.cfg.evaluate.bootstrap)
+    pred, teacher = s.predictor, distilled(inputs)[0]
+    rows = predictor_ablation(dataclasses.replace(pred, teacher=teacher), s.variants,
+                              inputs.dirs["distill"] / "student.pt", pairs_manifest(inputs), d, k=s.folds,
+                              split=pred.split, conditions=s.conditions, teacher=teacher, n_boot=s.bootstrap)
     return {"chosen": rows[0]["variant"], "rows": [{k: r[k] for k in ("variant", "selection")} for r in rows]}
 
 
-def _geometry(p: Pipeline, d: Path, resume: bool) -> dict:
+def _geometry(s: Settings, inputs: Inputs, d: Path, resume: bool) -> dict:
     """The weak-alignment benchmark on the pairs registration/alignment started from; writes geometry.json."""
     from invismap.registration.experiment import default_estimators, run_weak_alignment
 
-    source = p.dir("register" if p.enabled("register") else "import") / "manifest.csv"
+    source = source_manifest(inputs)
     estimators = default_estimators()
     estimators = {k: estimators[k] for k in ("translation", "homography_dense", "flow")}
-    if p.enabled("align"):
+    if "align" in inputs.dirs:
         from invismap.align.run import aligngan_estimators, load_aligner
 
-        estimators.update(aligngan_estimators(load_aligner(p.dir("align") / "gan" / "aligngan.pt")))
-    manifest, split = load_manifest(source), p.cfg.evaluate.split or None
+        estimators.update(aligngan_estimators(load_aligner(inputs.dirs["align"] / "gan" / "aligngan.pt")))
+    manifest, split = load_manifest(source), s.split or None
     if not len(manifest.select(split=split)):
         raise InvismapError(f"{source}: no pairs in split '{split}' for the weak-alignment benchmark "
                             "(set evaluate.split, or experiments.geometry_pairs: 0)")
-    res = run_weak_alignment(manifest, None, split=split, max_pairs=p.cfg.experiments.geometry_pairs,
-                             estimators=estimators)
+    res = run_weak_alignment(manifest, None, split=split, max_pairs=s.pairs, estimators=estimators)
     keys = ("after_abs_epe_edges", "after_abs_share_ge5_edges", "after_rel_epe_edges",
             "after_rel_share_ge5_edges", "floor_edges", "floor_share_ge5_edges")
     rows = [{"method": name, **{k: m.get(k) for k in keys}} for name, m in res["summary"].items()]
     write_json(d / "geometry.json", {"rows": rows, "n_pairs": res["n_pairs"], "field": res["field"],
-                                     "data": str(source), "split": p.cfg.evaluate.split, "mask": res["mask"],
+                                     "data": str(source), "split": s.split, "mask": res["mask"],
                                      "metrics": res["metrics"]})
     write_json(d / "geometry_trials.json", res)
     return {"pairs": res["n_pairs"], "rows": rows}
@@ -394,7 +407,7 @@ def _fmt_geometry(s: dict) -> str:
             + ", ".join(f"{k} {100 * v:.1f}%" for k, v in share.items()))
 
 
-def _fusion(p: Pipeline, d: Path, resume: bool) -> dict:
+def _fusion(s: Settings, inputs: Inputs, d: Path, resume: bool) -> dict:
     """Color only, thermal only, constant and map-guided fusion: weights chosen on the training split, AP50
     with 95% intervals on the evaluation split, against thermal and union labels; writes ``fusion.json``."""
     from invismap.detector.fusion import FusionParams
@@ -405,40 +418,35 @@ def _fusion(p: Pipeline, d: Path, resume: bool) -> dict:
         load_labels,
     )
 
-    c, train = p.cfg.fusion, p.cfg.predictor.split
-    thermal = p.dir("distill") / "thermal_detector.pt"
-    known = {"predictor": f"predictor:{p.dir('predictor') / 'predictor.pt'}", "pair": f"pair:{thermal}"}
-    manifest = load_manifest(pairs_manifest(p)).select(split=(train, p.cfg.evaluate.split),
-                                                       condition=p.cfg.evaluate.conditions)
+    c, (train, test), (teacher, size, _) = s.fusion, s.splits, distilled(inputs)
+    thermal = inputs.dirs["distill"] / "thermal_detector.pt"
+    known = {"predictor": f"predictor:{inputs.dirs['predictor'] / 'predictor.pt'}", "pair": f"pair:{thermal}"}
+    manifest = load_manifest(pairs_manifest(inputs)).select(split=(train, test), condition=s.conditions)
     # an interrupted run keeps its detections
-    records = cached_pair_records(manifest, p.cfg.distill.teacher, thermal, {m: known[m] for m in c.maps},
-                                  d / "detections.npz", size=p.cfg.distill.size)
-    ev = p.cfg.evaluate
-    result = evaluate_fusion(records, load_labels(manifest), maps=list(c.maps), conditions=ev.conditions,
-                             base=FusionParams(method=c.method, iou_thr=c.iou), n_boot=ev.bootstrap,
-                             train_split=train, test_split=ev.split)
+    records = cached_pair_records(manifest, teacher, thermal, {m: known[m] for m in c.maps},
+                                  d / "detections.npz", size=size)
+    result = evaluate_fusion(records, load_labels(manifest), maps=list(c.maps), conditions=s.conditions,
+                             base=FusionParams(method=c.method, iou_thr=c.iou), n_boot=s.bootstrap,
+                             train_split=train, test_split=test)
     write_json(d / "fusion.json", result)
-    p.echo(format_fusion_table(result))
+    inputs.echo(format_fusion_table(result))
     return {cond: {ls: {m: r["AP50"]["value"] for m, r in block["methods"].items()}
                    for ls, block in res["label_sets"].items()} for cond, res in result["conditions"].items()}
 
 
-def _gallery(p: Pipeline, d: Path, resume: bool) -> dict:
+def _gallery(s: Settings, inputs: Inputs, d: Path, resume: bool) -> dict:
     from invismap.report.gallery import write_gallery
 
-    rows = write_gallery(evaluation_pairs(p), p.dir("distill") / "student.pt",
-                         p.dir("predictor") / "predictor.pt", p.cfg.distill.teacher, d,
-                         per_condition=p.cfg.report.gallery, conf=p.cfg.evaluate.conf)
+    rows = write_gallery(evaluation_pairs(s.evaluate, inputs), inputs.dirs["distill"] / "student.pt",
+                         inputs.dirs["predictor"] / "predictor.pt", distilled(inputs)[0], d,
+                         per_condition=s.n, conf=s.evaluate.conf)
     return {"images": rows}
 
 
-def _report(p: Pipeline, d: Path, resume: bool) -> dict:
-    from invismap.config import dump_config
+def _report(s: Settings, inputs: Inputs, d: Path, resume: bool) -> dict:
     from invismap.report.html import write_report
 
-    done = [s.name for s in p.stages if s.name != "report"]
-    page = write_report({n: p.dir(n) for n in done}, d, p.cfg.name, dump_config(p.cfg),
-                        {n: p.record(n) or {} for n in done})
+    page = write_report(inputs.dirs, d, s.name, s.config, inputs.records)
     return {"page": str(page)}
 
 
@@ -491,7 +499,7 @@ def _fmt_predictor_cv(s: dict) -> str:
 
 
 STAGES = [
-    Stage("import", (), lambda cfg: {**to_dict(cfg.data), "files": _fingerprint(cfg.data.src),
+    Stage("import", (), lambda cfg: {"data": cfg.data, "files": _fingerprint(cfg.data.src),
                                      "more_files": [_fingerprint(m.src) for m in cfg.data.more]}, _import,
           lambda cfg: f"import {cfg.data.format} pairs from {cfg.data.src}"
                       + (f" (at most {cfg.data.max_pairs} per split and condition)"
@@ -502,7 +510,8 @@ STAGES = [
                       f"on split '{cfg.displacement.split}'",
           _fmt_displacement,
           enabled=lambda cfg: cfg.displacement.enabled or cfg.register.enabled),
-    Stage("register", ("import", "displacement"), lambda cfg: cfg.register, _register,
+    Stage("register", ("import", "displacement"),
+          lambda cfg: {"register": cfg.register, "displacement": cfg.displacement}, _register,
           lambda cfg: f"remove the measured '{cfg.register.offset}' offset from every color image",
           lambda s: f"removed dx {s['removed']['dx']:.2f}, dy {s['removed']['dy']:.2f} px "
                     f"from {s['pairs']} pairs",
@@ -524,8 +533,8 @@ STAGES = [
           lambda s: f"{s['pairs']} targets cached"
                     + (f"; the color detector misses {s['missed']} of the {s['objects']} thermal objects"
                        if "objects" in s else "")),
-    Stage("predictor", ("import", "register", "align", "targets"),
-          lambda cfg: dataclasses.replace(cfg.predictor, data="", targets=""), _predictor,
+    Stage("predictor", ("import", "register", "align", "distill", "targets"),
+          lambda cfg: dataclasses.replace(cfg.predictor, data="", targets="", teacher=""), _predictor,
           lambda cfg: f"train the color-only predictor ({cfg.predictor.model}, "
                       f"{cfg.predictor.train.max_steps} steps, size {cfg.predictor.size})",
           lambda s: f"weights of step {s.get('step')} "
@@ -536,7 +545,8 @@ STAGES = [
           lambda cfg: f"thermal AP50 by condition and class on split '{cfg.evaluate.split}'",
           lambda s: _fmt_ap(s["rows"])),
     Stage("eval_maps", ("import", "register", "align", "distill", "targets", "predictor"),
-          lambda cfg: cfg.evaluate, _eval_maps,
+          lambda cfg: {"evaluate": cfg.evaluate, "dataset": cfg.data.format, "more": cfg.data.more},
+          _eval_maps,
           lambda cfg: "evaluate predictor, pair score, fixed prior and "
                       f"{', '.join(cfg.evaluate.baselines) or 'no'} "
                       f"on split '{cfg.evaluate.split}' ({cfg.evaluate.bootstrap} bootstrap resamples)",
@@ -552,9 +562,8 @@ STAGES = [
                                    or cfg.experiments.seeds)),
     Stage("predictor_cv", ("import", "register", "align", "distill"),
           lambda cfg: {"variants": cfg.experiments.predictor, "folds": cfg.experiments.folds,
-                       "predictor": dataclasses.replace(cfg.predictor, data="", targets=""),
-                       "teacher": cfg.distill.teacher, "conditions": cfg.evaluate.conditions,
-                       "bootstrap": cfg.evaluate.bootstrap},
+                       "predictor": dataclasses.replace(cfg.predictor, data="", targets="", teacher=""),
+                       "conditions": cfg.evaluate.conditions, "bootstrap": cfg.evaluate.bootstrap},
           _predictor_cv,
           lambda cfg: f"cross-validate {len(cfg.experiments.predictor)} predictor variants on split "
                       f"'{cfg.predictor.split}' ({cfg.experiments.folds} folds)",
@@ -566,8 +575,7 @@ STAGES = [
                       + (" and AlignGAN" if cfg.align.enabled else ""),
           _fmt_geometry, enabled=lambda cfg: cfg.experiments.geometry_pairs > 0),
     Stage("fusion", ("import", "register", "align", "distill", "predictor"),
-          lambda cfg: {"fusion": cfg.fusion, "size": cfg.distill.size, "teacher": cfg.distill.teacher,
-                       "splits": [cfg.predictor.split, cfg.evaluate.split],
+          lambda cfg: {"fusion": cfg.fusion, "splits": [cfg.predictor.split, cfg.evaluate.split],
                        "conditions": cfg.evaluate.conditions, "bootstrap": cfg.evaluate.bootstrap},
           _fusion,
           lambda cfg: f"fuse color and thermal detections ({cfg.fusion.method}; constant weight and "
@@ -581,9 +589,10 @@ STAGES = [
           lambda cfg: {"n": cfg.report.gallery, "evaluate": cfg.evaluate}, _gallery,
           lambda cfg: f"render {cfg.report.gallery} gallery rows per condition",
           lambda s: f"{len(s['images'])} images"),
-    Stage("report", ("import", "displacement", "register", "align", "distill", "predictor", "eval_detector",
-                     "eval_maps", "experiments", "predictor_cv", "geometry", "fusion", "gallery"),
-          lambda cfg: {"name": cfg.name}, _report,
+    Stage("report", ("import", "displacement", "register", "align", "distill", "targets", "predictor",
+                     "eval_detector", "eval_maps", "experiments", "predictor_cv", "geometry", "fusion",
+                     "gallery"),
+          lambda cfg: {"name": cfg.name, "config": dump_config(cfg)}, _report,
           lambda cfg: "write the HTML report", lambda s: f"open {s['page']}"),
 ]
 
