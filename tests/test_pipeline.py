@@ -271,13 +271,13 @@ def test_report_renders_in_headless_chromium(tiny_run, tmp_path):
 
 def test_geometry_refuses_a_split_without_pairs(tiny_run, tmp_path):
     from invismap.pipeline import build_pipeline
-    from invismap.pipeline.stages import _geometry
+    from invismap.pipeline.steps import geometry
 
     args, _ = tiny_run
     p = build_pipeline(args[0], [*args[1:], "evaluate.split=nosuch"])
     stage = p.by_name["geometry"]
     with pytest.raises(InvismapError, match="no pairs in split 'nosuch' for the weak-alignment benchmark"):
-        _geometry(p.settings(stage), p.inputs(stage), tmp_path, False)
+        geometry(p.settings(stage), p.inputs(stage), tmp_path, False)
     assert not list(tmp_path.iterdir())  # nothing written
 
 

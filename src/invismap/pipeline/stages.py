@@ -1,69 +1,20 @@
-"""The stages of ``invismap run``, in order; each calls the library function of its pipeline step.
+"""The stages of ``invismap run``, in order: what each reads, which settings it sees (and so its hash
+covers), and the lines it prints. The work is in ``pipeline/steps.py``.
 
     import -> displacement -> (register) -> (align) -> distill -> targets -> predictor
-           -> eval_detector -> eval_maps -> (experiments) -> (geometry) -> gallery -> report
-
-Each stage is ``run(settings, inputs, out, resume) -> summary`` (the contract of ``pipeline/runner.py``):
-``settings`` holds exactly what its row in :data:`STAGES` hashes, ``inputs`` the folders and records of the
-stages it names. It writes into its own folder ``OUT/<stage>/`` and returns a small JSON-able summary; the
-data stages (import, register, align) each leave a ``manifest.csv`` and later stages read the last of them.
-Values that cross stages (the teacher, the image size and the loss of the distillation) are read from the
-distill stage's record, never from another stage's settings.
+           -> eval_detector -> eval_maps -> (experiments) -> (predictor_cv) -> (geometry) -> (fusion)
+           -> gallery -> report
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 from pathlib import Path
 
 from invismap.config import dump_config
-from invismap.data.manifest import Manifest, evenly, load_manifest, save_manifest
-from invismap.distill.run import DistillConfig
-from invismap.engine.checkpoint import can_resume
 from invismap.errors import InvismapError
-from invismap.invisibility.predictor import PredictorConfig
-from invismap.io import copy_file, write_json
-from invismap.pipeline.config import AlignSection, DisplacementSection, EvaluateSection
-from invismap.pipeline.runner import Inputs, Settings, Stage
-
-log = logging.getLogger(__name__)
-
-DATA_STAGES = ("import", "register", "align")
-
-
-def pairs_manifest(inputs: Inputs) -> Path:
-    """The manifest a stage trains and evaluates on: the output of the last data stage among its inputs."""
-    last = [n for n in DATA_STAGES if n in inputs.dirs][-1]
-    return inputs.dirs[last] / ("pairs" if last == "align" else "") / "manifest.csv"
-
-
-def source_manifest(inputs: Inputs) -> Path:
-    """The pairs registration/alignment start from: the registered ones if registered, else the imported."""
-    return inputs.dirs.get("register", inputs.dirs["import"]) / "manifest.csv"
-
-
-def more_manifests(inputs: Inputs) -> dict[str, Path]:
-    """The manifests of ``data.more``, by format, as the import stage wrote them."""
-    return {fmt: inputs.dirs["import"] / "more" / fmt / "manifest.csv"
-            for fmt in inputs.summary("import").get("more", {})}
-
-
-def distilled(inputs: Inputs) -> tuple[str, int, str]:
-    """``(teacher, size, loss)`` of the distillation upstream, from its record."""
-    s = inputs.summary("distill")
-    return s["teacher"], s["size"], s["loss"]
-
-
-def subset(manifest: Manifest, per_group: int, key=lambda s: (s.split, s.condition)) -> Manifest:
-    """At most ``per_group`` evenly spaced pairs of each group (default: each split and condition)."""
-    if not per_group:
-        return manifest
-    groups: dict = {}
-    for s in manifest:
-        groups.setdefault(key(s), []).append(s)
-    keep = {s.name for g in groups.values() for s in evenly(g, per_group)}
-    return Manifest([s for s in manifest if s.name in keep], manifest.root)
+from invismap.pipeline import steps
+from invismap.pipeline.runner import Stage
 
 
 def _fingerprint(folder: str) -> list:
@@ -74,384 +25,10 @@ def _fingerprint(folder: str) -> list:
     return sorted((p.relative_to(root).as_posix(), p.stat().st_size) for p in root.rglob("*") if p.is_file())
 
 
-# ----------------------------------------------------------------------------------------------- data
-
-def _import(s: Settings, inputs: Inputs, d: Path, resume: bool) -> dict:
-    from invismap.data.importers import import_dataset
-    from invismap.data.show import contact_sheet
-    from invismap.data.summary import format_table, summarize
-
-    c = s.data
-    manifest = subset(import_dataset(c.format, c.src, d), c.max_pairs)
-    save_manifest(manifest, d / "manifest.csv")
-    rows = summarize(manifest)
-    write_json(d / "summary.json", rows)
-    contact_sheet(manifest, d / "contact_sheet.png", max_pairs=8)
-    inputs.echo(format_table(rows))
-    out = {"pairs": len(manifest), "table": rows}
-    for m in c.more:  # as imported: their own split, all of their pairs
-        more = import_dataset(m.format, m.src, d / "more" / m.format)
-        inputs.echo(f"{m.format} (data.more):\n{format_table(summarize(more))}")
-        out.setdefault("more", {})[m.format] = len(more)
-    return out
-
-
-def _displacement(c: DisplacementSection, inputs: Inputs, d: Path, resume: bool) -> dict:
-    from invismap.registration.run import run_displacement
-
-    summary = run_displacement(load_manifest(inputs.dirs["import"]), d, split=c.split or None,
-                               max_pairs=c.max_pairs or None)
-    return _displacement_summary(summary)
-
-
-def _displacement_summary(s: dict) -> dict:
-    pooled = s.get("pooled", {})
-    return {"pairs": s.get("n_pairs"), "offsets": s.get("offsets", {}),
-            "median_dx": pooled.get("median_dx"), "median_dy": pooled.get("median_dy"),
-            "share_ge_5px": pooled.get("share_ge_big"), "share_x_ge_5px": pooled.get("share_x_ge_big"),
-            "share_y_ge_5px": pooled.get("share_y_ge_big")}
-
-
-def _register(s: Settings, inputs: Inputs, d: Path, resume: bool) -> dict:
-    from invismap.registration.run import correct_offset, load_offset, run_displacement
-
-    dx, dy = load_offset(inputs.dirs["displacement"], s.register.offset)
-    manifest = correct_offset(load_manifest(inputs.dirs["import"]), dx, dy, d)
-    c = s.displacement  # measured again after the correction, as the displacement stage measures
-    after = run_displacement(manifest, d / "displacement", split=c.split or None,
-                             max_pairs=c.max_pairs or None)
-    return {"pairs": len(manifest), "removed": {"dx": dx, "dy": dy}, "after": _displacement_summary(after)}
-
-
-def _align(c: AlignSection, inputs: Inputs, d: Path, resume: bool) -> dict:
-    from invismap.align.run import align_dataset, train_aligngan
-
-    source = source_manifest(inputs)
-    gan = dataclasses.replace(c.gan, data=str(source))
-    summary = train_aligngan(gan, d / "gan", resume=resume and can_resume(d / "gan"))
-    manifest = align_dataset(d / "gan" / "aligngan.pt", source, d / "pairs")
-    return {"pairs": len(manifest),
-            "train": {k: v for k, v in (summary or {}).items() if not isinstance(v, dict)}}
-
-
-# ------------------------------------------------------------------------------------------- training
-
-def distill_config(c: DistillConfig, inputs: Inputs, data: Path | None = None, **changes):
-    """The distill section ``c`` with its data (and ``data.more``) filled in, and ``changes`` applied."""
-    return dataclasses.replace(c, data=str(data or pairs_manifest(inputs)),
-                               extra_data=[str(m) for m in more_manifests(inputs).values()], **changes)
-
-
-def _distill(c: DistillConfig, inputs: Inputs, d: Path, resume: bool) -> dict:
-    from invismap.distill.run import run_distill
-
-    summary = run_distill(distill_config(c, inputs), d, resume=resume and can_resume(d))
-    return {**{k: summary[k] for k in ("steps", "seconds", "pairs_per_s", "thresholds", "offsets",
-                                       "train_pairs", "val_pairs", "best_val_loss") if k in summary},
-            "teacher": c.teacher, "size": c.size, "loss": c.loss}  # what later stages read (distilled())
-
-
-def _targets(c: Settings, inputs: Inputs, d: Path, resume: bool) -> dict:
-    import json
-
-    from invismap.invisibility.targets import TARGETS_META, score_pairs
-
-    score_pairs(inputs.dirs["distill"] / "student.pt", pairs_manifest(inputs), d, split=c.split, size=c.size,
-                cfg=c.target)
-    meta = json.loads((d / TARGETS_META).read_text())
-    return {"pairs": meta["count"], "split": c.split, "kind": c.target.kind,
-            **{k: meta[k] for k in ("objects", "missed", "mean_miss_rate") if k in meta}}
-
-
-def _predictor(c: PredictorConfig, inputs: Inputs, d: Path, resume: bool) -> dict:
-    import json
-
-    from invismap.invisibility.predictor import train_predictor
-
-    cfg = dataclasses.replace(c, data=str(pairs_manifest(inputs)), targets=str(inputs.dirs["targets"]),
-                              teacher=distilled(inputs)[0])
-    train_predictor(cfg, run_dir=d, resume=resume and can_resume(d))
-    s = json.loads((d / "summary.json").read_text())
-    return {k: s[k] for k in ("steps", "seconds", "best_val_loss", "step", "train_pairs", "val_pairs")
-            if k in s}
-
-
-# ----------------------------------------------------------------------------------------- evaluation
-
-def _eval_detector(s: Settings, inputs: Inputs, d: Path, resume: bool) -> dict:
-    from invismap.detector.zoo import load_detector
-    from invismap.distill.experiments import detector_scores
-
-    manifest, (teacher_name, size, loss) = load_manifest(pairs_manifest(inputs)), distilled(inputs)
-    teacher = load_detector(teacher_name)
-    student = load_detector(str(inputs.dirs["distill"] / "thermal_detector.pt"))
-    models = (("teacher on color", teacher, "color"), ("teacher on thermal", teacher, "thermal"),
-              (f"thermal detector ({loss})", student, "thermal"))
-    rows = []
-    for name, model, images in models:
-        inputs.echo(f"  AP50 of {name}")
-        rows.append({"variant": name, **detector_scores(model, manifest, images, s.split, size)})
-    more = {}
-    for fmt, path in more_manifests(inputs).items():  # each dataset's own test split, reported apart
-        other = load_manifest(path)
-        more[fmt] = [{"variant": name, **detector_scores(model, other, images, s.split, size)}
-                     for name, model, images in models if images == "thermal" or _has_color_labels(other)]
-        inputs.echo(f"  {fmt}: " + _fmt_ap(more[fmt]))
-    write_json(d / "detector.json", {"split": s.split, "size": size,
-                                     "labels": "thermal", "rows": rows, "more": more})
-    return {"rows": rows, "more": more}
-
-
-def _has_color_labels(manifest: Manifest) -> bool:
-    return any(s.color_labels is not None for s in manifest)
-
-
-def evaluation_pairs(c: EvaluateSection, inputs: Inputs) -> Manifest:
-    """The pairs the evaluation section ``c`` scores (its split and conditions, at most ``c.max_pairs``)."""
-    manifest = load_manifest(pairs_manifest(inputs)).select(condition=c.conditions, split=c.split)
-    manifest = subset(manifest, c.max_pairs, key=lambda s: s.condition)
-    if len(manifest) == 0:
-        raise InvismapError(f"{pairs_manifest(inputs)}: no pairs in split '{c.split}' "
-                            f"with condition {c.conditions}")
-    return manifest
-
-
-def map_specs(inputs: Inputs, baselines: list[str]) -> dict[str, str]:
-    """The maps the evaluation scores: predictor, pair score, the fixed prior and the configured baselines."""
-    from invismap.invisibility.sources import map_source_name
-
-    specs = {"predictor": f"predictor:{inputs.dirs['predictor'] / 'predictor.pt'}",
-             "pair": f"pair:{inputs.dirs['distill'] / 'student.pt'}",
-             "prior": f"prior:{inputs.dirs['targets']}"}
-    specs.update({map_source_name(b): b for b in baselines})
-    return specs
-
-
-def _eval_maps(s: Settings, inputs: Inputs, d: Path, resume: bool) -> dict:
-    from invismap.detector.zoo import load_detector
-    from invismap.invisibility.evaluate import format_table, teacher_detections
-    from invismap.invisibility.plots import write_plots
-    from invismap.invisibility.sources import evaluate_specs
-
-    c, teacher = s.evaluate, distilled(inputs)[0]
-    manifest = evaluation_pairs(c, inputs)
-    results = evaluate_specs(manifest, map_specs(inputs, c.baselines), teacher, conditions=c.conditions,
-                             tau=c.tau, conf=c.conf, references=c.references, n_boot=c.bootstrap)
-    write_json(d / "invisibility.json", results)
-    write_plots(results, d / "plots")
-    inputs.echo(format_table(results))
-    for other in c.other:
-        other_results = evaluate_other(s, inputs, other, d)
-        inputs.echo(f"{other.format} (another camera, models trained on {s.dataset} only):")
-        inputs.echo(format_table(other_results))
-    if c.layers:
-        detections = teacher_detections(manifest, load_detector(teacher), conf=c.conf)
-        layer_ablation(c, inputs, manifest, detections, d)
-    return {"headline": headline(results)}
-
-
-def evaluate_other(s: Settings, inputs: Inputs, other, d: Path) -> dict:
-    """The same maps on another camera's pairs: ``d/invisibility_<format>.json`` and ``d/plots/<format>/``."""
-    from invismap.data.importers import import_dataset
-    from invismap.invisibility.plots import write_plots
-    from invismap.invisibility.sources import evaluate_specs
-
-    c = s.evaluate
-    same = [m for m in s.more if (m.format, m.src) == (other.format, other.src)]
-    if same:  # imported already (data.more)
-        manifest = load_manifest(more_manifests(inputs)[other.format])
-    else:
-        manifest = import_dataset(other.format, other.src, d / "other" / other.format, progress=False)
-    manifest = manifest.select(split=None if other.split == "all" else other.split, condition=c.conditions)
-    if len(manifest) == 0:
-        raise InvismapError(f"{other.src}: no {'/'.join(c.conditions)} pairs in split '{other.split}' "
-                            "to evaluate")
-    results = evaluate_specs(manifest, map_specs(inputs, c.baselines), distilled(inputs)[0],
-                             conditions=c.conditions, tau=c.tau, conf=c.conf, references=c.references,
-                             n_boot=c.bootstrap)
-    for r in results.values():
-        r["settings"].update(dataset=other.format, split=other.split)
-    write_json(d / f"invisibility_{other.format}.json", results)
-    write_plots(results, d / "plots" / other.format)
-    return results
-
-
-def layer_ablation(c: EvaluateSection, inputs: Inputs, manifest: Manifest, detections: dict, d: Path) -> None:
-    """The pair score from each neck scale alone and from all of them: ``d/layers.json``."""
-    from invismap.invisibility.evaluate import evaluate_maps
-    from invismap.invisibility.pair import PairScorer
-
-    rows = []
-    # load once, score with each subset
-    full = PairScorer.from_checkpoint(inputs.dirs["distill"] / "student.pt")
-    strides = full.teacher.strides
-    for scales in [[k] for k in range(len(strides))] + [list(range(len(strides)))]:
-        scorer = PairScorer(full.teacher, full.student, full.thresholds, full.size, full.offsets, scales)
-
-        def source(sample, rgb, thermal, scorer=scorer):
-            return scorer.score(rgb, thermal)
-
-        source.__name__ = "pair " + "+".join(f"P{int(strides[k]).bit_length() - 1}" for k in scales)
-        res = evaluate_maps(manifest, source, detections, conditions=tuple(c.conditions), tau=c.tau,
-                            detection_conf=c.conf)
-        rows.append({"scales": source.__name__[5:], "strides": [int(strides[k]) for k in scales],
-                     **headline({"pair": res})["pair"]})
-    write_json(d / "layers.json", {"set": "missed", "rows": rows})
-
-
-def headline(results: dict, set_name: str = "missed") -> dict:
-    """Per map and condition: coverage at tau and at 35.9% flagged, AUROC, and the two separations."""
-    out: dict = {}
-    for name, res in results.items():
-        for cond, r in res["conditions"].items():
-            s = r["sets"].get(set_name) or {}
-            out.setdefault(name, {})[cond] = {
-                **{k: s.get(k) for k in ("coverage_at_tau", "flagged_at_tau", "coverage_at_matched_flagged",
-                                         "auroc")},
-                **{k: (r.get("metrics", {}).get(k) or {}).get("value")
-                   for k in ("missed_vs_detected", "invisible_vs_visible")}}
-        if "day_vs_night" in res:
-            out[name]["day_vs_night_overlap"] = res["day_vs_night"]["overlap"]
-    return out
-
-
-def _experiments(s: Settings, inputs: Inputs, d: Path, resume: bool) -> dict:
-    from invismap.detector.zoo import load_detector
-    from invismap.distill.experiments import LOSS_VARIANTS, detector_scores, run_experiment, variant_dir
-    from invismap.distill.run import run_distill, split_pairs
-
-    c, size, split = s.experiments, s.distill.size, s.split
-    steps = {"train": dataclasses.replace(s.distill.train, max_steps=c.max_steps)} if c.max_steps else {}
-    base = distill_config(s.distill, inputs, **steps)
-    main = base.loss if base.loss != "mid+head" else f"mid+head {base.head_weight}"
-    losses = list(c.losses)
-    reused = []  # the main distill run is one variant of each table: reuse it instead of training it again
-    if not steps:
-        n_all = len(split_pairs(load_manifest(base.data), base)[0])
-        losses += [main] if main in LOSS_VARIANTS and main not in losses and losses else []
-        reused += [variant_dir(d / "losses", main), variant_dir(d / "pairs", f"{n_all} pairs")]
-        reused += [variant_dir(d / "seeds", f"seed {base.train.seed}")] if base.train.seed in c.seeds else []
-    for folder in reused:
-        folder.mkdir(parents=True, exist_ok=True)
-        for f in ("thermal_detector.pt", "summary.json"):
-            copy_file(inputs.dirs["distill"] / f, folder / f)
-    out: dict = {}
-    scored = {"eval_split": split, "eval_size": size, "more": more_manifests(inputs)}
-    if losses:
-        out["losses"] = run_experiment("ablation", base, d / "losses", losses=losses, **scored)
-    if c.pairs:
-        out["pairs"] = run_experiment("pairs", base, d / "pairs", pair_counts=c.pairs, **scored)
-    if c.detector:
-        out["variants"] = run_experiment("variants", base, d / "variants", variants=c.detector, **scored)
-    if c.seeds:
-        out["seeds"] = run_experiment("seeds", base, d / "seeds", seeds=c.seeds, **scored)
-    if c.alignment:
-        other = inputs.dirs["import"] / "manifest.csv"
-        run = d / "alignment_off"
-        if not (run / "thermal_detector.pt").is_file():
-            run_distill(distill_config(s.distill, inputs, data=other, **steps), run, resume=can_resume(run))
-        manifest = load_manifest(pairs_manifest(inputs))
-        rows = []
-        for name, path in (("with registration/alignment", inputs.dirs["distill"] / "thermal_detector.pt"),
-                           ("without (imported pairs)", run / "thermal_detector.pt")):
-            rows.append({"variant": name, **detector_scores(load_detector(str(path)), manifest, "thermal",
-                                                            split, size)})
-        write_json(d / "alignment.json", {"rows": rows,
-                                          "note": "thermal AP50 on the same test pairs; the two "
-                                                  "runs differ only in the color images distilled from"})
-        out["alignment"] = rows
-    return out
-
-
-def _predictor_cv(s: Settings, inputs: Inputs, d: Path, resume: bool) -> dict:
-    """Predictor variants cross-validated on the training split: ``cv.json``, ``table.md``,
-    ``separations.png``."""
-    from invismap.invisibility.experiments import predictor_ablation
-
-    pred, teacher = s.predictor, distilled(inputs)[0]
-    rows = predictor_ablation(dataclasses.replace(pred, teacher=teacher), s.variants,
-                              inputs.dirs["distill"] / "student.pt", pairs_manifest(inputs), d, k=s.folds,
-                              split=pred.split, conditions=s.conditions, teacher=teacher, n_boot=s.bootstrap)
-    return {"chosen": rows[0]["variant"], "rows": [{k: r[k] for k in ("variant", "selection")} for r in rows]}
-
-
-def _geometry(s: Settings, inputs: Inputs, d: Path, resume: bool) -> dict:
-    """The weak-alignment benchmark on the pairs registration/alignment started from; writes geometry.json."""
-    from invismap.registration.experiment import default_estimators, run_weak_alignment
-
-    source = source_manifest(inputs)
-    estimators = default_estimators()
-    estimators = {k: estimators[k] for k in ("translation", "homography_dense", "flow")}
-    if "align" in inputs.dirs:
-        from invismap.align.run import aligngan_estimators, load_aligner
-
-        estimators.update(aligngan_estimators(load_aligner(inputs.dirs["align"] / "gan" / "aligngan.pt")))
-    manifest, split = load_manifest(source), s.split or None
-    if not len(manifest.select(split=split)):
-        raise InvismapError(f"{source}: no pairs in split '{split}' for the weak-alignment benchmark "
-                            "(set evaluate.split, or experiments.geometry_pairs: 0)")
-    res = run_weak_alignment(manifest, None, split=split, max_pairs=s.pairs, estimators=estimators)
-    keys = ("after_abs_epe_edges", "after_abs_share_ge5_edges", "after_rel_epe_edges",
-            "after_rel_share_ge5_edges", "floor_edges", "floor_share_ge5_edges")
-    rows = [{"method": name, **{k: m.get(k) for k in keys}} for name, m in res["summary"].items()]
-    write_json(d / "geometry.json", {"rows": rows, "n_pairs": res["n_pairs"], "field": res["field"],
-                                     "data": str(source), "split": s.split, "mask": res["mask"],
-                                     "metrics": res["metrics"]})
-    write_json(d / "geometry_trials.json", res)
-    return {"pairs": res["n_pairs"], "rows": rows}
-
-
 def _fmt_geometry(s: dict) -> str:
     share = {r["method"]: r["after_abs_share_ge5_edges"] for r in s["rows"]}
     return (f"{s['pairs']} pairs, share off by >= 5 px: "
             + ", ".join(f"{k} {100 * v:.1f}%" for k, v in share.items()))
-
-
-def _fusion(s: Settings, inputs: Inputs, d: Path, resume: bool) -> dict:
-    """Color only, thermal only, constant and map-guided fusion: weights chosen on the training split, AP50
-    with 95% intervals on the evaluation split, against thermal and union labels; writes ``fusion.json``."""
-    from invismap.detector.fusion import FusionParams
-    from invismap.detector.fusion_eval import (
-        cached_pair_records,
-        evaluate_fusion,
-        format_fusion_table,
-        load_labels,
-    )
-
-    c, (train, test), (teacher, size, _) = s.fusion, s.splits, distilled(inputs)
-    thermal = inputs.dirs["distill"] / "thermal_detector.pt"
-    known = {"predictor": f"predictor:{inputs.dirs['predictor'] / 'predictor.pt'}", "pair": f"pair:{thermal}"}
-    manifest = load_manifest(pairs_manifest(inputs)).select(split=(train, test), condition=s.conditions)
-    # an interrupted run keeps its detections
-    records = cached_pair_records(manifest, teacher, thermal, {m: known[m] for m in c.maps},
-                                  d / "detections.npz", size=size)
-    result = evaluate_fusion(records, load_labels(manifest), maps=list(c.maps), conditions=s.conditions,
-                             base=FusionParams(method=c.method, iou_thr=c.iou), n_boot=s.bootstrap,
-                             train_split=train, test_split=test)
-    write_json(d / "fusion.json", result)
-    inputs.echo(format_fusion_table(result))
-    return {cond: {ls: {m: r["AP50"]["value"] for m, r in block["methods"].items()}
-                   for ls, block in res["label_sets"].items()} for cond, res in result["conditions"].items()}
-
-
-def _gallery(s: Settings, inputs: Inputs, d: Path, resume: bool) -> dict:
-    from invismap.report.gallery import write_gallery
-
-    rows = write_gallery(evaluation_pairs(s.evaluate, inputs), inputs.dirs["distill"] / "student.pt",
-                         inputs.dirs["predictor"] / "predictor.pt", distilled(inputs)[0], d,
-                         per_condition=s.n, conf=s.evaluate.conf)
-    return {"images": rows}
-
-
-def _report(s: Settings, inputs: Inputs, d: Path, resume: bool) -> dict:
-    from invismap.report.html import write_report
-
-    page = write_report(inputs.dirs, d, s.name, s.config, inputs.records)
-    return {"page": str(page)}
-
-
-def _fmt_ap(rows: list[dict]) -> str:
-    return "; ".join(f"{r['variant']}: day {r.get('day')} / night {r.get('night')}" for r in rows)
 
 
 def _fmt_maps(s: dict) -> str:
@@ -500,33 +77,34 @@ def _fmt_predictor_cv(s: dict) -> str:
 
 STAGES = [
     Stage("import", (), lambda cfg: {"data": cfg.data, "files": _fingerprint(cfg.data.src),
-                                     "more_files": [_fingerprint(m.src) for m in cfg.data.more]}, _import,
+                                     "more_files": [_fingerprint(m.src) for m in cfg.data.more]},
+          steps.import_pairs,
           lambda cfg: f"import {cfg.data.format} pairs from {cfg.data.src}"
                       + (f" (at most {cfg.data.max_pairs} per split and condition)"
                          if cfg.data.max_pairs else ""),
           lambda s: f"{s['pairs']} pairs"),
-    Stage("displacement", ("import",), lambda cfg: cfg.displacement, _displacement,
+    Stage("displacement", ("import",), lambda cfg: cfg.displacement, steps.displacement,
           lambda cfg: "measure residual color/thermal displacement (optical flow) "
                       f"on split '{cfg.displacement.split}'",
           _fmt_displacement,
           enabled=lambda cfg: cfg.displacement.enabled or cfg.register.enabled),
     Stage("register", ("import", "displacement"),
-          lambda cfg: {"register": cfg.register, "displacement": cfg.displacement}, _register,
+          lambda cfg: {"register": cfg.register, "displacement": cfg.displacement}, steps.register,
           lambda cfg: f"remove the measured '{cfg.register.offset}' offset from every color image",
           lambda s: f"removed dx {s['removed']['dx']:.2f}, dy {s['removed']['dy']:.2f} px "
                     f"from {s['pairs']} pairs",
           enabled=lambda cfg: cfg.register.enabled),
-    Stage("align", ("import", "register"), lambda cfg: cfg.align, _align,
+    Stage("align", ("import", "register"), lambda cfg: cfg.align, steps.align,
           lambda cfg: f"train AlignGAN ({cfg.align.gan.train.max_steps} steps) and align every color image",
           lambda s: f"aligned {s['pairs']} pairs", enabled=lambda cfg: cfg.align.enabled),
     Stage("distill", ("import", "register", "align"), lambda cfg: dataclasses.replace(cfg.distill, data=""),
-          _distill, _plan_distill,
+          steps.distill, _plan_distill,
           lambda s: f"{s.get('steps')} steps at {s.get('pairs_per_s', 0):.1f} pairs/s, t_k = "
                     + ", ".join(f"{t:.3g}" for t in s.get("thresholds", []))),
     Stage("targets", ("import", "register", "align", "distill"),
           lambda cfg: {"size": cfg.predictor.size, "split": cfg.predictor.split,
                        "target": cfg.predictor.target},
-          _targets,
+          steps.targets,
           lambda cfg: f"targets ({cfg.predictor.target.kind}) of every pair of split '{cfg.predictor.split}' "
                       "from teacher vs student" + (" and the two detectors" if cfg.predictor.target.kind
                                                    != "pair" else ""),
@@ -534,19 +112,19 @@ STAGES = [
                     + (f"; the color detector misses {s['missed']} of the {s['objects']} thermal objects"
                        if "objects" in s else "")),
     Stage("predictor", ("import", "register", "align", "distill", "targets"),
-          lambda cfg: dataclasses.replace(cfg.predictor, data="", targets="", teacher=""), _predictor,
+          lambda cfg: dataclasses.replace(cfg.predictor, data="", targets="", teacher=""), steps.predictor,
           lambda cfg: f"train the color-only predictor ({cfg.predictor.model}, "
                       f"{cfg.predictor.train.max_steps} steps, size {cfg.predictor.size})",
           lambda s: f"weights of step {s.get('step')} "
                     f"(best validation loss {s.get('best_val_loss', 0):.4f})"),
     Stage("eval_detector", ("import", "register", "align", "distill"),
           lambda cfg: {"split": cfg.evaluate.split},
-          _eval_detector,
+          steps.eval_detector,
           lambda cfg: f"thermal AP50 by condition and class on split '{cfg.evaluate.split}'",
-          lambda s: _fmt_ap(s["rows"])),
+          lambda s: steps.format_ap(s["rows"])),
     Stage("eval_maps", ("import", "register", "align", "distill", "targets", "predictor"),
           lambda cfg: {"evaluate": cfg.evaluate, "dataset": cfg.data.format, "more": cfg.data.more},
-          _eval_maps,
+          steps.eval_maps,
           lambda cfg: "evaluate predictor, pair score, fixed prior and "
                       f"{', '.join(cfg.evaluate.baselines) or 'no'} "
                       f"on split '{cfg.evaluate.split}' ({cfg.evaluate.bootstrap} bootstrap resamples)",
@@ -555,7 +133,7 @@ STAGES = [
           lambda cfg: {"experiments": dataclasses.replace(cfg.experiments, geometry_pairs=0, predictor={},
                                                           folds=0),
                        "distill": dataclasses.replace(cfg.distill, data=""), "split": cfg.evaluate.split},
-          _experiments, _plan_experiments,
+          steps.experiments, _plan_experiments,
           lambda s: ", ".join(f"{k}: {len(v)} rows" for k, v in s.items()),
           enabled=lambda cfg: bool(cfg.experiments.losses or cfg.experiments.pairs
                                    or cfg.experiments.alignment or cfg.experiments.detector
@@ -564,12 +142,12 @@ STAGES = [
           lambda cfg: {"variants": cfg.experiments.predictor, "folds": cfg.experiments.folds,
                        "predictor": dataclasses.replace(cfg.predictor, data="", targets="", teacher=""),
                        "conditions": cfg.evaluate.conditions, "bootstrap": cfg.evaluate.bootstrap},
-          _predictor_cv,
+          steps.predictor_cv,
           lambda cfg: f"cross-validate {len(cfg.experiments.predictor)} predictor variants on split "
                       f"'{cfg.predictor.split}' ({cfg.experiments.folds} folds)",
           _fmt_predictor_cv, enabled=lambda cfg: bool(cfg.experiments.predictor)),
     Stage("geometry", ("import", "register", "align"),
-          lambda cfg: {"pairs": cfg.experiments.geometry_pairs, "split": cfg.evaluate.split}, _geometry,
+          lambda cfg: {"pairs": cfg.experiments.geometry_pairs, "split": cfg.evaluate.split}, steps.geometry,
           lambda cfg: f"weak-alignment benchmark: {cfg.experiments.geometry_pairs} '{cfg.evaluate.split}' "
                       "pairs moved by known fields, recovered by the homography"
                       + (" and AlignGAN" if cfg.align.enabled else ""),
@@ -577,7 +155,7 @@ STAGES = [
     Stage("fusion", ("import", "register", "align", "distill", "predictor"),
           lambda cfg: {"fusion": cfg.fusion, "splits": [cfg.predictor.split, cfg.evaluate.split],
                        "conditions": cfg.evaluate.conditions, "bootstrap": cfg.evaluate.bootstrap},
-          _fusion,
+          steps.fusion,
           lambda cfg: f"fuse color and thermal detections ({cfg.fusion.method}; constant weight and "
                       f"weighted by {', '.join(cfg.fusion.maps)}), chosen on '{cfg.predictor.split}', "
                       "AP50 on "
@@ -586,13 +164,13 @@ STAGES = [
                               for c, blocks in s.items() for ls, r in blocks.items() if ls == "thermal"),
           enabled=lambda cfg: cfg.fusion.enabled),
     Stage("gallery", ("import", "register", "align", "distill", "predictor"),
-          lambda cfg: {"n": cfg.report.gallery, "evaluate": cfg.evaluate}, _gallery,
+          lambda cfg: {"n": cfg.report.gallery, "evaluate": cfg.evaluate}, steps.gallery,
           lambda cfg: f"render {cfg.report.gallery} gallery rows per condition",
           lambda s: f"{len(s['images'])} images"),
     Stage("report", ("import", "displacement", "register", "align", "distill", "targets", "predictor",
                      "eval_detector", "eval_maps", "experiments", "predictor_cv", "geometry", "fusion",
                      "gallery"),
-          lambda cfg: {"name": cfg.name, "config": dump_config(cfg)}, _report,
+          lambda cfg: {"name": cfg.name, "config": dump_config(cfg)}, steps.report,
           lambda cfg: "write the HTML report", lambda s: f"open {s['page']}"),
 ]
 
