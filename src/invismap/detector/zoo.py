@@ -16,7 +16,6 @@ Example:
 
 from __future__ import annotations
 
-import importlib
 import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -28,6 +27,7 @@ from invismap.detector.base import Detector
 from invismap.detector.unpickle import PickledObject, load_checkpoint, module_state_dict
 from invismap.detector.yolov5 import VARIANTS, YOLOv5
 from invismap.errors import InvismapError, file_error
+from invismap.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -40,22 +40,11 @@ NAMED_MODELS.update({
 })
 
 KindLoader = Callable[[dict, Path], Detector]
-_KINDS: dict[str, KindLoader] = {}
-# Modules that register checkpoint kinds when imported; imported on demand so that loading a
-# 'thermal_detector' file works without the caller importing the distill stage (and without a cycle).
-KIND_MODULES = ("invismap.distill.student",)
-
-
-def register_kind(kind: str) -> Callable[[KindLoader], KindLoader]:
-    """Decorator: ``loader(checkpoint_dict, path) -> Detector`` builds checkpoints with ``{'kind': kind}``."""
-
-    def deco(fn: KindLoader) -> KindLoader:
-        if kind in _KINDS:
-            raise ValueError(f"checkpoint kind {kind!r} registered twice")
-        _KINDS[kind] = fn
-        return fn
-
-    return deco
+# checkpoint kind -> loader(checkpoint_dict, path) -> Detector. The distill stage registers its kinds when
+# imported, which happens on demand so that loading a 'thermal_detector' file works without the caller
+# importing the distill stage (and without a cycle).
+KINDS: Registry[KindLoader] = Registry("detector checkpoint kind", modules=("invismap.distill.student",))
+register_kind = KINDS.register  # @register_kind("kind"): build checkpoints with {'kind': kind}
 
 
 def load_detector(name_or_path: str | Path) -> Detector:
@@ -111,26 +100,16 @@ def resolve_model_path(name_or_path: str | Path) -> Path:
 def detector_from_checkpoint(obj: Any, path: Path) -> Detector:
     """Build a detector from what :func:`load_checkpoint` returned for ``path``."""
     if isinstance(obj, dict) and isinstance(obj.get("kind"), str):
-        loader = _KINDS.get(obj["kind"]) or _import_kind(obj["kind"])
-        if loader is None:
+        if obj["kind"] not in KINDS:
             raise file_error(path, f"checkpoint kind {obj['kind']!r} is not a detector",
-                             f"detector kinds: {', '.join(sorted(_KINDS))}")
-        return loader(obj, path)
+                             f"detector kinds: {', '.join(KINDS.names())}")
+        return KINDS.get(obj["kind"])(obj, path)
     if isinstance(obj, dict) and isinstance(obj.get("ema") or obj.get("model"), PickledObject):
         return _from_ultralytics(obj, path)
     if isinstance(obj, Mapping) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         return YOLOv5.from_state_dict(obj, _names_beside(path), source=str(path))
     raise file_error(path, f"not a detector checkpoint (holds a {type(obj).__name__})",
                      "expected an Ultralytics YOLOv5 .pt, a YOLOv5 state_dict or an invismap checkpoint")
-
-
-def _import_kind(kind: str) -> KindLoader | None:
-    for mod in KIND_MODULES:
-        try:
-            importlib.import_module(mod)
-        except ImportError as e:  # a stage missing from this build: its kinds stay unknown
-            log.debug("cannot import %s for checkpoint kinds: %s", mod, e)
-    return _KINDS.get(kind)
 
 
 def _from_ultralytics(ckpt: dict, path: Path) -> YOLOv5:

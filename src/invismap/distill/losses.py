@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-LOSSES = ("mid", "head", "mid+head")
+from invismap.registry import Registry
 
 
 def feature_mse(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -21,27 +21,43 @@ def feature_mse(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor]
     return torch.stack([F.mse_loss(s, t) for s, t in zip(student, teacher)]).mean()
 
 
+# name -> loss(student_feats, teacher_feats, head, head_weight) -> {'total', 'mid'?, 'head'?}, where head()
+# computes the head term (the teacher's frozen heads on both features) only when a loss asks for it
+LOSSES: Registry[Callable[..., dict[str, torch.Tensor]]] = Registry("distillation loss")
+
+
+@LOSSES.register("mid")
+def mid_loss(student, teacher, head, head_weight):
+    mid = feature_mse(student, teacher)
+    return {"mid": mid, "total": mid}
+
+
+@LOSSES.register("head")
+def head_loss(student, teacher, head, head_weight):
+    h = head()
+    return {"head": h, "total": h}
+
+
+@LOSSES.register("mid+head")
+def mid_head_loss(student, teacher, head, head_weight):
+    mid, h = feature_mse(student, teacher), head()
+    return {"mid": mid, "head": h, "total": mid + head_weight * h}
+
+
 def distill_loss(kind: str, student_feats: Sequence[torch.Tensor], teacher_feats: Sequence[torch.Tensor],
                  heads: Callable[[list[torch.Tensor]], list[torch.Tensor]], head_weight: float = 0.1,
                  teacher_raw: Sequence[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-    """The selected loss plus its parts: ``{'total', 'mid', 'head'}`` (parts not used are absent).
+    """The loss named ``kind`` plus its parts: ``{'total', 'mid', 'head'}`` (parts not used are absent).
 
     ``heads`` are the teacher's frozen heads; ``teacher_raw`` may pass precomputed teacher head outputs.
     """
-    if kind not in LOSSES:
-        raise ValueError(f"loss must be one of {LOSSES}, got {kind!r}")
-    out: dict[str, torch.Tensor] = {}
-    if kind in ("mid", "mid+head"):
-        out["mid"] = feature_mse(student_feats, teacher_feats)
-    if kind in ("head", "mid+head"):
-        if teacher_raw is None:
+    loss = LOSSES.get(kind)
+
+    def head() -> torch.Tensor:
+        raw = teacher_raw
+        if raw is None:
             with torch.no_grad():
-                teacher_raw = heads(list(teacher_feats))
-        out["head"] = feature_mse(heads(list(student_feats)), teacher_raw)
-    if kind == "mid":
-        out["total"] = out["mid"]
-    elif kind == "head":
-        out["total"] = out["head"]
-    else:
-        out["total"] = out["mid"] + head_weight * out["head"]
-    return out
+                raw = heads(list(teacher_feats))
+        return feature_mse(heads(list(student_feats)), raw)
+
+    return loss(student_feats, teacher_feats, head, head_weight)

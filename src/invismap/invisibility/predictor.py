@@ -83,13 +83,27 @@ from invismap.invisibility.targets import (  # noqa: F401 - the target cache's h
 )
 from invismap.invisibility.unet import InvisibilityUNet, UNetConfig
 from invismap.io import write_json
+from invismap.registry import Registry
 
 log = logging.getLogger(__name__)
 
 KIND = "predictor"
 MODELS = ("unet", "neck")
 NORMALISATION = "rgb 0..1"  # what the U-Net expects: RGB, float, values in 0..1, letterboxed with gray 114
-LOSSES = ("bce", "mse")
+# per-pixel losses: name -> loss(logits, target) -> (B, 1, H, W)
+LOSSES: Registry[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = Registry("predictor loss")
+
+
+@LOSSES.register("bce")
+def bce_per_pixel(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """BCE with logits on soft targets."""
+    return F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+
+
+@LOSSES.register("mse")
+def mse_per_pixel(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Squared error of the sigmoid."""
+    return (torch.sigmoid(logits) - target).pow(2)
 
 
 @dataclass
@@ -239,17 +253,12 @@ class TargetMapDataset(Dataset):
 
 def masked_loss(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None,
                 kind: str = "bce") -> torch.Tensor:
-    """Mean per-pixel loss over valid pixels: BCE with logits on soft targets, or MSE of the sigmoid.
+    """Mean per-pixel loss (one of :data:`LOSSES`) over valid pixels.
 
     Shape:
         logits, target, valid: ``(B, 1, H, W)``.
     """
-    if kind == "bce":
-        per_pixel = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-    elif kind == "mse":
-        per_pixel = (torch.sigmoid(logits) - target).pow(2)
-    else:
-        raise ValueError(f"loss must be one of {LOSSES}, got {kind!r}")
+    per_pixel = LOSSES.get(kind)(logits, target)
     if valid is None:
         return per_pixel.mean()
     return (per_pixel * valid).sum() / valid.sum().clamp_min(1.0)
@@ -285,8 +294,7 @@ class PredictorTask(Task):
                  model: str = "unet", neck: NeckHeadConfig | None = None,
                  in_channels: list[int] | None = None, teacher: str = "yolov5n"):
         super().__init__()
-        if loss not in LOSSES:
-            raise InvismapError(f"predictor loss must be one of {', '.join(LOSSES)}, got {loss!r}")
+        LOSSES.get(loss)  # an unknown name is refused here, listing the known ones
         if model not in MODELS:
             raise InvismapError(f"predictor model must be one of {', '.join(MODELS)}, got {model!r}")
         self.model, self.teacher = model, teacher

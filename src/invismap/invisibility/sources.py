@@ -27,30 +27,20 @@ import numpy as np
 
 from invismap.errors import InvismapError
 from invismap.invisibility.evaluate import MapSource, color_map_source
+from invismap.registry import Registry
 
 SourceFactory = Callable[[str], MapSource]  # the spec's argument (may be "") -> a map source
-SOURCES: dict[str, SourceFactory] = {}
+SOURCES: Registry[SourceFactory] = Registry(
+    "map source", hint="e.g. predictor:RUN/predictor.pt, pair:RUN/student.pt, prior:TARGETS, darkness")
+register = SOURCES.register  # @register("kind"): ``kind[:argument]`` specs build sources with the factory
 REFERENCE_NOTES = {"prior": "fixed prior (position only)", "random": "random (chance)",
                    "oracle": "object oracle (uses labels)"}
-
-
-def register(kind: str) -> Callable[[SourceFactory], SourceFactory]:
-    """Decorator: make ``kind[:argument]`` specs build map sources with the decorated factory."""
-
-    def deco(factory: SourceFactory) -> SourceFactory:
-        SOURCES[kind] = factory
-        return factory
-
-    return deco
 
 
 def map_source(spec: str) -> tuple[str, MapSource]:
     """``(name, source)`` from a spec such as ``predictor:runs/x/predictor.pt`` (the name is the kind)."""
     kind, _, argument = spec.partition(":")
-    if kind not in SOURCES:
-        raise InvismapError(f"unknown map source '{spec}' (known: {', '.join(SOURCES)}; e.g. "
-                            "predictor:RUN/predictor.pt, pair:RUN/student.pt, prior:TARGETS, darkness)")
-    return kind, SOURCES[kind](argument)
+    return kind, SOURCES.get(kind)(argument)
 
 
 def _needs(kind: str, argument: str, what: str) -> str:

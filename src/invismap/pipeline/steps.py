@@ -359,8 +359,7 @@ def geometry(s: Settings, inputs: Inputs, d: Path, resume: bool) -> dict:
     from invismap.registration.experiment import default_estimators, run_weak_alignment
 
     source = source_manifest(inputs)
-    estimators = default_estimators()
-    estimators = {k: estimators[k] for k in ("translation", "homography_dense", "flow")}
+    estimators = default_estimators(names=("translation", "homography_dense", "flow"))
     if "align" in inputs.dirs:
         from invismap.align.run import aligngan_estimators, load_aligner
 

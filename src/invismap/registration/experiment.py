@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import cv2
@@ -56,9 +56,11 @@ from invismap.registration.displacement import (
 )
 from invismap.registration.synthetic import apply_displacement, random_displacement_field
 from invismap.registration.warp import offset_correction, warp_image
+from invismap.registry import Registry
 
 __all__ = [
     "DEFAULT_FIELD",
+    "ESTIMATORS",
     "Estimator",
     "default_estimators",
     "flow_estimator",
@@ -138,17 +140,40 @@ def translation_estimator(params: DisplacementParams = DEFAULT_PARAMS,
     return est
 
 
-def default_estimators(params: DisplacementParams = DEFAULT_PARAMS) -> dict[str, Estimator]:
-    """The reference estimators, sharing one flow computation per input.
+# name -> factory(params, shared_displacement) -> Estimator: the reference estimators by name
+ESTIMATORS: Registry[Callable[[DisplacementParams, Callable], Estimator]] = Registry("alignment estimator")
+
+
+@ESTIMATORS.register("translation")
+def _translation(params: DisplacementParams, disp: Callable) -> Estimator:
+    return translation_estimator(params, _disp=disp)
+
+
+@ESTIMATORS.register("homography_ransac")
+def _homography_ransac(params: DisplacementParams, disp: Callable) -> Estimator:
+    return homography_estimator(params, "ransac", _disp=disp)
+
+
+@ESTIMATORS.register("homography_dense")
+def _homography_dense(params: DisplacementParams, disp: Callable) -> Estimator:
+    return homography_estimator(params, "dense", _disp=disp)
+
+
+@ESTIMATORS.register("flow")
+def _flow(params: DisplacementParams, disp: Callable) -> Estimator:
+    return flow_estimator(params, _disp=disp)
+
+
+def default_estimators(params: DisplacementParams = DEFAULT_PARAMS,
+                       names: Sequence[str] | None = None) -> dict[str, Estimator]:
+    """The reference estimators (all of :data:`ESTIMATORS`, or ``names``), sharing one flow computation per
+    input.
 
     ``translation`` (median flow), ``homography_ransac`` (MAGSAC on trusted pixels),
     ``homography_dense`` (least squares on the filled field) and ``flow`` (the filled dense field).
     """
     disp = _memo_displacement(params)
-    return {"translation": translation_estimator(params, _disp=disp),
-            "homography_ransac": homography_estimator(params, "ransac", _disp=disp),
-            "homography_dense": homography_estimator(params, "dense", _disp=disp),
-            "flow": flow_estimator(params, _disp=disp)}
+    return {name: ESTIMATORS.get(name)(params, disp) for name in (names or ESTIMATORS.names())}
 
 
 def _solve(target: np.ndarray, f: np.ndarray, iters: int) -> np.ndarray:

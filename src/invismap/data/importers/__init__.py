@@ -6,30 +6,27 @@ them), labels are converted to YOLO txt with COCO class ids under ``dst/labels/{
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from pathlib import Path
 
 from invismap.data.manifest import Manifest
 from invismap.errors import InvismapError
+from invismap.registry import Registry
 
-# format name -> "module:function" (imported lazily so one broken importer does not break the others)
-IMPORTERS: dict[str, str] = {
+# format name -> its importer, imported on first use (one broken importer does not break the others)
+IMPORTERS: Registry[Callable[..., Manifest]] = Registry("dataset format", lazy={
     "msrs": "invismap.data.importers.msrs:import_msrs",
     "roadscene": "invismap.data.importers.roadscene:import_roadscene",
     "llvip": "invismap.data.importers.llvip:import_llvip",
     "kaist": "invismap.data.importers.kaist:import_kaist",
     "flir": "invismap.data.importers.flir:import_flir",
     "m3fd": "invismap.data.importers.m3fd:import_m3fd",
-}
+})
 
 
 def get_importer(fmt: str) -> Callable[..., Manifest]:
     """The import function for a format name; unknown names list the known ones."""
-    if fmt not in IMPORTERS:
-        raise InvismapError(f"unknown dataset format '{fmt}' (known: {', '.join(sorted(IMPORTERS))})")
-    module, func = IMPORTERS[fmt].split(":")
-    return getattr(importlib.import_module(module), func)
+    return IMPORTERS.get(fmt)
 
 
 def import_dataset(fmt: str, src: str | Path, dst: str | Path, **options) -> Manifest:
