@@ -243,7 +243,8 @@ def test_gan_step_freezes_each_side(msrs4: Path):
 def trained(msrs4: Path, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("align_run")
     summary = train_aligngan(_cfg(msrs4), run, progress=False)
-    assert summary["steps"] == 4 and summary["train_pairs"] == 3 and summary["val_pairs"] == 1
+    assert summary.steps == 4 and summary.details["train_pairs"] == 3 and summary.details["val_pairs"] == 1
+    assert summary.outputs["aligngan"].is_file()
     return run
 
 
@@ -255,7 +256,7 @@ def test_short_fit_on_real_pairs_and_exact_resume(trained: Path, msrs4: Path, tm
     assert not (part / "aligngan.pt").exists()
     torch.manual_seed(99)  # a new process: other RNG state, same config
     summary = train_aligngan(_cfg(msrs4), part, progress=False, resume=True)
-    assert summary["start_step"] == 2
+    assert summary.start_step == 2
     a = load_checkpoint(trained / "ckpt" / "last.pt", "aligngan")["model"]
     b = load_checkpoint(part / "ckpt" / "last.pt", "aligngan")["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -64,7 +66,11 @@ def test_distill_run_resume_and_thermal_detector(msrs, assets, tmp_path, monkeyp
     monkeypatch.setenv("INVISMAP_ASSETS", str(assets))
     cfg = _cfg(msrs.root / "manifest.csv", loss="mid+head")
     full = run_distill(cfg, tmp_path / "full", progress=False)
-    assert full["train_pairs"] == 6 and len(full["thresholds"]) == 3
+    assert full.details["train_pairs"] == 6 and len(full.details["thresholds"]) == 3
+    assert set(full.outputs) == {"student", "thermal_detector"}
+    assert all(p.is_file() for p in full.outputs.values())
+    saved = json.loads((tmp_path / "full" / "summary.json").read_text())
+    assert saved["finished"] and saved["thresholds"] == full.details["thresholds"]
     run_distill(cfg, tmp_path / "part", progress=False, stop_at=4)
     run_distill(cfg, tmp_path / "part", progress=False, resume=True)
     a = load_checkpoint(tmp_path / "full/student.pt", "student")["student"]
@@ -82,7 +88,7 @@ def test_distillation_moves_student_towards_teacher(msrs, teacher, assets, tmp_p
                                                   "warmup_steps": 2, "eval_every": 12, "ckpt_every": 12})
     summary = run_distill(cfg, tmp_path / "run", progress=False)
     state = load_checkpoint(tmp_path / "run/ckpt/best.pt", "student")
-    assert summary["best_val_loss"] < float("inf")
+    assert summary.best_val_loss < float("inf")
     # The held-out validation loss after training is below the loss of the untrained copy.
     from invismap.data.dataset import PairDataset, collate_pairs
     from invismap.distill.run import split_pairs

@@ -72,7 +72,7 @@ def test_resume_is_bitwise_identical(tmp_path):
     torch.manual_seed(123)
     again = Regression()
     summary = fit(again, Points(), cfg(), tmp_path / "part", val_set=Points(8), resume=True, progress=False)
-    assert summary["start_step"] == 20
+    assert summary.start_step == 20 and summary.finished
     a, b = weights(tmp_path / "full/ckpt/last.pt"), weights(tmp_path / "part/ckpt/last.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert (tmp_path / "full/ckpt/best.pt").is_file()
@@ -147,7 +147,7 @@ def test_training_reduces_the_loss(tmp_path):
 
 def test_nan_steps_are_skipped_then_stop(tmp_path, caplog):
     summary = fit(Regression(), Points(nan_at={5}), cfg(max_steps=20), tmp_path / "a", progress=False)
-    assert summary["skipped_steps"] >= 1
+    assert summary.skipped_steps >= 1
     with pytest.raises(InvismapError, match="non-finite"):
         fit(Regression(), Points(nan_at=set(range(40))), cfg(), tmp_path / "b", progress=False)
 

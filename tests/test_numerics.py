@@ -169,7 +169,7 @@ def test_nan_loss_steps_are_warned_counted_and_skipped(tmp_path, caplog):
     assert warnings == ["step 2: non-finite loss, step skipped (1 so far)",
                         "step 6: non-finite loss, step skipped (2 so far)",
                         "step 7: non-finite loss, step skipped (3 so far)"]
-    assert summary["skipped_steps"] == 3 and summary["steps"] == 12
+    assert summary.skipped_steps == 3 and summary.steps == 12
     state = load_checkpoint(tmp_path / "ckpt" / "last.pt", "toy")
     assert state["skipped_steps"] == 3 and all_finite(state["model"].values())
 

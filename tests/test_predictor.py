@@ -150,7 +150,7 @@ def predictor_file(pairs, tmp_path_factory) -> Path:
     cache_targets(PairDataset(pairs, size=128), darkness, root / "targets", progress=False)
     cfg = PredictorConfig(size=128, val_every_nth=4,
                           train=TrainConfig(max_steps=4, batch_size=2, warmup_steps=1, eval_every=2))
-    return train_predictor(cfg, pairs, root / "targets", root / "run", progress=False)
+    return train_predictor(cfg, pairs, root / "targets", root / "run", progress=False).outputs["predictor"]
 
 
 def test_train_predictor_writes_a_loadable_checkpoint(predictor_file):
@@ -182,10 +182,12 @@ def test_interrupted_run_resumes_to_the_same_weights(pairs, predictor_file, tmp_
     targets = predictor_file.parent.parent / "targets"
     cfg = PredictorConfig(size=128, val_every_nth=4,
                           train=TrainConfig(max_steps=4, batch_size=2, warmup_steps=1, eval_every=2))
-    out = train_predictor(cfg, pairs, targets, tmp_path / "run", progress=False, stop_at=2)
-    assert not out.exists() and (tmp_path / "run" / "ckpt" / "last.pt").is_file()
-    train_predictor(cfg, pairs, targets, tmp_path / "run", resume=True, progress=False)
-    full = train_predictor(cfg, pairs, targets, tmp_path / "full", progress=False)
+    part = train_predictor(cfg, pairs, targets, tmp_path / "run", progress=False, stop_at=2)
+    assert not part.finished and not part.outputs and (tmp_path / "run" / "ckpt" / "last.pt").is_file()
+    assert not (tmp_path / "run" / "predictor.pt").exists()
+    out = train_predictor(cfg, pairs, targets, tmp_path / "run", resume=True, progress=False).outputs
+    full = train_predictor(cfg, pairs, targets, tmp_path / "full", progress=False).outputs["predictor"]
+    out = out["predictor"]
     a, _ = load_predictor(out)
     b, _ = load_predictor(full)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
@@ -331,7 +333,8 @@ def test_neck_head_predictor_trains_loads_predicts_and_exports(pairs, weights_di
     cfg = PredictorConfig(size=160, val_every_nth=0, model="neck", teacher=teacher, object_weight=3.0,
                           neck=NeckHeadConfig(width=8, context=True),
                           train=TrainConfig(max_steps=3, batch_size=2, warmup_steps=1, eval_every=0))
-    path = train_predictor(cfg, pairs, tmp_path / "targets", tmp_path / "run", progress=False)
+    summary = train_predictor(cfg, pairs, tmp_path / "targets", tmp_path / "run", progress=False)
+    path = summary.outputs["predictor"]
     model, meta = load_predictor(path)
     assert isinstance(model, TeacherNeckPredictor) and meta["architecture"] == "neck"
     assert meta["in_channels"] == [64, 128, 256]
@@ -412,7 +415,9 @@ def test_predictor_trained_with_ema_ships_the_moving_average(pairs, tmp_path):
     cache_targets(PairDataset(pairs, size=128), darkness, tmp_path / "t", progress=False)
     train = TrainConfig(max_steps=4, batch_size=2, warmup_steps=1, eval_every=2, ema=0.5)
     cfg = PredictorConfig(size=128, val_every_nth=4, train=train)
-    path = train_predictor(cfg, pairs, tmp_path / "t", tmp_path / "run", progress=False)
+    summary = train_predictor(cfg, pairs, tmp_path / "t", tmp_path / "run", progress=False)
+    assert summary.finished and summary.details["weights_from"] == "ema"
+    path = summary.outputs["predictor"]
     shipped = torch.load(path, weights_only=True)
     last = torch.load(tmp_path / "run" / "ckpt" / "last.pt", weights_only=True)
     assert shipped["weights_from"] == "ema"

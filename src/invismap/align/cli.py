@@ -31,7 +31,7 @@ def _train(args) -> None:
     cfg, run = config_and_run_dir(AlignConfig, args, "align")
     summary = train_aligngan(cfg, run, resume=args.resume)
     print(f"AlignGAN: {run / 'aligngan.pt'}  "
-          f"({summary['pairs_per_s']:.2f} pairs/s, {summary['seconds']:.0f} s)")
+          f"({summary.pairs_per_s:.2f} pairs/s, {summary.seconds:.0f} s)")
 
 
 def _align(args) -> None:

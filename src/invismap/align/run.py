@@ -50,8 +50,9 @@ from invismap.data.manifest import (
 from invismap.engine.checkpoint import check_state_dict, load_checkpoint, save_checkpoint
 from invismap.engine.loop import TrainConfig, fit, resolve_device
 from invismap.engine.rundir import start_run
+from invismap.engine.summary import TrainSummary
 from invismap.errors import InvismapError
-from invismap.io import write_image, write_json
+from invismap.io import write_image
 from invismap.registration.displacement import edge_image
 
 __all__ = ["AlignConfig", "Aligner", "align_dataset", "aligngan_estimators", "load_aligner", "move_boxes",
@@ -96,8 +97,9 @@ def _dataset(pairs: Manifest, cfg: AlignConfig, seed: int, augment: bool) -> Ali
 
 
 def train_aligngan(cfg: AlignConfig, run_dir: str | Path, resume: bool = False, progress: bool = True,
-                   stop_at: int | None = None) -> dict:
-    """Train AlignGAN on ``cfg.data``; writes ``RUN/aligngan.pt``; returns the loop's summary.
+                   stop_at: int | None = None) -> TrainSummary:
+    """Train AlignGAN on ``cfg.data``; writes ``RUN/aligngan.pt`` (``outputs["aligngan"]``) and
+    ``summary.json``.
 
     Raises:
         InvismapError: bad data, or a finished run in ``run_dir`` without ``resume``.
@@ -119,15 +121,16 @@ def train_aligngan(cfg: AlignConfig, run_dir: str | Path, resume: bool = False, 
     t0 = time.time()
     summary = fit(task, train_set, cfg.train, run_dir, val_set=val_set, resume=resume, full_config=cfg,
                   progress=progress, stop_at=stop_at)
-    if summary["steps"] < cfg.train.max_steps:
+    if not summary.finished:
         return summary  # interrupted on purpose: no final artefacts yet
     nets = task.nets
     save_checkpoint(run_dir / "aligngan.pt", {"kind": MODEL_KIND, "model": nets.state_dict(),
                                               "net_config": to_dict(cfg.net), "config": to_dict(cfg)})
-    summary.update(train_pairs=len(train_pairs), val_pairs=len(val_pairs) if val_pairs else 0,
-                   stream_b_pairs=len(train_set.pairs_b), total_seconds=time.time() - t0)
-    write_json(run_dir / "summary.json", summary)
-    log.info(f"wrote {run_dir / 'aligngan.pt'} ({summary['pairs_per_s']:.2f} pairs/s)")
+    summary.outputs["aligngan"] = run_dir / "aligngan.pt"
+    summary.details.update(train_pairs=len(train_pairs), val_pairs=len(val_pairs) if val_pairs else 0,
+                           stream_b_pairs=len(train_set.pairs_b), total_seconds=time.time() - t0)
+    summary.save(run_dir)
+    log.info(f"wrote {run_dir / 'aligngan.pt'} ({summary.pairs_per_s:.2f} pairs/s)")
     return summary
 
 

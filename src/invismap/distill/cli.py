@@ -21,8 +21,8 @@ def _distill(args) -> None:
 
     cfg, run = config_and_run_dir(DistillConfig, args, "distill")
     summary = run_distill(cfg, run, resume=args.resume)
-    print(f"thermal detector: {run / 'thermal_detector.pt'}  ({summary['pairs_per_s']:.2f} pairs/s, "
-          f"{summary['seconds']:.0f} s)")
+    print(f"thermal detector: {run / 'thermal_detector.pt'}  ({summary.pairs_per_s:.2f} pairs/s, "
+          f"{summary.seconds:.0f} s)")
 
 
 def add_experiment_parser(sub: argparse._SubParsersAction) -> None:

@@ -128,7 +128,7 @@ def run_experiment(kind: str, base: DistillConfig, out_dir: str | Path, pair_cou
             summary = json.loads(done.read_text()) if done.is_file() else {}
         else:
             log.info(f"{name}: training in {run_dir}")
-            summary = run_distill(cfg, run_dir, resume=can_resume(run_dir))
+            summary = run_distill(cfg, run_dir, resume=can_resume(run_dir)).to_dict()
         model = load_detector(str(run_dir / "thermal_detector.pt"))
         row = {"variant": name, **scores(model, "thermal")}
         if summary:

@@ -30,9 +30,9 @@ from invismap.distill.task import DistillTask
 from invismap.engine.checkpoint import save_checkpoint
 from invismap.engine.loop import TrainConfig, check_train_config, fit, resolve_device
 from invismap.engine.rundir import start_run
+from invismap.engine.summary import TrainSummary
 from invismap.errors import InvismapError
 from invismap.invisibility.score import calibrate_thresholds, feature_distance
-from invismap.io import write_json
 
 log = logging.getLogger(__name__)
 
@@ -213,8 +213,9 @@ def build_distillation(cfg: DistillConfig) -> tuple[DistillTask, PairDataset, Pa
 
 
 def run_distill(cfg: DistillConfig, run_dir: str | Path, resume: bool = False, progress: bool = True,
-                stop_at: int | None = None) -> dict:
-    """Train the student, calibrate t_k, write ``student.pt`` and ``thermal_detector.pt``; returns summary."""
+                stop_at: int | None = None) -> TrainSummary:
+    """Train the student, calibrate t_k, write ``student.pt`` and ``thermal_detector.pt`` (its outputs) and
+    ``summary.json``."""
     run_dir = Path(run_dir)
     task, train_set, val_set, train_pairs, val_pairs = build_distillation(cfg)
     teacher = task.teacher
@@ -224,13 +225,14 @@ def run_distill(cfg: DistillConfig, run_dir: str | Path, resume: bool = False, p
     t0 = time.time()
     summary = fit(task, train_set, cfg.train, run_dir, val_set=val_set, collate_fn=collate_pairs,
                   resume=resume, full_config=cfg, progress=progress, stop_at=stop_at)
-    if summary["steps"] < cfg.train.max_steps:
+    if not summary.finished:
         return summary  # interrupted on purpose: no final artefacts yet
     student = task.net.module if hasattr(task.net, "module") else task.net
     thresholds, offsets = write_artifacts(teacher, student, cfg, run_dir, val_pairs or train_pairs)
-    summary.update(thresholds=thresholds, offsets=offsets, train_pairs=len(train_pairs),
-                   val_pairs=len(val_pairs) if val_pairs else 0, total_seconds=time.time() - t0)
-    write_json(run_dir / "summary.json", summary)
-    log.info(f"wrote {run_dir / 'thermal_detector.pt'} ({summary['pairs_per_s']:.2f} pairs/s, "
+    summary.outputs.update(student=run_dir / "student.pt", thermal_detector=run_dir / "thermal_detector.pt")
+    summary.details.update(thresholds=thresholds, offsets=offsets, train_pairs=len(train_pairs),
+                           val_pairs=len(val_pairs) if val_pairs else 0, total_seconds=time.time() - t0)
+    summary.save(run_dir)
+    log.info(f"wrote {run_dir / 'thermal_detector.pt'} ({summary.pairs_per_s:.2f} pairs/s, "
              f"t_k = {', '.join(f'{t:.3g}' for t in thresholds)})")
     return summary

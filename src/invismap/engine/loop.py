@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from invismap.config import to_dict
 from invismap.engine.checkpoint import check_state_dict, load_checkpoint, save_checkpoint
 from invismap.engine.rundir import hold_folder
+from invismap.engine.summary import TrainSummary
 from invismap.errors import InvismapError, file_error
 
 log = logging.getLogger(__name__)
@@ -201,7 +202,7 @@ def _move(batch: Any, device: torch.device) -> Any:
 
 
 def fit(task: Task, train_set: Dataset, cfg: TrainConfig, run_dir: str | Path,
-        **kwargs: Any) -> dict[str, Any]:
+        **kwargs: Any) -> TrainSummary:
     """:func:`train` with ``run_dir`` held by this process (:func:`~invismap.engine.rundir.hold_folder`): a
     second trainer on the same folder is refused. Under torchrun the first rank holds it for all."""
     if int(os.environ.get("RANK", "0")) != 0:
@@ -212,8 +213,9 @@ def fit(task: Task, train_set: Dataset, cfg: TrainConfig, run_dir: str | Path,
 
 def train(task: Task, train_set: Dataset, cfg: TrainConfig, run_dir: str | Path, *,
           val_set: Dataset | None = None, collate_fn: Callable | None = None, resume: bool = False,
-          full_config: Any = None, progress: bool = True, stop_at: int | None = None) -> dict[str, Any]:
-    """Train ``task.net`` for ``cfg.max_steps`` steps; returns a summary dict.
+          full_config: Any = None, progress: bool = True, stop_at: int | None = None) -> TrainSummary:
+    """Train ``task.net`` for ``cfg.max_steps`` steps; returns the loop's :class:`TrainSummary` (the trainer
+    adds its outputs and details).
 
     ``stop_at`` ends the run early at that step (after checkpointing), as an interruption would; a later
     ``resume=True`` call continues on the same schedule.
@@ -370,9 +372,9 @@ def train(task: Task, train_set: Dataset, cfg: TrainConfig, run_dir: str | Path,
         unwrap(task.net).load_state_dict(ema.module.state_dict())
     if world > 1:
         dist.barrier()
-    return {"steps": end_step, "start_step": start_step, "seconds": elapsed,
-            "pairs_per_s": seen / max(elapsed, 1e-9), "best_val_loss": best, "skipped_steps": skipped,
-            "world_size": world}
+    return TrainSummary(steps=end_step, max_steps=cfg.max_steps, start_step=start_step, seconds=elapsed,
+                        pairs_per_s=seen / max(elapsed, 1e-9), best_val_loss=best, skipped_steps=skipped,
+                        world_size=world)
 
 
 @torch.no_grad()

@@ -129,8 +129,8 @@ def _train_predictor(args) -> None:
     from invismap.invisibility.predictor import PredictorConfig, train_predictor
 
     cfg, run = config_and_run_dir(PredictorConfig, args, "predictor")
-    out = train_predictor(cfg, run_dir=run, resume=args.resume)
-    print(f"predictor: {out}")
+    summary = train_predictor(cfg, run_dir=run, resume=args.resume)
+    print(f"predictor: {summary.outputs['predictor']}")
 
 
 def _eval(args) -> None:

@@ -69,6 +69,7 @@ from invismap.data.manifest import Manifest, load_manifest, training_pairs
 from invismap.engine.checkpoint import check_state_dict, load_checkpoint, save_checkpoint
 from invismap.engine.loop import Task, TrainConfig, check_train_config, fit, unwrap
 from invismap.engine.rundir import start_run
+from invismap.engine.summary import TrainSummary
 from invismap.errors import InvismapError, file_error
 from invismap.invisibility.neck_head import NeckHead, NeckHeadConfig, TeacherNeckPredictor
 from invismap.invisibility.targets import (  # noqa: F401 - the target cache's helpers, re-exported
@@ -82,7 +83,6 @@ from invismap.invisibility.targets import (  # noqa: F401 - the target cache's h
     target_path,
 )
 from invismap.invisibility.unet import InvisibilityUNet, UNetConfig
-from invismap.io import write_json
 from invismap.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -389,8 +389,9 @@ def check_predictor_config(cfg: PredictorConfig) -> None:
 
 def train_predictor(cfg: PredictorConfig, manifest: Manifest | str | Path | None = None,
                     target_dir: str | Path | None = None, run_dir: str | Path = "runs/predictor",
-                    resume: bool = False, progress: bool = True, stop_at: int | None = None) -> Path:
-    """Train the U-Net on cached targets and write ``run_dir/predictor.pt``; returns its path.
+                    resume: bool = False, progress: bool = True, stop_at: int | None = None) -> TrainSummary:
+    """Train the predictor on cached targets and write ``run_dir/predictor.pt`` (``outputs["predictor"]``)
+    and ``summary.json``.
 
     Args:
         cfg: the run's config.
@@ -439,8 +440,8 @@ def train_predictor(cfg: PredictorConfig, manifest: Manifest | str | Path | None
     summary = fit(task, train_set, cfg.train, run_dir, val_set=val_set, resume=resume, full_config=cfg,
                   progress=progress, stop_at=stop_at)
     out = run_dir / "predictor.pt"
-    if summary["steps"] < cfg.train.max_steps:
-        return out  # interrupted on purpose: no deployable file yet
+    if not summary.finished:
+        return summary  # interrupted on purpose: no deployable file yet
     best = run_dir / "ckpt" / "best.pt"
     source = best if best.is_file() and not cfg.train.ema else run_dir / "ckpt" / "last.pt"
     state = load_checkpoint(source, KIND)
@@ -449,15 +450,15 @@ def train_predictor(cfg: PredictorConfig, manifest: Manifest | str | Path | None
     save_checkpoint(out, {
         "kind": KIND, **task.architecture(), "model": weights, "input_size": cfg.size,
         "square": cfg.square, "normalisation": NORMALISATION, "loss": cfg.loss, "step": state["step"],
-        "weights_from": "ema" if cfg.train.ema else source.name, "best_val_loss": summary["best_val_loss"],
+        "weights_from": "ema" if cfg.train.ema else source.name, "best_val_loss": summary.best_val_loss,
         "config": state["config"],
     })
-    write_json(run_dir / "summary.json", {**summary, "train_pairs": len(train_pairs),
-                                          "val_pairs": len(val_pairs) if val_pairs else 0,
-                                          "weights_from": "ema" if cfg.train.ema else source.name,
-                                          "step": state["step"]})
+    summary.outputs["predictor"] = out
+    summary.details.update(train_pairs=len(train_pairs), val_pairs=len(val_pairs) if val_pairs else 0,
+                           weights_from="ema" if cfg.train.ema else source.name, step=state["step"])
+    summary.save(run_dir)
     log.info(f"wrote {out} (weights of step {state['step']}, from {source.name})")
-    return out
+    return summary
 
 
 def load_predictor(path: str | Path, map_location: str | torch.device = "cpu"

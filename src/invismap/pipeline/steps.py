@@ -113,8 +113,14 @@ def align(c: AlignSection, inputs: Inputs, d: Path, resume: bool) -> dict:
     gan = dataclasses.replace(c.gan, data=str(source))
     summary = train_aligngan(gan, d / "gan", resume=resume and can_resume(d / "gan"))
     manifest = align_dataset(d / "gan" / "aligngan.pt", source, d / "pairs")
-    return {"pairs": len(manifest),
-            "train": {k: v for k, v in (summary or {}).items() if not isinstance(v, dict)}}
+    return {"pairs": len(manifest), "train": _brief(summary, ("steps", "seconds", "pairs_per_s",
+                                                               "best_val_loss", "train_pairs", "val_pairs"))}
+
+
+def _brief(summary, keys: tuple[str, ...]) -> dict:
+    """The figures of a trainer's :class:`~invismap.engine.summary.TrainSummary` a stage records."""
+    flat = summary.to_dict()
+    return {k: flat[k] for k in keys if k in flat}
 
 
 def distill_config(c: DistillConfig, inputs: Inputs, data: Path | None = None, **changes):
@@ -127,8 +133,8 @@ def distill(c: DistillConfig, inputs: Inputs, d: Path, resume: bool) -> dict:
     from invismap.distill.run import run_distill
 
     summary = run_distill(distill_config(c, inputs), d, resume=resume and can_resume(d))
-    return {**{k: summary[k] for k in ("steps", "seconds", "pairs_per_s", "thresholds", "offsets",
-                                       "train_pairs", "val_pairs", "best_val_loss") if k in summary},
+    return {**_brief(summary, ("steps", "seconds", "pairs_per_s", "thresholds", "offsets", "train_pairs",
+                               "val_pairs", "best_val_loss")),
             "teacher": c.teacher, "size": c.size, "loss": c.loss}  # what later stages read (distilled())
 
 
@@ -145,16 +151,12 @@ def targets(c: Settings, inputs: Inputs, d: Path, resume: bool) -> dict:
 
 
 def predictor(c: PredictorConfig, inputs: Inputs, d: Path, resume: bool) -> dict:
-    import json
-
     from invismap.invisibility.predictor import train_predictor
 
     cfg = dataclasses.replace(c, data=str(pairs_manifest(inputs)), targets=str(inputs.dirs["targets"]),
                               teacher=distilled(inputs)[0])
-    train_predictor(cfg, run_dir=d, resume=resume and can_resume(d))
-    s = json.loads((d / "summary.json").read_text())
-    return {k: s[k] for k in ("steps", "seconds", "best_val_loss", "step", "train_pairs", "val_pairs")
-            if k in s}
+    summary = train_predictor(cfg, run_dir=d, resume=resume and can_resume(d))
+    return _brief(summary, ("steps", "seconds", "best_val_loss", "step", "train_pairs", "val_pairs"))
 
 
 def eval_detector(s: Settings, inputs: Inputs, d: Path, resume: bool) -> dict:
