@@ -70,6 +70,12 @@ def _plan_experiments(cfg) -> str:
     return "distillation ablations: " + ", ".join(x for x in runs if x)
 
 
+def _fmt_predictor(s: dict) -> str:
+    best = s.get("best_val_loss")  # None without validation
+    return f"weights of step {s.get('step')} " + (f"(best validation loss {best:.4f})" if best is not None
+                                                  else "(no validation)")
+
+
 def _fmt_predictor_cv(s: dict) -> str:
     scores = ", ".join(f"{r['variant']} {r['selection']:.3f}" for r in s["rows"])
     return f"best: {s['chosen']} ({scores})"
@@ -115,8 +121,7 @@ STAGES = [
           lambda cfg: dataclasses.replace(cfg.predictor, data="", targets="", teacher=""), steps.predictor,
           lambda cfg: f"train the color-only predictor ({cfg.predictor.model}, "
                       f"{cfg.predictor.train.max_steps} steps, size {cfg.predictor.size})",
-          lambda s: f"weights of step {s.get('step')} "
-                    f"(best validation loss {s.get('best_val_loss', 0):.4f})"),
+          _fmt_predictor),
     Stage("eval_detector", ("import", "register", "align", "distill"),
           lambda cfg: {"split": cfg.evaluate.split},
           steps.eval_detector,
