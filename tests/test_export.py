@@ -207,3 +207,27 @@ def test_eval_invisibility_reads_an_onnx_predictor(predictor_file, msrs_dir, tmp
     a, b = from_pt(None, rgb, None), from_onnx(None, rgb, None)
     assert a.shape == b.shape == rgb.shape[:2]
     np.testing.assert_allclose(b, a, atol=TOL)
+
+
+def test_the_readme_python_example_runs_on_a_real_msrs_image(predictor_file, thermal_detector_file, msrs_dir,
+                                                              tmp_path, monkeypatch):
+    """The README's "Python API" block, executed as written, from a folder laid out as it assumes (the MSRS
+    image it names, a run's predictor.pt and thermal_detector.pt; here small untrained ones)."""
+    import re
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Python API"):]
+    code = re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
+    for name, target in {"vi/00004N.png": msrs_dir / "vi" / "00004N.png",
+                         "ir/00004N.png": msrs_dir / "ir" / "00004N.png",
+                         "runs/msrs/predictor/predictor.pt": predictor_file,
+                         "runs/msrs/distill/thermal_detector.pt": thermal_detector_file}.items():
+        assert name in code
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).symlink_to(target)
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    rgb, heat, found = scope["rgb"], scope["heat"], scope["found"]
+    assert heat.shape == rgb.shape[:2] == (480, 640) and 0 <= heat.min() <= heat.max() <= 1
+    assert found.boxes.shape[1:] == (4,) and isinstance(scope["unseen"], list)
