@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 
 import cv2
@@ -404,6 +405,28 @@ def test_weights_size_mismatch_is_user_error(tmp_path: Path, micro: DarknetDetec
 def test_weights_of_another_cfg_rejected(weights_dir: Path, micro: DarknetDetector):
     with pytest.raises(InvismapError, match="extra floats — cfg does not match"):
         load_darknet_weights(micro, weights_dir / "yolo-fastest-1.1-xl.weights")
+
+
+def test_named_model_finds_its_weights_in_another_assets_folder(tmp_path: Path, weights_dir: Path,
+                                                                monkeypatch):
+    """The cfg in a (read-only, shared) assets folder, the weights where `invismap assets fetch` puts them."""
+    from invismap.detector.zoo import load_detector
+
+    shared, cache = tmp_path / "shared", tmp_path / "cache"
+    (shared / "weights").mkdir(parents=True)
+    shutil.copy(weights_dir / "yolov3-tiny.cfg", shared / "weights")
+    monkeypatch.setenv("INVISMAP_ASSETS", str(shared))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    with pytest.raises(InvismapError, match=r"run `invismap assets fetch yolov3-tiny\.weights`"):
+        load_detector("yolov3-tiny")
+    written = load_darknet(shared / "weights" / "yolov3-tiny.cfg")
+    _randomize_bn(written, 4)
+    (cache / "invismap" / "weights").mkdir(parents=True)
+    save_darknet_weights(written, cache / "invismap" / "weights" / "yolov3-tiny.weights")
+    model = load_detector("yolov3-tiny")
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), written.state_dict().values()))
+    with pytest.raises(InvismapError, match="Darknet weights not found"):
+        load_detector(shared / "weights" / "yolov3-tiny.cfg")  # a cfg given by path: its weights beside it
 
 
 # -- real COCO weights -----------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,12 @@ from invismap.invisibility.evaluate import (
     teacher_detections,
 )
 from invismap.invisibility.metrics import object_pixel_mask
-from invismap.invisibility.plots import curves_from_results, plot_coverage_curves, plot_score_histograms
+from invismap.invisibility.plots import (
+    curves_from_results,
+    plot_coverage_curves,
+    plot_intervals,
+    plot_score_histograms,
+)
 from invismap.invisibility.references import oracle_source, prior_source, random_source
 from invismap.invisibility.targets import PRIOR_FILE, load_prior, mean_target, save_prior
 from invismap.io import write_json
@@ -190,6 +196,19 @@ def test_plots_are_written(pairs, tmp_path):
     assert not list((tmp_path / "figs").glob(".*.tmp"))  # atomic writes leave no temp files
     with pytest.raises(ValueError):
         plot_score_histograms({}, tmp_path / "empty.png")
+
+
+def test_interval_plot_keys_the_conditions_when_the_first_map_has_no_value(tmp_path):
+    """missed vs detected is n/a when the color detector finds nothing; the legend must not depend on it."""
+    def result(value):
+        entry = {"value": value, "lo": value and value - 0.1, "hi": value and value + 0.1}
+        return {"conditions": {c: {"metrics": {"missed_vs_detected": entry}} for c in ("day", "night")}}
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib warns when a legend has no entries
+        path = plot_intervals({"predictor": result(None), "darkness": result(0.7)}, tmp_path / "iv.png",
+                              metrics={"missed_vs_detected": "missed vs detected"})
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 # ---------------------------------------------------------------- known answers, intervals, references

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import torch
@@ -52,7 +52,8 @@ def load_detector(name_or_path: str | Path) -> Detector:
 
     Args:
         name_or_path: ``yolov5n`` ... ``yolov5x``, ``yolo-fastest-1.1-xl``, ``yolov3(-tiny)``, or a path to a
-            ``.pt``/``.pth`` checkpoint or a Darknet ``.cfg`` (weights: same stem, ``.weights``).
+            ``.pt``/``.pth`` checkpoint or a Darknet ``.cfg`` (weights: same stem, ``.weights``, beside it; a
+            named model's may also be in another assets folder).
 
     Raises:
         InvismapError: unknown name, missing file (the message says where to put it), unsupported or
@@ -60,7 +61,7 @@ def load_detector(name_or_path: str | Path) -> Detector:
     """
     path = resolve_model_path(name_or_path)
     if path.suffix == ".cfg":
-        model = _load_darknet(path)
+        model = _load_darknet(path, _darknet_weights(name_or_path, path))
     else:
         model = detector_from_checkpoint(load_checkpoint(path), path)
     model.eval()
@@ -141,8 +142,19 @@ def _load_yolov5_kind(ckpt: dict, path: Path) -> YOLOv5:
     return YOLOv5.from_state_dict(ckpt["state_dict"], ckpt.get("names"), source=str(path))
 
 
-def _load_darknet(cfg: Path) -> Detector:
-    weights = cfg.with_suffix(".weights")
+def _darknet_weights(name_or_path: str | Path, cfg: Path) -> Path:
+    """The ``.weights`` of a Darknet ``cfg``: the file beside it with the same stem; for a named model, else
+    the first assets folder holding it (``invismap assets fetch`` writes to the user cache, which need not
+    be the folder holding the cfg, e.g. a read-only shared one)."""
+    beside = cfg.with_suffix(".weights")
+    if beside.is_file() or str(name_or_path) not in NAMED_MODELS:
+        return beside
+    from invismap.assets import find_asset
+
+    return find_asset(str(PurePosixPath(NAMED_MODELS[str(name_or_path)]).with_suffix(".weights")))
+
+
+def _load_darknet(cfg: Path, weights: Path) -> Detector:
     if not weights.is_file():
         raise file_error(weights, "Darknet weights not found",
                          f"put the .weights file for {cfg.name} next to it, with the same name")

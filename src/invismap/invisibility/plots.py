@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from invismap.io import save_figure
 
@@ -168,13 +169,16 @@ def plot_intervals(results_by_source: Mapping[str, Mapping[str, Any]], path: str
                 y = len(names) - 1 - i + offset
                 if lo is not None and hi is not None:
                     ax.plot([lo, hi], [y, y], color=colors.get(cond, f"C{j}"), lw=1.6)
-                ax.plot(e["value"], y, "o", ms=4, color=colors.get(cond, f"C{j}"),
-                        label=cond if i == 0 else None)
+                ax.plot(e["value"], y, "o", ms=4, color=colors.get(cond, f"C{j}"))
         ax.axvline(0.5, color="gray", ls="--", lw=0.8)
         ax.set(xlim=(0.2, 1.0), title=label, xlabel="AUROC (95% interval)")
         ax.grid(axis="x", alpha=0.3)
     axes[0].set_yticks(range(len(names)), names[::-1])
-    axes[0].legend(fontsize=7.5, loc="lower left")
+    # one entry per condition, drawn apart: the first map may have no value in the first panel (n/a when the
+    # color detector finds no object), and the colors still need their key
+    keys = [Line2D([], [], marker="o", ms=4, ls="", color=colors.get(c, f"C{j}"), label=c)
+            for j, c in enumerate(conds)]
+    axes[0].legend(handles=keys, fontsize=7.5, loc="lower left")
     if title:
         fig.suptitle(title)
     fig.tight_layout()
