@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 PUBLISHED_SIZE = 248_007_048  # bytes of pjreddie's yolov3.weights: a 20-byte header and 62,001,757 floats
 HEADER = (0, 2, 0, 32_013_312)  # version 0.2: a 20-byte header (64-bit 'seen'), as the published size implies
 
-# The paper config as it is, made small: data, step counts and image size. 96 instead of 416 (a multiple of
+# The paper config as it is, made small: data, step counts and image sizes. 96 instead of 416 (a multiple of
 # YOLOv3's stride 32) keeps the 62M-parameter network at a tenth of a second a batch on one CPU thread.
 # Off for speed: the second dataset (data.more), the other camera's evaluation and the fusion stage, which
 # the MSRS base config turns on and which do not depend on the teacher's kind. Training settings are changed
@@ -37,8 +37,8 @@ HEADER = (0, 2, 0, 32_013_312)  # version 0.2: a 20-byte header (64-bit 'seen'),
 # checkpoint is written once, at the end.
 SMALL = [
     "data.max_pairs=2", "data.more=[]", "displacement.max_pairs=2", "distill.size=96", "predictor.size=96",
-    "predictor.val_every_nth=0", "evaluate.other=[]", "evaluate.bootstrap=50", "fusion.enabled=false",
-    "report.gallery=1",
+    "evaluate.detector_size=96", "predictor.val_every_nth=0", "evaluate.other=[]", "evaluate.bootstrap=50",
+    "fusion.enabled=false", "report.gallery=1",
     *(f"{stage}.train.{key}={value}" for stage in ("distill", "predictor")
       for key, value in {"max_steps": 2, "batch_size": 2, "eval_every": 0, "ckpt_every": 2, "log_every": 1,
                          "image_every": 0}.items()),

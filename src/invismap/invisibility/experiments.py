@@ -102,7 +102,7 @@ def slug(name: str) -> str:
 def predictor_ablation(base: PredictorConfig, variants: Mapping[str, Sequence[str]], student: str | Path,
                        data: str | Path, out: str | Path, k: int = 4, split: str = "train",
                        conditions: Sequence[str] = ("day", "night"), teacher: str = "yolov5n",
-                       n_boot: int = 1000, progress: bool = True) -> list[dict[str, Any]]:
+                       n_boot: int = 1000, progress: bool = True, size: int = 640) -> list[dict[str, Any]]:
     """Cross-validate predictor variants on the ``split`` pairs; returns the table rows (best first).
 
     Args:
@@ -117,6 +117,7 @@ def predictor_ablation(base: PredictorConfig, variants: Mapping[str, Sequence[st
         split: the split to cross-validate on (never the test split).
         conditions: the conditions scored.
         teacher: the color detector that defines missed objects.
+        size: its input size.
         n_boot: bootstrap resamples.
     """
     if split == "test":
@@ -134,7 +135,7 @@ def predictor_ablation(base: PredictorConfig, variants: Mapping[str, Sequence[st
                             "to cross-validate on")
     configs = {name: variant_config(base, ov) for name, ov in variants.items()}
     parts = folds(pairs, k)
-    detections = teacher_detections(pairs, load_detector(teacher), progress=progress)
+    detections = teacher_detections(pairs, load_detector(teacher), size=size, progress=progress)
     targets: dict[str, Path] = {}  # one target folder per distinct target config and size
     records: dict[str, MapRecords] = {}
     for name, cfg in configs.items():

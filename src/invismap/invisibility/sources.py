@@ -115,7 +115,8 @@ def _oracle(argument: str) -> MapSource:
 
 def evaluate_specs(manifest, specs: list[str] | dict[str, str], teacher: str = "yolov5n",
                    conditions=("day", "night"), tau: float = 0.35, conf: float = 0.25,
-                   references=("prior", "darkness"), n_boot: int = 1000, progress: bool = True) -> dict:
+                   references=("prior", "darkness"), n_boot: int = 1000, progress: bool = True,
+                   size: int = 640) -> dict:
     """Every map of ``specs`` scored on ``manifest`` in one run: the color teacher's detections define which
     objects it misses, then :func:`~invismap.invisibility.evaluate.compare_sources`.
 
@@ -123,13 +124,15 @@ def evaluate_specs(manifest, specs: list[str] | dict[str, str], teacher: str = "
         manifest: the pairs (select the evaluation split first).
         specs: map specs (named by their kind), or ``{name: spec}`` to name them.
         teacher: the color detector (name or file, ``.onnx`` too).
+        size: the color detector's input size (longest side).
     """
     from invismap.detector.zoo import load_inference_detector
     from invismap.invisibility.evaluate import compare_sources, teacher_detections
 
     named = specs if isinstance(specs, dict) else {map_source_name(s): s for s in specs}
     sources = {name: map_source(spec)[1] for name, spec in named.items()}
-    detections = teacher_detections(manifest, load_inference_detector(teacher), conf=conf, progress=progress)
+    detections = teacher_detections(manifest, load_inference_detector(teacher), size=size, conf=conf,
+                                    progress=progress)
     return compare_sources(manifest, sources, detections, references=tuple(references),
                            conditions=tuple(conditions), tau=tau, detection_conf=conf, n_boot=n_boot,
                            progress=progress)

@@ -85,6 +85,9 @@ class EvaluateSection:
     split: str = "test"
     conditions: list[str] = field(default_factory=lambda: ["day", "night"])
     conf: float = 0.25  # color detector confidence that counts an object as 'detected'
+    # the color detector's input size (longest side) when deciding which objects it misses; the paper's
+    # YOLOv3 runs at 416 (configs/paper-yolov3.yaml)
+    detector_size: int = 640
     tau: float = 0.35  # the paper's score threshold
     # map sources scored beside the predictor, pair score and fixed prior (invisibility/sources.py)
     baselines: list[str] = field(default_factory=lambda: ["darkness", "contrast", "random", "oracle"])

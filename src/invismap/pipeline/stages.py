@@ -146,7 +146,8 @@ STAGES = [
     Stage("predictor_cv", ("import", "register", "align", "distill"),
           lambda cfg: {"variants": cfg.experiments.predictor, "folds": cfg.experiments.folds,
                        "predictor": dataclasses.replace(cfg.predictor, data="", targets="", teacher=""),
-                       "conditions": cfg.evaluate.conditions, "bootstrap": cfg.evaluate.bootstrap},
+                       "conditions": cfg.evaluate.conditions, "bootstrap": cfg.evaluate.bootstrap,
+                       "detector_size": cfg.evaluate.detector_size},
           steps.predictor_cv,
           lambda cfg: f"cross-validate {len(cfg.experiments.predictor)} predictor variants on split "
                       f"'{cfg.predictor.split}' ({cfg.experiments.folds} folds)",
@@ -216,6 +217,9 @@ def check_config(cfg) -> None:
                             "(one entry per dataset)")
     if cfg.experiments.predictor and cfg.experiments.folds < 2:
         raise InvismapError(f"config key 'experiments.folds': {cfg.experiments.folds} is not allowed (>= 2)")
+    if c.detector_size < 32 or c.detector_size % 32:
+        raise InvismapError(f"config key 'evaluate.detector_size': {c.detector_size} is not allowed "
+                            "(a multiple of 32, e.g. 640)")
     if c.bootstrap < 1:
         raise InvismapError(f"config key 'evaluate.bootstrap': {c.bootstrap} is not allowed "
                             "(an integer >= 1)")

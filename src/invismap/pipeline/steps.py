@@ -217,7 +217,8 @@ def eval_maps(s: Settings, inputs: Inputs, d: Path, resume: bool) -> dict:
     c, teacher = s.evaluate, distilled(inputs)[0]
     manifest = evaluation_pairs(c, inputs)
     results = evaluate_specs(manifest, map_specs(inputs, c.baselines), teacher, conditions=c.conditions,
-                             tau=c.tau, conf=c.conf, references=c.references, n_boot=c.bootstrap)
+                             tau=c.tau, conf=c.conf, references=c.references, n_boot=c.bootstrap,
+                             size=c.detector_size)
     write_json(d / "invisibility.json", results)
     write_plots(results, d / "plots")
     inputs.echo(format_table(results))
@@ -226,7 +227,7 @@ def eval_maps(s: Settings, inputs: Inputs, d: Path, resume: bool) -> dict:
         inputs.echo(f"{other.format} (another camera, models trained on {s.dataset} only):")
         inputs.echo(format_table(other_results))
     if c.layers:
-        detections = teacher_detections(manifest, load_detector(teacher), conf=c.conf)
+        detections = teacher_detections(manifest, load_detector(teacher), size=c.detector_size, conf=c.conf)
         layer_ablation(c, inputs, manifest, detections, d)
     return {"headline": headline(results)}
 
@@ -249,7 +250,7 @@ def evaluate_other(s: Settings, inputs: Inputs, other, d: Path) -> dict:
                             "to evaluate")
     results = evaluate_specs(manifest, map_specs(inputs, c.baselines), distilled(inputs)[0],
                              conditions=c.conditions, tau=c.tau, conf=c.conf, references=c.references,
-                             n_boot=c.bootstrap)
+                             n_boot=c.bootstrap, size=c.detector_size)
     for r in results.values():
         r["settings"].update(dataset=other.format, split=other.split)
     write_json(d / f"invisibility_{other.format}.json", results)
@@ -352,7 +353,8 @@ def predictor_cv(s: Settings, inputs: Inputs, d: Path, resume: bool) -> dict:
     pred, teacher = s.predictor, distilled(inputs)[0]
     rows = predictor_ablation(dataclasses.replace(pred, teacher=teacher), s.variants,
                               inputs.dirs["distill"] / "student.pt", pairs_manifest(inputs), d, k=s.folds,
-                              split=pred.split, conditions=s.conditions, teacher=teacher, n_boot=s.bootstrap)
+                              split=pred.split, conditions=s.conditions, teacher=teacher, n_boot=s.bootstrap,
+                              size=s.detector_size)
     return {"chosen": rows[0]["variant"], "rows": [{k: r[k] for k in ("variant", "selection")} for r in rows]}
 
 
@@ -413,7 +415,7 @@ def gallery(s: Settings, inputs: Inputs, d: Path, resume: bool) -> dict:
 
     rows = write_gallery(evaluation_pairs(s.evaluate, inputs), inputs.dirs["distill"] / "student.pt",
                          inputs.dirs["predictor"] / "predictor.pt", distilled(inputs)[0], d,
-                         per_condition=s.n, conf=s.evaluate.conf)
+                         per_condition=s.n, conf=s.evaluate.conf, size=s.evaluate.detector_size)
     return {"images": rows}
 
 

@@ -70,8 +70,10 @@ def render_row(rgb: np.ndarray, thermal: np.ndarray, pair_score: np.ndarray, pre
 
 
 def write_gallery(pairs: Manifest, student: str | Path, predictor: str | Path, teacher: str,
-                  out_dir: str | Path, per_condition: int = 3, conf: float = 0.25) -> list[dict]:
-    """Render ``per_condition`` rows per condition (pairs with missed objects first) to ``out_dir``.
+                  out_dir: str | Path, per_condition: int = 3, conf: float = 0.25,
+                  size: int = 640) -> list[dict]:
+    """Render ``per_condition`` rows per condition (pairs with missed objects first) to ``out_dir``; the
+    color detector runs at ``size``.
 
     Writes ``out_dir/<condition>_<name>.png`` and ``out_dir/gallery.json`` (one entry per row, with its
     counts and mean scores); returns those entries.
@@ -83,7 +85,7 @@ def write_gallery(pairs: Manifest, student: str | Path, predictor: str | Path, t
     rows = []
     for condition in dict.fromkeys(s.condition for s in pairs):
         group = pairs.select(condition=condition)
-        detections = teacher_detections(group, color_detector, conf=conf, progress=False)
+        detections = teacher_detections(group, color_detector, size=size, conf=conf, progress=False)
         sets = {}
         for s in group:
             _, thermal_boxes = load_boxes(s, *image_size(s.thermal))
