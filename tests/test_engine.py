@@ -176,11 +176,12 @@ def _ddp_worker(rank, world, port, out_dir):
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.manual_seed(0)
     task = Regression()
-    fit(task, Points(), cfg(batch_size=2, device="cpu"), out_dir, progress=False)
+    fit(task, Points(), cfg(batch_size=4, device="cpu"), out_dir, progress=False)
     torch.distributed.destroy_process_group()
 
 
 def test_ddp_two_processes_match_one(tmp_path):
+    """``batch_size`` is the global batch: two processes of 2 pairs each train what one process of 4 does."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -28,7 +28,8 @@ from invismap.detector.zoo import load_detector
 from invismap.distill.student import ThermalStudent, student_checkpoint
 from invismap.distill.task import DistillTask
 from invismap.engine.checkpoint import save_checkpoint
-from invismap.engine.loop import TrainConfig, check_train_config, fit, resolve_device
+from invismap.engine.distributed import is_main_process
+from invismap.engine.loop import TrainConfig, check_train_config, fit, resolve_device, unwrap
 from invismap.engine.rundir import start_run
 from invismap.errors import InvismapError
 from invismap.invisibility.score import calibrate_thresholds, feature_distance
@@ -224,9 +225,9 @@ def run_distill(cfg: DistillConfig, run_dir: str | Path, resume: bool = False, p
     t0 = time.time()
     summary = fit(task, train_set, cfg.train, run_dir, val_set=val_set, collate_fn=collate_pairs,
                   resume=resume, full_config=cfg, progress=progress, stop_at=stop_at)
-    if summary["steps"] < cfg.train.max_steps:
-        return summary  # interrupted on purpose: no final artefacts yet
-    student = task.net.module if hasattr(task.net, "module") else task.net
+    if summary["steps"] < cfg.train.max_steps or not is_main_process():
+        return summary  # interrupted on purpose (no final artefacts yet); under torchrun rank 0 writes them
+    student = unwrap(task.net)
     thresholds, offsets = write_artifacts(teacher, student, cfg, run_dir, val_pairs or train_pairs)
     summary.update(thresholds=thresholds, offsets=offsets, train_pairs=len(train_pairs),
                    val_pairs=len(val_pairs) if val_pairs else 0, total_seconds=time.time() - t0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from invismap.engine.rundir import add_training_arguments, config_and_run_dir
+from invismap.engine.rundir import add_training_arguments, config_and_run_dir, report_training
 from invismap.errors import InvismapError
 
 MAP_HELP = ("map sources: predictor:RUN/predictor.pt (or .onnx), pair:RUN/student.pt, "
@@ -129,8 +129,9 @@ def _train_predictor(args) -> None:
     from invismap.invisibility.predictor import PredictorConfig, train_predictor
 
     cfg, run = config_and_run_dir(PredictorConfig, args, "predictor")
-    out = train_predictor(cfg, run_dir=run, resume=args.resume)
-    print(f"predictor: {out}")
+    out = train_predictor(cfg, run_dir=run, resume=args.resume, stop_at=args.stop_at)
+    steps = cfg.train.max_steps if out.is_file() else min(args.stop_at or 0, cfg.train.max_steps)
+    report_training(run, steps, cfg.train.max_steps, f"predictor: {out}")
 
 
 def _eval(args) -> None:
