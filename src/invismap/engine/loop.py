@@ -467,10 +467,12 @@ def _mean_over_processes(values: dict[str, float], device: torch.device) -> dict
 @torch.no_grad()
 def evaluate(task: Task, dataset: Dataset, cfg: TrainConfig, device: torch.device,
              collate_fn: Callable | None = None) -> dict[str, float]:
-    """Average ``task.validation_step`` over the batches of ``dataset`` (in order, no augmentation).
+    """The mean of ``task.validation_step`` over ``dataset`` (in order, no augmentation), each batch weighted
+    by its number of items: for a per-item mean (a loss) that is the mean over the items, however they are
+    batched.
 
     Under torchrun the processes share the batches (process r takes batches r, r + N, ...), each of
-    ``cfg.batch_size / N`` items as in training, and every process returns the average over all of them.
+    ``cfg.batch_size / N`` items as in training, and every process returns the mean over all of them.
     """
     task.eval()
     world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
@@ -480,12 +482,12 @@ def evaluate(task: Task, dataset: Dataset, cfg: TrainConfig, device: torch.devic
     loader = DataLoader(dataset, batch_sampler=mine, collate_fn=collate_fn, num_workers=cfg.num_workers)
     totals: dict[str, float] = {}
     count = 0
-    for batch in loader:
+    for indices, batch in zip(mine, loader):
         with autocast(cfg, device):
             out = task.validation_step(_move(batch, device, cfg.channels_last))
         for k, v in out.items():
-            totals[k] = totals.get(k, 0.0) + float(v)
-        count += 1
+            totals[k] = totals.get(k, 0.0) + float(v) * len(indices)
+        count += len(indices)
     if world > 1:  # a process may have had no batch, hence no keys: gather the dicts, not tensors
         parts: list[Any] = [None] * world
         dist.all_gather_object(parts, (totals, count))
