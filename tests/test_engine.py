@@ -280,3 +280,19 @@ def test_fp16_gradient_scaler_is_checkpointed_and_resumes_exactly(tmp_path, monk
     assert "scaler" not in load_checkpoint(tmp_path / "fp32/ckpt/last.pt")
     fp32 = weights(tmp_path / "fp32/ckpt/last.pt")
     assert not all(torch.equal(full["model"][k], v) for k, v in fp32.items())  # fp16 did run
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_channels_last_and_compile_train_on_cuda(tmp_path, precision):
+    """The GPU switches together: autocast (fp16 with its scaler), NHWC memory, torch.compile."""
+    task, data = Regression(), Points()
+    before = float(task.training_step({"x": data.x, "y": data.y})["loss/main"])
+    fit(task, data, cfg(max_steps=60, precision=precision, channels_last=True, compile=True, device="cuda"),
+        tmp_path, progress=False)
+    with torch.no_grad():
+        after = float(task.training_step({"x": data.x.cuda(), "y": data.y.cuda()})["loss/main"])
+    assert after < 0.2 * before
+    assert ("scaler" in load_checkpoint(tmp_path / "ckpt/last.pt")) == (precision == "fp16")
+    assert not hasattr(task.net, "_orig_mod")  # the plain module again after training
