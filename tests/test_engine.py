@@ -87,6 +87,8 @@ def test_resume_is_bitwise_identical(tmp_path):
     torch.manual_seed(0)
     part = Regression()
     fit(part, Points(), cfg(), tmp_path / "part", val_set=Points(8), progress=False, stop_at=20)
+    with pytest.raises(InvismapError, match="--stop-at 20: the run is already at step 20; give a later step"):
+        fit(Regression(), Points(), cfg(), tmp_path / "part", resume=True, progress=False, stop_at=20)
     # a new process would start from scratch: new task, same config, --resume
     torch.manual_seed(123)
     again = Regression()

@@ -325,6 +325,9 @@ def train(task: Task, train_set: Dataset, cfg: TrainConfig, run_dir: str | Path,
         torch.set_rng_state(state["rng"]["torch"])
         if is_main:
             log.info(f"resuming from {last} at step {start_step}")
+    if stop_at is not None and stop_at <= start_step:
+        raise InvismapError(f"--stop-at {stop_at}: the run is already at step {start_step}; "
+                            "give a later step")
     ema = None
     if cfg.ema:
         ema = AveragedModel(task.net, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)

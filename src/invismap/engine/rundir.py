@@ -90,8 +90,9 @@ def config_and_run_dir(cls: type, args, stage: str) -> tuple[Any, Path]:
 def report_training(run: Path, steps: int, max_steps: int, done: str) -> None:
     """Print a trainer command's last line: ``done`` once ``max_steps`` are done, else how to continue (a
     run stopped by ``--stop-at``). Under torchrun only the first process prints."""
-    from invismap.engine.distributed import is_main_process
+    from invismap.engine.distributed import is_main_process, world_size
 
     if is_main_process():
+        flag = "--run-dir" if world_size() > 1 else "--run"
         print(done if steps >= max_steps else
-              f"stopped at step {steps} of {max_steps}: continue with --resume --run {run}")
+              f"stopped at step {steps} of {max_steps}: continue with --resume {flag} {run}")
