@@ -233,9 +233,12 @@ def scalars(run, tag):
 
 
 def test_processes_that_cannot_share_a_run_are_refused_before_any_work(tmp_path, monkeypatch):
-    """Under torchrun: a global batch that does not split between the processes, and a task that bypasses
-    DDP (AlignGAN), are refused in one line before the process group or any file."""
+    """Under torchrun: a global batch that does not split between the processes, a task that bypasses DDP
+    (AlignGAN) and the distillation experiments are refused in one line before the process group or any
+    file."""
     from invismap.align.run import AlignConfig, train_aligngan
+    from invismap.distill.experiments import run_experiment
+    from invismap.distill.run import DistillConfig
 
     monkeypatch.setenv("WORLD_SIZE", "3")
     with pytest.raises(InvismapError, match=r"'train.batch_size': 4 does not split between the 3 torchrun "
@@ -247,6 +250,8 @@ def test_processes_that_cannot_share_a_run_are_refused_before_any_work(tmp_path,
         fit(no_ddp, Points(), cfg(batch_size=3), tmp_path / "b", progress=False)
     with pytest.raises(InvismapError, match=r"the aligngan trainer runs as one process .*without torchrun"):
         train_aligngan(AlignConfig(), tmp_path / "c")
+    with pytest.raises(InvismapError, match="distill-experiment runs as one process, not under torchrun"):
+        run_experiment("ablation", DistillConfig(), tmp_path / "d")
     assert not any(tmp_path.rglob("*.pt")) and not torch.distributed.is_initialized()
 
 
