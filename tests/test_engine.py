@@ -10,8 +10,9 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from invismap.engine import loop
 from invismap.engine.checkpoint import load_checkpoint, save_checkpoint
-from invismap.engine.loop import StepBatchSampler, Task, TrainConfig, fit, lr_at
+from invismap.engine.loop import StepBatchSampler, Task, TrainConfig, check_train_config, fit, lr_at
 from invismap.errors import InvismapError
 
 
@@ -50,6 +51,24 @@ class Regression(Task):
         return {"loss": float(self.training_step(batch)["loss/main"])}
 
 
+class NormRegression(Regression):
+    """With a BatchNorm layer in training mode, in float64.
+
+    Adam divides each gradient by its own size, so a gradient that is zero up to rounding moves its weight by
+    up to the learning rate, in a direction rounding decides: float64, and no bias before the BatchNorm (it
+    would have exactly such a gradient), keep the comparison of two runs to rounding.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(4, 8, bias=False), nn.BatchNorm1d(8), nn.Tanh(),
+                                 nn.Linear(8, 1)).double()
+
+    def training_step(self, batch):
+        pred = self.net(batch["x"].double()).squeeze(1)
+        return {"loss/main": nn.functional.mse_loss(pred, batch["y"].double())}
+
+
 def cfg(**kw):
     base = {"max_steps": 30, "batch_size": 4, "lr": 0.05, "warmup_steps": 3, "ckpt_every": 10,
             "eval_every": 15, "log_every": 5}
@@ -68,6 +87,8 @@ def test_resume_is_bitwise_identical(tmp_path):
     torch.manual_seed(0)
     part = Regression()
     fit(part, Points(), cfg(), tmp_path / "part", val_set=Points(8), progress=False, stop_at=20)
+    with pytest.raises(InvismapError, match="--stop-at 20: the run is already at step 20; give a later step"):
+        fit(Regression(), Points(), cfg(), tmp_path / "part", resume=True, progress=False, stop_at=20)
     # a new process would start from scratch: new task, same config, --resume
     torch.manual_seed(123)
     again = Regression()
@@ -175,18 +196,110 @@ def _ddp_worker(rank, world, port, out_dir):
     os.environ.update(WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.manual_seed(0)
-    task = Regression()
-    fit(task, Points(), cfg(batch_size=2, device="cpu"), out_dir, progress=False)
+    task = NormRegression()
+    fit(task, Points(), cfg(batch_size=4, device="cpu"), out_dir, val_set=Points(10), progress=False)
     torch.distributed.destroy_process_group()
 
 
 def test_ddp_two_processes_match_one(tmp_path):
+    """``batch_size`` is the global batch: two processes of 2 pairs each train what one process of 4 does,
+    BatchNorm (synchronised over the processes) included: weights, BatchNorm statistics, the validation loss
+    and the logged losses agree up to float64 rounding."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     torch.multiprocessing.spawn(_ddp_worker, args=(2, port, tmp_path / "ddp"), nprocs=2, join=True)
     torch.manual_seed(0)
-    fit(Regression(), Points(), cfg(batch_size=4), tmp_path / "single", progress=False)
-    a, b = weights(tmp_path / "ddp/ckpt/last.pt"), weights(tmp_path / "single/ckpt/last.pt")
+    fit(NormRegression(), Points(), cfg(batch_size=4), tmp_path / "single", val_set=Points(10),
+        progress=False)
+    ddp, single = (load_checkpoint(tmp_path / run / "ckpt/last.pt") for run in ("ddp", "single"))
+    a, b = ddp["model"], single["model"]
+    assert "1.running_var" in a and not torch.equal(a["1.running_var"], torch.ones(8, dtype=torch.float64))
     for k in a:
-        assert torch.allclose(a[k], b[k], atol=1e-5), k
+        assert torch.allclose(a[k].double(), b[k].double(), rtol=0, atol=1e-10), k
+    # validation shared by the two processes (5 batches of 2) and in one process (batches of 4, 4, 2)
+    assert ddp["best"] == pytest.approx(single["best"], rel=1e-9)
+    assert scalars(tmp_path / "ddp", "loss/main") == pytest.approx(scalars(tmp_path / "single", "loss/main"),
+                                                                   rel=1e-9)
+
+
+def scalars(run, tag):
+    """The values TensorBoard holds for ``tag``, in step order."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tb"))
+    events.Reload()
+    return [e.value for e in events.Scalars(tag)]
+
+
+def test_processes_that_cannot_share_a_run_are_refused_before_any_work(tmp_path, monkeypatch):
+    """Under torchrun: a global batch that does not split between the processes, a task that bypasses DDP
+    (AlignGAN) and the distillation experiments are refused in one line before the process group or any
+    file."""
+    from invismap.align.run import AlignConfig, train_aligngan
+    from invismap.distill.experiments import run_experiment
+    from invismap.distill.run import DistillConfig
+
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    with pytest.raises(InvismapError, match=r"'train.batch_size': 4 does not split between the 3 torchrun "
+                                            r"processes .*use a multiple of 3"):
+        fit(Regression(), Points(), cfg(batch_size=4), tmp_path / "a", progress=False)
+    no_ddp = Regression()
+    no_ddp.ddp = False
+    with pytest.raises(InvismapError, match="the toy trainer runs as one process only"):
+        fit(no_ddp, Points(), cfg(batch_size=3), tmp_path / "b", progress=False)
+    with pytest.raises(InvismapError, match=r"the aligngan trainer runs as one process .*without torchrun"):
+        train_aligngan(AlignConfig(), tmp_path / "c")
+    with pytest.raises(InvismapError, match="distill-experiment runs as one process, not under torchrun"):
+        run_experiment("ablation", DistillConfig(), tmp_path / "d")
+    assert not any(tmp_path.rglob("*.pt")) and not torch.distributed.is_initialized()
+
+
+def test_precision_settings_are_checked(tmp_path):
+    with pytest.raises(InvismapError, match=r"'train.precision': 'fp8' is not allowed \(fp32, bf16 or fp16"):
+        check_train_config(cfg(precision="fp8"))
+    with pytest.raises(InvismapError, match=r"'train.compile': 'yes' is not allowed \(true or false\)"):
+        check_train_config(cfg(compile="yes"))
+    with pytest.raises(InvismapError, match=r"'train.precision': fp16 needs a CUDA device .*bf16 or fp32"):
+        fit(Regression(), Points(), cfg(precision="fp16", device="cpu"), tmp_path, progress=False)
+
+
+def test_fp16_gradient_scaler_is_checkpointed_and_resumes_exactly(tmp_path, monkeypatch):
+    """The GradScaler's state is saved with the checkpoint and restored on resume, so an interrupted fp16 run
+    ends bitwise where an uninterrupted one does. fp16 is refused on CPU (slow there); the scaler's plumbing
+    does not depend on the device, so this lifts the refusal to test it on CPU."""
+    monkeypatch.setattr(loop, "check_precision", lambda *a, **k: None)
+    half = cfg(precision="fp16", device="cpu")
+    torch.manual_seed(0)
+    fit(Regression(), Points(), half, tmp_path / "full", progress=False)
+    torch.manual_seed(0)
+    fit(Regression(), Points(), half, tmp_path / "part", progress=False, stop_at=20)
+    saved = load_checkpoint(tmp_path / "part/ckpt/last.pt", "toy")["scaler"]
+    fresh = torch.amp.GradScaler("cpu").state_dict()
+    assert (saved["scale"], saved["_growth_tracker"]) != (fresh["scale"], 0)  # what 20 steps made of it
+    fit(Regression(), Points(), half, tmp_path / "part", progress=False, resume=True)
+    full, part = (load_checkpoint(tmp_path / run / "ckpt/last.pt") for run in ("full", "part"))
+    assert full["scaler"] == part["scaler"]
+    assert all(torch.equal(full["model"][k], part["model"][k]) for k in full["model"])
+    plain = cfg(device="cpu")
+    torch.manual_seed(0)
+    fit(Regression(), Points(), plain, tmp_path / "fp32", progress=False)
+    assert "scaler" not in load_checkpoint(tmp_path / "fp32/ckpt/last.pt")
+    fp32 = weights(tmp_path / "fp32/ckpt/last.pt")
+    assert not all(torch.equal(full["model"][k], v) for k, v in fp32.items())  # fp16 did run
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_channels_last_and_compile_train_on_cuda(tmp_path, precision):
+    """The GPU switches together: autocast (fp16 with its scaler), NHWC memory, torch.compile."""
+    task, data = Regression(), Points()
+    before = float(task.training_step({"x": data.x, "y": data.y})["loss/main"])
+    fit(task, data, cfg(max_steps=60, precision=precision, channels_last=True, compile=True, device="cuda"),
+        tmp_path, progress=False)
+    with torch.no_grad():
+        after = float(task.training_step({"x": data.x.cuda(), "y": data.y.cuda()})["loss/main"])
+    assert after < 0.2 * before
+    assert ("scaler" in load_checkpoint(tmp_path / "ckpt/last.pt")) == (precision == "fp16")
+    assert not hasattr(task.net, "_orig_mod")  # the plain module again after training

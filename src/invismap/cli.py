@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from invismap import __version__
@@ -46,11 +47,23 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+    # under torchrun every process runs this; the others than the first only log warnings and errors
+    quiet = os.environ.get("RANK", "0") not in ("", "0")
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING if quiet else logging.INFO,
                         format="%(message)s", stream=sys.stderr)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    try:
+        return _run(args)
+    finally:
+        if "WORLD_SIZE" in os.environ:  # torchrun: leave the process group a trainer joined
+            from invismap.engine.distributed import shutdown
+
+            shutdown()
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         result = args.func(args)
     except InvismapError as e:

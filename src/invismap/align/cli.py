@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from invismap.engine.rundir import add_training_arguments, config_and_run_dir
+from invismap.engine.rundir import add_training_arguments, config_and_run_dir, report_training
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -29,9 +29,10 @@ def _train(args) -> None:
     from invismap.align.run import AlignConfig, train_aligngan
 
     cfg, run = config_and_run_dir(AlignConfig, args, "align")
-    summary = train_aligngan(cfg, run, resume=args.resume)
-    print(f"AlignGAN: {run / 'aligngan.pt'}  "
-          f"({summary.pairs_per_s:.2f} pairs/s, {summary.seconds:.0f} s)")
+    summary = train_aligngan(cfg, run, resume=args.resume, stop_at=args.stop_at)
+    report_training(run, summary.steps, summary.max_steps,
+                    f"AlignGAN: {run / 'aligngan.pt'}  "
+                    f"({summary.pairs_per_s:.2f} pairs/s, {summary.seconds:.0f} s)")
 
 
 def _align(args) -> None:

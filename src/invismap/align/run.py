@@ -48,7 +48,7 @@ from invismap.data.manifest import (
     yolo_to_xyxy,
 )
 from invismap.engine.checkpoint import check_state_dict, load_checkpoint, save_checkpoint
-from invismap.engine.loop import TrainConfig, fit, resolve_device
+from invismap.engine.loop import TrainConfig, check_processes, fit, resolve_device
 from invismap.engine.rundir import start_run
 from invismap.engine.summary import TrainSummary
 from invismap.errors import InvismapError
@@ -102,9 +102,11 @@ def train_aligngan(cfg: AlignConfig, run_dir: str | Path, resume: bool = False, 
     ``summary.json``.
 
     Raises:
-        InvismapError: bad data, or a finished run in ``run_dir`` without ``resume``.
+        InvismapError: bad data, a finished run in ``run_dir`` without ``resume``, or several processes
+            (torchrun: AlignGAN trains as one process).
     """
     run_dir = Path(run_dir)
+    check_processes(GanTask, cfg.train)  # under torchrun: refused before the (slow) datasets
     if not cfg.data:
         raise InvismapError("config key 'data' is empty: give the manifest of the pairs to train on")
     manifest = load_manifest(cfg.data)

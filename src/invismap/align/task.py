@@ -18,7 +18,8 @@ frozen (``requires_grad=False``) while the generator loss is built, so its backw
 gradients; the discriminator loss sees only detached fakes, so stepping G first does not disturb it.
 
 Not DDP-ready: the networks are called one by one (not through the wrapped module's ``forward``), which
-DDP's gradient synchronisation requires. Train on one process.
+DDP's gradient synchronisation requires, so ``GanTask.ddp`` is False and the training loop refuses to run it
+under torchrun. Train on one process.
 """
 
 from __future__ import annotations
@@ -98,6 +99,7 @@ class GanTask(Task):
     """
 
     kind = "aligngan"
+    ddp = False  # training_step calls G, Gm, D and Dm one by one, past DDP's forward (module docstring)
 
     def __init__(self, nets: nn.ModuleDict, net_cfg: AlignNetConfig, loss: LossConfig | None = None):
         super().__init__()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from invismap.engine.rundir import add_training_arguments, config_and_run_dir
+from invismap.engine.rundir import add_training_arguments, config_and_run_dir, report_training
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -20,9 +20,10 @@ def _distill(args) -> None:
     from invismap.distill.run import DistillConfig, run_distill
 
     cfg, run = config_and_run_dir(DistillConfig, args, "distill")
-    summary = run_distill(cfg, run, resume=args.resume)
-    print(f"thermal detector: {run / 'thermal_detector.pt'}  ({summary.pairs_per_s:.2f} pairs/s, "
-          f"{summary.seconds:.0f} s)")
+    summary = run_distill(cfg, run, resume=args.resume, stop_at=args.stop_at)
+    report_training(run, summary.steps, summary.max_steps,
+                    f"thermal detector: {run / 'thermal_detector.pt'}  "
+                    f"({summary.pairs_per_s:.2f} pairs/s, {summary.seconds:.0f} s)")
 
 
 def add_experiment_parser(sub: argparse._SubParsersAction) -> None:

@@ -31,6 +31,7 @@ from invismap.detector.evaluate import evaluate_detector
 from invismap.detector.zoo import load_detector
 from invismap.distill.run import DistillConfig, run_distill, split_pairs
 from invismap.engine.checkpoint import can_resume
+from invismap.engine.distributed import world_size
 from invismap.errors import InvismapError
 from invismap.io import atomic_write, write_json
 
@@ -89,6 +90,9 @@ def run_experiment(kind: str, base: DistillConfig, out_dir: str | Path, pair_cou
     ``base`` with. ``more``: other datasets (name -> manifest) scored on their ``eval_split`` too. A variant
     whose folder already holds ``thermal_detector.pt`` is evaluated, not trained again.
     """
+    if world_size() > 1:  # its evaluation reads each variant's files, which only rank 0 writes
+        raise InvismapError("distill-experiment runs as one process, not under torchrun; start it without "
+                            "torchrun ('invismap distill' runs under torchrun for one variant)")
     out_dir = Path(out_dir)
     manifest = load_manifest(base.data)
     if kind == "ablation":

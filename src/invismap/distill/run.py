@@ -28,7 +28,8 @@ from invismap.detector.zoo import load_detector
 from invismap.distill.student import ThermalStudent, student_checkpoint
 from invismap.distill.task import DistillTask
 from invismap.engine.checkpoint import save_checkpoint
-from invismap.engine.loop import TrainConfig, check_train_config, fit, resolve_device
+from invismap.engine.distributed import is_main_process
+from invismap.engine.loop import TrainConfig, check_train_config, fit, resolve_device, unwrap
 from invismap.engine.rundir import start_run
 from invismap.engine.summary import TrainSummary
 from invismap.errors import InvismapError
@@ -225,9 +226,9 @@ def run_distill(cfg: DistillConfig, run_dir: str | Path, resume: bool = False, p
     t0 = time.time()
     summary = fit(task, train_set, cfg.train, run_dir, val_set=val_set, collate_fn=collate_pairs,
                   resume=resume, full_config=cfg, progress=progress, stop_at=stop_at)
-    if not summary.finished:
-        return summary  # interrupted on purpose: no final artefacts yet
-    student = task.net.module if hasattr(task.net, "module") else task.net
+    if not summary.finished or not is_main_process():
+        return summary  # interrupted on purpose (no final artefacts yet); under torchrun rank 0 writes them
+    student = unwrap(task.net)
     thresholds, offsets = write_artifacts(teacher, student, cfg, run_dir, val_pairs or train_pairs)
     summary.outputs.update(student=run_dir / "student.pt", thermal_detector=run_dir / "thermal_detector.pt")
     summary.details.update(thresholds=thresholds, offsets=offsets, train_pairs=len(train_pairs),

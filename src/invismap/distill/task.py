@@ -10,6 +10,7 @@ from torch import nn
 from invismap.detector.base import Detector
 from invismap.distill.losses import distill_loss
 from invismap.distill.student import ThermalStudent, student_checkpoint
+from invismap.engine.loop import unwrap
 
 
 def freeze(module: nn.Module) -> nn.Module:
@@ -19,11 +20,41 @@ def freeze(module: nn.Module) -> nn.Module:
     return module
 
 
+def freeze_unreached(student: ThermalStudent) -> list[str]:
+    """Stop training the student's parameters that its neck features never reach (its copy of the heads).
+
+    Every distillation loss compares neck features, directly (``mid``) or through the *teacher's* frozen heads
+    (``head``), so the student's own head layers never receive a gradient. Left trainable they would stop DDP
+    at the first step (it waits for a gradient of every trainable parameter) and hold optimizer state for
+    nothing. One backward pass on a tiny input finds them, whatever the detector's architecture.
+
+    Returns:
+        the names of the parameters frozen (``requires_grad`` set to False).
+    """
+    trainable = [(name, p) for name, p in student.named_parameters() if p.requires_grad]
+    side = 2 * max(student.detector.strides)
+    was_training = student.training
+    student.eval()  # the probe must not move BatchNorm statistics
+    try:
+        with torch.enable_grad():
+            feats = student(torch.zeros(1, 1, side, side, device=trainable[0][1].device))
+            grads = torch.autograd.grad(sum(f.sum() for f in feats), [p for _, p in trainable],
+                                        allow_unused=True)
+    finally:
+        student.train(was_training)
+    unreached = [(name, p) for (name, p), g in zip(trainable, grads) if g is None]
+    for _, p in unreached:
+        p.requires_grad_(False)
+    return [name for name, _ in unreached]
+
+
 class DistillTask(nn.Module):
     """Trains ``net`` (a :class:`ThermalStudent`) to reproduce ``teacher``'s neck features.
 
     Batch norm layers of the student stay in eval mode (``freeze_bn``): with the small batches this runs
-    on, batch statistics are noisy, and frozen statistics make DDP match one process exactly.
+    on, batch statistics are noisy. Without it, under torchrun, the loop synchronises them over the processes
+    (:func:`~invismap.engine.distributed.sync_batchnorm`). The student's copy of the heads is frozen
+    (:func:`freeze_unreached`): no loss reaches it.
     """
 
     kind = "student"
@@ -33,6 +64,7 @@ class DistillTask(nn.Module):
         super().__init__()
         self.teacher = freeze(teacher)
         self.net = student
+        self.unreached = freeze_unreached(student)
         self.loss, self.head_weight, self.freeze_bn = loss, head_weight, freeze_bn
         self.extra = extra or {}
 
@@ -70,8 +102,7 @@ class DistillTask(nn.Module):
     def log_images(self, writer, batch: dict, step: int) -> None:
         """Channel-mean |feature| of teacher (color) and student (thermal) at each scale, first image."""
         teacher = self.teacher.neck_features(batch["rgb"][:1])
-        student = self.net.module(batch["thermal"][:1]) if hasattr(self.net, "module") else self.net(
-            batch["thermal"][:1])
+        student = unwrap(self.net)(batch["thermal"][:1])
         for k, (t, s) in enumerate(zip(teacher, student)):
             pair = torch.cat([t[0].abs().mean(0), s[0].abs().mean(0)], dim=1)
             writer.add_image(f"features/scale{k}_teacher|student", (pair / pair.max().clamp_min(1e-6))[None],
@@ -80,7 +111,6 @@ class DistillTask(nn.Module):
         writer.add_image("input/thermal", batch["thermal"][0], step)
 
     def extra_checkpoint(self) -> dict[str, Any]:
-        student = self.net.module if hasattr(self.net, "module") else self.net
-        ckpt = student_checkpoint(student, **self.extra)
+        ckpt = student_checkpoint(unwrap(self.net), **self.extra)
         ckpt.pop("student")  # the engine stores the weights under 'model'
         return ckpt

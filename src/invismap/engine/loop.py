@@ -1,8 +1,13 @@
 """One training loop for every trainer (distillation, predictor, AlignGAN).
 
 A trainer is a :class:`Task`; :func:`fit` owns the device, distributed data parallel, the data order,
-learning-rate schedule, gradient clipping, NaN guard, logging (progress bar + TensorBoard), periodic
-validation, atomic checkpoints and exact resume.
+learning-rate schedule, mixed precision, gradient clipping, NaN guard, logging (progress bar + TensorBoard),
+periodic validation, atomic checkpoints and exact resume.
+
+Several processes (``torchrun --nproc_per_node N``, :mod:`invismap.engine.distributed`): ``batch_size`` is
+the global batch, each process takes ``batch_size / N`` pairs of it, gradients are averaged by DDP and
+BatchNorm layers in training mode see the whole global batch, so N processes train the same weights as one
+(up to float rounding). Only the first process writes checkpoints and logs.
 
 Exact resume: the data order is a pure function of ``(seed, step)`` (see :class:`StepBatchSampler`), the
 model, optimizers and RNGs are restored from ``ckpt/last.pt``, so stopping at any checkpoint and resuming
@@ -13,12 +18,12 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
@@ -28,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from invismap.config import to_dict
 from invismap.engine.checkpoint import check_state_dict, load_checkpoint, save_checkpoint
+from invismap.engine.distributed import init_distributed, is_main_process, sync_batchnorm, world_size
 from invismap.engine.rundir import hold_folder
 from invismap.engine.summary import TrainSummary
 from invismap.errors import InvismapError, file_error
@@ -40,7 +46,8 @@ class TrainConfig:
     """Settings shared by every trainer."""
 
     max_steps: int = 1000
-    batch_size: int = 8  # per process
+    # the global batch: under torchrun each of the N processes takes batch_size / N of it (a multiple of N)
+    batch_size: int = 8
     lr: float = 1e-3
     weight_decay: float = 0.0
     warmup_steps: int = 50
@@ -57,10 +64,20 @@ class TrainConfig:
     # moving average of the weights, decay per step (0 = off); the trained net ends with the average. After n
     # steps the start's weights still count decay**n: 0.99 suits a few hundred steps, 0.999 several thousand
     ema: float = 0.0
+    # throughput switches for GPUs, off by default. precision: fp32 | bf16 | fp16 (torch.amp autocast; fp16
+    # adds a gradient scaler and needs CUDA). channels_last: NHWC memory for the convolutions. compile:
+    # torch.compile the trained network (minutes of compiling first; CPU needs a C++ compiler)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class Task(nn.Module):
-    """What a trainer implements. ``self.net`` is the trained module (wrapped in DDP when distributed).
+    """What a trainer implements. ``self.net`` is the trained module (during :func:`train` wrapped in DDP
+    under torchrun, and by torch.compile with ``compile``; :func:`unwrap` gives the module itself).
 
     ``training_step`` returns a dict; entries ``loss/<optimizer name>`` are backpropagated and stepped in
     order, everything else is only logged.
@@ -68,6 +85,9 @@ class Task(nn.Module):
 
     kind: str = "task"
     net: nn.Module
+    # False: training_step calls the networks past ``self.net``'s forward, so DDP could not synchronise the
+    # gradients; the loop then refuses to run under torchrun
+    ddp: bool = True
 
     def configure_optimizers(self, cfg: TrainConfig) -> dict[str, torch.optim.Optimizer]:
         return {"main": torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)}
@@ -109,6 +129,33 @@ def check_train_config(cfg: TrainConfig, key: str = "train") -> None:
         raise bad("min_lr_ratio", "a number in [0, 1]")
     if not (math.isfinite(cfg.ema) and 0 <= cfg.ema < 1):
         raise bad("ema", "a decay in [0, 1), 0 = off")
+    if cfg.precision not in ("fp32", *AMP_DTYPES):
+        raise bad("precision", "fp32, bf16 or fp16")
+    for name in ("channels_last", "compile"):
+        if not isinstance(getattr(cfg, name), bool):
+            raise bad(name, "true or false")
+
+
+def check_processes(task: Task | type[Task], cfg: TrainConfig, key: str = "train") -> None:
+    """Refuse, before any work, a run the ``torchrun`` processes cannot share: a task (or task class) that
+    bypasses DDP, or a global batch that does not split evenly between the processes."""
+    world = world_size()
+    if world <= 1:
+        return
+    if not getattr(task, "ddp", True):
+        raise InvismapError(f"the {task.kind} trainer runs as one process only (its training step calls "
+                            f"the networks past DDP's gradient sync), not under torchrun "
+                            f"(WORLD_SIZE={world}); start it without torchrun")
+    if cfg.batch_size % world:
+        raise InvismapError(f"config key '{key}.batch_size': {cfg.batch_size} does not split between the "
+                            f"{world} torchrun processes (it is the global batch); use a multiple of {world}")
+
+
+def check_precision(cfg: TrainConfig, device: torch.device, key: str = "train") -> None:
+    """Refuse fp16 off CUDA: CPUs have no fast fp16 arithmetic, and its gradient scaler is a GPU tool."""
+    if cfg.precision == "fp16" and device.type != "cuda":
+        raise InvismapError(f"config key '{key}.precision': fp16 needs a CUDA device (this run is on "
+                            f"{device.type}); use bf16 or fp32")
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -165,23 +212,22 @@ def resolve_device(name: str) -> torch.device:
         raise InvismapError(f"device '{name}' is not a device (use auto, cpu, cuda or cuda:N)") from None
 
 
-def _init_distributed(cfg: TrainConfig) -> tuple[int, int, torch.device]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1, resolve_device(cfg.device)
-    device = resolve_device(cfg.device)
-    if not dist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend)
-    rank = dist.get_rank()
-    if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    return rank, world, device
-
-
 def unwrap(module: nn.Module) -> nn.Module:
+    """The trained module itself, out of torch.compile's and DDP's wrappers."""
+    module = getattr(module, "_orig_mod", module)  # torch.compile's OptimizedModule
     return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
+
+
+@contextmanager
+def plain_net(task: Task) -> Iterator[Task]:
+    """``task`` with ``task.net`` out of its wrappers for a while, for what runs without gradients
+    (validation, images): a DDP forward may wait for the other processes, a compiled one would recompile."""
+    wrapped = task.net
+    task.net = unwrap(wrapped)
+    try:
+        yield task
+    finally:
+        task.net = wrapped
 
 
 def _rng_state() -> dict[str, Any]:
@@ -191,21 +237,30 @@ def _rng_state() -> dict[str, Any]:
     return state
 
 
-def _move(batch: Any, device: torch.device) -> Any:
+def _move(batch: Any, device: torch.device, channels_last: bool = False) -> Any:
+    """``batch`` on ``device``; with ``channels_last``, images ``(B, C, H, W)`` in NHWC memory."""
     if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
+        batch = batch.to(device, non_blocking=True)
+        if channels_last and batch.dim() == 4 and batch.is_floating_point():
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return batch
     if isinstance(batch, dict):
-        return {k: _move(v, device) for k, v in batch.items()}
+        return {k: _move(v, device, channels_last) for k, v in batch.items()}
     if isinstance(batch, list):
-        return [_move(v, device) for v in batch]
+        return [_move(v, device, channels_last) for v in batch]
     return batch
+
+
+def autocast(cfg: TrainConfig, device: torch.device) -> torch.autocast:
+    """Mixed precision for forward passes: ``cfg.precision`` bf16/fp16, a no-op for fp32."""
+    return torch.autocast(device.type, dtype=AMP_DTYPES.get(cfg.precision), enabled=cfg.precision != "fp32")
 
 
 def fit(task: Task, train_set: Dataset, cfg: TrainConfig, run_dir: str | Path,
         **kwargs: Any) -> TrainSummary:
     """:func:`train` with ``run_dir`` held by this process (:func:`~invismap.engine.rundir.hold_folder`): a
     second trainer on the same folder is refused. Under torchrun the first rank holds it for all."""
-    if int(os.environ.get("RANK", "0")) != 0:
+    if not is_main_process():
         return train(task, train_set, cfg, run_dir, **kwargs)
     with hold_folder(run_dir):
         return train(task, train_set, cfg, run_dir, **kwargs)
@@ -221,18 +276,27 @@ def train(task: Task, train_set: Dataset, cfg: TrainConfig, run_dir: str | Path,
     ``resume=True`` call continues on the same schedule.
 
     Writes ``run_dir/ckpt/last.pt`` every ``cfg.ckpt_every`` steps and at the end, ``ckpt/best.pt`` on the
-    best validation loss, and TensorBoard logs in ``run_dir/tb``. Runs under ``torchrun`` as DDP. With
-    ``cfg.ema``, the checkpoints also hold the weights' moving average, and ``task.net`` ends with it.
+    best validation loss, and TensorBoard logs in ``run_dir/tb``. Runs under ``torchrun`` as DDP (see the
+    module docstring). ``task.net`` is wrapped (DDP, torch.compile) while training and plain again when this
+    returns. With ``cfg.ema``, the checkpoints also hold the weights' moving average, and ``task.net`` ends
+    with it.
     """
     from tqdm import tqdm
 
     run_dir = Path(run_dir)
     check_train_config(cfg)
-    rank, world, device = _init_distributed(cfg)
+    check_processes(task, cfg)
+    device = resolve_device(cfg.device)
+    check_precision(cfg, device)
+    rank, world, device = init_distributed(device)
     is_main = rank == 0
     torch.manual_seed(cfg.seed)
     task.to(device)
+    if cfg.channels_last:
+        task.to(memory_format=torch.channels_last)
     optimizers = task.configure_optimizers(cfg)
+    # fp16 gradients underflow without loss scaling; disabled, the scaler passes everything through
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
     start_step, best, bad_steps, skipped, ema_state = 0, math.inf, 0, 0, None
     last = run_dir / "ckpt" / "last.pt"
     if is_main and last.parent.is_dir():
@@ -256,11 +320,16 @@ def train(task: Task, train_set: Dataset, cfg: TrainConfig, run_dir: str | Path,
                 raise file_error(last, f"optimizer '{name}' state does not fit this run "
                                  f"({type(e).__name__}: {str(e)[:80]})",
                                  "resume with the config the run was started with") from None
+        if scaler.is_enabled() and "scaler" in state:  # a run started in another precision starts one anew
+            scaler.load_state_dict(state["scaler"])
         start_step, best, skipped = state["step"], state.get("best", math.inf), state.get("skipped_steps", 0)
         ema_state = state.get("ema")
         torch.set_rng_state(state["rng"]["torch"])
         if is_main:
             log.info(f"resuming from {last} at step {start_step}")
+    if stop_at is not None and stop_at <= start_step:
+        raise InvismapError(f"--stop-at {stop_at}: the run is already at step {start_step}; "
+                            "give a later step")
     ema = None
     if cfg.ema:
         ema = AveragedModel(task.net, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
@@ -270,11 +339,15 @@ def train(task: Task, train_set: Dataset, cfg: TrainConfig, run_dir: str | Path,
             raise file_error(last, "training checkpoint has no moving average (the run was started without "
                              "train.ema)", "resume with the config the run was started with")
     if world > 1:
+        sync_batchnorm(task.net, device)
         task.net = nn.parallel.DistributedDataParallel(
             task.net, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        task.net = torch.compile(task.net)
 
     end_step = cfg.max_steps if stop_at is None else min(stop_at, cfg.max_steps)
-    sampler = StepBatchSampler(len(train_set), cfg.batch_size, start_step, end_step, cfg.seed, rank, world)
+    sampler = StepBatchSampler(len(train_set), cfg.batch_size // world, start_step, end_step, cfg.seed,
+                               rank, world)
     # The loader's own generator: without one, starting its iterator draws from the global torch RNG, so a
     # resumed run (one more iterator start) would continue with another RNG stream than an uninterrupted one.
     loader = DataLoader(train_set, batch_sampler=sampler, num_workers=cfg.num_workers, collate_fn=collate_fn,
@@ -283,7 +356,8 @@ def train(task: Task, train_set: Dataset, cfg: TrainConfig, run_dir: str | Path,
     writer = None
     if is_main:
         from torch.utils.tensorboard import SummaryWriter
-        writer = SummaryWriter(str(run_dir / "tb"), purge_step=start_step if resume else None)
+        # what was logged up to the checkpoint's step stays; later events (of a run killed after it) go
+        writer = SummaryWriter(str(run_dir / "tb"), purge_step=start_step + 1 if resume else None)
 
     def checkpoint(step: int, path: Path) -> None:
         if not is_main:
@@ -294,6 +368,7 @@ def train(task: Task, train_set: Dataset, cfg: TrainConfig, run_dir: str | Path,
             "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
             "config": to_dict(full_config if full_config is not None else cfg),
             "rng": _rng_state(), **({"ema": ema.state_dict()} if ema is not None else {}),
+            **({"scaler": scaler.state_dict()} if scaler.is_enabled() else {}),
             **task.extra_checkpoint(),
         })
 
@@ -304,11 +379,12 @@ def train(task: Task, train_set: Dataset, cfg: TrainConfig, run_dir: str | Path,
         step = start_step
         for step, batch in enumerate(loader, start=start_step):
             task.train()
-            batch = _move(batch, device)
+            batch = _move(batch, device, cfg.channels_last)
             for opt in optimizers.values():
                 for group in opt.param_groups:
                     group["lr"] = lr_at(step, cfg) * group.get("lr_scale", 1.0)
-            out = task.training_step(batch)
+            with autocast(cfg, device):
+                out = task.training_step(batch)
             losses = [(k.split("/", 1)[1], v) for k, v in out.items() if k.startswith("loss/")]
             finite = all(torch.isfinite(v).all() for _, v in losses)
             if world > 1:  # every rank must agree to skip, or DDP's all-reduce would hang
@@ -329,31 +405,38 @@ def train(task: Task, train_set: Dataset, cfg: TrainConfig, run_dir: str | Path,
             for name, loss in losses:
                 opt = optimizers[name]
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                scaler.scale(loss).backward()
                 if cfg.grad_clip > 0:
+                    scaler.unscale_(opt)  # clip the true gradients, not the scaled ones
                     params = [p for g in opt.param_groups for p in g["params"]]
                     torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                opt.step()
+                scaler.step(opt)  # skipped by the scaler when fp16 gradients overflowed
+            scaler.update()
             if ema is not None:
                 ema.update_parameters(unwrap(task.net))
-            seen += cfg.batch_size * world
+            seen += cfg.batch_size
             for k, v in out.items():
                 logged[k] = logged.get(k, 0.0) + float(v.detach() if isinstance(v, torch.Tensor) else v)
             done = step + 1
-            if is_main and (done % cfg.log_every == 0 or done == cfg.max_steps):
+            if done % cfg.log_every == 0 or done == cfg.max_steps:
+                if world > 1:  # log the global batch's values, not the first process's share of it
+                    logged = _mean_over_processes(logged, device)
                 n = cfg.log_every if done % cfg.log_every == 0 else (done % cfg.log_every)
-                for k, v in logged.items():
-                    writer.add_scalar(k, v / n, done)
-                writer.add_scalar("lr", lr_at(step, cfg), done)
-                writer.add_scalar("throughput/pairs_per_s", seen / max(time.time() - t0, 1e-9), done)
-                main_loss = next((v / n for k, v in logged.items() if k.startswith("loss/")), float("nan"))
-                bar.set_postfix(loss=f"{main_loss:.4g}")
+                if is_main:
+                    for k, v in logged.items():
+                        writer.add_scalar(k, v / n, done)
+                    writer.add_scalar("lr", lr_at(step, cfg), done)
+                    writer.add_scalar("throughput/pairs_per_s", seen / max(time.time() - t0, 1e-9), done)
+                    shown = next((v / n for k, v in logged.items() if k.startswith("loss/")), float("nan"))
+                    bar.set_postfix(loss=f"{shown:.4g}")
                 logged = {}
             if is_main and cfg.image_every and done % cfg.image_every == 0:
-                task.log_images(writer, batch, done)
+                with plain_net(task):
+                    task.log_images(writer, batch, done)
             if (val_set is not None and cfg.eval_every
                     and (done % cfg.eval_every == 0 or done == cfg.max_steps)):
-                metrics = evaluate(task, val_set, cfg, device, collate_fn)
+                with plain_net(task):
+                    metrics = evaluate(task, val_set, cfg, device, collate_fn)
                 if is_main:
                     for k, v in metrics.items():
                         writer.add_scalar(f"val/{k}", v, done)
@@ -367,9 +450,10 @@ def train(task: Task, train_set: Dataset, cfg: TrainConfig, run_dir: str | Path,
         bar.close()
         if writer is not None:
             writer.close()
+        task.net = unwrap(task.net)
     elapsed = time.time() - t0
     if ema is not None and end_step == cfg.max_steps:
-        unwrap(task.net).load_state_dict(ema.module.state_dict())
+        task.net.load_state_dict(ema.module.state_dict())
     if world > 1:
         dist.barrier()
     return TrainSummary(steps=end_step, max_steps=cfg.max_steps, start_step=start_step, seconds=elapsed,
@@ -377,18 +461,43 @@ def train(task: Task, train_set: Dataset, cfg: TrainConfig, run_dir: str | Path,
                         world_size=world)
 
 
+def _mean_over_processes(values: dict[str, float], device: torch.device) -> dict[str, float]:
+    """The mean of each value over the processes (every process logs the same keys, from the same code)."""
+    keys = sorted(values)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return {k: float(v) / dist.get_world_size() for k, v in zip(keys, t.tolist())}
+
+
 @torch.no_grad()
 def evaluate(task: Task, dataset: Dataset, cfg: TrainConfig, device: torch.device,
              collate_fn: Callable | None = None) -> dict[str, float]:
-    """Average ``task.validation_step`` over ``dataset`` (in order, no augmentation)."""
+    """The mean of ``task.validation_step`` over ``dataset`` (in order, no augmentation), each batch weighted
+    by its number of items: for a per-item mean (a loss) that is the mean over the items, however they are
+    batched.
+
+    Under torchrun the processes share the batches (process r takes batches r, r + N, ...), each of
+    ``cfg.batch_size / N`` items as in training, and every process returns the mean over all of them.
+    """
     task.eval()
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False, collate_fn=collate_fn,
-                        num_workers=cfg.num_workers)
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    size = max(1, cfg.batch_size // world)
+    batches = [list(range(i, min(i + size, len(dataset)))) for i in range(0, len(dataset), size)]
+    mine = batches[dist.get_rank()::world] if world > 1 else batches
+    loader = DataLoader(dataset, batch_sampler=mine, collate_fn=collate_fn, num_workers=cfg.num_workers)
     totals: dict[str, float] = {}
     count = 0
-    for batch in loader:
-        out = task.validation_step(_move(batch, device))
+    for indices, batch in zip(mine, loader):
+        with autocast(cfg, device):
+            out = task.validation_step(_move(batch, device, cfg.channels_last))
         for k, v in out.items():
-            totals[k] = totals.get(k, 0.0) + float(v)
-        count += 1
+            totals[k] = totals.get(k, 0.0) + float(v) * len(indices)
+        count += len(indices)
+    if world > 1:  # a process may have had no batch, hence no keys: gather the dicts, not tensors
+        parts: list[Any] = [None] * world
+        dist.all_gather_object(parts, (totals, count))
+        totals, count = {}, sum(c for _, c in parts)
+        for part, _ in parts:
+            for k, v in part.items():
+                totals[k] = totals.get(k, 0.0) + v
     return {k: v / max(count, 1) for k, v in totals.items()}

@@ -50,22 +50,32 @@ def hold_folder(folder: str | Path) -> Iterator[Path]:
 
 
 def start_run(run_dir: str | Path, cfg: Any, resume: bool) -> Path:
-    """Refuse to overwrite an earlier run unless resuming; write the resolved ``config.yaml``."""
+    """Refuse to overwrite an earlier run unless resuming; write the resolved ``config.yaml`` (under torchrun
+    the first process writes it)."""
+    from invismap.engine.distributed import is_main_process  # imports torch: not at --help time
+
     run_dir = Path(run_dir)
     if not resume and (run_dir / "ckpt" / "last.pt").exists():
         raise InvismapError(f"{run_dir}: a run already exists here (add --resume to continue it, "
                             "or choose another folder)")
-    with atomic_write(run_dir / "config.yaml", "w") as f:
-        f.write(dump_config(cfg))
+    if is_main_process():
+        with atomic_write(run_dir / "config.yaml", "w") as f:
+            f.write(dump_config(cfg))
     return run_dir
 
 
 def add_training_arguments(parser, stage: str, example: str) -> None:
-    """The arguments every trainer command takes: ``CONFIG [key=value ...] [--run RUN] [--resume]``."""
+    """The arguments every trainer command takes:
+    ``CONFIG [key=value ...] [--run RUN] [--resume] [--stop-at STEP]`` (``--run-dir`` = ``--run``)."""
     parser.add_argument("config", help=f"YAML config (see configs/{example})")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.max_steps=100")
-    parser.add_argument("--run", help=f"run folder (default runs/{stage}/<config name>)")
+    # --run-dir: the spelling torchrun lets through (its own parser takes --run for --run-path/--run_path)
+    parser.add_argument("--run", "--run-dir", dest="run",
+                        help=f"run folder (default runs/{stage}/<config name>); --run-dir under torchrun")
     parser.add_argument("--resume", action="store_true", help="continue from RUN/ckpt/last.pt")
+    parser.add_argument("--stop-at", type=int, metavar="STEP",
+                        help="stop after this step (checkpointed), e.g. to fit a time-limited job; continue "
+                             "later with --resume (the schedule is that of train.max_steps)")
 
 
 def config_and_run_dir(cls: type, args, stage: str) -> tuple[Any, Path]:
@@ -74,3 +84,15 @@ def config_and_run_dir(cls: type, args, stage: str) -> tuple[Any, Path]:
 
     cfg = load_config(cls, args.config, args.overrides)
     return cfg, Path(args.run) if args.run else Path("runs") / stage / Path(args.config).stem
+
+
+
+def report_training(run: Path, steps: int, max_steps: int, done: str) -> None:
+    """Print a trainer command's last line: ``done`` once ``max_steps`` are done, else how to continue (a
+    run stopped by ``--stop-at``). Under torchrun only the first process prints."""
+    from invismap.engine.distributed import is_main_process, world_size
+
+    if is_main_process():
+        flag = "--run-dir" if world_size() > 1 else "--run"
+        print(done if steps >= max_steps else
+              f"stopped at step {steps} of {max_steps}: continue with --resume {flag} {run}")

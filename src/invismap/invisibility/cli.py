@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from invismap.engine.rundir import add_training_arguments, config_and_run_dir
+from invismap.engine.rundir import add_training_arguments, config_and_run_dir, report_training
 from invismap.errors import InvismapError
 
 MAP_HELP = ("map sources: predictor:RUN/predictor.pt (or .onnx), pair:RUN/student.pt, "
@@ -129,8 +129,8 @@ def _train_predictor(args) -> None:
     from invismap.invisibility.predictor import PredictorConfig, train_predictor
 
     cfg, run = config_and_run_dir(PredictorConfig, args, "predictor")
-    summary = train_predictor(cfg, run_dir=run, resume=args.resume)
-    print(f"predictor: {summary.outputs['predictor']}")
+    summary = train_predictor(cfg, run_dir=run, resume=args.resume, stop_at=args.stop_at)
+    report_training(run, summary.steps, summary.max_steps, f"predictor: {run / 'predictor.pt'}")
 
 
 def _eval(args) -> None:

@@ -67,6 +67,7 @@ from invismap.data.dataset import PairDataset
 from invismap.data.letterbox import Letterbox
 from invismap.data.manifest import Manifest, load_manifest, training_pairs
 from invismap.engine.checkpoint import check_state_dict, load_checkpoint, save_checkpoint
+from invismap.engine.distributed import is_main_process
 from invismap.engine.loop import Task, TrainConfig, check_train_config, fit, unwrap
 from invismap.engine.rundir import start_run
 from invismap.engine.summary import TrainSummary
@@ -440,8 +441,8 @@ def train_predictor(cfg: PredictorConfig, manifest: Manifest | str | Path | None
     summary = fit(task, train_set, cfg.train, run_dir, val_set=val_set, resume=resume, full_config=cfg,
                   progress=progress, stop_at=stop_at)
     out = run_dir / "predictor.pt"
-    if not summary.finished:
-        return summary  # interrupted on purpose: no deployable file yet
+    if not summary.finished or not is_main_process():
+        return summary  # interrupted on purpose: no deployable file yet; under torchrun rank 0 writes it
     best = run_dir / "ckpt" / "best.pt"
     source = best if best.is_file() and not cfg.train.ema else run_dir / "ckpt" / "last.pt"
     state = load_checkpoint(source, KIND)
