@@ -403,3 +403,21 @@ def test_a_config_that_trains_on_the_evaluation_split_is_refused(tmp_path, capsy
 
     with pytest.raises(InvismapError, match="never the test split"):
         score_pairs("student.pt", "data", tmp_path / "t", split="test")
+
+
+def test_training_stages_run_under_torchrun_with_nproc(tiny_run, tmp_path):
+    """``nproc: 2``: distill and predictor train as two torchrun processes (gloo); nproc is how to run, not
+    what, so the stage hashes do not change and the cached stages of a one-process run are reused."""
+    from invismap.pipeline import build_pipeline
+
+    args, first = tiny_run
+    out = tmp_path / "out"
+    shutil.copytree(first, out)
+    run = [a if not a.startswith("out=") else f"out={out}" for a in args]
+    assert build_pipeline(run[0], run[1:]).hash("distill") == build_pipeline(
+        run[0], [*run[1:], "nproc=2"]).hash("distill")
+    assert main(["run", *run, "nproc=2", "--from", "distill", "--to", "predictor"]) == 0
+    for stage in ("distill", "predictor"):
+        summary = json.loads((out / stage / "summary.json").read_text())
+        assert summary["world_size"] == 2 and summary["finished"], stage
+    assert (out / "distill" / "launch.yaml").is_file() and (out / "predictor" / "predictor.pt").is_file()

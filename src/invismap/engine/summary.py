@@ -41,6 +41,26 @@ class TrainSummary:
         out["finished"] = self.finished
         return json_safe({**out, "outputs": {k: str(v) for k, v in self.outputs.items()}, **self.details})
 
+    @classmethod
+    def load(cls, run_dir: str | Path) -> TrainSummary:
+        """The summary a finished run saved (e.g. one trained in other processes, under torchrun)."""
+        import json
+
+        from invismap.errors import file_error
+
+        path = Path(run_dir) / "summary.json"
+        try:
+            flat = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise file_error(path, f"no readable training summary ({type(e).__name__})",
+                             "the run did not finish: resume it") from None
+        loop = {k: flat.pop(k) for k in list(flat) if k in cls.__dataclass_fields__ and k != "details"}
+        flat.pop("finished", None)
+        if loop.get("best_val_loss") is None:
+            loop["best_val_loss"] = math.inf
+        outputs = {k: Path(v) for k, v in loop.pop("outputs", {}).items()}
+        return cls(**loop, outputs=outputs, details=flat)
+
     def save(self, run_dir: str | Path) -> Path:
         """Write ``run_dir/summary.json``; returns its path."""
         path = Path(run_dir) / "summary.json"

@@ -148,6 +148,10 @@ class PipelineConfig:
     # torch CPU threads (0 = torch's default, one per core). On a small shared machine 1 is safer: with other
     # jobs running, two-thread torch stalls (measured here: 0.7 s -> 10 s per distillation step).
     threads: int = 0
+    # processes per training stage (distill, predictor): > 1 runs `torchrun --standalone --nproc_per_node N`
+    # (gloo on CPU, NCCL on GPUs: at most one per GPU). train.batch_size stays the global batch, so the
+    # weights match one process up to rounding; like threads, it says how to run, not what (not hashed).
+    nproc: int = 1
     data: DataSection = field(default_factory=DataSection)
     displacement: DisplacementSection = field(default_factory=DisplacementSection)
     register: RegisterSection = field(default_factory=RegisterSection)

@@ -93,12 +93,14 @@ class Inputs:
     """What the upstream stages a stage names produced: their folders and their records (``stage.json``).
 
     Only stages in the stage's ``needs`` (and enabled) are here; values that cross stages, such as the teacher
-    a student was distilled from, are read from the upstream record that produced them.
+    a student was distilled from, are read from the upstream record that produced them. ``echo`` and
+    ``nproc`` say how to run (where to print, how many processes may train), never what to compute.
     """
 
     dirs: Mapping[str, Path]
     records: Mapping[str, dict]
     echo: Callable[[str], None] = field(default=print, compare=False)  # where the stage prints its tables
+    nproc: int = 1  # processes a training stage may use (torchrun when > 1): how, not what (not hashed)
 
     def summary(self, stage: str) -> dict:
         """The summary an upstream stage returned (``KeyError`` if it is not an input of this stage)."""
@@ -178,7 +180,8 @@ class Pipeline:
         """The folders and records of the stages ``stage`` reads from."""
         needs = self.needs(stage)
         return Inputs(MappingProxyType({n: self.dir(n) for n in needs}),
-                      MappingProxyType({n: self.record(n) or {} for n in needs}), self.echo)
+                      MappingProxyType({n: self.record(n) or {} for n in needs}), self.echo,
+                      getattr(self.cfg, "nproc", 1))
 
     def hash(self, name: str) -> str:
         """Hash of a stage's settings and, recursively, of everything it reads."""

@@ -220,6 +220,9 @@ def check_config(cfg) -> None:
     if c.detector_size < 32 or c.detector_size % 32:
         raise InvismapError(f"config key 'evaluate.detector_size': {c.detector_size} is not allowed "
                             "(a multiple of 32, e.g. 640)")
+    if cfg.nproc < 1:
+        raise InvismapError(f"config key 'nproc': {cfg.nproc} is not allowed (processes per training stage, "
+                            ">= 1)")
     if c.bootstrap < 1:
         raise InvismapError(f"config key 'evaluate.bootstrap': {c.bootstrap} is not allowed "
                             "(an integer >= 1)")

@@ -129,10 +129,36 @@ def distill_config(c: DistillConfig, inputs: Inputs, data: Path | None = None, *
                                extra_data=[str(m) for m in more_manifests(inputs).values()], **changes)
 
 
+def train(command: str, trainer, cfg, inputs: Inputs, d: Path, resume: bool):
+    """Run a trainer (``run_distill``, ``train_predictor``) on ``cfg`` in ``d``, in this process or, with
+    ``inputs.nproc > 1``, as ``torchrun ... -m invismap COMMAND`` on the same config; its TrainSummary."""
+    resume = resume and can_resume(d)
+    if inputs.nproc <= 1:
+        return trainer(cfg, run_dir=d, resume=resume)
+    import subprocess
+    import sys
+
+    from invismap.config import dump_config
+    from invismap.engine.summary import TrainSummary
+    from invismap.io import atomic_write
+
+    config = d / "launch.yaml"
+    with atomic_write(config, "w") as f:
+        f.write(dump_config(cfg))
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+            str(inputs.nproc), "-m", "invismap", command, str(config), "--run-dir", str(d)]
+    inputs.echo("  " + " ".join(argv[1:]) + (" --resume" if resume else ""))
+    code = subprocess.run(argv + (["--resume"] if resume else []), check=False).returncode
+    if code != 0:
+        raise InvismapError(f"{d}: '{command}' under torchrun ({inputs.nproc} processes) failed with exit "
+                            f"code {code} (its error is above); run again to resume")
+    return TrainSummary.load(d)
+
+
 def distill(c: DistillConfig, inputs: Inputs, d: Path, resume: bool) -> dict:
     from invismap.distill.run import run_distill
 
-    summary = run_distill(distill_config(c, inputs), d, resume=resume and can_resume(d))
+    summary = train("distill", run_distill, distill_config(c, inputs), inputs, d, resume)
     return {**_brief(summary, ("steps", "seconds", "pairs_per_s", "thresholds", "offsets", "train_pairs",
                                "val_pairs", "best_val_loss")),
             "teacher": c.teacher, "size": c.size, "loss": c.loss}  # what later stages read (distilled())
@@ -155,7 +181,7 @@ def predictor(c: PredictorConfig, inputs: Inputs, d: Path, resume: bool) -> dict
 
     cfg = dataclasses.replace(c, data=str(pairs_manifest(inputs)), targets=str(inputs.dirs["targets"]),
                               teacher=distilled(inputs)[0])
-    summary = train_predictor(cfg, run_dir=d, resume=resume and can_resume(d))
+    summary = train("train-predictor", train_predictor, cfg, inputs, d, resume)
     return _brief(summary, ("steps", "seconds", "best_val_loss", "step", "train_pairs", "val_pairs"))
 
 
