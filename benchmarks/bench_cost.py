@@ -8,10 +8,12 @@ The paper's YOLOv3 weights (248 MB) are not reachable here: its teacher is the r
 weights, which costs the same arithmetic.
 
 It also counts the floating-point operations of one training pair (``torch.utils.flop_counter``: teacher
-forward, student forward and backward), from which a GPU's pairs/s is **estimated** as
-``utilisation x peak / FLOPs per pair`` (peak dense tensor-core throughput of an H200: 989 TFLOP/s in bf16,
-494 in TF32; the utilisation is an assumption, ``--utilisation``), and 8 GPUs as 8 x that x the assumed
-scaling efficiency. Only the CPU rows are measurements.
+forward, student forward and backward) and times the data pipeline of one pair on one core (decode, letterbox,
+augment; no cache, as a data set too large to cache would run). A GPU's pairs/s is then **estimated** as the
+smaller of ``utilisation x peak / FLOPs per pair`` (peak dense tensor-core throughput of an H200: 989 TFLOP/s
+in bf16, 494 in TF32; the utilisation is an assumption, ``--utilisation``) and ``loader cores / data seconds
+per pair`` (``--loader-cores``, 16 on the lent GPU machine), and 8 GPUs as 8 x that x the assumed scaling
+efficiency, each GPU with its own loader cores. Only the CPU rows are measurements.
 
 Usage (from the repository root)::
 
@@ -85,6 +87,23 @@ def flops_per_pair(cfg, task, dataset) -> float:
     return counter.get_total_flops() / cfg.train.batch_size
 
 
+def data_seconds_per_pair(dataset, n: int = 16) -> float:
+    """Seconds one core spends to decode, letterbox and augment one training pair (no cache)."""
+    from invismap.data.dataset import PairDataset
+
+    fresh = PairDataset(dataset.manifest, dataset.size, augment=dataset.augment, seed=1, cache=False,
+                        square=dataset.square)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        t = time.perf_counter()
+        for i in range(n):
+            fresh[i % len(fresh)]
+        return (time.perf_counter() - t) / n
+    finally:
+        torch.set_num_threads(threads)
+
+
 def main() -> None:
     p = base_parser(__doc__.splitlines()[0])
     p.add_argument("--data", default="runs/msrs/manifest.csv", help="imported MSRS manifest")
@@ -94,6 +113,7 @@ def main() -> None:
                    help="epochs for the total (the paper's schedule could not be read here: an assumption)")
     p.add_argument("--utilisation", type=float, default=0.3, help="assumed share of the GPU's peak reached")
     p.add_argument("--scaling", type=float, default=0.9, help="assumed 8-GPU scaling efficiency")
+    p.add_argument("--loader-cores", type=int, default=16, help="CPU cores feeding each GPU (assumed)")
     args = p.parse_args()
     if args.quick:
         args.steps = 2
@@ -110,21 +130,25 @@ def main() -> None:
                 pairs_per_s(cfg, task, dataset, 1, tmp / f"warm-{len(rows)}")  # cache, allocator, first step
                 rate = pairs_per_s(cfg, task, dataset, args.steps, tmp / f"run-{len(rows)}")
                 flops = flops_per_pair(cfg, task, dataset)
+                data = data_seconds_per_pair(dataset)
                 hours = args.pairs / rate / 3600
-                rows.append([name, precision, f"{rate:.2f}", f"{flops / 1e9:.0f}", f"{hours:.1f}",
-                             f"{hours * args.epochs:.0f}"])
-                gpu = args.utilisation * H200_PEAK[precision] / flops
+                rows.append([name, precision, f"{rate:.2f}", f"{flops / 1e9:.1f}", f"{1000 * data:.0f}",
+                             f"{hours:.1f}", f"{hours * args.epochs:.0f}"])
+                compute, loader = args.utilisation * H200_PEAK[precision] / flops, args.loader_cores / data
+                gpu = min(compute, loader)
                 gpu_hours = args.pairs / gpu / 3600
-                estimates.append([name, precision, f"{gpu:.0f}", f"{60 * gpu_hours:.1f}",
+                estimates.append([name, precision, f"{compute:.0f}", f"{loader:.0f}", f"{gpu:.0f}",
+                                  f"{60 * gpu_hours:.1f}",
                                   f"{gpu_hours * args.epochs:.1f}",
                                   f"{gpu_hours * args.epochs / (8 * args.scaling):.2f}"])
                 print(" | ".join(rows[-1]), flush=True)
     print(f"\n## measured on this CPU ({args.threads} threads; {args.steps} steps after a warm-up step)\n")
-    print(table(["configuration", "precision", "pairs/s", "GFLOP per pair", f"h per epoch of {args.pairs}",
-                 f"h for {args.epochs} epochs"], rows))
+    print(table(["configuration", "precision", "pairs/s", "GFLOP per pair", "data ms per pair (1 core)",
+                 f"h per epoch of {args.pairs}", f"h for {args.epochs} epochs"], rows))
     print(f"\n## ESTIMATED for an H200 (not measured: {args.utilisation:.0%} of its peak, "
-          f"8 GPUs at {args.scaling:.0%} scaling)\n")
-    print(table(["configuration", "precision", "pairs/s, 1 GPU", "min per epoch, 1 GPU",
+          f"{args.loader_cores} loader cores per GPU, 8 GPUs at {args.scaling:.0%} scaling)\n")
+    print(table(["configuration", "precision", "compute-bound pairs/s", "loader-bound pairs/s",
+                 "pairs/s, 1 GPU", "min per epoch, 1 GPU",
                  f"h for {args.epochs} epochs, 1 GPU", f"h for {args.epochs} epochs, 8 GPUs"], estimates))
     print(f"\nCPU used by other processes during the run: {load}")
 
