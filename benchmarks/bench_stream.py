@@ -112,6 +112,45 @@ def frames_in(path: Path) -> int:
     return n
 
 
+# ``invismap predict`` as the command runs it, and the same with glibc's adaptive mmap threshold left alone
+# (how ``predict`` ran before it fixed the threshold): the CLI's main with that one call made a no-op.
+AS_BEFORE = ("import sys\nimport invismap.invisibility.predict as p\n"
+             "p.fix_mmap_threshold = lambda *a: False\nfrom invismap.cli import main\nmain(sys.argv[1:])")
+VARIANTS = {"mmap threshold fixed (invismap predict)": [INVISMAP],
+            "glibc default (as before)": [sys.executable, "-c", AS_BEFORE]}
+
+
+def per_minute(samples: list[dict], total: int, frames_per_minute: int) -> list[dict]:
+    """Per minute of video frames: the samples taken while its frames were processed, summarised."""
+    out = []
+    for m in range(1, -(-total // frames_per_minute) + 1):
+        lo, hi = (m - 1) * frames_per_minute, min(m * frames_per_minute, total)
+        window = [s for s in samples if lo < s["frames"] <= hi] or [samples[-1]]
+        rss = sorted(s["rss"] for s in window)
+        out.append({"minute": m, "end": window[-1], "n": len(window), "median": rss[len(rss) // 2],
+                    "max": rss[-1], "hwm": window[-1]["hwm"]})
+    return out
+
+
+def report(label: str, run: dict, total: int, frames_per_minute: int, args) -> dict:
+    """Print one run's table; returns its summary row."""
+    windows = per_minute(run["samples"], total, frames_per_minute)
+    rows = [[w["minute"], w["end"]["frames"], f"{w['end']['t']:.0f}", w["n"], f"{w['median']:.0f}",
+             f"{w['max']:.0f}", f"{w['hwm']:.0f}", f"{w['end']['overlay'] / 2**20:.1f}"] for w in windows]
+    headers = ["video minute", "frames done", "wall s", "samples", "RSS MiB median", "RSS MiB max",
+               "peak RSS so far MiB", "overlay written MiB"]
+    print(f"\n## {label}: RSS per minute of video frames (sampled every {args.interval:g} s)\n")
+    print(table(headers, rows))
+    first, last = windows[0], windows[-1]
+    samples = run["samples"]
+    mark = next((s for s in samples if s["frames"] >= frames_per_minute), samples[0])
+    steady = (samples[-1]["frames"] - mark["frames"]) / max(samples[-1]["t"] - mark["t"], 1e-9)
+    print(f"\noverlay video: {run['written']} frames of {total}, written as it goes "
+          f"({mark['overlay'] / 2**20:.1f} MiB on disk once the first minute was done)")
+    return {"label": label, "first": first, "last": last, "peak": run["peak"], "fps": total / run["wall"],
+            "steady": steady, "wall": run["wall"]}
+
+
 def main() -> None:
     p = base_parser(__doc__.splitlines()[0])
     p.add_argument("--minutes", type=float, default=10.0, help="video length")
@@ -128,9 +167,10 @@ def main() -> None:
     from synthetic import write_untrained_predictor, write_video
 
     frames_per_minute = round(60 * args.fps)
+    total = round(args.minutes * frames_per_minute)
     print_machine(f"bench_stream: invismap predict on {args.minutes:g} min of 640x480 at {args.fps:g} fps "
-                  f"({round(args.minutes * frames_per_minute)} frames), size {args.size}, "
-                  f"batch {args.batch}, {args.threads} threads")
+                  f"({total} frames), size {args.size}, batch {args.batch}, {args.threads} threads")
+    runs = {}
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         tmp = Path(tmp)
         t = time.perf_counter()
@@ -139,37 +179,26 @@ def main() -> None:
               f"{time.perf_counter() - t:.0f} s")
         model = write_untrained_predictor(tmp / "predictor.pt", args.size)
         wait_quiet(args.wait_quiet)
-        out = tmp / "out"
-        cmd = [INVISMAP, "predict", "--model", str(model), str(video), "--out", str(out),
-               "--batch", str(args.batch)]
         with OthersLoad() as load:
-            samples, peak, wall, _ = watch_predict(cmd, out / f"{video.stem}_overlay.mp4", args.interval)
-        written = frames_in(out / f"{video.stem}_overlay.mp4")
-    total = round(args.minutes * frames_per_minute)
-    rows, windows = [], []
-    for m in range(1, int(-(-total // frames_per_minute)) + 1):
-        lo, hi = (m - 1) * frames_per_minute, min(m * frames_per_minute, total)
-        window = [s for s in samples if lo < s["frames"] <= hi] or [samples[-1]]
-        rss = sorted(s["rss"] for s in window)
-        end = window[-1]
-        windows.append({"median": rss[len(rss) // 2], "max": rss[-1], "hwm": end["hwm"]})
-        rows.append([m, end["frames"], f"{end['t']:.0f}", len(window), f"{rss[len(rss) // 2]:.0f}",
-                     f"{rss[-1]:.0f}", f"{end['hwm']:.0f}", f"{end['overlay'] / 2**20:.1f}"])
-    headers = ["video minute", "frames done", "wall s", "samples", "RSS MiB median", "RSS MiB max",
-               "peak RSS so far MiB", "overlay written MiB"]
-    print(f"\n## RSS per minute of video frames (sampled every {args.interval:g} s)\n")
-    print(table(headers, rows))
-    first, last = windows[0], windows[-1]
-    growth = {k: last[k] / first[k] - 1 for k in ("median", "hwm")}
-    print(f"\nafter the last minute / after the first: median RSS {growth['median']:+.1%}, peak RSS so far "
-          f"{growth['hwm']:+.1%} (acceptance: within 10%)")
-    mark = next((s for s in samples if s["frames"] >= frames_per_minute), samples[0])
-    steady = (samples[-1]["frames"] - mark["frames"]) / max(samples[-1]["t"] - mark["t"], 1e-9)
-    print(f"peak RSS of the whole run (ru_maxrss): {peak:.0f} MiB")
-    print(f"frames/s: {total / wall:.1f} overall ({total} frames in {wall:.0f} s, start-up included), "
-          f"{steady:.1f} after the first minute of frames")
-    print(f"overlay video: {written} frames of {total}, written as it goes "
-          f"({mark['overlay'] / 2**20:.1f} MiB on disk once the first minute was done)")
+            for k, (label, prefix) in enumerate(VARIANTS.items()):
+                out = tmp / f"out{k}"
+                cmd = [*prefix, "predict", "--model", str(model), str(video), "--out", str(out),
+                       "--batch", str(args.batch)]
+                print(f"running: {label}", file=sys.stderr, flush=True)
+                samples, peak, wall, _ = watch_predict(cmd, out / f"{video.stem}_overlay.mp4", args.interval)
+                runs[label] = {"samples": samples, "peak": peak, "wall": wall,
+                               "written": frames_in(out / f"{video.stem}_overlay.mp4")}
+    summary = [report(label, run, total, frames_per_minute, args) for label, run in runs.items()]
+    rows = [[r["label"], f"{r['first']['median']:.0f}", f"{r['last']['median']:.0f}",
+             f"{r['last']['median'] / r['first']['median'] - 1:+.1%}", f"{r['first']['hwm']:.0f}",
+             f"{r['last']['hwm']:.0f}", f"{r['last']['hwm'] / r['first']['hwm'] - 1:+.1%}",
+             f"{r['peak']:.0f}", f"{r['fps']:.1f}", f"{r['steady']:.1f}"] for r in summary]
+    print("\n## summary: RSS after the first and after the last minute of frames\n")
+    print(table(["allocator", "RSS median, minute 1", f"minute {summary[0]['last']['minute']}", "change",
+                 "peak so far after minute 1", "at the end", "change", "peak MiB (ru_maxrss)",
+                 "frames/s overall", "frames/s after minute 1"], rows))
+    print("\nacceptance: RSS after 10 minutes within 10% of RSS after 1 minute; frames/s overall includes "
+          "the start-up (~3 s)")
     print(f"CPU used by other processes during the run: {load}")
 
 

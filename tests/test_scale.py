@@ -4,6 +4,7 @@ and videos predicted as a stream (``benchmarks/bench_scale.py`` and ``bench_stre
 from __future__ import annotations
 
 import os
+import platform
 from pathlib import Path
 
 import cv2
@@ -147,3 +148,9 @@ def test_video_is_predicted_and_written_one_batch_at_a_time(tmp_path, monkeypatc
     while cap.grab():
         written += 1
     assert written == frames
+
+
+def test_malloc_thresholds_are_fixed_where_malloc_is_glibcs():
+    from invismap.invisibility.predict import fix_mmap_threshold
+
+    assert fix_mmap_threshold() is (platform.libc_ver()[0] == "glibc")

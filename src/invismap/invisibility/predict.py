@@ -44,6 +44,17 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm", ".mpg", ".mpeg")
 BoxFn = Callable[[Sequence[np.ndarray]], Sequence[Detections]]
 
+# glibc's malloc raises its mmap threshold to the largest block freed so far (up to 32 MiB) and its trim
+# threshold to twice that: a batch's big arrays then come from the heap, which hands memory back only once
+# that much is free at its top, so freed fragments stay resident and pile up over a long video (peak RSS
+# 10-25% higher after ten minutes than after one, benchmarks/bench_stream.py). Fixed thresholds end that: a
+# block above MMAP_THRESHOLD that the heap's free space cannot hold is mmapped and goes back when freed, and
+# freed memory at the heap's top goes back past glibc's default trim threshold. RSS stayed flat over ten
+# minutes, frames/s the same (BENCHMARKS.md, "Long streams").
+MMAP_THRESHOLD = 4 << 20
+TRIM_THRESHOLD = 128 << 10  # glibc's default
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt() parameter numbers in glibc's malloc.h
+
 
 # --------------------------------------------------------------------------------------------- maps
 
@@ -177,6 +188,19 @@ def _box_fn(boxes: BoxFn | nn.Module | None, size: int = 640) -> BoxFn | None:
 def _chunks(items: Sequence, n: int) -> Iterator[Sequence]:
     for k in range(0, len(items), n):
         yield items[k:k + n]
+
+
+def fix_mmap_threshold(threshold: int = MMAP_THRESHOLD) -> bool:
+    """Fix glibc's malloc mmap threshold for this process at ``threshold`` bytes and its trim threshold at
+    :data:`TRIM_THRESHOLD`, which turns off their adaptive raising (see :data:`MMAP_THRESHOLD`); True if set,
+    False where malloc is not glibc's."""
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return mallopt(M_MMAP_THRESHOLD, threshold) == 1 and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
 
 
 def _stats(heat: np.ndarray) -> dict[str, float]:
