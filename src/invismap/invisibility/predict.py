@@ -46,11 +46,12 @@ BoxFn = Callable[[Sequence[np.ndarray]], Sequence[Detections]]
 
 # glibc's malloc raises its mmap threshold to the largest block freed so far (up to 32 MiB) and its trim
 # threshold to twice that: a batch's big arrays then come from the heap, which hands memory back only once
-# that much is free at its top, so freed fragments stay resident and pile up over a long video (peak RSS
-# 10-25% higher after ten minutes than after one, benchmarks/bench_stream.py). Fixed thresholds end that: a
-# block above MMAP_THRESHOLD that the heap's free space cannot hold is mmapped and goes back when freed, and
-# freed memory at the heap's top goes back past glibc's default trim threshold. RSS stayed flat over ten
-# minutes, frames/s the same (BENCHMARKS.md, "Long streams").
+# that much is free at its top, so freed fragments stay resident and pile up over a long video (five runs of
+# benchmarks/bench_stream.py: from the first to the tenth minute, median RSS +0-41%, peak +4-25%, depending
+# on when the heap happened to fragment). Fixed thresholds end that: a block above MMAP_THRESHOLD that the
+# heap's free space cannot hold is mmapped and goes back when freed, and freed memory at the heap's top goes
+# back past glibc's default trim threshold. RSS stayed flat over ten minutes, frames/s the same
+# (BENCHMARKS.md, "Long streams").
 MMAP_THRESHOLD = 4 << 20
 TRIM_THRESHOLD = 128 << 10  # glibc's default
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt() parameter numbers in glibc's malloc.h
