@@ -112,12 +112,12 @@ def frames_in(path: Path) -> int:
     return n
 
 
-# ``invismap predict`` as the command runs it, and the same with glibc's adaptive mmap threshold left alone
-# (how ``predict`` ran before it fixed the threshold): the CLI's main with that one call made a no-op.
+# ``invismap predict`` as the command runs it, and the same keeping freed memory as glibc does by default (how
+# ``predict`` ran before it handed it back after each batch): the CLI's main with that one call a no-op.
 AS_BEFORE = ("import sys\nimport invismap.invisibility.predict as p\n"
-             "p.fix_mmap_threshold = lambda *a: False\nfrom invismap.cli import main\nmain(sys.argv[1:])")
-VARIANTS = {"mmap threshold fixed (invismap predict)": [INVISMAP],
-            "glibc default (as before)": [sys.executable, "-c", AS_BEFORE]}
+             "p.release_freed_memory = lambda: False\nfrom invismap.cli import main\nmain(sys.argv[1:])")
+VARIANTS = {"freed memory handed back per batch (invismap predict)": [INVISMAP],
+            "glibc keeps it (as before)": [sys.executable, "-c", AS_BEFORE]}
 
 
 def per_minute(samples: list[dict], total: int, frames_per_minute: int) -> list[dict]:
@@ -194,7 +194,7 @@ def main() -> None:
              f"{r['last']['hwm']:.0f}", f"{r['last']['hwm'] / r['first']['hwm'] - 1:+.1%}",
              f"{r['peak']:.0f}", f"{r['fps']:.1f}", f"{r['steady']:.1f}"] for r in summary]
     print("\n## summary: RSS after the first and after the last minute of frames\n")
-    print(table(["allocator", "RSS median, minute 1", f"minute {summary[0]['last']['minute']}", "change",
+    print(table(["freed memory", "RSS median, minute 1", f"minute {summary[0]['last']['minute']}", "change",
                  "peak so far after minute 1", "at the end", "change", "peak MiB (ru_maxrss)",
                  "frames/s overall", "frames/s after minute 1"], rows))
     print("\nacceptance: RSS after 10 minutes within 10% of RSS after 1 minute; frames/s overall includes "

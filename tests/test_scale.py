@@ -140,17 +140,18 @@ def test_video_is_predicted_and_written_one_batch_at_a_time(tmp_path, monkeypatc
     monkeypatch.setattr(predict, "predict_images",
                         lambda model, imgs, *a: events.append(len(imgs)) or predict_images(model, imgs, *a))
     monkeypatch.setattr(predict, "overlay", lambda *a: events.append("o") or overlay(*a))
+    monkeypatch.setattr(predict, "release_freed_memory", lambda: events.append("r"))
     model = InvisibilityUNet(UNetConfig(base_width=4)).eval()
     (rec,) = predict.predict_source(model, video, tmp_path / "out", batch_size=batch, size=64, progress=False)
     assert rec["frames"] == frames
-    assert events == [4, "o", "o", "o", "o", 4, "o", "o", "o", "o", 3, "o", "o", "o"]
+    assert events == [4, *"oooor", 4, *"oooor", 3, *"ooor"]
     cap, written = cv2.VideoCapture(str(tmp_path / "out" / "clip_overlay.mp4")), 0
     while cap.grab():
         written += 1
     assert written == frames
 
 
-def test_malloc_thresholds_are_fixed_where_malloc_is_glibcs():
-    from invismap.invisibility.predict import fix_mmap_threshold
+def test_freed_memory_goes_back_where_malloc_is_glibcs():
+    from invismap.invisibility.predict import release_freed_memory
 
-    assert fix_mmap_threshold() is (platform.libc_ver()[0] == "glibc")
+    assert release_freed_memory() is (platform.libc_ver()[0] == "glibc")

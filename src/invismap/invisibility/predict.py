@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
+import functools
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -43,19 +45,6 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm", ".mpg", ".mpeg")
 BoxFn = Callable[[Sequence[np.ndarray]], Sequence[Detections]]
-
-# glibc's malloc raises its mmap threshold to the largest block freed so far (up to 32 MiB) and its trim
-# threshold to twice that: a batch's big arrays then come from the heap, which hands memory back only once
-# that much is free at its top, so freed fragments stay resident and pile up over a long video (five runs of
-# benchmarks/bench_stream.py: from the first to the tenth minute, median RSS +0-41%, peak +4-25%, depending
-# on when the heap happened to fragment). Fixed thresholds end that: a block above MMAP_THRESHOLD that the
-# heap's free space cannot hold is mmapped and goes back when freed, and freed memory at the heap's top goes
-# back past glibc's default trim threshold. RSS stayed flat over ten minutes, frames/s the same
-# (BENCHMARKS.md, "Long streams").
-MMAP_THRESHOLD = 4 << 20
-TRIM_THRESHOLD = 128 << 10  # glibc's default
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt() parameter numbers in glibc's malloc.h
-
 
 # --------------------------------------------------------------------------------------------- maps
 
@@ -191,17 +180,25 @@ def _chunks(items: Sequence, n: int) -> Iterator[Sequence]:
         yield items[k:k + n]
 
 
-def fix_mmap_threshold(threshold: int = MMAP_THRESHOLD) -> bool:
-    """Fix glibc's malloc mmap threshold for this process at ``threshold`` bytes and its trim threshold at
-    :data:`TRIM_THRESHOLD`, which turns off their adaptive raising (see :data:`MMAP_THRESHOLD`); True if set,
-    False where malloc is not glibc's."""
-    import ctypes
-
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
     try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    return mallopt(M_MMAP_THRESHOLD, threshold) == 1 and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError, TypeError):  # not glibc: nothing to do
+        return None
+
+
+def release_freed_memory() -> bool:
+    """Hand the memory freed so far back to the system (glibc's ``malloc_trim``); True if it could.
+
+    glibc keeps freed heap memory for reuse and, once a large block has been freed, raises the size from which
+    blocks are mmapped (and given back on free) and the free space it keeps before trimming. Over a long video
+    a batch's big arrays then land on a heap whose fragments stay resident, and RSS drifts up at random
+    moments (by up to 41% between the first and the tenth minute, ``benchmarks/bench_stream.py``). Called
+    after each batch, this keeps RSS at what one batch needs, for the whole stream.
+    """
+    trim = _malloc_trim()
+    return trim is not None and trim(0) in (0, 1)
 
 
 def _stats(heat: np.ndarray) -> dict[str, float]:
@@ -255,6 +252,7 @@ def predict_source(model: nn.Module, source: str | Path, out_dir: str | Path,
                 for (path, name, rgb), heat, det in zip(loaded, heats, dets):
                     records.append(_write_image_outputs(out_dir, name, path, rgb, heat, det))
             bar.update(len(chunk))
+            release_freed_memory()
         bar.close()
         if all("error" in r for r in records):
             raise InvismapError(f"{source}: none of the {len(files)} images could be read")
@@ -316,6 +314,7 @@ def _predict_video(model: nn.Module, path: Path, out_dir: Path, box_fn: BoxFn | 
                 means.append(stats["mean"])
                 p95s.append(stats["p95"])
             bar.update(len(frames))
+            release_freed_memory()
         if writer is None:
             raise file_error(path, "video holds no readable frames")
         writer.release()
