@@ -275,7 +275,7 @@ def report(results: list[dict], args) -> None:
     rows = []
     for r in results:
         for d in r["data_time"]:
-            rows.append([f"{r['pairs']:,}", d["workers"], f"{d['step_ms']:.0f}", f"{d['data_ms']:.1f}",
+            rows.append([f"{r['pairs']:,}", int(d["workers"]), f"{d['step_ms']:.0f}", f"{d['data_ms']:.1f}",
                          f"{d['data_share']:.1%}", f"{d['first_batch_s']:.1f}", f"{d['pss_mib']:.0f}"])
     print(table(["pairs", "workers", "step ms (median)", "data ms (median)", "data share of step",
                  "s to first step", "peak PSS MiB (process + workers)"], rows))
