@@ -65,10 +65,10 @@ def check_pair_sizes(samples: Iterable[Sample], progress: bool = True,
     """Check every pair's images and require equal color/thermal sizes.
 
     ``check="decode"`` reads every image once with the readers training uses (catching corrupt files, wrong
-    channel counts and bit depths); ``"header"`` reads only each file's header (its format and size), ~100x
-    less work for a large set: a file whose pixel data is corrupt, or of the wrong depth, is then refused
-    when training first reads it (:func:`invismap.data.dataset.load_pair`), not here. False-color thermal
-    frames are refused when read for training, not here, either way.
+    channel counts and bit depths); ``"header"`` reads only each file's header (its format and size), ~15x
+    faster for 160x120 PNGs, ~70x or more for 640x480 ones: a file whose pixel data is corrupt, or of the
+    wrong depth, is then refused when training first reads it (:func:`invismap.data.dataset.load_pair`), not
+    here. False-color thermal frames are refused when read for training, not here, either way.
 
     Returns the (width, height) of each sample.
     """
