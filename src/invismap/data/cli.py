@@ -12,13 +12,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("data", help="import, summarise and look at color/thermal pair datasets")
     dsub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
 
-    from invismap.data.importers import IMPORTERS
+    from invismap.data.importers import CHECKS, IMPORTERS
 
     imp = dsub.add_parser("import", help="import a dataset in its own layout into a pair dataset folder",
                           description="Write DST/manifest.csv (+ DST/labels/) describing the pairs in SRC.")
     imp.add_argument("format", choices=sorted(IMPORTERS), help="layout of SRC")
     imp.add_argument("src", help="the dataset's folder")
     imp.add_argument("dst", help="output folder for manifest.csv and converted labels")
+    imp.add_argument("--check", choices=CHECKS, default=CHECKS[0],
+                     help="decode: read every image in full to check it (default); header: read only each "
+                          "file's size, much faster for large sets (pixel data is checked when training "
+                          "reads a pair)")
     imp.set_defaults(func=_import)
 
     show = dsub.add_parser("show", help="render a contact sheet (color | thermal, both label sets) to PNG")
@@ -48,7 +52,7 @@ def _print_summary(manifest, json_path=None) -> None:
 def _import(args) -> None:
     from invismap.data.importers import import_dataset
 
-    manifest = import_dataset(args.format, args.src, args.dst)
+    manifest = import_dataset(args.format, args.src, args.dst, check=args.check)
     print(f"imported {len(manifest)} pairs into {args.dst}/manifest.csv")
     _print_summary(manifest)
 

@@ -27,6 +27,11 @@ from invismap.data.manifest import Manifest, Sample, read_yolo_labels, yolo_to_x
 from invismap.errors import InvismapError, file_error
 from invismap.io import read_color, read_thermal
 
+# What ``cache=True`` may hold per dataset (and per loader worker: each has its own copy): ~850 letterboxed
+# 640x480 pairs, several times the MSRS training set. Past it, further pairs are decoded every time they are
+# read, so a large manifest costs decoding time, not memory that grows with it.
+CACHE_BYTES = 1 << 30
+
 
 @dataclass(frozen=True)
 class Augment:
@@ -85,18 +90,24 @@ class PairDataset(Dataset):
             multiple of 32 (640x480 stays 640x480).
         augment: geometric augmentation (same for both modalities), or None.
         seed: base seed; item ``i`` at epoch ``e`` draws from ``(seed, e, i)`` so runs are reproducible.
-        cache: keep decoded, letterboxed pairs in memory (decode once; augmentation still varies).
+        cache: keep decoded, letterboxed pairs in memory (decode once; augmentation still varies): True for
+            up to :data:`CACHE_BYTES` of them, a number for that many bytes, False for none. The first pairs
+            read are kept until the budget is full; later ones are decoded each time.
     """
 
     def __init__(self, manifest: Manifest, size: int = 640, augment: Augment | None = None, seed: int = 0,
-                 square: bool = False, cache: bool = False):
+                 square: bool = False, cache: bool | int = False):
         if len(manifest) == 0:
             raise InvismapError("dataset is empty: no pairs match the selected split/condition")
         if size % 32:
             raise InvismapError(f"image size {size} must be a multiple of 32")
+        if not isinstance(cache, bool) and (not isinstance(cache, int) or cache < 0):
+            raise InvismapError(f"cache must be true, false or a number of bytes >= 0, got {cache!r}")
         self.manifest, self.size, self.augment, self.seed = manifest, size, augment, seed
         self.square, self.epoch = square, 0
-        self._cache: dict[int, tuple] | None = {} if cache else None
+        self.cache_budget = (CACHE_BYTES if cache else 0) if isinstance(cache, bool) else cache
+        self.cache_bytes = 0  # what the cache holds now
+        self._cache: dict[int, tuple] = {}
 
     def __len__(self) -> int:
         return len(self.manifest)
@@ -106,7 +117,7 @@ class PairDataset(Dataset):
         self.epoch = epoch
 
     def _load(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, Letterbox]:
-        if self._cache is not None and i in self._cache:
+        if i in self._cache:
             return self._cache[i]
         s = self.manifest[i]
         rgb, thr = load_pair(s)
@@ -117,8 +128,10 @@ class PairDataset(Dataset):
         for b in (cboxes, tboxes):
             b[:, 1:] = lb.boxes_to_canvas(b[:, 1:]) if len(b) else b[:, 1:]
         item = (rgb, thr, cboxes, tboxes, lb)
-        if self._cache is not None:
+        nbytes = rgb.nbytes + thr.nbytes + cboxes.nbytes + tboxes.nbytes
+        if self.cache_bytes + nbytes <= self.cache_budget:
             self._cache[i] = item
+            self.cache_bytes += nbytes
         return item
 
     def __getitem__(self, index: int) -> dict:

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
+import functools
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -43,7 +45,6 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm", ".mpg", ".mpeg")
 BoxFn = Callable[[Sequence[np.ndarray]], Sequence[Detections]]
-
 
 # --------------------------------------------------------------------------------------------- maps
 
@@ -179,6 +180,27 @@ def _chunks(items: Sequence, n: int) -> Iterator[Sequence]:
         yield items[k:k + n]
 
 
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError, TypeError):  # not glibc: nothing to do
+        return None
+
+
+def release_freed_memory() -> bool:
+    """Hand the memory freed so far back to the system (glibc's ``malloc_trim``); True if it could.
+
+    glibc keeps freed heap memory for reuse and, once a large block has been freed, raises the size from which
+    blocks are mmapped (and given back on free) and the free space it keeps before trimming. Over a long video
+    a batch's big arrays then land on a heap whose fragments stay resident, and RSS drifts up at random
+    moments (by up to 41% between the first and the tenth minute, ``benchmarks/bench_stream.py``). Called
+    after each batch, this keeps RSS at what one batch needs, for the whole stream.
+    """
+    trim = _malloc_trim()
+    return trim is not None and trim(0) in (0, 1)
+
+
 def _stats(heat: np.ndarray) -> dict[str, float]:
     return {"mean": float(heat.mean()), "p95": float(np.percentile(heat, 95))}
 
@@ -230,6 +252,7 @@ def predict_source(model: nn.Module, source: str | Path, out_dir: str | Path,
                 for (path, name, rgb), heat, det in zip(loaded, heats, dets):
                     records.append(_write_image_outputs(out_dir, name, path, rgb, heat, det))
             bar.update(len(chunk))
+            release_freed_memory()
         bar.close()
         if all("error" in r for r in records):
             raise InvismapError(f"{source}: none of the {len(files)} images could be read")
@@ -291,6 +314,7 @@ def _predict_video(model: nn.Module, path: Path, out_dir: Path, box_fn: BoxFn | 
                 means.append(stats["mean"])
                 p95s.append(stats["p95"])
             bar.update(len(frames))
+            release_freed_memory()
         if writer is None:
             raise file_error(path, "video holds no readable frames")
         writer.release()

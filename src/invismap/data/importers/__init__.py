@@ -1,7 +1,10 @@
 """Importers: turn a dataset's own layout into an invismap pair dataset (``manifest.csv`` + labels).
 
-Each importer is ``import_xxx(src, dst) -> Manifest``; images stay where they are (the manifest points at
-them), labels are converted to YOLO txt with COCO class ids under ``dst/labels/{color,thermal}/``.
+Each importer is ``import_xxx(src, dst, progress=True, check="decode", ...) -> Manifest``; images stay where
+they are (the manifest points at them), labels are converted to YOLO txt with COCO class ids under
+``dst/labels/{color,thermal}/``. ``check`` says how the images are checked at import
+(:func:`~invismap.data.importers.common.check_pair_sizes`): ``"decode"`` reads every image in full,
+``"header"`` only each file's size (for large sets; pixel data is then checked when training reads it).
 """
 
 from __future__ import annotations
@@ -23,6 +26,11 @@ IMPORTERS: Registry[Callable[..., Manifest]] = Registry("dataset format", lazy={
     "m3fd": "invismap.data.importers.m3fd:import_m3fd",
 })
 
+# How an importer checks the images it lists (check_pair_sizes): "decode" reads every image in full with the
+# readers training uses; "header" reads only each file's header (format and size), for sets too large to
+# decode at import.
+CHECKS = ("decode", "header")
+
 
 def get_importer(fmt: str) -> Callable[..., Manifest]:
     """The import function for a format name; unknown names list the known ones."""
@@ -34,4 +42,6 @@ def import_dataset(fmt: str, src: str | Path, dst: str | Path, **options) -> Man
     src = Path(src)
     if not src.is_dir():
         raise InvismapError(f"{src}: source folder not found")
+    if options.get("check", CHECKS[0]) not in CHECKS:
+        raise InvismapError(f"image check '{options['check']}' is not one of {', '.join(CHECKS)}")
     return get_importer(fmt)(src, Path(dst), **options)

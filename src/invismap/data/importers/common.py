@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from invismap.data.importers import CHECKS
 from invismap.data.manifest import Sample, write_yolo_labels
 from invismap.errors import InvismapError, file_error
 from invismap.io import read_color, read_thermal
@@ -46,20 +47,44 @@ def pair_by_stem(color: dict[str, Path], thermal: dict[str, Path], color_dir: Pa
     return [(k, color[k], thermal[k]) for k in sorted(color)]
 
 
-def check_pair_sizes(samples: Iterable[Sample], progress: bool = True) -> dict[str, tuple[int, int]]:
-    """Read every image once with the readers training uses (catching corrupt files, wrong channel counts and
-    bit depths) and require equal color/thermal sizes. False-color thermal frames are refused when read for
-    training, not here.
+def image_size(path: Path) -> tuple[int, int]:
+    """``(width, height)`` of an image file from its header alone (nothing is decoded)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except FileNotFoundError:
+        raise file_error(path, "file not found") from None
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise file_error(path, f"not a readable image ({type(e).__name__})", "re-copy or remove it") from None
+
+
+def check_pair_sizes(samples: Iterable[Sample], progress: bool = True,
+                     check: str = "decode") -> dict[str, tuple[int, int]]:
+    """Check every pair's images and require equal color/thermal sizes.
+
+    ``check="decode"`` reads every image once with the readers training uses (catching corrupt files, wrong
+    channel counts and bit depths); ``"header"`` reads only each file's header (its format and size), ~15x
+    faster for 160x120 PNGs, ~70x or more for 640x480 ones: a file whose pixel data is corrupt, or of the
+    wrong depth, is then refused when training first reads it (:func:`invismap.data.dataset.load_pair`), not
+    here. False-color thermal frames are refused when read for training, not here, either way.
 
     Returns the (width, height) of each sample.
     """
     from tqdm import tqdm
 
+    if check not in CHECKS:
+        raise InvismapError(f"image check '{check}' is not one of {', '.join(CHECKS)}")
     sizes = {}
     samples = list(samples)
-    for s in tqdm(samples, desc="checking images", unit="pair", disable=not progress, leave=False):
-        ch, cw = read_color(s.color).shape[:2]
-        th, tw = read_thermal(s.thermal, refuse_palette=False).shape[:2]
+    desc = "checking images" if check == "decode" else "reading image sizes"
+    for s in tqdm(samples, desc=desc, unit="pair", disable=not progress, leave=False):
+        if check == "decode":
+            ch, cw = read_color(s.color).shape[:2]
+            th, tw = read_thermal(s.thermal, refuse_palette=False).shape[:2]
+        else:
+            (cw, ch), (tw, th) = image_size(s.color), image_size(s.thermal)
         if (cw, ch) != (tw, th):
             raise file_error(s.thermal,
                              f"size {tw}x{th} differs from its color twin {s.color.name} ({cw}x{ch})",

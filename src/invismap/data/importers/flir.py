@@ -93,7 +93,7 @@ def _read_coco(path: Path, suffix: str) -> tuple[dict[str, dict], dict[str, list
 def import_flir(src: Path, dst: Path, progress: bool = True, thermal_dir: str = "JPEGImages",
                 color_dir: str = "JPEGImages", thermal_suffix: str = "_PreviewData",
                 color_suffix: str = "_RGB", annotations: str | Path | None = None,
-                split: str = "all") -> Manifest:
+                split: str = "all", check: str = "decode") -> Manifest:
     """Import FLIR frames into ``dst`` (manifest.csv + labels/thermal); returns the manifest."""
     src, dst = Path(src).resolve(), Path(dst).resolve()
     if split not in SPLITS:
@@ -101,7 +101,7 @@ def import_flir(src: Path, dst: Path, progress: bool = True, thermal_dir: str = 
     cdir, tdir = src / color_dir, src / thermal_dir
     pairs = pair_by_stem(_by_frame(cdir, color_suffix), _by_frame(tdir, thermal_suffix), cdir, tdir)
     samples = [Sample(name, c, t, "unknown", split) for name, c, t in pairs]
-    sizes = check_pair_sizes(samples, progress=progress)
+    sizes = check_pair_sizes(samples, progress=progress, check=check)
     if annotations is None and (src / "Annotations").is_dir():
         annotations = "Annotations"
     if annotations is not None:

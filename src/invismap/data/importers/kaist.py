@@ -66,7 +66,7 @@ def read_bbgt(path: Path, dropped: Counter) -> tuple[list[list[float]], list[int
     return boxes, classes
 
 
-def import_kaist(src: Path, dst: Path, progress: bool = True) -> Manifest:
+def import_kaist(src: Path, dst: Path, progress: bool = True, check: str = "decode") -> Manifest:
     """Import a KAIST folder into ``dst`` (manifest.csv + labels); returns the manifest."""
     src, dst = Path(src).resolve(), Path(dst).resolve()
     images = src / "images" if (src / "images").is_dir() else src
@@ -85,7 +85,7 @@ def import_kaist(src: Path, dst: Path, progress: bool = True) -> Manifest:
             condition, split = "night" if set_id in NIGHT_SETS else "day", "train" if set_id <= 5 else "test"
             samples.append(Sample(f"{video.parent.name}_{video.name}_{stem}", c, t, condition, split,
                                   int(frame.group(1)) / FPS))
-    sizes = check_pair_sizes(samples, progress=progress)
+    sizes = check_pair_sizes(samples, progress=progress, check=check)
     ann_root, dropped = src / "annotations", Counter()
     for i, s in enumerate(samples):
         set_name, video, stem = s.name.split("_")

@@ -18,7 +18,7 @@ from invismap.errors import file_error
 LLVIP_TO_COCO = {"person": 0}
 
 
-def import_llvip(src: Path, dst: Path, progress: bool = True) -> Manifest:
+def import_llvip(src: Path, dst: Path, progress: bool = True, check: str = "decode") -> Manifest:
     """Import an LLVIP folder into ``dst`` (manifest.csv + labels/thermal); returns the manifest."""
     src, dst = Path(src).resolve(), Path(dst).resolve()
     samples, seen = [], set()
@@ -34,7 +34,7 @@ def import_llvip(src: Path, dst: Path, progress: bool = True) -> Manifest:
     if not samples:
         raise file_error(src, "no visible/{train,test} or infrared/{train,test} folders",
                          "point at the LLVIP root")
-    sizes = check_pair_sizes(samples, progress=progress)
+    sizes = check_pair_sizes(samples, progress=progress, check=check)
     if (src / "Annotations").is_dir():
         samples = voc_thermal_labels(samples, sizes, src / "Annotations", LLVIP_TO_COCO, dst)
     manifest = Manifest(samples, dst)

@@ -51,7 +51,7 @@ def _read_conditions(path: Path) -> dict[str, str]:
 
 
 def import_m3fd(src: Path, dst: Path, progress: bool = True, conditions: str | Path | None = None,
-               test_fraction: float | None = None) -> Manifest:
+               test_fraction: float | None = None, check: str = "decode") -> Manifest:
     """Import an M3FD folder into ``dst`` (manifest.csv + labels/thermal); returns the manifest."""
     src, dst = Path(src).resolve(), Path(dst).resolve()
     cdir, tdir = src / "Vis", src / "Ir"
@@ -62,7 +62,7 @@ def import_m3fd(src: Path, dst: Path, progress: bool = True, conditions: str | P
     samples = [Sample(name, c, t, table.get(name, "unknown"),
                       "all" if test_fraction is None else hash_split(name, test_fraction))
                for name, c, t in pairs]
-    sizes = check_pair_sizes(samples, progress=progress)
+    sizes = check_pair_sizes(samples, progress=progress, check=check)
     if (src / "Annotation").is_dir():
         samples = voc_thermal_labels(samples, sizes, src / "Annotation", M3FD_TO_COCO, dst)
     manifest = Manifest(samples, dst)

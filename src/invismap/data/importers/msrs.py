@@ -162,7 +162,7 @@ def _convert_labels(src_file: Path, dst_file: Path) -> None:
 
 
 def import_msrs(src: Path, dst: Path, split_column: str = "dev_split", progress: bool = True,
-                labels: str | Path | None = None) -> Manifest:
+                labels: str | Path | None = None, check: str = "decode") -> Manifest:
     """Import an MSRS folder (release or flattened layout) into ``dst`` (manifest.csv +
     labels/{color,thermal}); returns the manifest."""
     src, dst = Path(src).resolve(), Path(dst).resolve()
@@ -180,7 +180,7 @@ def import_msrs(src: Path, dst: Path, split_column: str = "dev_split", progress:
             label_paths[modality] = out
         samples.append(Sample(name, cpath, tpath, _condition(name, cpath), split,
                               None, label_paths["color"], label_paths["thermal"]))
-    check_pair_sizes(samples, progress=progress)
+    check_pair_sizes(samples, progress=progress, check=check)
     manifest = Manifest(samples, dst)
     save_manifest(manifest, dst / "manifest.csv")
     return manifest

@@ -102,7 +102,7 @@ def _read_boxes(path: Path) -> dict[str, list] | None:
 
 
 def import_roadscene(src: Path, dst: Path, progress: bool = True,
-                     test_fraction: float | None = 0.3) -> Manifest:
+                     test_fraction: float | None = 0.3, check: str = "decode") -> Manifest:
     """Import a RoadScene folder into ``dst`` (manifest.csv + labels/thermal); returns the manifest.
 
     ``test_fraction``: the share of drives without night frames that go to test (:func:`drive_split`); None
@@ -119,7 +119,7 @@ def import_roadscene(src: Path, dst: Path, progress: bool = True,
     if test_fraction is not None:
         splits = drive_split(samples, test_fraction)
         samples = [replace(s, split=splits[s.name]) for s in samples]
-    sizes = check_pair_sizes(samples, progress=progress)
+    sizes = check_pair_sizes(samples, progress=progress, check=check)
     dropped = Counter()
     for i, s in enumerate(samples):
         row, (w, h) = meta.get(s.name, {}), sizes[s.name]
