@@ -20,7 +20,7 @@ process (peak RSS is the kernel's ``ru_maxrss`` of that child, from ``os.wait4``
   (waiting for the batch, plus the loop's own bookkeeping); and the peak summed PSS of the process and its
   workers. Each worker count runs ``--rounds`` times (default 2), in alternating order; medians.
 
-Usage (from the repository root; ~10 minutes on 2 cores)::
+Usage (from the repository root; ~6 minutes on a quiet 2-core machine, ~40 under heavy load)::
 
     .venv/bin/python benchmarks/bench_scale.py [--sizes 1000 5000 20000] [--steps 20] [--workers 0 2 4]
 """

@@ -14,7 +14,7 @@ the peak RSS so far (``VmHWM``) and the overlay video's bytes on disk; then the 
 (``ru_maxrss``), frames per second, and that the overlay video holds every frame. The overlay file growing
 minute by minute shows that it is written as it goes.
 
-Usage (from the repository root; ~5 minutes on 2 cores at the defaults)::
+Usage (from the repository root; ~3 minutes on a quiet 2-core machine at the defaults: two runs of predict)::
 
     .venv/bin/python benchmarks/bench_stream.py [--minutes 10] [--fps 10] [--size 640] [--batch 8]
 """
