@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -145,3 +146,19 @@ def test_bf16_distillation_trains_close_to_fp32_and_resumes(msrs, assets, tmp_pa
     a = load_checkpoint(tmp_path / "bf16/student.pt", "student")["student"]
     b = load_checkpoint(tmp_path / "part/student.pt", "student")["student"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_validation_pairs_are_capped_evenly(tmp_path):
+    """``val_max``: at most that many held-out pairs validate and calibrate (evenly spaced); the rest stay out
+    of training, so a large data set does not validate, cache and calibrate on every tenth pair."""
+    from invismap.data.manifest import Manifest, Sample
+    from invismap.distill.run import DistillConfig, split_pairs
+
+    samples = [Sample(f"p{i:03d}", f"vi/{i}.png", f"ir/{i}.png", "day", "train") for i in range(200)]
+    manifest = Manifest(samples, tmp_path)
+    train, val = split_pairs(manifest, DistillConfig(val_every_nth=4, val_max=10))
+    all_train, held_out = split_pairs(manifest, DistillConfig(val_every_nth=4, val_max=0))
+    assert len(held_out) == 50 and [s.name for s in train] == [s.name for s in all_train]
+    names = [s.name for s in held_out]
+    picked = [names.index(s.name) for s in val]  # 10 of the 50, evenly spaced from first to last
+    assert picked[0] == 0 and picked[-1] == 49 and all(4 <= b - a <= 6 for a, b in itertools.pairwise(picked))
