@@ -248,6 +248,9 @@ def test_run_rejects_a_bad_config(tmp_path, capsys):
     config.write_text("distill: {loss: everything}\n")
     assert main(["run", str(config)]) == 2
     assert "distill.loss" in capsys.readouterr().err
+    config.write_text("data: {check: everything}\n")
+    assert main(["run", str(config)]) == 2
+    assert "'data.check': 'everything' is not one of decode, header" in capsys.readouterr().err
     config.write_text("experiments: {geometry_pairs: -3}\n")
     assert main(["run", str(config)]) == 2
     assert "'experiments.geometry_pairs': -3 is not allowed" in capsys.readouterr().err

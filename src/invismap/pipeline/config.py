@@ -35,6 +35,9 @@ class DataSection:
     # the dataset's folder; empty = the assets dataset named like the format (see `invismap assets`)
     src: str = ""
     max_pairs: int = 0  # keep at most this many pairs per (split, condition), evenly spaced; 0 = all
+    # how the import checks the images (of this dataset and data.more): decode (every image in full) or header
+    # (sizes from the file headers only, for large sets; pixel data is checked when training reads it)
+    check: str = "decode"
     # more pair datasets (e.g. [{format: roadscene}]): imported beside this one, their training-split pairs
     # are distilled on too (distill.conditions), and the thermal detector is scored on each one's
     # evaluate.split.

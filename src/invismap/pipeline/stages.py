@@ -220,6 +220,10 @@ def check_config(cfg) -> None:
     if c.detector_size < 32 or c.detector_size % 32:
         raise InvismapError(f"config key 'evaluate.detector_size': {c.detector_size} is not allowed "
                             "(a multiple of 32, e.g. 640)")
+    from invismap.data.importers import CHECKS
+
+    if cfg.data.check not in CHECKS:
+        raise InvismapError(f"config key 'data.check': '{cfg.data.check}' is not one of {', '.join(CHECKS)}")
     if cfg.nproc < 1:
         raise InvismapError(f"config key 'nproc': {cfg.nproc} is not allowed (processes per training stage, "
                             ">= 1)")

@@ -65,7 +65,7 @@ def import_pairs(s: Settings, inputs: Inputs, d: Path, resume: bool) -> dict:
     from invismap.data.summary import format_table, summarize
 
     c = s.data
-    manifest = subset(import_dataset(c.format, c.src, d), c.max_pairs)
+    manifest = subset(import_dataset(c.format, c.src, d, check=c.check), c.max_pairs)
     save_manifest(manifest, d / "manifest.csv")
     rows = summarize(manifest)
     write_json(d / "summary.json", rows)
@@ -73,7 +73,7 @@ def import_pairs(s: Settings, inputs: Inputs, d: Path, resume: bool) -> dict:
     inputs.echo(format_table(rows))
     out = {"pairs": len(manifest), "table": rows}
     for m in c.more:  # as imported: their own split, all of their pairs
-        more = import_dataset(m.format, m.src, d / "more" / m.format)
+        more = import_dataset(m.format, m.src, d / "more" / m.format, check=c.check)
         inputs.echo(f"{m.format} (data.more):\n{format_table(summarize(more))}")
         out.setdefault("more", {})[m.format] = len(more)
     return out
