@@ -16,7 +16,6 @@ Example:
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -28,8 +27,6 @@ from invismap.detector.unpickle import PickledObject, load_checkpoint, module_st
 from invismap.detector.yolov5 import VARIANTS, YOLOv5
 from invismap.errors import InvismapError, file_error
 from invismap.registry import Registry
-
-log = logging.getLogger(__name__)
 
 # Short names -> file inside an assets root.
 NAMED_MODELS: dict[str, str] = {f"yolov5{v}": f"weights/yolov5{v}.pt" for v in VARIANTS}

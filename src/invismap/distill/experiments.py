@@ -30,8 +30,8 @@ from invismap.data.manifest import COCO_NAMES, ROAD_CLASSES, load_manifest
 from invismap.detector.evaluate import evaluate_detector
 from invismap.detector.zoo import load_detector
 from invismap.distill.run import DistillConfig, run_distill, split_pairs
-from invismap.engine.checkpoint import can_resume
 from invismap.engine.distributed import world_size
+from invismap.engine.rundir import can_resume
 from invismap.errors import InvismapError
 from invismap.io import atomic_write, write_json
 

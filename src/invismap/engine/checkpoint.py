@@ -33,11 +33,6 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     return Path(path)
 
 
-def can_resume(run_dir: str | Path) -> bool:
-    """Whether a training run in ``run_dir`` left a checkpoint to resume from (``ckpt/last.pt``)."""
-    return (Path(run_dir) / "ckpt" / "last.pt").is_file()
-
-
 def load_checkpoint(path: str | Path, kind: str | tuple[str, ...] | None = None,
                     map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint with ``weights_only=True`` and check its ``kind``.

@@ -49,13 +49,18 @@ def hold_folder(folder: str | Path) -> Iterator[Path]:
         os.close(fd)  # releases the lock
 
 
+def can_resume(run_dir: str | Path) -> bool:
+    """Whether a training run in ``run_dir`` left a checkpoint to resume from (``ckpt/last.pt``)."""
+    return (Path(run_dir) / "ckpt" / "last.pt").is_file()
+
+
 def start_run(run_dir: str | Path, cfg: Any, resume: bool) -> Path:
     """Refuse to overwrite an earlier run unless resuming; write the resolved ``config.yaml`` (under torchrun
     the first process writes it)."""
     from invismap.engine.distributed import is_main_process  # imports torch: not at --help time
 
     run_dir = Path(run_dir)
-    if not resume and (run_dir / "ckpt" / "last.pt").exists():
+    if not resume and can_resume(run_dir):
         raise InvismapError(f"{run_dir}: a run already exists here (add --resume to continue it, "
                             "or choose another folder)")
     if is_main_process():

@@ -36,7 +36,7 @@ import numpy as np
 
 from invismap.config import apply_overrides, from_dict, to_dict
 from invismap.data.manifest import Manifest, load_manifest
-from invismap.engine.checkpoint import can_resume
+from invismap.engine.rundir import can_resume
 from invismap.errors import InvismapError
 from invismap.invisibility.evaluate import (
     HEADLINE,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from invismap.data.manifest import Manifest, evenly, load_manifest, save_manifest
 from invismap.distill.run import DistillConfig
-from invismap.engine.checkpoint import can_resume
+from invismap.engine.rundir import can_resume
 from invismap.errors import InvismapError
 from invismap.invisibility.predictor import PredictorConfig
 from invismap.io import copy_file, write_json
