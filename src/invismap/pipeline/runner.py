@@ -159,6 +159,7 @@ class Pipeline:
         self.stages = [s for s in stages if s.enabled(cfg)]
         self.by_name = {s.name: s for s in stages}
         self._hashes: dict[str, str] = {}
+        self._settings: dict[str, Any] = {}
 
     def dir(self, name: str) -> Path:
         return self.out / name
@@ -173,7 +174,9 @@ class Pipeline:
     def settings(self, stage: Stage) -> Any:
         """What ``stage`` is given of the config: its own copy (a stage cannot change the config), as
         :class:`Settings` when the table names several values, else the one config section."""
-        values = copy.deepcopy(stage.settings(self.cfg))
+        if stage.name not in self._settings:  # built once (the import stage's walks the dataset's files)
+            self._settings[stage.name] = stage.settings(self.cfg)
+        values = copy.deepcopy(self._settings[stage.name])
         return Settings(stage.name, values) if isinstance(values, Mapping) else values
 
     def inputs(self, stage: Stage) -> Inputs:
