@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from invismap.errors import file_error
 from invismap.io import json_safe, write_json
 
 
@@ -44,10 +46,6 @@ class TrainSummary:
     @classmethod
     def load(cls, run_dir: str | Path) -> TrainSummary:
         """The summary a finished run saved (e.g. one trained in other processes, under torchrun)."""
-        import json
-
-        from invismap.errors import file_error
-
         path = Path(run_dir) / "summary.json"
         try:
             flat = json.loads(path.read_text(encoding="utf-8"))
