@@ -256,7 +256,7 @@ def test_processes_that_cannot_share_a_run_are_refused_before_any_work(tmp_path,
 
 
 def test_precision_settings_are_checked(tmp_path):
-    with pytest.raises(InvismapError, match=r"'train.precision': 'fp8' is not allowed \(fp32, bf16 or fp16"):
+    with pytest.raises(InvismapError, match=r"'train.precision': 'fp8' is not allowed \(fp32, bf16, fp16 or"):
         check_train_config(cfg(precision="fp8"))
     with pytest.raises(InvismapError, match=r"'train.compile': 'yes' is not allowed \(true or false\)"):
         check_train_config(cfg(compile="yes"))

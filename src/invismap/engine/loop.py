@@ -65,9 +65,11 @@ class TrainConfig:
     # steps the start's weights still count decay**n: 0.99 suits a few hundred steps, 0.999 several thousand
     ema: float = 0.0
     # throughput switches for GPUs, off by default. precision: fp32 | bf16 | fp16 (torch.amp autocast; fp16
-    # adds a gradient scaler and needs CUDA). channels_last: NHWC memory for the convolutions. compile:
-    # torch.compile the trained network (minutes of compiling first; CPU needs a C++ compiler)
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    # adds a gradient scaler and needs CUDA) | fp64 (weights and batches in float64: slow, for checking
+    # numerics, e.g. that N processes compute what one does). channels_last: NHWC memory for the
+    # convolutions. compile: torch.compile the trained network (minutes of compiling first; CPU needs a C++
+    # compiler)
+    precision: Literal["fp32", "bf16", "fp16", "fp64"] = "fp32"
     channels_last: bool = False
     compile: bool = False
 
@@ -129,8 +131,8 @@ def check_train_config(cfg: TrainConfig, key: str = "train") -> None:
         raise bad("min_lr_ratio", "a number in [0, 1]")
     if not (math.isfinite(cfg.ema) and 0 <= cfg.ema < 1):
         raise bad("ema", "a decay in [0, 1), 0 = off")
-    if cfg.precision not in ("fp32", *AMP_DTYPES):
-        raise bad("precision", "fp32, bf16 or fp16")
+    if cfg.precision not in ("fp32", "fp64", *AMP_DTYPES):
+        raise bad("precision", "fp32, bf16, fp16 or fp64")
     for name in ("channels_last", "compile"):
         if not isinstance(getattr(cfg, name), bool):
             raise bad(name, "true or false")
@@ -237,17 +239,20 @@ def _rng_state() -> dict[str, Any]:
     return state
 
 
-def _move(batch: Any, device: torch.device, channels_last: bool = False) -> Any:
-    """``batch`` on ``device``; with ``channels_last``, images ``(B, C, H, W)`` in NHWC memory."""
+def _move(batch: Any, device: torch.device, cfg: TrainConfig) -> Any:
+    """``batch`` on ``device``; with ``cfg.channels_last``, images ``(B, C, H, W)`` in NHWC memory; with
+    ``cfg.precision`` fp64, floating tensors in float64."""
     if isinstance(batch, torch.Tensor):
         batch = batch.to(device, non_blocking=True)
-        if channels_last and batch.dim() == 4 and batch.is_floating_point():
+        if batch.is_floating_point() and cfg.precision == "fp64":
+            batch = batch.double()
+        if cfg.channels_last and batch.dim() == 4 and batch.is_floating_point():
             batch = batch.contiguous(memory_format=torch.channels_last)
         return batch
     if isinstance(batch, dict):
-        return {k: _move(v, device, channels_last) for k, v in batch.items()}
+        return {k: _move(v, device, cfg) for k, v in batch.items()}
     if isinstance(batch, list):
-        return [_move(v, device, channels_last) for v in batch]
+        return [_move(v, device, cfg) for v in batch]
     return batch
 
 
@@ -291,7 +296,7 @@ def train(task: Task, train_set: Dataset, cfg: TrainConfig, run_dir: str | Path,
     rank, world, device = init_distributed(device)
     is_main = rank == 0
     torch.manual_seed(cfg.seed)
-    task.to(device)
+    task.to(device, torch.float64 if cfg.precision == "fp64" else None)
     if cfg.channels_last:
         task.to(memory_format=torch.channels_last)
     optimizers = task.configure_optimizers(cfg)
@@ -379,7 +384,7 @@ def train(task: Task, train_set: Dataset, cfg: TrainConfig, run_dir: str | Path,
         step = start_step
         for step, batch in enumerate(loader, start=start_step):
             task.train()
-            batch = _move(batch, device, cfg.channels_last)
+            batch = _move(batch, device, cfg)
             for opt in optimizers.values():
                 for group in opt.param_groups:
                     group["lr"] = lr_at(step, cfg) * group.get("lr_scale", 1.0)
@@ -451,6 +456,8 @@ def train(task: Task, train_set: Dataset, cfg: TrainConfig, run_dir: str | Path,
         if writer is not None:
             writer.close()
         task.net = unwrap(task.net)
+        if cfg.precision == "fp64":
+            task.float()  # what runs after training (export, calibration, evaluation) is float32
     elapsed = time.time() - t0
     if ema is not None and end_step == cfg.max_steps:
         task.net.load_state_dict(ema.module.state_dict())
@@ -489,7 +496,7 @@ def evaluate(task: Task, dataset: Dataset, cfg: TrainConfig, device: torch.devic
     count = 0
     for indices, batch in zip(mine, loader):
         with autocast(cfg, device):
-            out = task.validation_step(_move(batch, device, cfg.channels_last))
+            out = task.validation_step(_move(batch, device, cfg))
         for k, v in out.items():
             totals[k] = totals.get(k, 0.0) + float(v) * len(indices)
         count += len(indices)

@@ -69,9 +69,10 @@ class NeckHead(nn.Module):
         """``[(B, C_k, h_k, w_k)]`` -> ``(B, 1, h_0, w_0)`` logits."""
         if len(features) != len(self.lateral):
             raise ValueError(f"expected {len(self.lateral)} neck features, got {len(features)}")
-        x = self.lateral[0](features[0].float())
+        dtype = self.lateral[0].weight.dtype  # float32 features from a bf16 teacher; float64 in fp64 training
+        x = self.lateral[0](features[0].to(dtype))
         for conv, f in zip(self.lateral[1:], features[1:]):  # coarser scales, upsampled to the finest
-            x = x + F.interpolate(conv(f.float()), size=x.shape[-2:], mode="bilinear", align_corners=False)
+            x = x + F.interpolate(conv(f.to(dtype)), size=x.shape[-2:], mode="bilinear", align_corners=False)
         if self.context is not None:
             x = x + self.context(x)  # (B, width, 1, 1), broadcast over positions
         return self.body(x)

@@ -68,7 +68,7 @@ from invismap.data.letterbox import Letterbox
 from invismap.data.manifest import Manifest, load_manifest, training_pairs
 from invismap.engine.checkpoint import check_state_dict, load_checkpoint, save_checkpoint
 from invismap.engine.distributed import is_main_process
-from invismap.engine.loop import Task, TrainConfig, check_train_config, fit, unwrap
+from invismap.engine.loop import Task, TrainConfig, check_train_config, fit
 from invismap.engine.rundir import start_run
 from invismap.engine.summary import TrainSummary
 from invismap.errors import InvismapError, file_error
@@ -206,8 +206,9 @@ class TargetMapDataset(Dataset):
         else:
             target = torch.from_numpy(load_target(target_path(self.target_dir, item["name"]),
                                                   item["letterbox"]))[None]
-        if self._cache is not None:
+        if self._cache is not None:  # rounded as the cache holds it, so that every epoch sees the same values
             self._cache[i] = target.half()
+            return self._cache[i].float()
         return target
 
     def _weight(self, item: dict) -> torch.Tensor:
@@ -225,8 +226,9 @@ class TargetMapDataset(Dataset):
         if self._features is not None and key in self._features:
             return [f.float() for f in self._features[key]]
         feats = [f[0].float().cpu() for f in self.feature_fn(rgb[None])]
-        if self._features is not None:
+        if self._features is not None:  # as for the targets: the first epoch sees the cached (rounded) values
             self._features[key] = [f.half() for f in feats]
+            return [f.float() for f in self._features[key]]
         return feats
 
     def __getitem__(self, index: int) -> dict:
@@ -446,10 +448,10 @@ def train_predictor(cfg: PredictorConfig, manifest: Manifest | str | Path | None
     best = run_dir / "ckpt" / "best.pt"
     source = best if best.is_file() and not cfg.train.ema else run_dir / "ckpt" / "last.pt"
     state = load_checkpoint(source, KIND)
-    # with train.ema the net ends with the weights' moving average (engine/loop.py): ship that
-    weights = unwrap(task.net).state_dict() if cfg.train.ema else state["model"]
+    if not cfg.train.ema:  # with train.ema the net ends with the weights' moving average (engine/loop.py)
+        task.net.load_state_dict(state["model"])  # into the float32 net, whatever precision it trained in
     save_checkpoint(out, {
-        "kind": KIND, **task.architecture(), "model": weights, "input_size": cfg.size,
+        "kind": KIND, **task.architecture(), "model": task.net.state_dict(), "input_size": cfg.size,
         "square": cfg.square, "normalisation": NORMALISATION, "loss": cfg.loss, "step": state["step"],
         "weights_from": "ema" if cfg.train.ema else source.name, "best_val_loss": summary.best_val_loss,
         "config": state["config"],
