@@ -4,8 +4,9 @@ Each run is the command a user types, ``torchrun --standalone --nproc_per_node 2
 global batch of the config (4 pairs: 2 per process); the one-process reference runs the same config in this
 process.
 
-What can be equal: the data each step sees, the gradients (averaged by DDP) and BatchNorm statistics
-(synchronised) are those of the global batch, so two processes compute what one does up to float32 rounding:
+What can be equal: the data each step sees, the gradients (averaged by DDP), BatchNorm statistics
+(synchronised) and the predictor's masked mean (divided by the global batch's count of valid pixels) are
+those of the global batch, so two processes compute what one does up to float32 rounding:
 weights within 1e-5 for both trainers, and within 1e-12 for the predictor trained in float64
 (``train.precision: fp64``), where rounding is out of the way.
 
@@ -34,8 +35,11 @@ from invismap.distill.run import DistillConfig, run_distill
 from invismap.engine.checkpoint import load_checkpoint
 from invismap.invisibility.predictor import PredictorConfig, cache_targets, train_predictor
 
-# MSRS training pairs: six by day (the distillation's), two at night (the predictor learns from both)
+# MSRS training pairs: six by day (the distillation's), two at night (the predictor learns from both); and two
+# RoadScene night pairs of other sizes, so that the processes' letterbox masks (the predictor's loss
+# denominators) differ
 NAMES = ("00001D", "00002D", "00055D", "00081D", "00085D", "00111D", "00003N", "00005N")
+ROADSCENE = ("FLIR_03813", "FLIR_03952")
 TRAIN = ("{max_steps: 4, batch_size: 4, warmup_steps: 1, eval_every: 2, ckpt_every: 1, log_every: 1, "
          "image_every: 2, device: cpu, seed: 1")
 
@@ -52,7 +56,10 @@ def configs(msrs_dir: Path, tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("torchrun")
     samples = [Sample(n, msrs_dir / "vi" / f"{n}.png", msrs_dir / "ir" / f"{n}.png",
                       "day" if n.endswith("D") else "night", "train") for n in NAMES]
-    if not all(s.color.is_file() for s in samples):
+    roadscene = msrs_dir.parent / "roadscene"
+    samples += [Sample(n, roadscene / "crop_LR_visible" / f"{n}.jpg", roadscene / "cropinfrared" / f"{n}.jpg",
+                       "night", "train") for n in ROADSCENE]
+    if not all(s.color.is_file() and s.thermal.is_file() for s in samples):
         pytest.skip("MSRS sample pairs missing")
     manifest = Manifest(samples, root)
     save_manifest(manifest, root / "manifest.csv")

@@ -8,6 +8,7 @@ each process needs to know lives here, read from those variables (never from a g
 - :func:`init_distributed`: the process group (NCCL on CUDA, gloo on CPU) and this process's device;
 - :func:`sync_batchnorm`: BatchNorm layers that normalise with the statistics of the global batch, so that N
   processes train the same weights as one process on the same global batch;
+- :func:`mean_over_processes`: the denominator of a ratio loss (a masked mean) over the global batch;
 - :func:`shutdown`: end the process group before the process exits (the command line does it).
 
 Example:
@@ -68,6 +69,20 @@ def init_distributed(device: torch.device) -> tuple[int, int, torch.device]:
         device = torch.device("cuda", _env_int("LOCAL_RANK", 0))
         torch.cuda.set_device(device)
     return dist.get_rank(), world, device
+
+
+def mean_over_processes(x: torch.Tensor) -> torch.Tensor:
+    """The mean of ``x`` over the torchrun processes, detached (``x`` itself in a plain process).
+
+    For a loss that is a ratio over the batch, ``sum_p / count_p``: each process dividing its own sum by
+    ``mean_over_processes(count_p)`` instead makes DDP's averaged gradient, and the mean of the logged
+    losses, those of ``sum / count`` over the global batch, as one process computes it.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x.detach()
+    total = x.detach().clone()
+    dist.all_reduce(total)
+    return total / dist.get_world_size()
 
 
 def shutdown() -> None:

@@ -67,7 +67,7 @@ from invismap.data.dataset import PairDataset
 from invismap.data.letterbox import Letterbox
 from invismap.data.manifest import Manifest, load_manifest, training_pairs
 from invismap.engine.checkpoint import check_state_dict, load_checkpoint, save_checkpoint
-from invismap.engine.distributed import is_main_process
+from invismap.engine.distributed import is_main_process, mean_over_processes
 from invismap.engine.loop import Task, TrainConfig, check_train_config, fit
 from invismap.engine.rundir import start_run
 from invismap.engine.summary import TrainSummary
@@ -255,8 +255,11 @@ class TargetMapDataset(Dataset):
 # --------------------------------------------------------------------------------------------- task
 
 def masked_loss(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None,
-                kind: str = "bce") -> torch.Tensor:
-    """Mean per-pixel loss (one of :data:`LOSSES`) over valid pixels.
+                kind: str = "bce", global_batch: bool = False) -> torch.Tensor:
+    """Mean per-pixel loss (one of :data:`LOSSES`) over valid pixels (``valid`` may hold weights).
+
+    With ``global_batch`` under torchrun, the mean is over the valid pixels of every process's share of the
+    batch (see :func:`~invismap.engine.distributed.mean_over_processes`): the processes' masks may differ.
 
     Shape:
         logits, target, valid: ``(B, 1, H, W)``.
@@ -264,7 +267,8 @@ def masked_loss(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor 
     per_pixel = LOSSES.get(kind)(logits, target)
     if valid is None:
         return per_pixel.mean()
-    return (per_pixel * valid).sum() / valid.sum().clamp_min(1.0)
+    count = mean_over_processes(valid.sum()) if global_batch else valid.sum()
+    return (per_pixel * valid).sum() / count.clamp_min(1.0)
 
 
 def masked_mae(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
@@ -314,15 +318,16 @@ class PredictorTask(Task):
         logits = self.net(batch["features"])
         return F.interpolate(logits, size=batch["rgb"].shape[-2:], mode="bilinear", align_corners=False)
 
-    def _forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    def _forward(self, batch: dict, global_batch: bool = False
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
         logits = self.logits(batch)
         target, valid, weight = batch["target"], batch.get("valid"), batch.get("weight")
         weighted = valid if weight is None else (weight if valid is None else valid * weight)
-        return logits, target, valid, masked_loss(logits, target, weighted, self.loss)
+        return logits, target, valid, masked_loss(logits, target, weighted, self.loss, global_batch)
 
     def training_step(self, batch: dict) -> dict[str, torch.Tensor]:
         """``loss/main`` (the masked, weighted loss) and ``train/mae`` of the sigmoid map."""
-        logits, target, valid, loss = self._forward(batch)
+        logits, target, valid, loss = self._forward(batch, global_batch=True)
         with torch.no_grad():
             mae = masked_mae(torch.sigmoid(logits), target, valid)
         return {"loss/main": loss, "train/mae": mae}
