@@ -11,7 +11,7 @@ MODULES = ["invismap.invisibility.metrics", "invismap.invisibility.bootstrap",
            "invismap.invisibility.targets", "invismap.invisibility.references",
            "invismap.invisibility.sources", "invismap.invisibility.neck_head",
            "invismap.data.importers.roadscene", "invismap.distill.experiments",
-           "invismap.data.manifest", "invismap.io",
+           "invismap.data.manifest", "invismap.data.dataset", "invismap.io",
            "invismap.invisibility.baselines", "invismap.invisibility.unet", "invismap.detector.fusion",
            "invismap.detector.ap_bootstrap", "invismap.detector.fusion_eval"]
 

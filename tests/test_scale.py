@@ -110,11 +110,36 @@ def test_pair_cache_holds_what_fits_its_budget(tmp_path):
     budgeted = PairDataset(pairs, size=64, cache=2 * item_bytes)
     for _ in range(2):
         items = [budgeted[i] for i in range(len(pairs))]
-    assert budgeted.cache_bytes == 2 * item_bytes and sorted(budgeted._cache) == [0, 1]
+    cache = budgeted._cache
+    assert cache.nbytes == 2 * item_bytes and len(cache) == 2 and 0 in cache and 1 in cache
     for a, b in zip(items, [plain[i] for i in range(len(pairs))]):
         assert torch.equal(a["rgb"], b["rgb"]) and torch.equal(a["thermal"], b["thermal"])
-    assert plain.cache_budget == 0 and not plain._cache
-    assert PairDataset(pairs, size=64, cache=True).cache_budget == CACHE_BYTES
+    assert plain._cache.budget == 0 and len(plain._cache) == 0
+    assert PairDataset(pairs, size=64, cache=True)._cache.budget == CACHE_BYTES
+
+
+def test_predictor_cache_holds_what_fits_and_items_do_not_depend_on_it(tmp_path, monkeypatch):
+    """The predictor's targets and features: bounded like the pairs, and read rounded to float16 whether kept
+    or not, so a pair's values never depend on whether this process (or loader worker) met it before."""
+    from invismap.invisibility import predictor
+
+    pairs = _pairs(tmp_path)
+    target = lambda item: item["rgb"].mean(0, keepdim=True)  # noqa: E731 - (1, H, W), in [0, 1]
+    features = lambda rgb: [rgb * 1.0001, rgb[..., ::2, ::2] / 3]  # noqa: E731 - two "scales"
+    item_bytes = 2 * (64 * 64 + 3 * 64 * 64 + 3 * 32 * 32)  # float16 target + features of one image, one flip
+
+    def items(cache):
+        data = predictor.TargetMapDataset(PairDataset(pairs, size=64), target_fn=target, cache=cache,
+                                          feature_fn=features, hflip=0.5, seed=3)
+        return data, [data[i] for i in range(3 * len(pairs))]  # three epochs: each image flipped or not
+
+    monkeypatch.setattr(predictor, "CACHE_BYTES", 3 * item_bytes)
+    kept, with_cache = items(True)
+    _, without = items(False)
+    assert kept._cache.nbytes <= 3 * item_bytes and len(kept._cache) >= 2
+    for a, b in zip(with_cache, without):
+        assert torch.equal(a["target"], b["target"]) and all(map(torch.equal, a["features"], b["features"]))
+        assert torch.equal(a["target"], a["target"].half().float())
 
 
 @pytest.mark.parametrize("cache", [-1, 1.5, "yes"])

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from invismap.data.dataset import load_pair
+from invismap.data.dataset import CACHE_BYTES, BudgetCache, load_pair
 from invismap.data.manifest import Manifest
 from invismap.errors import InvismapError
 from invismap.io import read_color
@@ -222,7 +222,8 @@ class AlignDataset(Dataset):
             full image and computing its cues costs ~0.3 s, so copies are made once and reused; crops
             and flips still change every epoch).
         seed: base seed of every random draw.
-        cache: keep decoded pairs, misaligned copies and flows in memory.
+        cache: keep decoded pairs, misaligned copies and flows in memory, up to
+            :data:`~invismap.data.dataset.CACHE_BYTES` of them (later ones are computed each time).
     """
 
     manifest: Manifest
@@ -248,7 +249,7 @@ class AlignDataset(Dataset):
         if self.neighbours not in ("auto", "off"):
             raise InvismapError(f"neighbours must be 'auto' or 'off', got {self.neighbours!r}")
         self.pairs_b = find_neighbours(self.manifest, self.max_gap) if self.neighbours == "auto" else []
-        self._cache: dict = {}
+        self._cache = BudgetCache(CACHE_BYTES if self.cache else 0)
 
     def __len__(self) -> int:
         return len(self.manifest)
@@ -272,8 +273,7 @@ class AlignDataset(Dataset):
             item = _Pair(rgb, thr, e_thr, remap(rgb, base), base)
         else:
             item = _Pair(rgb, thr, e_thr, rgb, None)
-        if self.cache:
-            self._cache[i] = item
+        self._cache.put(i, item)
         return item
 
     def _neighbour(self, k: int) -> _Neighbour:
@@ -288,8 +288,7 @@ class AlignDataset(Dataset):
         # measure_residual(reference, moved) is the DIS flow d with reference(x) ~ moved(x + d(x)).
         item = _Neighbour(src, tgt, edge_image(tgt), measure_residual(tgt, src).astype(np.float32),
                           motion_cues(tgt, src, self.flow_sigma) if self.cues else None)
-        if self.cache:
-            self._cache[key] = item
+        self._cache.put(key, item)
         return item
 
     def _crop_origin(self, h: int, w: int, rng: np.random.Generator) -> tuple[int, int]:
@@ -311,8 +310,7 @@ class AlignDataset(Dataset):
         moved = apply_displacement(p.rgb, g)
         cues = _cues_to_grid(motion_cues(p.thr, moved, self.flow_sigma)) if self.cues else None
         item = _Moved(moved, g.astype(np.float16), cues)
-        if self.cache:
-            self._cache[key] = item
+        self._cache.put(key, item)
         return item
 
     def _stream_a(self, i: int, epoch: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:

@@ -15,7 +15,9 @@ H and W are multiples of 32. Use :func:`collate_pairs` as the DataLoader's ``col
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -31,6 +33,57 @@ from invismap.io import read_color, read_thermal
 # 640x480 pairs, several times the MSRS training set. Past it, further pairs are decoded every time they are
 # read, so a large manifest costs decoding time, not memory that grows with it.
 CACHE_BYTES = 1 << 30
+
+
+def nbytes(x: Any) -> int:
+    """Bytes held by the arrays and tensors in ``x`` (an array, a tensor, or a dataclass, tuple, list or dict
+    of them; anything else counts 0)."""
+    if isinstance(x, np.ndarray):
+        return x.nbytes
+    if isinstance(x, torch.Tensor):
+        return x.element_size() * x.nelement()
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        return sum(nbytes(getattr(x, f.name)) for f in dataclasses.fields(x))
+    if isinstance(x, (tuple, list)):
+        return sum(nbytes(v) for v in x)
+    if isinstance(x, dict):
+        return sum(nbytes(v) for v in x.values())
+    return 0
+
+
+class BudgetCache:
+    """Items kept in memory while their arrays fit in ``budget`` bytes; past it, nothing more is kept.
+
+    No eviction: the first items stay, so a manifest larger than the budget costs recomputing the rest each
+    time they are read, not memory that grows with it.
+
+    Example:
+        >>> cache = BudgetCache(budget=100)
+        >>> cache.put("a", np.zeros(10))  # 80 bytes: kept
+        >>> cache.put("b", np.zeros(10))  # would make 160: not kept
+        >>> "a" in cache, "b" in cache, cache.nbytes
+        (True, False, 80)
+    """
+
+    def __init__(self, budget: int):
+        self.budget, self.nbytes = int(budget), 0
+        self._items: dict = {}
+
+    def __contains__(self, key: Any) -> bool:
+        return key in self._items
+
+    def __getitem__(self, key: Any) -> Any:
+        return self._items[key]
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, key: Any, value: Any) -> None:
+        """Keep ``value`` under ``key`` if it fits in what is left of the budget."""
+        size = nbytes(value)
+        if key not in self._items and self.nbytes + size <= self.budget:
+            self._items[key] = value
+            self.nbytes += size
 
 
 @dataclass(frozen=True)
@@ -105,9 +158,7 @@ class PairDataset(Dataset):
             raise InvismapError(f"cache must be true, false or a number of bytes >= 0, got {cache!r}")
         self.manifest, self.size, self.augment, self.seed = manifest, size, augment, seed
         self.square, self.epoch = square, 0
-        self.cache_budget = (CACHE_BYTES if cache else 0) if isinstance(cache, bool) else cache
-        self.cache_bytes = 0  # what the cache holds now
-        self._cache: dict[int, tuple] = {}
+        self._cache = BudgetCache((CACHE_BYTES if cache else 0) if isinstance(cache, bool) else cache)
 
     def __len__(self) -> int:
         return len(self.manifest)
@@ -128,10 +179,7 @@ class PairDataset(Dataset):
         for b in (cboxes, tboxes):
             b[:, 1:] = lb.boxes_to_canvas(b[:, 1:]) if len(b) else b[:, 1:]
         item = (rgb, thr, cboxes, tboxes, lb)
-        nbytes = rgb.nbytes + thr.nbytes + cboxes.nbytes + tboxes.nbytes
-        if self.cache_bytes + nbytes <= self.cache_budget:
-            self._cache[i] = item
-            self.cache_bytes += nbytes
+        self._cache.put(i, item)
         return item
 
     def __getitem__(self, index: int) -> dict:

@@ -63,7 +63,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from invismap.config import from_dict
-from invismap.data.dataset import PairDataset
+from invismap.data.dataset import CACHE_BYTES, BudgetCache, PairDataset
 from invismap.data.letterbox import Letterbox
 from invismap.data.manifest import Manifest, load_manifest, training_pairs
 from invismap.engine.checkpoint import check_state_dict, load_checkpoint, save_checkpoint
@@ -156,7 +156,9 @@ class TargetMapDataset(Dataset):
         target_dir: the target cache (fast), see :func:`cache_targets`.
         hflip: probability of flipping image, target and mask together (0 for validation).
         seed: with the epoch and index, fixes the flips (indices past the end are later epochs).
-        cache: keep loaded target maps (and features) in memory (float16).
+        cache: keep loaded target maps (and features) in memory (float16), up to
+            :data:`~invismap.data.dataset.CACHE_BYTES` of them; either way the items hold them
+            rounded to float16.
         feature_fn: ``(1, 3, H, W) -> [(1, C_k, h_k, w_k)]``, e.g. the frozen teacher's ``neck_features``:
             items get ``features`` of the (flipped) image, computed once per image and flip when cached.
         object_weight: items get ``weight``, this inside the thermal boxes of the target folder's
@@ -185,9 +187,10 @@ class TargetMapDataset(Dataset):
                                  f"(e.g. {missing[0]})", "compute the targets for every pair first")
         self.base, self.target_fn, self.hflip, self.seed = base, target_fn, hflip, seed
         self.target_dir = Path(target_dir) if target_dir is not None else None
-        self._cache: dict[int, torch.Tensor] | None = {} if cache else None
+        # float16 targets and features; every epoch reads them rounded so, kept in memory or not (then a
+        # pair's values do not depend on whether this process met it before)
+        self._cache = BudgetCache(CACHE_BYTES if cache else 0)
         self.feature_fn, self.object_weight = feature_fn, float(object_weight)
-        self._features: dict[tuple[int, bool], list[torch.Tensor]] | None = {} if cache else None
         self.evidence = None
         if self.object_weight != 1.0:
             self.evidence = load_evidence(target_dir) if target_dir is not None else None
@@ -199,17 +202,17 @@ class TargetMapDataset(Dataset):
         return len(self.base)
 
     def _target(self, i: int, item: dict) -> torch.Tensor:
-        if self._cache is not None and i in self._cache:
-            return self._cache[i].float()
+        key = ("target", i)
+        if key in self._cache:
+            return self._cache[key].float()
         if self.target_fn is not None:
             target = torch.as_tensor(self.target_fn(item)).float().reshape(1, *item["rgb"].shape[1:])
         else:
             target = torch.from_numpy(load_target(target_path(self.target_dir, item["name"]),
                                                   item["letterbox"]))[None]
-        if self._cache is not None:  # rounded as the cache holds it, so that every epoch sees the same values
-            self._cache[i] = target.half()
-            return self._cache[i].float()
-        return target
+        target = target.half()
+        self._cache.put(key, target)
+        return target.float()
 
     def _weight(self, item: dict) -> torch.Tensor:
         """``(1, H, W)``: ``object_weight`` inside the pair's thermal boxes (canvas pixels), 1 elsewhere."""
@@ -222,14 +225,12 @@ class TargetMapDataset(Dataset):
 
     @torch.no_grad()
     def _features_of(self, i: int, rgb: torch.Tensor, flipped: bool) -> list[torch.Tensor]:
-        key = (i, flipped)
-        if self._features is not None and key in self._features:
-            return [f.float() for f in self._features[key]]
-        feats = [f[0].float().cpu() for f in self.feature_fn(rgb[None])]
-        if self._features is not None:  # as for the targets: the first epoch sees the cached (rounded) values
-            self._features[key] = [f.half() for f in feats]
-            return [f.float() for f in self._features[key]]
-        return feats
+        key = ("features", i, flipped)
+        if key in self._cache:
+            return [f.float() for f in self._cache[key]]
+        feats = [f[0].cpu().half() for f in self.feature_fn(rgb[None])]
+        self._cache.put(key, feats)
+        return [f.float() for f in feats]
 
     def __getitem__(self, index: int) -> dict:
         epoch, i = divmod(int(index), len(self.base))
