@@ -124,8 +124,8 @@ def test_predictor_cache_holds_what_fits_and_items_do_not_depend_on_it(tmp_path,
     from invismap.invisibility import predictor
 
     pairs = _pairs(tmp_path)
-    target = lambda item: item["rgb"].mean(0, keepdim=True)  # noqa: E731 - (1, H, W), in [0, 1]
-    features = lambda rgb: [rgb * 1.0001, rgb[..., ::2, ::2] / 3]  # noqa: E731 - two "scales"
+    target = lambda item: item["rgb"].mean(0, keepdim=True)  # (1, H, W), in [0, 1]
+    features = lambda rgb: [rgb * 1.0001, rgb[..., ::2, ::2] / 3]  # two "scales"
     item_bytes = 2 * (64 * 64 + 3 * 64 * 64 + 3 * 32 * 32)  # float16 target + features of one image, one flip
 
     def items(cache):
