@@ -716,6 +716,23 @@ def fusion_linear_strength_above_one(t, mp):
     return fusion_case(t, "--map", "pair", "--map-strength", "2")
 
 
+@row("f.json", "fusion results not found", "fusion.enabled: true")
+def fusion_weights_from_missing_file(t, mp):
+    return fusion_case(t, "--weights-from", str(t / "f.json"), "--condition", "night")
+
+
+@row("f.json", "no weights for condition 'night' (it has day)", "--condition")
+def fusion_weights_from_without_the_condition(t, mp):
+    (t / "f.json").write_text('{"conditions": {"day": {"label_sets": {"thermal": {"chosen": {}}}}}}')
+    return fusion_case(t, "--weights-from", str(t / "f.json"), "--condition", "night")
+
+
+@row("--weights-from needs --condition day or night")
+def fusion_weights_from_without_a_condition(t, mp):
+    (t / "f.json").write_text('{"conditions": {}}')
+    return fusion_case(t, "--weights-from", str(t / "f.json"))
+
+
 @row("two image files or two folders, not one of each")
 def fusion_file_and_folder(t, mp):
     color, thermal = pair_dirs(t)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import cv2
@@ -16,6 +17,7 @@ from invismap.detector.fusion import FusionParams, box_map_means, fuse_detection
 from invismap.detector.fusion_eval import (
     FusionGrid,
     PairRecord,
+    chosen_params,
     evaluate_fusion,
     format_fusion_table,
     load_records,
@@ -170,7 +172,7 @@ def synthetic_records(n: int = 8) -> tuple[list[PairRecord], dict]:
     return records, labels
 
 
-def test_evaluate_fusion_chooses_on_train_and_reports_margins():
+def test_evaluate_fusion_chooses_on_train_and_reports_margins(tmp_path):
     records, labels = synthetic_records()
     grid = FusionGrid(color_weights=(0.5, 1.0),
                       strengths={"linear": (1.0,), "power": (4.0,), "boost": (0.0,)}, boosts=(1.0,))
@@ -185,7 +187,9 @@ def test_evaluate_fusion_chooses_on_train_and_reports_margins():
     assert ap["lo"] <= ap["value"] <= ap["hi"]
     text = format_fusion_table(res)
     assert "night, union labels" in text and "map:toy - constant" in text
-    json.dumps(res)  # JSON-ready
+    (tmp_path / "fusion.json").write_text(json.dumps(res))  # JSON-ready; what detect --weights-from reads
+    read = chosen_params(tmp_path / "fusion.json", "night", "thermal", "map:toy")
+    assert asdict(read) == {k: v for k, v in block["chosen"]["map:toy"].items() if k != "train_AP50"}
 
 
 def test_records_round_trip(tmp_path):
@@ -245,3 +249,15 @@ def test_cli_detect_fuses_real_pairs(map_, msrs_dir, weights_dir, thermal_detect
     lines = [ln.split() for ln in (out / "labels" / "00001D.txt").read_text().splitlines()]
     assert len(lines) == sum(r["image_id"] == 1 for r in results)
     assert all(len(ln) == 6 and 0 <= float(ln[1]) <= 1 for ln in lines)
+
+    # the same weights read from a fusion run's results give the same boxes (the flags' map strength: 1)
+    chosen = {"color_weight": 0.7, "map_strength": 0.0 if map_ == "none" else 1.0, "form": "linear",
+              "thermal_boost": 0.0, "method": "wbf", "iou_thr": 0.55, "skip_box_thr": 0.0, "train_AP50": 50.0}
+    chosen = {"constant" if map_ == "none" else "map:pair": chosen}
+    fusion = tmp_path / "fusion.json"
+    fusion.write_text(json.dumps({"conditions": {"night": {"label_sets": {"thermal": {"chosen": chosen}}}}}))
+    assert main(["detect", "--model", str(weights_dir / "yolov5n.pt"), str(color), "--thermal", str(thermal),
+                 "--thermal-detector", str(thermal_detector), "--map", map_, "--size", "160", "--conf", "0.1",
+                 "--weights-from", str(fusion), "--condition", "night",
+                 "--out", str(tmp_path / "again")]) == 0
+    assert json.loads((tmp_path / "again" / "detections.json").read_text()) == results

@@ -59,6 +59,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--fusion", choices=METHODS, default="wbf",
                    help="weighted boxes fusion or score-aware NMS over both sets")
     f.add_argument("--fusion-iou", type=float, default=0.55, help="IoU at which two boxes are one object")
+    f.add_argument("--weights-from", metavar="FUSION_JSON",
+                   help="fuse with the weights a pipeline run chose on its train split "
+                        "(RUN/fusion/fusion.json) for --condition, --label-set and --map; replaces the "
+                        "weight flags above")
+    f.add_argument("--condition", choices=("day", "night"),
+                   help="the scene's condition (with --weights-from)")
+    f.add_argument("--label-set", choices=("thermal", "union"), default="thermal",
+                   help="the labels the weights were chosen for (with --weights-from)")
     d.set_defaults(func=_detect)
 
     e = sub.add_parser("eval-detector", help="COCO AP of a detector on a pair dataset",
@@ -131,6 +139,17 @@ def fusion_params(args: argparse.Namespace):
     from invismap.detector.fusion import FusionParams
     from invismap.errors import InvismapError
 
+    if args.weights_from is not None:
+        from invismap.detector.fusion_eval import chosen_params
+
+        if args.condition is None:
+            raise InvismapError("--weights-from needs --condition day or night (the weights are chosen per "
+                                "condition)")
+        method = "constant" if args.map == "none" else "map:pair" if args.map == "pair" else "map:predictor"
+        return chosen_params(args.weights_from, args.condition, args.label_set, method)
+    if args.condition is not None:
+        raise InvismapError("--condition only picks the weights of --weights-from (add --weights-from "
+                            "RUN/fusion/fusion.json)")
     flags = {"color_weight": "--color-weight", "map_strength": "--map-strength",
              "thermal_boost": "--thermal-boost", "iou_thr": "--fusion-iou"}
     guided = args.map != "none"

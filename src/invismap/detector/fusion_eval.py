@@ -32,6 +32,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
@@ -379,6 +380,35 @@ def evaluate_fusion(records: Sequence[PairRecord], labels: Mapping[str, Mapping[
                                                                                            for m in chosen},
                                                                  weights, classes) for ls in label_sets}}
     return out
+
+
+def chosen_params(path: str | Path, condition: str, label_set: str = "thermal",
+                  method: str = "constant") -> FusionParams:
+    """The fusion weights a fusion run chose on its train split (``fusion.json``, from
+    :func:`evaluate_fusion`) for ``condition``, ``label_set`` and ``method`` (``constant``,
+    ``map:predictor``, ``map:pair``, ...): what ``invismap detect --weights-from`` fuses with."""
+    path = Path(path)
+    if not path.is_file():
+        raise file_error(path, "fusion results not found", "run the pipeline's fusion stage "
+                         "(fusion.enabled: true) and give RUN/fusion/fusion.json")
+    try:
+        conditions = json.loads(path.read_text())["conditions"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+        raise file_error(path, "not a fusion.json (no 'conditions')",
+                         "give RUN/fusion/fusion.json, written by the pipeline's fusion stage") from None
+    if condition not in conditions:
+        raise file_error(path, f"no weights for condition {condition!r} (it has {', '.join(conditions)})",
+                         "choose one of those with --condition")
+    label_sets = conditions[condition].get("label_sets", {})
+    if label_set not in label_sets:
+        raise file_error(path, f"no weights for label set {label_set!r} (it has {', '.join(label_sets)})",
+                         "choose one of those with --label-set")
+    chosen = label_sets[label_set].get("chosen", {})
+    if method not in chosen:
+        raise file_error(path, f"no weights for {method!r} (it has {', '.join(chosen)})",
+                         "give the --map the run fused with ('none' for constant)")
+    names = {f.name for f in dataclasses.fields(FusionParams)}
+    return FusionParams(**{k: v for k, v in chosen[method].items() if k in names})
 
 
 def score_methods(records: Sequence[PairRecord], labels, label_set: str, chosen: Mapping[str, tuple],
