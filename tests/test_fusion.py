@@ -191,6 +191,14 @@ def test_evaluate_fusion_chooses_on_train_and_reports_margins(tmp_path):
     read = chosen_params(tmp_path / "fusion.json", "night", "thermal", "map:toy")
     assert asdict(read) == {k: v for k, v in block["chosen"]["map:toy"].items() if k != "train_AP50"}
 
+    # one set of weights for every scene, chosen on the train pairs of both conditions together
+    shared = evaluate_fusion(records, labels, maps=["toy"], grid=grid, n_boot=20, progress=False,
+                             weights_per="all")
+    day, night = (shared["conditions"][c] for c in ("day", "night"))
+    assert day["n_train"] == night["n_train"] == sum(r.split == "train" for r in records)
+    assert day["label_sets"]["thermal"]["chosen"] == night["label_sets"]["thermal"]["chosen"]
+    assert "weights chosen on 8 train pairs of every condition" in format_fusion_table(shared)
+
 
 def test_records_round_trip(tmp_path):
     records, _ = synthetic_records(2)

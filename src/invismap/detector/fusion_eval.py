@@ -324,7 +324,8 @@ def evaluate_fusion(records: Sequence[PairRecord], labels: Mapping[str, Mapping[
                     label_sets: Sequence[str] = LABEL_SETS, conditions: Sequence[str] = CONDITIONS,
                     base: FusionParams | None = None, grid: FusionGrid | None = None,
                     classes: Sequence[int] = ROAD_CLASSES, n_boot: int = N_BOOT, seed: int = 0,
-                    train_split: str = "train", test_split: str = "test", progress: bool = True) -> dict:
+                    train_split: str = "train", test_split: str = "test", progress: bool = True,
+                    weights_per: str = "condition") -> dict:
     """Choose fusion weights on the train split, score every detector on the test split with intervals.
 
     Args:
@@ -337,6 +338,9 @@ def evaluate_fusion(records: Sequence[PairRecord], labels: Mapping[str, Mapping[
         base: method, IoU and skip thresholds of every fusion (default :class:`FusionParams`);
         grid: the weights searched (default :class:`FusionGrid`).
         classes: class ids scored; n_boot, seed: bootstrap replicates and their seed.
+        weights_per: ``"condition"``: each condition's weights are chosen on its own train pairs (the scene's
+            condition is known when fusing); ``"all"``: one set of weights per method, chosen on the train
+            pairs of every condition together (a car that is not told whether it is day or night).
 
     Returns:
         A JSON-ready dict: settings, and per condition and label set the chosen weights (with train AP50),
@@ -355,6 +359,10 @@ def evaluate_fusion(records: Sequence[PairRecord], labels: Mapping[str, Mapping[
     if any(not groups[c] or not any(r.condition == c for r in test) for c in conditions):
         raise InvismapError(f"every condition of {list(conditions)} needs {train_split} "
                             f"and {test_split} pairs")
+    if weights_per not in ("condition", "all"):
+        raise ValueError(f"weights_per must be 'condition' or 'all', got {weights_per!r}")
+    if weights_per == "all":
+        groups = {"all": sorted(i for idx in groups.values() for i in idx)}
     tune = {"groups": groups, "label_sets": label_sets, "classes": classes, "progress": progress}
     chosen = {"constant": choose_on_train(train, labels, grid.constant(base), None, **tune)}
     for m in maps:
@@ -369,14 +377,15 @@ def evaluate_fusion(records: Sequence[PairRecord], labels: Mapping[str, Mapping[
     out = {"settings": {"base": asdict(base), "grid": grid_settings,
                         "maps": list(maps), "variants": list(variants), "classes": list(classes),
                         "n_boot": n_boot, "seed": seed, "level": 0.95,
-                        "train_split": train_split, "test_split": test_split},
+                        "train_split": train_split, "test_split": test_split, "weights_per": weights_per},
            "conditions": {}}
     for c in conditions:
         cond_test = [r for r in test if r.condition == c]
         # (R, N), shared by every method
         weights = resample_weights([np.arange(len(cond_test))], n_boot, seed)
-        out["conditions"][c] = {"n_train": len(groups[c]), "n_test": len(cond_test),
-                                "label_sets": {ls: score_methods(cond_test, labels, ls, {m: chosen[m][(c, ls)]
+        g = c if weights_per == "condition" else "all"
+        out["conditions"][c] = {"n_train": len(groups[g]), "n_test": len(cond_test),
+                                "label_sets": {ls: score_methods(cond_test, labels, ls, {m: chosen[m][(g, ls)]
                                                                                            for m in chosen},
                                                                  weights, classes) for ls in label_sets}}
     return out
@@ -470,8 +479,9 @@ def format_fusion_table(result: Mapping) -> str:
     for c, cond in result["conditions"].items():
         for ls, block in cond["label_sets"].items():
             names = list(next(iter(block["methods"].values()))["classes"])
+            every = " of every condition" if result["settings"].get("weights_per") == "all" else ""
             lines.append(f"\n== {c}, {ls} labels ({cond['n_test']} test pairs; weights chosen on "
-                         f"{cond['n_train']} train pairs) ==")
+                         f"{cond['n_train']} train pairs{every}) ==")
             lines.append(f"{'method':<24} {'AP50 [95% CI]':>22} " + " ".join(f"{n:>22}" for n in names)
                          + "  chosen on train")
             for m, r in block["methods"].items():
