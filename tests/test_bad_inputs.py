@@ -829,6 +829,12 @@ def pipeline_fusion_unknown_map(t, mp):
     return Case(["run", str(t / "c.yaml"), f"out={t / 'out'}"], t / "out", [t / "out" / "import"])
 
 
+@row("config key 'fusion.weights_per'", "'night' is not one of condition, all")
+def pipeline_fusion_weights_per(t, mp):
+    (t / "c.yaml").write_text("fusion: {enabled: true, weights_per: night}\n")
+    return Case(["run", str(t / "c.yaml"), f"out={t / 'out'}"], t / "out", [t / "out" / "import"])
+
+
 @row("config key 'evaluate.other'", "roadscene is also in data.more", "score it on split 'test'")
 def pipeline_other_dataset_distilled_on(t, mp):
     (t / "c.yaml").write_text(f"data: {{more: [{{format: roadscene, src: {t}}}]}}\n"

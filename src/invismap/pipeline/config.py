@@ -135,6 +135,9 @@ class FusionSection:
     maps: list[str] = field(default_factory=lambda: ["predictor", "pair"])  # maps that weight color boxes
     method: str = "wbf"  # wbf (weighted box fusion) or nms (score-aware)
     iou: float = 0.55  # IoU at which a color and a thermal box are one object
+    # weights chosen per 'condition' (the scene's day/night label is known when fusing) or once for 'all'
+    # scenes (a car that is not told)
+    weights_per: str = "condition"
 
 
 @dataclass

@@ -195,6 +195,9 @@ def check_config(cfg) -> None:
     if cfg.fusion.enabled and cfg.fusion.method not in METHODS:
         raise InvismapError(f"config key 'fusion.method': '{cfg.fusion.method}' is not one of "
                             f"{', '.join(METHODS)}")
+    if cfg.fusion.enabled and cfg.fusion.weights_per not in ("condition", "all"):
+        raise InvismapError(f"config key 'fusion.weights_per': '{cfg.fusion.weights_per}' is not one of "
+                            "condition, all")
     if cfg.experiments.alignment and not (cfg.register.enabled or cfg.align.enabled):
         raise InvismapError("experiments.alignment compares distillation with and without "
                             "registration/alignment: enable register or align too")

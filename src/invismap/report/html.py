@@ -276,8 +276,10 @@ def section_fusion(d: dict) -> str:
             parts.append(f"<h3>{esc(cond)}, {esc(labels)} labels ({res['n_test']} test pairs)</h3>"
                          + table(["detector", "AP50 [95% CI]", "minus the better single detector",
                                   "minus constant-weight fusion"], rows))
+    per = ("per condition and label set" if fusion["settings"].get("weights_per", "condition") == "condition"
+           else "per label set, once for day and night together")
     parts.append('<p class="note">Weights (one for every color box, or the map-guided form and strength) '
-                 f"chosen on the {esc(fusion['settings']['train_split'])} split per condition and label set; "
+                 f"chosen on the {esc(fusion['settings']['train_split'])} split {per}; "
                  "AP50 (mean over person/bicycle/car) with 95% intervals and paired margins from "
                  f"{esc(fusion['settings']['n_boot'])} bootstrap resamples of the test images. Union labels: "
                  "color and thermal boxes of one class at IoU ≥ 0.5 merged. Source: data/fusion.json.</p>")
