@@ -43,6 +43,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--size", type=int, default=640, help="detection letterbox size")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument("--weights-per", choices=("condition", "all"), default="condition",
+                   help="choose the weights per condition, or once for day and night together")
     return p.parse_args()
 
 
@@ -82,12 +84,13 @@ def main() -> None:
     t0 = time.perf_counter()
     result = evaluate_fusion(records, load_labels(manifest), maps=list(specs),
                              base=FusionParams(method=args.method, iou_thr=args.iou_thr), n_boot=args.n_boot,
-                             seed=args.seed)
+                             seed=args.seed, weights_per=args.weights_per)
     result["settings"].update({"data": str(Path(args.data).resolve()), "color": args.color,
                                "thermal_detector": str(args.thermal_detector), "maps_from": specs,
                                "seconds": round(time.perf_counter() - t0, 1)})
     print(f"\nAP50 in points, 95% bootstrap intervals over test images ({args.n_boot} resamples, within "
-          f"condition); weights chosen on the train split per condition and label set "
+          f"condition); weights chosen on the train split per label set and "
+          f"{'condition' if args.weights_per == 'condition' else 'for every condition together'} "
           f"({result['settings']['seconds']:.0f} s)")
     print(format_fusion_table(result))
     write_json(out / "fusion.json", result)
