@@ -15,8 +15,7 @@ H and W are multiples of 32. Use :func:`collate_pairs` as the DataLoader's ``col
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, is_dataclass
 from typing import Any
 
 import cv2
@@ -42,8 +41,8 @@ def nbytes(x: Any) -> int:
         return x.nbytes
     if isinstance(x, torch.Tensor):
         return x.element_size() * x.nelement()
-    if dataclasses.is_dataclass(x) and not isinstance(x, type):
-        return sum(nbytes(getattr(x, f.name)) for f in dataclasses.fields(x))
+    if is_dataclass(x) and not isinstance(x, type):
+        return sum(nbytes(getattr(x, f.name)) for f in fields(x))
     if isinstance(x, (tuple, list)):
         return sum(nbytes(v) for v in x)
     if isinstance(x, dict):

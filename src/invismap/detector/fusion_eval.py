@@ -32,11 +32,10 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -416,7 +415,7 @@ def chosen_params(path: str | Path, condition: str, label_set: str = "thermal",
     if method not in chosen:
         raise file_error(path, f"no weights for {method!r} (it has {', '.join(chosen)})",
                          "give the --map the run fused with ('none' for constant)")
-    names = {f.name for f in dataclasses.fields(FusionParams)}
+    names = {f.name for f in fields(FusionParams)}
     return FusionParams(**{k: v for k, v in chosen[method].items() if k in names})
 
 
