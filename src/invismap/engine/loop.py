@@ -33,7 +33,13 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from invismap.config import to_dict
 from invismap.engine.checkpoint import check_state_dict, load_checkpoint, save_checkpoint
-from invismap.engine.distributed import init_distributed, is_main_process, sync_batchnorm, world_size
+from invismap.engine.distributed import (
+    init_distributed,
+    is_main_process,
+    mean_over_processes,
+    sync_batchnorm,
+    world_size,
+)
 from invismap.engine.rundir import hold_folder
 from invismap.engine.summary import TrainSummary
 from invismap.errors import InvismapError, file_error
@@ -471,9 +477,8 @@ def train(task: Task, train_set: Dataset, cfg: TrainConfig, run_dir: str | Path,
 def _mean_over_processes(values: dict[str, float], device: torch.device) -> dict[str, float]:
     """The mean of each value over the processes (every process logs the same keys, from the same code)."""
     keys = sorted(values)
-    t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return {k: float(v) / dist.get_world_size() for k, v in zip(keys, t.tolist())}
+    means = mean_over_processes(torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device))
+    return dict(zip(keys, means.tolist()))
 
 
 @torch.no_grad()
