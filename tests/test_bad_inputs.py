@@ -656,6 +656,12 @@ def detect_nan_threshold(t, mp):
                 [t / "out" / "detections.json"])
 
 
+
+@row("--tta-sizes 8", "must be between 32 and 8192 pixels")
+def detect_tiny_tta_size(t, mp):
+    return Case(["detect", str(image_dir(t)), "--tta-sizes", "512", "8", "--out", str(t / "out")], t / "out",
+                [t / "out" / "detections.json"])
+
 def pair_dirs(t: Path, thermal_size: tuple[int, int] = (W, H), names=("a",)) -> tuple[Path, Path]:
     """Folders ``t/c`` (color) and ``t/t`` (thermal) with one blank image per name."""
     for sub in ("c", "t"):
@@ -832,6 +838,12 @@ def pipeline_fusion_unknown_map(t, mp):
 @row("config key 'fusion.weights_per'", "'night' is not one of condition, all")
 def pipeline_fusion_weights_per(t, mp):
     (t / "c.yaml").write_text("fusion: {enabled: true, weights_per: night}\n")
+    return Case(["run", str(t / "c.yaml"), f"out={t / 'out'}"], t / "out", [t / "out" / "import"])
+
+
+@row("config key 'evaluate.tta_sizes'", "16 is not a size in pixels between 32 and 8192")
+def pipeline_tta_sizes(t, mp):
+    (t / "c.yaml").write_text("evaluate: {tta_sizes: [512, 16]}\n")
     return Case(["run", str(t / "c.yaml"), f"out={t / 'out'}"], t / "out", [t / "out" / "import"])
 
 

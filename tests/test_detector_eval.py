@@ -135,3 +135,46 @@ def test_cli_detect_writes_images_and_results(msrs_dir, weights_dir, tmp_path):
     assert all(r["score"] > 0.2 and r["bbox"][2] > 0 for r in results)
     with pytest.raises(InvismapError, match="no images"):
         _run(["detect", str(tmp_path), "--out", str(out)])  # holds only folders
+
+
+def _thermal_images(msrs_dir, names=("00024N", "00026N", "00279D")):
+    from invismap.io import read_thermal
+
+    return [read_thermal(msrs_dir / "ir" / f"{n}.png") for n in names]
+
+
+def test_tta_at_the_same_size_gives_the_plain_boxes(yolov5n, msrs_dir):
+    from invismap.detector.postprocess import detect
+
+    images = _thermal_images(msrs_dir)
+    plain = detect(yolov5n, images, size=640, conf=0.01)
+    twice = detect(yolov5n, images, size=640, conf=0.01, tta_sizes=[640])  # every candidate twice: NMS keeps one
+    for p, t in zip(plain, twice):
+        assert len(p) > 0 and len(p) == len(t)
+        np.testing.assert_allclose(t.boxes, p.boxes, atol=1e-3)
+        np.testing.assert_array_equal(t.scores, p.scores)
+        np.testing.assert_array_equal(t.classes, p.classes)
+
+
+def test_tta_keeps_each_sizes_best_boxes(yolov5n, msrs_dir):
+    """Every box found at one size alone is found with at least its score after merging, in original pixels."""
+    from invismap.detector.postprocess import detect
+    from invismap.data.importers.common import box_iou
+
+    images = _thermal_images(msrs_dir)
+    merged = detect(yolov5n, images, size=640, conf=0.05, tta_sizes=[416, 960])
+    for size in (416, 640, 960):
+        alone = detect(yolov5n, images, size=size, conf=0.05)
+        for a, m, im in zip(alone, merged, images):
+            assert (m.boxes[:, 2] <= im.shape[1]).all() and (m.boxes[:, 3] <= im.shape[0]).all()
+            for box, score, cls in zip(a.boxes, a.scores, a.classes):
+                same = m.classes == cls
+                iou = box_iou(box[None], m.boxes[same])[0] if same.any() else np.zeros(0)
+                # NMS keeps the best of overlapping candidates (IoU > 0.45 suppressed): a better one covers it
+                assert (iou > 0.4).any() and m.scores[same][iou > 0.4].max() >= score - 1e-6
+
+
+def test_eval_detector_with_tta_records_its_sizes(yolov5n, tiny_manifest):
+    res = evaluate_detector(yolov5n, load_manifest(tiny_manifest), images="thermal", labels="thermal",
+                            progress=False, tta_sizes=[512, 800])
+    assert res["settings"]["tta_sizes"] == [512, 800] and 0.0 <= res["AP50"] <= 1.0

@@ -41,6 +41,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--conf", type=float, default=0.25, help="score threshold")
     d.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold")
     d.add_argument("--size", type=int, default=640, help="letterbox size (longest side)")
+    d.add_argument("--tta-sizes", type=int, nargs="+", default=[], metavar="SIZE",
+                   help="multi-scale test-time augmentation: also detect at these sizes, merged before NMS")
     f = d.add_argument_group("fusion with thermal detections (registered pairs: same size, same pixels)")
     f.add_argument("--thermal", metavar="IMAGE_OR_FOLDER",
                    help="the thermal twin of SOURCE (a folder: twins matched by file name stem)")
@@ -79,6 +81,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--condition", help="only this condition (day, night, ...)")
     e.add_argument("--split", help="only this split (e.g. test)")
     e.add_argument("--size", type=int, default=640, help="letterbox size (longest side)")
+    e.add_argument("--tta-sizes", type=int, nargs="+", default=[], metavar="SIZE",
+                   help="multi-scale test-time augmentation: also detect at these sizes, merged before NMS")
     e.add_argument("--conf", type=float, default=0.001, help="score threshold")
     e.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold")
     e.add_argument("--multi-label", action="store_true",
@@ -92,8 +96,9 @@ def check_detection_args(args: argparse.Namespace) -> None:
     """Refuse sizes and thresholds no detector can use, naming the flag and the allowed range."""
     from invismap.errors import InvismapError
 
-    if not 32 <= args.size <= 8192:
-        raise InvismapError(f"--size {args.size}: must be between 32 and 8192 pixels (e.g. 640)")
+    for flag, size in [("--size", args.size)] + [("--tta-sizes", s) for s in getattr(args, "tta_sizes", [])]:
+        if not 32 <= size <= 8192:
+            raise InvismapError(f"{flag} {size}: must be between 32 and 8192 pixels (e.g. 640)")
     for flag, v in (("--conf", args.conf), ("--iou", args.iou)):
         if not (math.isfinite(v) and 0.0 <= v <= 1.0):
             raise InvismapError(f"{flag} {v}: must be a number in [0, 1]")
@@ -122,7 +127,7 @@ def _detect(args: argparse.Namespace) -> int:
         chunk = files[k:k + batch]
         imgs = [read(f) for f in chunk]
         for f, img, det in zip(chunk, imgs, detect(model, imgs, size=args.size, conf=args.conf, iou=args.iou,
-                                                     batch_size=batch)):
+                                                     batch_size=batch, tta_sizes=args.tta_sizes)):
             image_id = len(images) + 1
             images.append({"id": image_id, "file_name": str(f),
                            "width": img.shape[1], "height": img.shape[0]})
@@ -224,7 +229,8 @@ def _detect_fused(args: argparse.Namespace) -> int:
     results = []
     for image_id, (c, t) in enumerate(pairs, start=1):
         rgb, thr = read_color(c), read_thermal(t)
-        kw = {"size": args.size, "conf": args.conf, "iou": args.iou, "batch_size": 1}
+        kw = {"size": args.size, "conf": args.conf, "iou": args.iou, "batch_size": 1,
+              "tta_sizes": args.tta_sizes}
         heat = invisibility(None, rgb, thr) if invisibility else None
         fused = fuse_with_map(detect(model, [rgb], **kw)[0], detect(thermal_model, [thr], **kw)[0], heat,
                               params, image_size=(rgb.shape[1], rgb.shape[0]))
@@ -308,7 +314,7 @@ def _eval(args: argparse.Namespace) -> int:
     model = load_inference_detector(args.model)
     res = evaluate_detector(model, manifest, images=args.images, labels=args.labels, condition=args.condition,
                             split=args.split, size=args.size, conf=args.conf, iou=args.iou,
-                            multi_label=args.multi_label)
+                            multi_label=args.multi_label, tta_sizes=args.tta_sizes)
     res["model"] = str(args.model)
     res["data"] = str(args.data)
     print(f"{args.model} on {args.images} images vs {args.labels} labels "

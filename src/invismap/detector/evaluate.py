@@ -124,7 +124,8 @@ def _pycocotools_ap(images: list, gt_anns: list, dt_anns: list,
 def evaluate_detector(model: Detector, manifest: Manifest, images: str = "color", labels: str = "color",
                       condition: str | None = None, split: str | None = None, size: int = 640,
                       conf: float = 0.001, iou: float = 0.45, classes: Sequence[int] = ROAD_CLASSES,
-                      multi_label: bool = False, batch_size: int = 8, progress: bool = True) -> dict:
+                      multi_label: bool = False, batch_size: int = 8, progress: bool = True,
+                      tta_sizes: Sequence[int] = ()) -> dict:
     """Detect on one modality of a manifest's pairs and score against one modality's labels.
 
     Args:
@@ -140,6 +141,8 @@ def evaluate_detector(model: Detector, manifest: Manifest, images: str = "color"
             :mod:`invismap.detector.postprocess` for why and by how much it differs).
         batch_size: images per forward pass.
         progress: show a tqdm bar.
+        tta_sizes: also detect at these sizes and merge before NMS (multi-scale test-time augmentation,
+            :func:`~invismap.detector.postprocess.detect`); empty: ``size`` only.
 
     Returns:
         :func:`coco_ap`'s dict plus ``"settings"`` (the arguments above) and ``"n_unlabelled"`` (pairs
@@ -167,7 +170,7 @@ def evaluate_detector(model: Detector, manifest: Manifest, images: str = "color"
         chunk = labelled[k:k + batch_size]
         imgs = [read(getattr(s, images)) for s in chunk]
         dets += detect(model, imgs, size=size, conf=conf, iou=iou, batch_size=batch_size, classes=classes,
-                       multi_label=multi_label)
+                       multi_label=multi_label, tta_sizes=tta_sizes)
         for s, im in zip(chunk, imgs):
             w, h = im.shape[1], im.shape[0]
             if labels != images and image_size(getattr(s, labels)) != (w, h):
@@ -182,6 +185,6 @@ def evaluate_detector(model: Detector, manifest: Manifest, images: str = "color"
     result = coco_ap(gts, dets, sizes, classes)
     result["settings"] = {"images": images, "labels": labels, "condition": condition, "split": split,
                           "size": size, "conf": conf, "iou": iou, "classes": list(classes),
-                          "multi_label": multi_label}
+                          "multi_label": multi_label, "tta_sizes": list(tta_sizes)}
     result["n_unlabelled"] = len(selected) - len(labelled)
     return result

@@ -142,7 +142,8 @@ class PairRecord:
 
 def compute_pair_records(manifest: Manifest, color_detector: Detector, thermal_detector: Detector,
                          maps: Mapping[str, MapFn], size: int = 640, conf: float = 0.001, iou: float = 0.45,
-                         classes: Sequence[int] = ROAD_CLASSES, progress: bool = True) -> list[PairRecord]:
+                         classes: Sequence[int] = ROAD_CLASSES, progress: bool = True,
+                         tta_sizes: Sequence[int] = ()) -> list[PairRecord]:
     """Run both detectors and every map on every pair of ``manifest``, once.
 
     Args:
@@ -151,6 +152,8 @@ def compute_pair_records(manifest: Manifest, color_detector: Detector, thermal_d
         maps: ``{name: source(sample, rgb, thermal) -> (H, W) map}``
             (see :mod:`invismap.invisibility.sources`).
         size, conf, iou, classes: detection settings (conf 0.001: YOLOv5's mAP protocol; best class per box).
+        tta_sizes: both detectors also run at these sizes, merged before NMS (multi-scale test-time
+            augmentation, :func:`~invismap.detector.postprocess.detect`).
 
     Returns:
         One :class:`PairRecord` per pair, in manifest order.
@@ -161,7 +164,8 @@ def compute_pair_records(manifest: Manifest, color_detector: Detector, thermal_d
     records = []
     for s in tqdm(list(manifest), desc="detect pairs", unit="pair", disable=not progress):
         rgb, thr = load_pair(s)
-        kw = {"size": size, "conf": conf, "iou": iou, "classes": classes, "batch_size": 1}
+        kw = {"size": size, "conf": conf, "iou": iou, "classes": classes, "batch_size": 1,
+              "tta_sizes": tta_sizes}
         color, = detect(color_detector, [rgb], **kw)
         thermal, = detect(thermal_detector, [thr], **kw)
         heats = {name: fn(s, rgb, thr) for name, fn in maps.items()}
@@ -223,9 +227,9 @@ def load_records(path: str | Path, settings: Mapping | None = None) -> list[Pair
 
 def cached_pair_records(manifest: Manifest, color: str, thermal_detector: str | Path,
                         map_specs: Mapping[str, str], cache: str | Path, size: int = 640,
-                        progress: bool = True) -> list[PairRecord]:
+                        progress: bool = True, tta_sizes: Sequence[int] = ()) -> list[PairRecord]:
     """:func:`compute_pair_records` for detectors and map sources given by name, kept in ``cache`` (.npz) and
-    read back while the pairs, detectors, maps and size stay the same.
+    read back while the pairs, detectors, maps and sizes stay the same.
 
     Args:
         color: the color detector (a name or file); thermal_detector: the thermal detector's file.
@@ -235,12 +239,13 @@ def cached_pair_records(manifest: Manifest, color: str, thermal_detector: str | 
     from invismap.invisibility.sources import map_source
 
     settings = {"pairs": [s.name for s in manifest], "color": str(color), "maps": dict(map_specs),
-                "thermal_detector": str(Path(thermal_detector).resolve()), "size": size}
+                "thermal_detector": str(Path(thermal_detector).resolve()), "size": size,
+                "tta_sizes": list(tta_sizes)}
     records = load_records(cache, settings)
     if records is None:
         maps = {m: map_source(spec)[1] for m, spec in map_specs.items()}
         records = compute_pair_records(manifest, load_detector(color), load_detector(str(thermal_detector)),
-                                       maps, size=size, progress=progress)
+                                       maps, size=size, progress=progress, tta_sizes=tta_sizes)
         save_records(cache, records, settings)
     return records
 

@@ -114,7 +114,7 @@ def _as_rgb(image: np.ndarray) -> np.ndarray:
 @torch.no_grad()
 def detect(model: Detector, images: Sequence[np.ndarray], size: int = 640, conf: float = 0.25,
            iou: float = 0.45, batch_size: int = 8, classes: Sequence[int] | None = None,
-           max_det: int = 300, multi_label: bool = False) -> list[Detections]:
+           max_det: int = 300, multi_label: bool = False, tta_sizes: Sequence[int] = ()) -> list[Detections]:
     """Run ``model`` on images and return boxes in original image pixels.
 
     Each image is letterboxed to ``size`` (longest side) and padded to the next multiple of
@@ -127,10 +127,39 @@ def detect(model: Detector, images: Sequence[np.ndarray], size: int = 640, conf:
         images: RGB ``(H, W, 3)`` or gray ``(H, W)`` uint8 arrays, sizes may differ.
         size, conf, iou, classes, max_det, multi_label: see :func:`non_max_suppression`.
         batch_size: images per forward pass (images with the same canvas size are batched together).
+        tta_sizes: multi-scale test-time augmentation: the image is also run at each of these sizes, and
+            every size's candidates, mapped to original pixels, go through one NMS (YOLOv5's ``--augment``
+            merges its scales the same way). Costs one forward pass per size.
 
     Returns:
         One :class:`Detections` per image, in input order.
     """
+    if not tta_sizes:
+        results: list[Detections | None] = [None] * len(images)
+        for i, pred, lb in _decoded(model, images, size, batch_size):
+            d = non_max_suppression(pred[None], conf, iou, classes, max_det, multi_label)[0].numpy()
+            results[i] = Detections(lb.boxes_to_original(d[:, :4]), d[:, 4].astype(np.float32),
+                                    d[:, 5].astype(np.int64))
+        return results  # type: ignore[return-value]
+    candidates: list[list[torch.Tensor]] = [[] for _ in images]
+    for s in (size, *tta_sizes):
+        for i, pred, lb in _decoded(model, images, s, batch_size):
+            pred = pred.clone()  # cx, cy, w, h from canvas to original pixels: x = (x_canvas - pad) / scale
+            pred[:, 0] -= lb.pad_x
+            pred[:, 1] -= lb.pad_y
+            pred[:, :4] /= lb.scale
+            candidates[i].append(pred)
+    out = []
+    for im, preds in zip(images, candidates):
+        d = non_max_suppression(torch.cat(preds)[None], conf, iou, classes, max_det, multi_label)[0].numpy()
+        h, w = im.shape[:2]
+        boxes = np.clip(d[:, :4], 0, [w, h, w, h]).astype(np.float32)
+        out.append(Detections(boxes, d[:, 4].astype(np.float32), d[:, 5].astype(np.int64)))
+    return out
+
+
+def _decoded(model: Detector, images: Sequence[np.ndarray], size: int, batch_size: int):
+    """Yield ``(index, (N, 5 + nc) decoded predictions in canvas pixels, Letterbox)`` for every image."""
     # An OnnxDetector (invismap.detector.onnx_detector) has no parameters and runs on the CPU.
     device = next(model.parameters()).device if isinstance(model, torch.nn.Module) else torch.device("cpu")
     stride = model.max_stride
@@ -139,14 +168,10 @@ def detect(model: Detector, images: Sequence[np.ndarray], size: int = 640, conf:
     groups: dict[tuple[int, int], list[int]] = {}
     for i, lb in enumerate(lbs):
         groups.setdefault((lb.height, lb.width), []).append(i)
-    results: list[Detections | None] = [None] * len(images)
     for idx in groups.values():
         for k in range(0, len(idx), batch_size):
             chunk = idx[k:k + batch_size]
             x = prepare_batch([images[i] for i in chunk], [lbs[i] for i in chunk]).to(device)
-            pred = model(x)
-            for i, d in zip(chunk, non_max_suppression(pred, conf, iou, classes, max_det, multi_label)):
-                d = d.numpy()
-                results[i] = Detections(lbs[i].boxes_to_original(d[:, :4]), d[:, 4].astype(np.float32),
-                                        d[:, 5].astype(np.int64))
-    return results  # type: ignore[return-value]
+            pred = model(x).detach().float().cpu()
+            for i, p in zip(chunk, pred):
+                yield i, p, lbs[i]

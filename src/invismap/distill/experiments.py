@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,19 +44,20 @@ LOSS_VARIANTS = {"mid": {"loss": "mid"}, "head": {"loss": "head"},
 
 
 def detector_scores(model, manifest, images: str, split: str, size: int,
-                    select_split: str | None = "train") -> dict[str, Any]:
+                    select_split: str | None = "train", tta_sizes: Sequence[int] = ()) -> dict[str, Any]:
     """AP50 (x100) per class and mean over person/bicycle/car, day and night, against thermal labels.
 
     With ``select_split``, also ``select night``: AP50 on that split's night pairs (for model selection).
+    ``tta_sizes``: multi-scale test-time augmentation (:func:`~invismap.detector.postprocess.detect`).
     """
     row: dict[str, Any] = {}
     if select_split and manifest.select(condition="night", split=select_split).samples:
         r = evaluate_detector(model, manifest, images=images, labels="thermal", condition="night",
-                              split=select_split, size=size, progress=False)
+                              split=select_split, size=size, progress=False, tta_sizes=tta_sizes)
         row["select night"] = round(100 * r["AP50"], 1)
     for condition in ("day", "night"):
         r = evaluate_detector(model, manifest, images=images, labels="thermal", condition=condition,
-                              split=split, size=size, progress=False)
+                              split=split, size=size, progress=False, tta_sizes=tta_sizes)
         row[condition] = round(100 * r["AP50"], 1)
         for name, v in r["classes"].items():
             row[f"{condition} {name}"] = round(100 * v["AP50"], 1)
@@ -81,13 +82,15 @@ def variant_dir(out_dir: str | Path, name: str) -> Path:
 def run_experiment(kind: str, base: DistillConfig, out_dir: str | Path, pair_counts: list[int] | None = None,
                    eval_split: str = "test", eval_size: int = 640, losses: list[str] | None = None,
                    variants: Mapping[str, list[str]] | None = None, seeds: list[int] | None = None,
-                   more: Mapping[str, str | Path] | None = None) -> list[dict[str, Any]]:
+                   more: Mapping[str, str | Path] | None = None,
+                   eval_tta_sizes: Sequence[int] = ()) -> list[dict[str, Any]]:
     """Run every variant of ``kind`` (``ablation``, ``pairs``, ``variants`` or ``seeds``), evaluate, write the
     tables.
 
     ``losses`` limits the ablation to those variants of :data:`LOSS_VARIANTS`; ``variants`` (kind
     ``variants``) maps names to overrides of ``base``; ``seeds`` (kind ``seeds``) are the seeds to train
-    ``base`` with. ``more``: other datasets (name -> manifest) scored on their ``eval_split`` too. A variant
+    ``base`` with. ``more``: other datasets (name -> manifest) scored on their ``eval_split`` too;
+    ``eval_tta_sizes``: every detector is scored with this multi-scale test-time augmentation. A variant
     whose folder already holds ``thermal_detector.pt`` is evaluated, not trained again.
     """
     if world_size() > 1:  # its evaluation reads each variant's files, which only rank 0 writes
@@ -114,10 +117,11 @@ def run_experiment(kind: str, base: DistillConfig, out_dir: str | Path, pair_cou
     others = {name: load_manifest(path) for name, path in (more or {}).items()}
 
     def scores(model, images: str) -> dict[str, Any]:
-        row = detector_scores(model, manifest, images, eval_split, eval_size)
+        row = detector_scores(model, manifest, images, eval_split, eval_size, tta_sizes=eval_tta_sizes)
         # other cameras: thermal labels only
         for name, other in others.items() if images == "thermal" else ():
-            r = detector_scores(model, other, images, eval_split, eval_size, select_split=None)
+            r = detector_scores(model, other, images, eval_split, eval_size, select_split=None,
+                                tta_sizes=eval_tta_sizes)
             row.update({f"{name} {c}": r[c] for c in ("day", "night")})
         return row
 
@@ -139,10 +143,10 @@ def run_experiment(kind: str, base: DistillConfig, out_dir: str | Path, pair_cou
             row["train_seconds"] = round(summary["seconds"])
             row["pairs_per_s"] = round(summary["pairs_per_s"], 2)
         rows.append(row)
-        _write(out_dir, kind, base, rows, list(others))
+        _write(out_dir, kind, base, rows, list(others), eval_tta_sizes)
     if kind == "seeds" and len(variants) > 1:
         rows += spread([r for r in rows if r["variant"] in variants])
-        _write(out_dir, kind, base, rows, list(others))
+        _write(out_dir, kind, base, rows, list(others), eval_tta_sizes)
     return rows
 
 
@@ -158,7 +162,8 @@ def spread(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             {"variant": "std", **{k: round(float(v.std(ddof=1)), 2) for k, v in values.items()}}]
 
 
-def _write(out_dir: Path, kind: str, base: DistillConfig, rows: list[dict], more: list[str]) -> None:
+def _write(out_dir: Path, kind: str, base: DistillConfig, rows: list[dict], more: list[str],
+           tta_sizes: Sequence[int] = ()) -> None:
     cols = (["variant", "select night", "day", "night"]
             + [f"{c} {COCO_NAMES[k]}" for c in ("day", "night") for k in ROAD_CLASSES])
     cols += [f"{name} {c}" for name in more for c in ("day", "night")]  # other cameras' test splits
@@ -166,6 +171,8 @@ def _write(out_dir: Path, kind: str, base: DistillConfig, rows: list[dict], more
     about = (f"teacher {base.teacher}, {base.train.max_steps} steps, batch {base.train.batch_size}. "
              "'select night': night pairs of the training split (never seen in distillation, which uses day "
              "pairs only) - choose a variant by this column; day/night columns: test split.")
+    if tta_sizes:
+        about += f" Every detector is also run at sizes {list(tta_sizes)}, merged before NMS."
     lines = [f"# Distillation {kind}: thermal AP50 (mean over person/bicycle/car) vs thermal labels",
              "", about, "",
              "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -173,5 +180,6 @@ def _write(out_dir: Path, kind: str, base: DistillConfig, rows: list[dict], more
     with atomic_write(out_dir / "table.md", "w") as f:
         f.write("\n".join(lines) + "\n")
     write_json(out_dir / "table.json",
-               {"experiment": kind, "config": to_dict(base), "rows": rows, "more": more})
+               {"experiment": kind, "config": to_dict(base), "rows": rows, "more": more,
+                "tta_sizes": list(tta_sizes)})
 

@@ -101,6 +101,9 @@ class EvaluateSection:
     other: list[OtherData] = field(default_factory=list)
     max_pairs: int = 0  # evaluate at most this many pairs per condition (0 = all)
     layers: bool = True  # also score with each neck scale alone (the layer ablation of the pair score)
+    # multi-scale test-time augmentation when detectors are scored (eval_detector, experiments, fusion): each
+    # image is also run at these sizes and all candidates merged before NMS, e.g. [416, 512, 800, 960]
+    tta_sizes: list[int] = field(default_factory=list)
 
 
 @dataclass

@@ -123,7 +123,7 @@ STAGES = [
                       f"{cfg.predictor.train.max_steps} steps, size {cfg.predictor.size})",
           _fmt_predictor),
     Stage("eval_detector", ("import", "register", "align", "distill"),
-          lambda cfg: {"split": cfg.evaluate.split},
+          lambda cfg: {"split": cfg.evaluate.split, "tta_sizes": cfg.evaluate.tta_sizes},
           steps.eval_detector,
           lambda cfg: f"thermal AP50 by condition and class on split '{cfg.evaluate.split}'",
           lambda s: steps.format_ap(s["rows"])),
@@ -137,7 +137,8 @@ STAGES = [
     Stage("experiments", ("import", "register", "align", "distill"),
           lambda cfg: {"experiments": dataclasses.replace(cfg.experiments, geometry_pairs=0, predictor={},
                                                           folds=0),
-                       "distill": dataclasses.replace(cfg.distill, data=""), "split": cfg.evaluate.split},
+                       "distill": dataclasses.replace(cfg.distill, data=""), "split": cfg.evaluate.split,
+                       "tta_sizes": cfg.evaluate.tta_sizes},
           steps.experiments, _plan_experiments,
           lambda s: ", ".join(f"{k}: {len(v)} rows" for k, v in s.items()),
           enabled=lambda cfg: bool(cfg.experiments.losses or cfg.experiments.pairs
@@ -160,7 +161,8 @@ STAGES = [
           _fmt_geometry, enabled=lambda cfg: cfg.experiments.geometry_pairs > 0),
     Stage("fusion", ("import", "register", "align", "distill", "predictor"),
           lambda cfg: {"fusion": cfg.fusion, "splits": [cfg.predictor.split, cfg.evaluate.split],
-                       "conditions": cfg.evaluate.conditions, "bootstrap": cfg.evaluate.bootstrap},
+                       "conditions": cfg.evaluate.conditions, "bootstrap": cfg.evaluate.bootstrap,
+                       "tta_sizes": cfg.evaluate.tta_sizes},
           steps.fusion,
           lambda cfg: f"fuse color and thermal detections ({cfg.fusion.method}; constant weight and "
                       f"weighted by {', '.join(cfg.fusion.maps)}), chosen on '{cfg.predictor.split}', "
@@ -195,6 +197,11 @@ def check_config(cfg) -> None:
     if cfg.fusion.enabled and cfg.fusion.method not in METHODS:
         raise InvismapError(f"config key 'fusion.method': '{cfg.fusion.method}' is not one of "
                             f"{', '.join(METHODS)}")
+    bad = [v for v in cfg.evaluate.tta_sizes
+           if isinstance(v, bool) or not (isinstance(v, int) and 32 <= v <= 8192)]
+    if bad:
+        raise InvismapError(f"config key 'evaluate.tta_sizes': {bad[0]!r} is not a size in pixels between 32 "
+                            "and 8192 (e.g. [416, 512, 800, 960])")
     if cfg.fusion.enabled and cfg.fusion.weights_per not in ("condition", "all"):
         raise InvismapError(f"config key 'fusion.weights_per': '{cfg.fusion.weights_per}' is not one of "
                             "condition, all")

@@ -197,14 +197,16 @@ def eval_detector(s: Settings, inputs: Inputs, d: Path, resume: bool) -> dict:
     rows = []
     for name, model, images in models:
         inputs.echo(f"  AP50 of {name}")
-        rows.append({"variant": name, **detector_scores(model, manifest, images, s.split, size)})
+        rows.append({"variant": name, **detector_scores(model, manifest, images, s.split, size,
+                                                        tta_sizes=s.tta_sizes)})
     more = {}
     for fmt, path in more_manifests(inputs).items():  # each dataset's own test split, reported apart
         other = load_manifest(path)
-        more[fmt] = [{"variant": name, **detector_scores(model, other, images, s.split, size)}
+        more[fmt] = [{"variant": name, **detector_scores(model, other, images, s.split, size,
+                                                         tta_sizes=s.tta_sizes)}
                      for name, model, images in models if images == "thermal" or _has_color_labels(other)]
         inputs.echo(f"  {fmt}: " + format_ap(more[fmt]))
-    write_json(d / "detector.json", {"split": s.split, "size": size,
+    write_json(d / "detector.json", {"split": s.split, "size": size, "tta_sizes": list(s.tta_sizes),
                                      "labels": "thermal", "rows": rows, "more": more})
     return {"rows": rows, "more": more}
 
@@ -344,7 +346,8 @@ def experiments(s: Settings, inputs: Inputs, d: Path, resume: bool) -> dict:
         for f in ("thermal_detector.pt", "summary.json"):
             copy_file(inputs.dirs["distill"] / f, folder / f)
     out: dict = {}
-    scored = {"eval_split": split, "eval_size": size, "more": more_manifests(inputs)}
+    scored = {"eval_split": split, "eval_size": size, "more": more_manifests(inputs),
+              "eval_tta_sizes": s.tta_sizes}
     if losses:
         out["losses"] = run_experiment("ablation", base, d / "losses", losses=losses, **scored)
     if c.pairs:
@@ -426,7 +429,7 @@ def fusion(s: Settings, inputs: Inputs, d: Path, resume: bool) -> dict:
     manifest = load_manifest(pairs_manifest(inputs)).select(split=(train, test), condition=s.conditions)
     # an interrupted run keeps its detections
     records = cached_pair_records(manifest, teacher, thermal, {m: known[m] for m in c.maps},
-                                  d / "detections.npz", size=size)
+                                  d / "detections.npz", size=size, tta_sizes=s.tta_sizes)
     result = evaluate_fusion(records, load_labels(manifest), maps=list(c.maps), conditions=s.conditions,
                              base=FusionParams(method=c.method, iou_thr=c.iou), n_boot=s.bootstrap,
                              train_split=train, test_split=test, weights_per=c.weights_per)
