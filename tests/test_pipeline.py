@@ -424,3 +424,12 @@ def test_training_stages_run_under_torchrun_with_nproc(tiny_run, tmp_path):
         summary = json.loads((out / stage / "summary.json").read_text())
         assert summary["world_size"] == 2 and summary["finished"], stage
     assert (out / "distill" / "launch.yaml").is_file() and (out / "predictor" / "predictor.pt").is_file()
+
+
+def test_report_says_at_which_sizes_the_detectors_ran():
+    from invismap.report.html import section_detector
+
+    det = {"split": "test", "size": 640, "rows": [], "more": {}}
+    assert "plus" not in section_detector({"detector.json": det})
+    assert "letterbox 640 plus 512, 800 (every detector" in section_detector(
+        {"detector.json": {**det, "tta_sizes": [512, 800]}})

@@ -433,6 +433,7 @@ def fusion(s: Settings, inputs: Inputs, d: Path, resume: bool) -> dict:
     result = evaluate_fusion(records, load_labels(manifest), maps=list(c.maps), conditions=s.conditions,
                              base=FusionParams(method=c.method, iou_thr=c.iou), n_boot=s.bootstrap,
                              train_split=train, test_split=test, weights_per=c.weights_per)
+    result["settings"]["tta_sizes"] = list(s.tta_sizes)
     write_json(d / "fusion.json", result)
     inputs.echo(format_fusion_table(result))
     return {cond: {ls: {m: r["AP50"]["value"] for m, r in block["methods"].items()}

@@ -246,8 +246,10 @@ def section_detector(d: dict) -> str:
                    for fmt, rows in (det.get("more") or {}).items())
     return ("<h2>Thermal detection without labels</h2>"
             f"{table(AP_HEADER, ap_rows(det['rows']))}{AP_NOTE}{more}"
-            f'<p class="note">Split {esc(det["split"])}, letterbox {esc(det["size"])}. '
-            "Source: data/detector.json.</p>")
+            f'<p class="note">Split {esc(det["split"])}, letterbox {esc(det["size"])}'
+            + (f' plus {esc(", ".join(map(str, tta)))} (every detector, candidates of all sizes merged '
+               "before NMS)" if (tta := det.get("tta_sizes")) else "")
+            + ". Source: data/detector.json.</p>")
 
 
 FUSION_LABELS = {"color": "color detector", "thermal": "thermal detector",
@@ -282,7 +284,10 @@ def section_fusion(d: dict) -> str:
                  f"chosen on the {esc(fusion['settings']['train_split'])} split {per}; "
                  "AP50 (mean over person/bicycle/car) with 95% intervals and paired margins from "
                  f"{esc(fusion['settings']['n_boot'])} bootstrap resamples of the test images. Union labels: "
-                 "color and thermal boxes of one class at IoU ≥ 0.5 merged. Source: data/fusion.json.</p>")
+                 "color and thermal boxes of one class at IoU ≥ 0.5 merged."
+                 + (f" Both detectors also run at sizes {esc(', '.join(map(str, tta)))}, merged before NMS."
+                    if (tta := fusion["settings"].get("tta_sizes")) else "")
+                 + " Source: data/fusion.json.</p>")
     return "".join(parts)
 
 
