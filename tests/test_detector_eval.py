@@ -148,7 +148,7 @@ def test_tta_at_the_same_size_gives_the_plain_boxes(yolov5n, msrs_dir):
 
     images = _thermal_images(msrs_dir)
     plain = detect(yolov5n, images, size=640, conf=0.01)
-    twice = detect(yolov5n, images, size=640, conf=0.01, tta_sizes=[640])  # every candidate twice: NMS keeps one
+    twice = detect(yolov5n, images, size=640, conf=0.01, tta_sizes=[640])  # each candidate twice: NMS keeps one
     for p, t in zip(plain, twice):
         assert len(p) > 0 and len(p) == len(t)
         np.testing.assert_allclose(t.boxes, p.boxes, atol=1e-3)
@@ -157,9 +157,9 @@ def test_tta_at_the_same_size_gives_the_plain_boxes(yolov5n, msrs_dir):
 
 
 def test_tta_keeps_each_sizes_best_boxes(yolov5n, msrs_dir):
-    """Every box found at one size alone is found with at least its score after merging, in original pixels."""
-    from invismap.detector.postprocess import detect
+    """A box found at one size alone is found with at least its score after merging, in original pixels."""
     from invismap.data.importers.common import box_iou
+    from invismap.detector.postprocess import detect
 
     images = _thermal_images(msrs_dir)
     merged = detect(yolov5n, images, size=640, conf=0.05, tta_sizes=[416, 960])
