@@ -148,7 +148,8 @@ def test_tta_at_the_same_size_gives_the_plain_boxes(yolov5n, msrs_dir):
 
     images = _thermal_images(msrs_dir)
     plain = detect(yolov5n, images, size=640, conf=0.01)
-    twice = detect(yolov5n, images, size=640, conf=0.01, tta_sizes=[640])  # each candidate twice: NMS keeps one
+    # every candidate twice: NMS keeps one of each
+    twice = detect(yolov5n, images, size=640, conf=0.01, tta_sizes=[640])
     for p, t in zip(plain, twice):
         assert len(p) > 0 and len(p) == len(t)
         np.testing.assert_allclose(t.boxes, p.boxes, atol=1e-3)
