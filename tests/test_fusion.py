@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict
 from pathlib import Path
 
@@ -269,3 +270,26 @@ def test_cli_detect_fuses_real_pairs(map_, msrs_dir, weights_dir, thermal_detect
                  "--weights-from", str(fusion), "--condition", "night",
                  "--out", str(tmp_path / "again")]) == 0
     assert json.loads((tmp_path / "again" / "detections.json").read_text()) == results
+
+
+def test_cli_detect_warns_when_weights_were_chosen_at_other_sizes(msrs_dir, weights_dir, thermal_detector,
+                                                                   tmp_path, caplog):
+    from invismap.cli import main
+
+    color, thermal = two_pairs(msrs_dir, tmp_path)
+    chosen = {"constant": {"color_weight": 0.5, "map_strength": 0.0, "form": "linear", "thermal_boost": 0.0,
+                           "method": "wbf", "iou_thr": 0.55, "skip_box_thr": 0.0}}
+    fusion = tmp_path / "fusion.json"
+    fusion.write_text(json.dumps({"settings": {"tta_sizes": [224]},
+                                  "conditions": {"day": {"label_sets": {"thermal": {"chosen": chosen}}}}}))
+    argv = ["detect", "--model", str(weights_dir / "yolov5n.pt"), str(color), "--thermal", str(thermal),
+            "--thermal-detector", str(thermal_detector), "--size", "160", "--conf", "0.1",
+            "--weights-from", str(fusion), "--condition", "day"]
+    with caplog.at_level(logging.WARNING):
+        assert main(argv + ["--out", str(tmp_path / "one")]) == 0
+    assert "chosen with --tta-sizes [224], this run uses none" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert main(argv + ["--tta-sizes", "224", "--out", str(tmp_path / "two")]) == 0
+    assert "tta-sizes" not in caplog.text
+    assert (tmp_path / "two" / "detections.json").is_file()

@@ -139,6 +139,13 @@ def _detect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fusion_tta_sizes(path: str) -> list[int]:
+    """The ``tta_sizes`` a fusion run's detections were made with (``[]``: one size, or an older run)."""
+    import json
+
+    return list(json.loads(Path(path).read_text()).get("settings", {}).get("tta_sizes") or [])
+
+
 def fusion_params(args: argparse.Namespace):
     """The :class:`~invismap.detector.fusion.FusionParams` of the flags, refused with the flag's name."""
     from invismap.detector.fusion import FusionParams
@@ -151,7 +158,13 @@ def fusion_params(args: argparse.Namespace):
             raise InvismapError("--weights-from needs --condition day or night (the weights are chosen per "
                                 "condition)")
         method = "constant" if args.map == "none" else "map:pair" if args.map == "pair" else "map:predictor"
-        return chosen_params(args.weights_from, args.condition, args.label_set, method)
+        params = chosen_params(args.weights_from, args.condition, args.label_set, method)
+        chosen_with = _fusion_tta_sizes(args.weights_from)
+        if chosen_with != list(args.tta_sizes):
+            log.warning("%s: its weights were chosen with --tta-sizes %s, this run uses %s; give the same "
+                        "--tta-sizes to fuse as they were chosen", args.weights_from, chosen_with or "none",
+                        list(args.tta_sizes) or "none")
+        return params
     if args.condition is not None:
         raise InvismapError("--condition only picks the weights of --weights-from (add --weights-from "
                             "RUN/fusion/fusion.json)")
