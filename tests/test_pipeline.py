@@ -174,6 +174,7 @@ predictor:
   size: 160
   val_every_nth: 0
   train: {max_steps: 2, batch_size: 2, eval_every: 0, ckpt_every: 1, image_every: 0, seed: 0}
+evaluate: {tta_sizes: [128]}
 experiments: {geometry_pairs: 1}
 report: {gallery: 1}
 """
@@ -206,6 +207,7 @@ def test_tiny_run_writes_a_report_from_its_own_json(tiny_run):
     detector = json.loads((out / "report" / "data" / "detector.json").read_text())
     student = detector["rows"][-1]
     assert student["variant"].startswith("thermal detector")
+    assert detector["tta_sizes"] == [128] and "letterbox 160 plus 128" in page  # scored at 160 and 128
     assert f"<b>{student['night']:.1f}</b>" in page  # the headline number is the one in the JSON beside it
     maps = json.loads((out / "report" / "data" / "invisibility.json").read_text())
     assert {"predictor", "pair", "prior", "darkness", "contrast", "random", "oracle"} <= set(maps)
