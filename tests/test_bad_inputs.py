@@ -656,11 +656,11 @@ def detect_nan_threshold(t, mp):
                 [t / "out" / "detections.json"])
 
 
-
 @row("--tta-sizes 8", "must be between 32 and 8192 pixels")
 def detect_tiny_tta_size(t, mp):
     return Case(["detect", str(image_dir(t)), "--tta-sizes", "512", "8", "--out", str(t / "out")], t / "out",
                 [t / "out" / "detections.json"])
+
 
 def pair_dirs(t: Path, thermal_size: tuple[int, int] = (W, H), names=("a",)) -> tuple[Path, Path]:
     """Folders ``t/c`` (color) and ``t/t`` (thermal) with one blank image per name."""
@@ -841,7 +841,7 @@ def pipeline_fusion_weights_per(t, mp):
     return Case(["run", str(t / "c.yaml"), f"out={t / 'out'}"], t / "out", [t / "out" / "import"])
 
 
-@row("config key 'evaluate.tta_sizes'", "16 is not a size in pixels between 32 and 8192")
+@row("config key 'evaluate.tta_sizes'", "16 is not allowed (multiples of 32")
 def pipeline_tta_sizes(t, mp):
     (t / "c.yaml").write_text("evaluate: {tta_sizes: [512, 16]}\n")
     return Case(["run", str(t / "c.yaml"), f"out={t / 'out'}"], t / "out", [t / "out" / "import"])

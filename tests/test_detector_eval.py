@@ -144,12 +144,15 @@ def _thermal_images(msrs_dir, names=("00024N", "00026N", "00279D")):
 
 
 def test_tta_at_the_same_size_gives_the_plain_boxes(yolov5n, msrs_dir):
+    """Candidates mapped to original pixels before NMS land where the plain path puts them after NMS."""
     from invismap.detector.postprocess import detect
 
-    images = _thermal_images(msrs_dir)
-    plain = detect(yolov5n, images, size=640, conf=0.01)
+    # portrait and landscape crops: at 416 both are scaled and padded (pad_x, then pad_y, not 0)
+    images = [im[:, :300].copy() for im in _thermal_images(msrs_dir)]
+    images += [im.T.copy() for im in images]
+    plain = detect(yolov5n, images, size=416, conf=0.01)
     # every candidate twice: NMS keeps one of each
-    twice = detect(yolov5n, images, size=640, conf=0.01, tta_sizes=[640])
+    twice = detect(yolov5n, images, size=416, conf=0.01, tta_sizes=[416])
     for p, t in zip(plain, twice):
         assert len(p) > 0 and len(p) == len(t)
         np.testing.assert_allclose(t.boxes, p.boxes, atol=1e-3)

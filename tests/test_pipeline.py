@@ -435,3 +435,9 @@ def test_report_says_at_which_sizes_the_detectors_ran():
     assert "plus" not in section_detector({"detector.json": det})
     assert "letterbox 640 plus 512, 800 (every detector" in section_detector(
         {"detector.json": {**det, "tta_sizes": [512, 800]}})
+    from invismap.report.html import section_experiments
+
+    seeds = {"rows": [{"variant": "seed 0", "night": 50.0}], "more": []}
+    assert "scored multi-scale" not in section_experiments({"ablation_seeds.json": seeds}, Path("."))
+    assert "scored multi-scale: also at sizes 512, 800" in section_experiments(
+        {"ablation_seeds.json": {**seeds, "tta_sizes": [512, 800]}}, Path("."))

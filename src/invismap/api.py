@@ -58,12 +58,13 @@ def load_detector(name_or_path: str | Path) -> Any:
 
 
 def detect(detector: Any, image: np.ndarray | Sequence[np.ndarray], size: int = 640, conf: float = 0.25,
-           iou: float = 0.45) -> Detections | list[Detections]:
+           iou: float = 0.45, tta_sizes: Sequence[int] = ()) -> Detections | list[Detections]:
     """Boxes in the image's pixels for one uint8 image (RGB ``(H, W, 3)`` or thermal/gray ``(H, W)``), or a
-    list of :class:`Detections` for a list of images."""
+    list of :class:`Detections` for a list of images. ``tta_sizes``: also detect at these sizes, merged
+    before NMS (multi-scale test-time augmentation)."""
     if isinstance(image, np.ndarray):
-        return detect_batch(detector, [image], size=size, conf=conf, iou=iou)[0]
-    return detect_batch(detector, list(image), size=size, conf=conf, iou=iou)
+        return detect_batch(detector, [image], size=size, conf=conf, iou=iou, tta_sizes=tta_sizes)[0]
+    return detect_batch(detector, list(image), size=size, conf=conf, iou=iou, tta_sizes=tta_sizes)
 
 
 __all__ = ["Detections", "InvisibilityPredictor", "detect", "load_detector"]

@@ -160,7 +160,7 @@ def fusion_params(args: argparse.Namespace):
         method = "constant" if args.map == "none" else "map:pair" if args.map == "pair" else "map:predictor"
         params = chosen_params(args.weights_from, args.condition, args.label_set, method)
         chosen_with = _fusion_tta_sizes(args.weights_from)
-        if chosen_with != list(args.tta_sizes):
+        if sorted(chosen_with) != sorted(args.tta_sizes):
             log.warning("%s: its weights were chosen with --tta-sizes %s, this run uses %s; give the same "
                         "--tta-sizes to fuse as they were chosen", args.weights_from, chosen_with or "none",
                         list(args.tta_sizes) or "none")

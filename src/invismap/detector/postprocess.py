@@ -24,7 +24,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -134,7 +134,7 @@ def detect(model: Detector, images: Sequence[np.ndarray], size: int = 640, conf:
     Returns:
         One :class:`Detections` per image, in input order.
     """
-    if not tta_sizes:
+    if not tta_sizes:  # kept apart: NMS in canvas pixels, as always (mapping first moves boxes by ~1e-4 px)
         results: list[Detections | None] = [None] * len(images)
         for i, pred, lb in _decoded(model, images, size, batch_size):
             d = non_max_suppression(pred[None], conf, iou, classes, max_det, multi_label)[0].numpy()
@@ -144,11 +144,7 @@ def detect(model: Detector, images: Sequence[np.ndarray], size: int = 640, conf:
     candidates: list[list[torch.Tensor]] = [[] for _ in images]
     for s in (size, *tta_sizes):
         for i, pred, lb in _decoded(model, images, s, batch_size):
-            pred = pred.clone()  # cx, cy, w, h from canvas to original pixels: x = (x_canvas - pad) / scale
-            pred[:, 0] -= lb.pad_x
-            pred[:, 1] -= lb.pad_y
-            pred[:, :4] /= lb.scale
-            candidates[i].append(pred)
+            candidates[i].append(_to_original(pred, lb))
     out = []
     for im, preds in zip(images, candidates):
         d = non_max_suppression(torch.cat(preds)[None], conf, iou, classes, max_det, multi_label)[0].numpy()
@@ -158,7 +154,18 @@ def detect(model: Detector, images: Sequence[np.ndarray], size: int = 640, conf:
     return out
 
 
-def _decoded(model: Detector, images: Sequence[np.ndarray], size: int, batch_size: int):
+def _to_original(pred: torch.Tensor, lb: Letterbox) -> torch.Tensor:
+    """``(N, 5 + nc)`` decoded predictions with ``cx, cy, w, h`` from canvas to original pixels
+    (``x = (x_canvas - pad) / scale``); a new tensor."""
+    pred = pred.clone()
+    pred[:, 0] -= lb.pad_x
+    pred[:, 1] -= lb.pad_y
+    pred[:, :4] /= lb.scale
+    return pred
+
+
+def _decoded(model: Detector, images: Sequence[np.ndarray], size: int,
+             batch_size: int) -> Iterator[tuple[int, torch.Tensor, Letterbox]]:
     """Yield ``(index, (N, 5 + nc) decoded predictions in canvas pixels, Letterbox)`` for every image."""
     # An OnnxDetector (invismap.detector.onnx_detector) has no parameters and runs on the CPU.
     device = next(model.parameters()).device if isinstance(model, torch.nn.Module) else torch.device("cpu")

@@ -198,10 +198,12 @@ def check_config(cfg) -> None:
         raise InvismapError(f"config key 'fusion.method': '{cfg.fusion.method}' is not one of "
                             f"{', '.join(METHODS)}")
     bad = [v for v in cfg.evaluate.tta_sizes
-           if isinstance(v, bool) or not (isinstance(v, int) and 32 <= v <= 8192)]
+           if isinstance(v, bool) or not (isinstance(v, int) and 32 <= v <= 8192 and v % 32 == 0)
+           or v == cfg.distill.size]
     if bad:
-        raise InvismapError(f"config key 'evaluate.tta_sizes': {bad[0]!r} is not a size in pixels between 32 "
-                            "and 8192 (e.g. [416, 512, 800, 960])")
+        raise InvismapError(f"config key 'evaluate.tta_sizes': {bad[0]!r} is not allowed (multiples of 32 "
+                            f"between 32 and 8192 other than distill.size {cfg.distill.size}, which always "
+                            "runs; e.g. [416, 512, 800, 960])")
     if cfg.fusion.enabled and cfg.fusion.weights_per not in ("condition", "all"):
         raise InvismapError(f"config key 'fusion.weights_per': '{cfg.fusion.weights_per}' is not one of "
                             "condition, all")

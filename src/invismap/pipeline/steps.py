@@ -366,8 +366,8 @@ def experiments(s: Settings, inputs: Inputs, d: Path, resume: bool) -> dict:
         for name, path in (("with registration/alignment", inputs.dirs["distill"] / "thermal_detector.pt"),
                            ("without (imported pairs)", run / "thermal_detector.pt")):
             rows.append({"variant": name, **detector_scores(load_detector(str(path)), manifest, "thermal",
-                                                            split, size)})
-        write_json(d / "alignment.json", {"rows": rows,
+                                                            split, size, tta_sizes=s.tta_sizes)})
+        write_json(d / "alignment.json", {"rows": rows, "tta_sizes": list(s.tta_sizes),
                                           "note": "thermal AP50 on the same test pairs; the two "
                                                   "runs differ only in the color images distilled from"})
         out["alignment"] = rows

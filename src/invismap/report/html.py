@@ -310,6 +310,11 @@ def pairs_curve(rows: list[dict], path: Path) -> None:
 
 def section_experiments(d: dict, out: Path) -> str:
     parts = ["<h2>Distillation ablations</h2>"]
+    sizes = next((r["tta_sizes"] for k, r in d.items()
+                  if k.startswith("ablation_") and r.get("tta_sizes")), None)
+    if sizes:
+        parts.append('<p class="note">Every detector in these tables is scored multi-scale: also at sizes '
+                     f'{esc(", ".join(map(str, sizes)))}, merged before NMS.</p>')
     losses = d.get("ablation_losses.json")
     parts.append("<h3>Loss (mid-level features, detection head, both)</h3>")
     parts.append(ap_table(losses["rows"], losses.get("more", [])) + AP_NOTE if losses
