@@ -293,3 +293,33 @@ def test_cli_detect_warns_when_weights_were_chosen_at_other_sizes(msrs_dir, weig
         assert main(argv + ["--tta-sizes", "224", "--out", str(tmp_path / "two")]) == 0
     assert "tta-sizes" not in caplog.text
     assert (tmp_path / "two" / "detections.json").is_file()
+
+
+def test_cached_detections_are_recomputed_when_the_sizes_change(msrs_dir, weights_dir, thermal_detector,
+                                                                 tmp_path, monkeypatch):
+    from invismap.data.manifest import load_manifest
+    from invismap.detector import fusion_eval
+
+    two_pairs(msrs_dir, tmp_path)
+    lines = ["name,color,thermal,condition,split,timestamp,color_labels,thermal_labels"]
+    for n, c in (("00001D", "day"), ("00010N", "night")):
+        lines.append(f"{n},color/{n}.png,thermal/{n}.png,{c},test,,,")
+    (tmp_path / "manifest.csv").write_text("\n".join(lines) + "\n")
+    calls = []
+    real = fusion_eval.compute_pair_records
+
+    def counted(*args, **kwargs):
+        calls.append(list(kwargs.get("tta_sizes", ())))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fusion_eval, "compute_pair_records", counted)
+    kw = {"manifest": load_manifest(tmp_path / "manifest.csv"), "color": str(weights_dir / "yolov5n.pt"),
+          "thermal_detector": thermal_detector, "map_specs": {}, "cache": tmp_path / "detections.npz",
+          "size": 160, "progress": False}
+    first = fusion_eval.cached_pair_records(**kw)
+    again = fusion_eval.cached_pair_records(**kw)  # read back from the cache
+    fusion_eval.cached_pair_records(**kw, tta_sizes=[128])  # other sizes: detected again
+    assert calls == [[], [128]]
+    for a, b in zip(first, again):
+        np.testing.assert_allclose(a.thermal.boxes, b.thermal.boxes)
+        np.testing.assert_array_equal(a.color.classes, b.color.classes)
