@@ -96,7 +96,7 @@ def check_detection_args(args: argparse.Namespace) -> None:
     """Refuse sizes and thresholds no detector can use, naming the flag and the allowed range."""
     from invismap.errors import InvismapError
 
-    for flag, size in [("--size", args.size)] + [("--tta-sizes", s) for s in getattr(args, "tta_sizes", [])]:
+    for flag, size in [("--size", args.size)] + [("--tta-sizes", s) for s in args.tta_sizes]:
         if not 32 <= size <= 8192:
             raise InvismapError(f"{flag} {size}: must be between 32 and 8192 pixels (e.g. 640)")
     for flag, v in (("--conf", args.conf), ("--iou", args.iou)):
