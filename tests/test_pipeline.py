@@ -245,6 +245,28 @@ def test_tiny_run_second_time_cached_and_predictor_change_reruns_only_its_depend
     assert ran == {"predictor", "eval_maps", "gallery", "report"}
 
 
+def test_a_new_scoring_protocol_scores_the_experiments_students_again_without_training_them(
+        tiny_run, tmp_path, capsys):
+    args, first = tiny_run
+    out = tmp_path / "out"
+    shutil.copytree(first, out)
+    run = [a if not a.startswith("out=") else f"out={out}" for a in args] + ["experiments.seeds=[0, 1]"]
+    assert main(["run", *run, "--to", "experiments"]) == 0
+    trained = out / "students" / "seeds" / "seed_1" / "thermal_detector.pt"
+    stamp = trained.stat().st_mtime_ns
+    seeds = json.loads((out / "experiments" / "seeds" / "table.json").read_text())
+    assert seeds["tta_sizes"] == [128] and [r["variant"] for r in seeds["rows"][2:4]] == ["seed 0", "seed 1"]
+    capsys.readouterr()
+    assert main(["run", *run, "evaluate.tta_sizes=[]", "--to", "experiments"]) == 0
+    printed = capsys.readouterr().out
+    assert "students: up to date, skipped" in printed
+    assert set(re.findall(r"\] (\w+): done in", printed)) == {"experiments"}
+    assert trained.stat().st_mtime_ns == stamp  # scored again, not trained again
+    again = json.loads((out / "experiments" / "seeds" / "table.json").read_text())
+    assert again["tta_sizes"] == [] and [r["variant"] for r in again["rows"]] == [r["variant"]
+                                                                                for r in seeds["rows"]]
+
+
 def test_run_rejects_a_bad_config(tmp_path, capsys):
     config = tmp_path / "bad.yaml"
     config.write_text("distill: {loss: everything}\n")

@@ -83,20 +83,24 @@ def run_experiment(kind: str, base: DistillConfig, out_dir: str | Path, pair_cou
                    eval_split: str = "test", eval_size: int = 640, losses: list[str] | None = None,
                    variants: Mapping[str, list[str]] | None = None, seeds: list[int] | None = None,
                    more: Mapping[str, str | Path] | None = None,
-                   eval_tta_sizes: Sequence[int] = ()) -> list[dict[str, Any]]:
+                   eval_tta_sizes: Sequence[int] = (), runs_dir: str | Path | None = None,
+                   score: bool = True) -> list[dict[str, Any]]:
     """Run every variant of ``kind`` (``ablation``, ``pairs``, ``variants`` or ``seeds``), evaluate, write the
     tables.
 
     ``losses`` limits the ablation to those variants of :data:`LOSS_VARIANTS`; ``variants`` (kind
     ``variants``) maps names to overrides of ``base``; ``seeds`` (kind ``seeds``) are the seeds to train
     ``base`` with. ``more``: other datasets (name -> manifest) scored on their ``eval_split`` too;
-    ``eval_tta_sizes``: every detector is scored with this multi-scale test-time augmentation. A variant
-    whose folder already holds ``thermal_detector.pt`` is evaluated, not trained again.
+    ``eval_tta_sizes``: every detector is scored with this multi-scale test-time augmentation. Each variant
+    trains in its folder under ``runs_dir`` (default ``out_dir``); one whose folder already holds
+    ``thermal_detector.pt`` is evaluated, not trained again. ``score=False`` only trains (no tables; one row
+    per variant with its training time).
     """
     if world_size() > 1:  # its evaluation reads each variant's files, which only rank 0 writes
         raise InvismapError("distill-experiment runs as one process, not under torchrun; start it without "
                             "torchrun ('invismap distill' runs under torchrun for one variant)")
     out_dir = Path(out_dir)
+    runs_dir = Path(runs_dir) if runs_dir is not None else out_dir
     manifest = load_manifest(base.data)
     if kind == "ablation":
         unknown = [v for v in losses or [] if v not in LOSS_VARIANTS]
@@ -126,10 +130,10 @@ def run_experiment(kind: str, base: DistillConfig, out_dir: str | Path, pair_cou
         return row
 
     rows = [{"variant": "teacher on thermal", **scores(teacher, "thermal")},
-            {"variant": "teacher on color", **scores(teacher, "color")}]
+            {"variant": "teacher on color", **scores(teacher, "color")}] if score else []
     for name, changes in variants.items():
         cfg = _variant(base, changes)
-        run_dir = variant_dir(out_dir, name)
+        run_dir = variant_dir(runs_dir, name)
         if (run_dir / "thermal_detector.pt").is_file():
             log.info(f"{name}: reusing {run_dir}")
             done = run_dir / "summary.json"
@@ -137,13 +141,17 @@ def run_experiment(kind: str, base: DistillConfig, out_dir: str | Path, pair_cou
         else:
             log.info(f"{name}: training in {run_dir}")
             summary = run_distill(cfg, run_dir, resume=can_resume(run_dir)).to_dict()
-        model = load_detector(str(run_dir / "thermal_detector.pt"))
-        row = {"variant": name, **scores(model, "thermal")}
+        row = {"variant": name}
+        if score:
+            row.update(scores(load_detector(str(run_dir / "thermal_detector.pt")), "thermal"))
         if summary:
             row["train_seconds"] = round(summary["seconds"])
             row["pairs_per_s"] = round(summary["pairs_per_s"], 2)
         rows.append(row)
-        _write(out_dir, kind, base, rows, list(others), eval_tta_sizes)
+        if score:
+            _write(out_dir, kind, base, rows, list(others), eval_tta_sizes)
+    if not score:
+        return rows
     if kind == "seeds" and len(variants) > 1:
         rows += spread([r for r in rows if r["variant"] in variants])
         _write(out_dir, kind, base, rows, list(others), eval_tta_sizes)

@@ -2,8 +2,8 @@
 covers), and the lines it prints. The work is in ``pipeline/steps.py``.
 
     import -> displacement -> (register) -> (align) -> distill -> targets -> predictor
-           -> eval_detector -> eval_maps -> (experiments) -> (predictor_cv) -> (geometry) -> (fusion)
-           -> gallery -> report
+           -> eval_detector -> eval_maps -> (students -> experiments) -> (predictor_cv) -> (geometry)
+           -> (fusion) -> gallery -> report
 """
 
 from __future__ import annotations
@@ -70,6 +70,16 @@ def _plan_experiments(cfg) -> str:
     return "distillation ablations: " + ", ".join(x for x in runs if x)
 
 
+def _experiment_runs(cfg):
+    """The ``experiments`` keys of the distillation experiments (not those of other stages)."""
+    return dataclasses.replace(cfg.experiments, geometry_pairs=0, predictor={}, folds=0)
+
+
+def _has_experiments(cfg) -> bool:
+    e = cfg.experiments
+    return bool(e.losses or e.pairs or e.alignment or e.detector or e.seeds)
+
+
 def _fmt_predictor(s: dict) -> str:
     best = s.get("best_val_loss")  # None without validation
     return f"weights of step {s.get('step')} " + (f"(best validation loss {best:.4f})" if best is not None
@@ -134,16 +144,19 @@ STAGES = [
                       f"{', '.join(cfg.evaluate.baselines) or 'no'} "
                       f"on split '{cfg.evaluate.split}' ({cfg.evaluate.bootstrap} bootstrap resamples)",
           _fmt_maps),
-    Stage("experiments", ("import", "register", "align", "distill"),
-          lambda cfg: {"experiments": dataclasses.replace(cfg.experiments, geometry_pairs=0, predictor={},
-                                                          folds=0),
+    # the students of the experiments train in a stage of their own, so scoring them another way (e.g.
+    # evaluate.tta_sizes) does not train them again
+    Stage("students", ("import", "register", "align", "distill"),
+          lambda cfg: {"experiments": _experiment_runs(cfg),
+                       "distill": dataclasses.replace(cfg.distill, data="")},
+          steps.students, lambda cfg: "train the students of the " + _plan_experiments(cfg),
+          lambda s: ", ".join(f"{k}: {len(v)} students" for k, v in s.items()), enabled=_has_experiments),
+    Stage("experiments", ("import", "register", "align", "distill", "students"),
+          lambda cfg: {"experiments": _experiment_runs(cfg),
                        "distill": dataclasses.replace(cfg.distill, data=""), "split": cfg.evaluate.split,
                        "tta_sizes": cfg.evaluate.tta_sizes},
-          steps.experiments, _plan_experiments,
-          lambda s: ", ".join(f"{k}: {len(v)} rows" for k, v in s.items()),
-          enabled=lambda cfg: bool(cfg.experiments.losses or cfg.experiments.pairs
-                                   or cfg.experiments.alignment or cfg.experiments.detector
-                                   or cfg.experiments.seeds)),
+          steps.experiments, lambda cfg: "score the " + _plan_experiments(cfg),
+          lambda s: ", ".join(f"{k}: {len(v)} rows" for k, v in s.items()), enabled=_has_experiments),
     Stage("predictor_cv", ("import", "register", "align", "distill"),
           lambda cfg: {"variants": cfg.experiments.predictor, "folds": cfg.experiments.folds,
                        "predictor": dataclasses.replace(cfg.predictor, data="", targets="", teacher=""),
@@ -176,8 +189,8 @@ STAGES = [
           lambda cfg: f"render {cfg.report.gallery} gallery rows per condition",
           lambda s: f"{len(s['images'])} images"),
     Stage("report", ("import", "displacement", "register", "align", "distill", "targets", "predictor",
-                     "eval_detector", "eval_maps", "experiments", "predictor_cv", "geometry", "fusion",
-                     "gallery"),
+                     "eval_detector", "eval_maps", "students", "experiments", "predictor_cv", "geometry",
+                     "fusion", "gallery"),
           lambda cfg: {"name": cfg.name, "config": dump_config(cfg)}, steps.report,
           lambda cfg: "write the HTML report", lambda s: f"open {s['page']}"),
 ]

@@ -325,14 +325,21 @@ def headline(results: dict, set_name: str = "missed") -> dict:
     return out
 
 
-def experiments(s: Settings, inputs: Inputs, d: Path, resume: bool) -> dict:
-    from invismap.detector.zoo import load_detector
-    from invismap.distill.experiments import LOSS_VARIANTS, detector_scores, run_experiment, variant_dir
+def _experiment_base(s: Settings, inputs: Inputs) -> tuple[DistillConfig, dict]:
+    """The distill settings every experiment varies, and the ``train`` change of ``experiments.max_steps``."""
+    c = s.experiments
+    steps = {"train": dataclasses.replace(s.distill.train, max_steps=c.max_steps)} if c.max_steps else {}
+    return distill_config(s.distill, inputs, **steps), steps
+
+
+def students(s: Settings, inputs: Inputs, d: Path, resume: bool) -> dict:
+    """Train the students of every distillation experiment (``OUT/students/<kind>/<variant>/``), unscored: the
+    ``experiments`` stage scores them, so a new scoring protocol does not train them again."""
+    from invismap.distill.experiments import LOSS_VARIANTS, run_experiment, variant_dir
     from invismap.distill.run import run_distill, split_pairs
 
-    c, size, split = s.experiments, s.distill.size, s.split
-    steps = {"train": dataclasses.replace(s.distill.train, max_steps=c.max_steps)} if c.max_steps else {}
-    base = distill_config(s.distill, inputs, **steps)
+    c = s.experiments
+    base, steps = _experiment_base(s, inputs)
     main = base.loss if base.loss != "mid+head" else f"mid+head {base.head_weight}"
     losses = list(c.losses)
     reused = []  # the main distill run is one variant of each table: reuse it instead of training it again
@@ -346,25 +353,54 @@ def experiments(s: Settings, inputs: Inputs, d: Path, resume: bool) -> dict:
         for f in ("thermal_detector.pt", "summary.json"):
             copy_file(inputs.dirs["distill"] / f, folder / f)
     out: dict = {}
-    scored = {"eval_split": split, "eval_size": size, "more": more_manifests(inputs),
-              "eval_tta_sizes": s.tta_sizes}
+    kw = {"score": False}
     if losses:
-        out["losses"] = run_experiment("ablation", base, d / "losses", losses=losses, **scored)
+        out["losses"] = run_experiment("ablation", base, d / "losses", losses=losses, **kw)
     if c.pairs:
-        out["pairs"] = run_experiment("pairs", base, d / "pairs", pair_counts=c.pairs, **scored)
+        out["pairs"] = run_experiment("pairs", base, d / "pairs", pair_counts=c.pairs, **kw)
     if c.detector:
-        out["variants"] = run_experiment("variants", base, d / "variants", variants=c.detector, **scored)
+        out["variants"] = run_experiment("variants", base, d / "variants", variants=c.detector, **kw)
     if c.seeds:
-        out["seeds"] = run_experiment("seeds", base, d / "seeds", seeds=c.seeds, **scored)
+        out["seeds"] = run_experiment("seeds", base, d / "seeds", seeds=c.seeds, **kw)
     if c.alignment:
-        other = inputs.dirs["import"] / "manifest.csv"
         run = d / "alignment_off"
         if not (run / "thermal_detector.pt").is_file():
+            other = inputs.dirs["import"] / "manifest.csv"
             run_distill(distill_config(s.distill, inputs, data=other, **steps), run, resume=can_resume(run))
+        out["alignment"] = [{"variant": "without (imported pairs)"}]
+    return {kind: [r["variant"] for r in rows] for kind, rows in out.items()}
+
+
+def experiments(s: Settings, inputs: Inputs, d: Path, resume: bool) -> dict:
+    """Score the students of the ``students`` stage beside the teacher baselines; ``OUT/experiments/<kind>/
+    table.{md,json}``."""
+    from invismap.detector.zoo import load_detector
+    from invismap.distill.experiments import detector_scores, run_experiment
+
+    c, size, split = s.experiments, s.distill.size, s.split
+    base, _ = _experiment_base(s, inputs)
+    trained = inputs.dirs["students"]
+    kinds = inputs.summary("students")
+    out: dict = {}
+    scored = {"eval_split": split, "eval_size": size, "more": more_manifests(inputs),
+              "eval_tta_sizes": s.tta_sizes}
+    if "losses" in kinds:
+        out["losses"] = run_experiment("ablation", base, d / "losses", losses=kinds["losses"],
+                                       runs_dir=trained / "losses", **scored)
+    if c.pairs:
+        out["pairs"] = run_experiment("pairs", base, d / "pairs", pair_counts=c.pairs,
+                                      runs_dir=trained / "pairs", **scored)
+    if c.detector:
+        out["variants"] = run_experiment("variants", base, d / "variants", variants=c.detector,
+                                         runs_dir=trained / "variants", **scored)
+    if c.seeds:
+        out["seeds"] = run_experiment("seeds", base, d / "seeds", seeds=c.seeds, runs_dir=trained / "seeds",
+                                      **scored)
+    if c.alignment:
         manifest = load_manifest(pairs_manifest(inputs))
         rows = []
         for name, path in (("with registration/alignment", inputs.dirs["distill"] / "thermal_detector.pt"),
-                           ("without (imported pairs)", run / "thermal_detector.pt")):
+                           ("without (imported pairs)", trained / "alignment_off" / "thermal_detector.pt")):
             rows.append({"variant": name, **detector_scores(load_detector(str(path)), manifest, "thermal",
                                                             split, size, tta_sizes=s.tta_sizes)})
         write_json(d / "alignment.json", {"rows": rows, "tta_sizes": list(s.tta_sizes),
