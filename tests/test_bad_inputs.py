@@ -829,6 +829,13 @@ def distill_more_data_without_training_pairs(t, mp):
                 [t / "run" / "student.pt"])
 
 
+@row("config key 'soup'", "0 is not allowed", "an integer >= 1")
+def distill_soup_of_none(t, mp):
+    (t / "c.yaml").write_text(f"data: {make_dataset(t)}\nsoup: 0\n")
+    return Case(["distill", str(t / "c.yaml"), "--run", str(t / "run")], t / "run",
+                [t / "run" / "student.pt"])
+
+
 @row("config key 'fusion.maps'", "unknown map 'darkness'", "known: predictor, pair")
 def pipeline_fusion_unknown_map(t, mp):
     (t / "c.yaml").write_text("fusion: {enabled: true, maps: [predictor, darkness]}\n")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -15,6 +17,7 @@ from invismap.distill.run import DistillConfig, run_distill
 from invismap.distill.student import ThermalDetector, ThermalStudent
 from invismap.distill.task import DistillTask
 from invismap.engine.checkpoint import load_checkpoint
+from invismap.errors import InvismapError
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +85,32 @@ def test_distill_run_resume_and_thermal_detector(msrs, assets, tmp_path, monkeyp
     assert isinstance(detector, ThermalDetector)
     out = detector(torch.rand(1, 1, 96, 128))
     assert out.shape[-1] == 85 and torch.isfinite(out).all()
+
+
+def test_soup_averages_its_students_and_resumes(msrs, assets, tmp_path, monkeypatch):
+    monkeypatch.setenv("INVISMAP_ASSETS", str(assets))
+    cfg = _cfg(msrs.root / "manifest.csv", soup=2, loss="head",
+               train={"max_steps": 4, "batch_size": 2, "lr": 1e-3, "warmup_steps": 1, "eval_every": 2,
+                      "ckpt_every": 2, "seed": 1})
+    part = run_distill(cfg, tmp_path / "soup", progress=False, stop_at=2)  # stops inside the first student
+    assert not part.finished and not (tmp_path / "soup/student.pt").exists()
+    with pytest.raises(InvismapError, match="a run already exists"):
+        run_distill(cfg, tmp_path / "soup", progress=False)
+    soup = run_distill(cfg, tmp_path / "soup", progress=False, resume=True)
+    assert soup.finished and [s["seed"] for s in soup.details["students"]] == [2, 3]
+    assert math.isfinite(soup.best_val_loss) and len(soup.details["thresholds"]) == 3
+    students = [load_checkpoint(tmp_path / f"soup/soup/seed_{k}/student.pt", "student")["student"]
+                for k in (2, 3)]
+    mean = load_checkpoint(tmp_path / "soup/student.pt", "student")["student"]
+    changed = [k for k in mean if mean[k].is_floating_point() and not torch.equal(*(s[k] for s in students))]
+    assert changed  # the two seeds trained apart, and the soup is their mean
+    assert all(torch.allclose(mean[k], (students[0][k] + students[1][k]) / 2, atol=1e-6) for k in changed)
+    # each student is the run one seed alone gives (the second seed of the soup of seed 1 is seed 3)
+    alone = run_distill(replace(cfg, soup=1, train=replace(cfg.train, seed=3)), tmp_path / "alone",
+                        progress=False)
+    assert all(torch.equal(v, students[1][k]) for k, v in
+               load_checkpoint(alone.outputs["student"], "student")["student"].items())
+    assert isinstance(load_detector(str(tmp_path / "soup/thermal_detector.pt")), ThermalDetector)
 
 
 def test_distillation_moves_student_towards_teacher(msrs, teacher, assets, tmp_path, monkeypatch):

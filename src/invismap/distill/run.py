@@ -8,6 +8,8 @@ Run folder::
     RUN/thermal_detector.pt    student + teacher heads, usable as --model wherever a detector is taken
     RUN/summary.json           time, pairs/s, losses, thresholds
     RUN/tb/                    TensorBoard logs
+    RUN/soup/seed_N/           with ``soup: K > 1``: the K students averaged into RUN/student.pt (each a run
+                               folder as above)
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -25,12 +28,12 @@ from invismap.config import to_dict
 from invismap.data.dataset import Augment, PairDataset, collate_pairs
 from invismap.data.manifest import Manifest, evenly, load_manifest, training_pairs
 from invismap.detector.zoo import load_detector
-from invismap.distill.student import ThermalStudent, student_checkpoint
+from invismap.distill.student import ThermalStudent, load_student, student_checkpoint
 from invismap.distill.task import DistillTask
-from invismap.engine.checkpoint import save_checkpoint
+from invismap.engine.checkpoint import load_checkpoint, save_checkpoint
 from invismap.engine.distributed import is_main_process
-from invismap.engine.loop import TrainConfig, check_train_config, fit, resolve_device, unwrap
-from invismap.engine.rundir import start_run
+from invismap.engine.loop import TrainConfig, check_train_config, evaluate, fit, resolve_device, unwrap
+from invismap.engine.rundir import can_resume, start_run
 from invismap.engine.summary import TrainSummary
 from invismap.errors import InvismapError
 from invismap.invisibility.score import calibrate_thresholds, feature_distance
@@ -75,6 +78,10 @@ class DistillConfig:
     # formula); the paper's YOLOv3 values, layers 103/91/79: [3.2, 3.5, 4.0]
     thresholds: list[float] | None = None
     cache: bool = True  # keep decoded, letterboxed pairs in memory
+    # distil this many students (seeds soup_seeds()) and average their weights (a uniform "model soup":
+    # every student starts from the teacher's weights, so their average is itself a good student; one
+    # detector, at one detector's cost to run, K times the training)
+    soup: int = 1
     freeze_bn: bool = True
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     # lr: the student starts at the teacher's weights; above ~5e-4 Adam first wrecks them (measured)
@@ -91,6 +98,8 @@ def check_distill_config(cfg: DistillConfig) -> None:
         raise bad("size", cfg.size, "a multiple of 32, >= 32, e.g. 640")
     if not (math.isfinite(cfg.head_weight) and cfg.head_weight >= 0):
         raise bad("head_weight", cfg.head_weight, "a finite number >= 0")
+    if cfg.soup < 1:
+        raise bad("soup", cfg.soup, "an integer >= 1: how many students to average")
     for key in ("val_every_nth", "val_max", "max_pairs"):
         if getattr(cfg, key) < 0:
             raise bad(key, getattr(cfg, key), "an integer >= 0")
@@ -187,8 +196,6 @@ def recalibrate(run_dir: str | Path,
                 overrides: list[str] | None = None) -> tuple[list[float], list[float] | None]:
     """Re-derive t_k/b_k of a finished run (e.g. with another percentile) without training again."""
     from invismap.config import apply_overrides, from_dict
-    from invismap.distill.student import load_student
-    from invismap.engine.checkpoint import load_checkpoint
 
     run_dir = Path(run_dir)
     ckpt = load_checkpoint(run_dir / "student.pt", "student")
@@ -221,7 +228,9 @@ def build_distillation(cfg: DistillConfig) -> tuple[DistillTask, PairDataset, Pa
 def run_distill(cfg: DistillConfig, run_dir: str | Path, resume: bool = False, progress: bool = True,
                 stop_at: int | None = None) -> TrainSummary:
     """Train the student, calibrate t_k, write ``student.pt`` and ``thermal_detector.pt`` (its outputs) and
-    ``summary.json``."""
+    ``summary.json``. With ``cfg.soup > 1`` the student is a soup (:func:`run_soup`)."""
+    if cfg.soup > 1:
+        return run_soup(cfg, run_dir, resume, progress, stop_at)
     run_dir = Path(run_dir)
     task, train_set, val_set, train_pairs, val_pairs = build_distillation(cfg)
     teacher = task.teacher
@@ -241,4 +250,84 @@ def run_distill(cfg: DistillConfig, run_dir: str | Path, resume: bool = False, p
     summary.save(run_dir)
     log.info(f"wrote {run_dir / 'thermal_detector.pt'} ({summary.pairs_per_s:.2f} pairs/s, "
              f"t_k = {', '.join(f'{t:.3g}' for t in thresholds)})")
+    return summary
+
+
+def soup_seeds(cfg: DistillConfig) -> list[int]:
+    """The training seeds of the students a soup averages: ``train.seed * soup + i`` for ``i < soup``, so the
+    soups of seeds 0, 1, 2 share no student.
+
+    >>> soup_seeds(DistillConfig(soup=3, train=TrainConfig(seed=1)))
+    [3, 4, 5]
+    """
+    return [cfg.train.seed * cfg.soup + i for i in range(cfg.soup)]
+
+
+def average_weights(state_dicts: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The uniform model soup (Wortsman et al., 2022): every floating-point tensor averaged over the models,
+    others (counters) taken from the first. All must share keys and shapes (the same architecture).
+
+    >>> average_weights([{"w": torch.tensor([1.0, 2.0])}, {"w": torch.tensor([3.0, 6.0])}])["w"].tolist()
+    [2.0, 4.0]
+    """
+    first = state_dicts[0]
+    for sd in state_dicts[1:]:
+        if sd.keys() != first.keys() or any(sd[k].shape != v.shape for k, v in first.items()):
+            raise ValueError("models of different architectures cannot be averaged")
+    return {k: (torch.stack([sd[k].double() for sd in state_dicts]).mean(0).to(v.dtype)
+                if v.is_floating_point() else v.clone()) for k, v in first.items()}
+
+
+def run_soup(cfg: DistillConfig, run_dir: str | Path, resume: bool = False, progress: bool = True,
+             stop_at: int | None = None) -> TrainSummary:
+    """Distil ``cfg.soup`` students, each in ``RUN/soup/seed_N`` (:func:`soup_seeds`), average their weights
+    (:func:`average_weights`), and write the average as this run's student, calibrated anew.
+
+    Each student is an ordinary resumable run; one that finished is not trained again, so an interrupted
+    soup continues with ``resume``. ``stop_at`` stops the student in training at that step. The summary's
+    ``best_val_loss`` is the soup's own validation loss; the students' are in ``details["students"]``.
+    """
+    run_dir = Path(run_dir)
+    check_distill_config(cfg)
+    if not resume and (run_dir / "soup").is_dir():
+        raise InvismapError(f"{run_dir}: a run already exists here (add --resume to continue it, "
+                            "or choose another folder)")
+    start_run(run_dir, cfg, resume)
+    students, summaries = [], []
+    for seed in soup_seeds(cfg):
+        member = run_dir / "soup" / f"seed_{seed}"
+        if (member / "student.pt").is_file():
+            summary = TrainSummary.load(member)
+        else:
+            log.info(f"soup student {len(summaries) + 1} of {cfg.soup}: seed {seed}, in {member}")
+            one = replace(cfg, soup=1, train=replace(cfg.train, seed=seed))
+            summary = run_distill(one, member, resume=can_resume(member), progress=progress, stop_at=stop_at)
+            if not summary.finished:
+                return summary  # stopped on purpose: resuming the soup continues this student
+        students.append(member / "student.pt")
+        summaries.append(summary)
+    if not is_main_process():
+        return summaries[-1]  # under torchrun rank 0 writes the soup
+    task, _, val_set, train_pairs, val_pairs = build_distillation(cfg)
+    soup = task.net
+    soup.load_state_dict(average_weights([load_student(load_checkpoint(p, "student"), p).state_dict()
+                                          for p in students]))
+    device = resolve_device(cfg.train.device)
+    val_loss = (evaluate(task.to(device), val_set, cfg.train, device, collate_pairs).get("loss", math.inf)
+                if val_set is not None else math.inf)
+    thresholds, offsets = write_artifacts(task.teacher, soup, cfg, run_dir, val_pairs or train_pairs)
+    seconds = sum(s.seconds for s in summaries)
+    summary = TrainSummary(steps=cfg.train.max_steps, max_steps=cfg.train.max_steps, seconds=seconds,
+                           pairs_per_s=sum(s.pairs_per_s * s.seconds for s in summaries) / max(seconds, 1e-9),
+                           best_val_loss=val_loss, world_size=summaries[-1].world_size)
+    summary.outputs.update(student=run_dir / "student.pt", thermal_detector=run_dir / "thermal_detector.pt")
+    summary.details.update(thresholds=thresholds, offsets=offsets, train_pairs=len(train_pairs),
+                           val_pairs=len(val_pairs) if val_pairs else 0,
+                           students=[{"seed": seed, "seconds": round(s.seconds, 1),
+                                      "best_val_loss": s.best_val_loss}
+                                     for seed, s in zip(soup_seeds(cfg), summaries)])
+    summary.save(run_dir)
+    log.info(f"wrote {run_dir / 'thermal_detector.pt'}: the average of {cfg.soup} students "
+             f"(validation loss {val_loss:.4g}; the students' best: "
+             f"{', '.join(f'{s.best_val_loss:.4g}' for s in summaries)})")
     return summary

@@ -1,0 +1,126 @@
+"""Model soups of distilled students against the students they average: thermal AP50 with 95% intervals.
+
+The thermal detectors given are taken ``--soup`` at a time, in order (``seed_0 seed_1 seed_2`` make one soup);
+each group's weights are averaged (:func:`invismap.distill.run.average_weights`, as ``distill.soup`` does).
+Printed side by side from this one run, for every split and condition: AP50 (mean over person/bicycle/car,
+thermal labels) of each student, of their mean, of the soup, and the paired gain ``soup - mean of its
+students`` with its 95% interval (1000 bootstrap resamples of the images, the same for every detector).
+The ``train`` split's night pairs ("select night", never distilled on) are the ones to decide by; test is
+the report.
+
+Usage (from the repository root)::
+
+    INVISMAP_ASSETS=../shared/assets .venv/bin/python benchmarks/soup.py --soup 3 \\
+        --detectors runs/msrs/experiments/seeds/seed_{0,1,2}/thermal_detector.pt \\
+        --data runs/msrs/register runs/msrs/import/more/roadscene [--tta-sizes 416 512 800 960]
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from common import assets_env, base_parser, print_machine, setup_torch, table
+
+
+def parse_args():
+    p = base_parser(__doc__.split("\n")[0])
+    p.add_argument("--detectors", nargs="+", required=True, help="thermal_detector.pt files, --soup per soup")
+    p.add_argument("--soup", type=int, default=3, help="students per soup")
+    p.add_argument("--data", nargs="+", required=True, help="pair manifests (manifest.csv or its folder)")
+    p.add_argument("--select", default="train", help="the split whose night pairs choose ('' to skip)")
+    p.add_argument("--split", default="test", help="the split reported")
+    p.add_argument("--size", type=int, default=640)
+    p.add_argument("--tta-sizes", type=int, nargs="*", default=[])
+    p.add_argument("--n-boot", type=int, default=1000)
+    p.add_argument("--json", help="also write the rows here")
+    return p.parse_args()
+
+
+def soup_detector(paths: list[str]):
+    """The thermal detector whose student is the average of the students in ``paths``."""
+    from invismap.distill.run import average_weights
+    from invismap.distill.student import ThermalDetector, load_student
+    from invismap.engine.checkpoint import load_checkpoint
+
+    ckpts = [load_checkpoint(p, ("thermal_detector", "student")) for p in paths]
+    student = load_student(ckpts[0], Path(paths[0]))
+    student.load_state_dict(average_weights([c["student"] for c in ckpts]))
+    return ThermalDetector(student).eval()
+
+
+def main() -> None:
+    args = parse_args()
+    assets_env()
+    setup_torch(args.threads)
+    from invismap.data.manifest import ROAD_CLASSES, load_manifest, read_yolo_labels, yolo_to_xyxy
+    from invismap.detector.ap_bootstrap import ap50_replicates, match_at_iou50, mean_over_classes
+    from invismap.detector.postprocess import detect
+    from invismap.detector.zoo import load_detector
+    from invismap.invisibility.bootstrap import interval, resample_weights
+    from invismap.io import read_thermal
+
+    if args.soup < 2 or len(args.detectors) % args.soup:
+        raise SystemExit(f"--detectors: {len(args.detectors)} files do not make soups of {args.soup}")
+    groups = [args.detectors[i:i + args.soup] for i in range(0, len(args.detectors), args.soup)]
+    print_machine("model soups vs their students (thermal images, thermal labels)")
+    print(f"{len(groups)} soups of {args.soup}, size {args.size}, tta sizes {args.tta_sizes}, "
+          f"{args.n_boot} bootstrap resamples")
+    # every (data, split, condition) with labelled thermal pairs: images, truth and shared resamples
+    sets = []
+    for data in args.data:
+        manifest = load_manifest(data)
+        wanted = [(args.select, "night")] if args.select else []
+        wanted += [(args.split, c) for c in ("day", "night")]
+        for split, cond in wanted:
+            pairs = [s for s in manifest.select(condition=cond, split=split) if s.thermal_labels]
+            if not pairs or (split == args.select and data != args.data[0]):
+                continue
+            images = [read_thermal(s.thermal) for s in pairs]
+            truth = [yolo_to_xyxy(read_yolo_labels(s.thermal_labels), im.shape[1], im.shape[0])
+                     for s, im in zip(pairs, images)]
+            weights = np.vstack([np.ones(len(pairs)), resample_weights([np.arange(len(pairs))], args.n_boot)])
+            name = "select night" if split == args.select else f"{Path(data).name} {split} {cond}"
+            sets.append((name, images, truth, weights))
+
+    def ap50(model) -> dict[str, np.ndarray]:
+        """``{set name: (1 + n_boot,) AP50 x100}``, the first entry on the images as they are."""
+        out = {}
+        for name, images, truth, weights in sets:
+            dets = detect(model, images, size=args.size, conf=0.001, iou=0.45, classes=ROAD_CLASSES,
+                          tta_sizes=args.tta_sizes)
+            matches = match_at_iou50(truth, dets, [(im.shape[1], im.shape[0]) for im in images], ROAD_CLASSES)
+            out[name] = 100 * mean_over_classes(ap50_replicates(matches, weights))
+        return out
+
+    rows = []
+    for group in groups:
+        students = [ap50(load_detector(p)) for p in group]
+        soup = ap50(soup_detector(group))
+        for name, *_ in sets:
+            mean = np.mean([s[name] for s in students], axis=0)
+            gain = soup[name] - mean
+            lo, hi = interval(gain[1:])
+            row = {"soup of": " ".join(Path(p).parent.name for p in group), "set": name,
+                   "students": " / ".join(f"{s[name][0]:.1f}" for s in students),
+                   "students mean": round(float(mean[0]), 1), "soup": round(float(soup[name][0]), 1),
+                   "gain": round(float(gain[0]), 1), "gain lo": round(lo, 1), "gain hi": round(hi, 1)}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    cols = list(rows[0]) if rows else []
+    print(table(cols, [[r.get(c, "") for c in cols] for r in rows]))
+    if len(groups) > 1:  # the recipe's spread: soups against single students, mean +- sample std
+        summary = []
+        for name, *_ in sets:
+            one = np.array([float(x) for r in rows if r["set"] == name for x in r["students"].split(" / ")])
+            soups = np.array([r["soup"] for r in rows if r["set"] == name])
+            summary.append([name, f"{one.mean():.1f} +- {one.std(ddof=1):.1f} ({len(one)})",
+                            f"{soups.mean():.1f} +- {soups.std(ddof=1):.1f} ({len(soups)})"])
+        print(table(["set", "single students", "soups"], summary))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
