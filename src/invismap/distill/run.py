@@ -289,10 +289,7 @@ def run_soup(cfg: DistillConfig, run_dir: str | Path, resume: bool = False, prog
     """
     run_dir = Path(run_dir)
     check_distill_config(cfg)
-    if not resume and (run_dir / "soup").is_dir():
-        raise InvismapError(f"{run_dir}: a run already exists here (add --resume to continue it, "
-                            "or choose another folder)")
-    start_run(run_dir, cfg, resume)
+    start_run(run_dir, cfg, resume)  # refuses to start over students already trained, unless resuming
     students, summaries = [], []
     for seed in soup_seeds(cfg):
         member = run_dir / "soup" / f"seed_{seed}"

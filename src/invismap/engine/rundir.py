@@ -50,8 +50,10 @@ def hold_folder(folder: str | Path) -> Iterator[Path]:
 
 
 def can_resume(run_dir: str | Path) -> bool:
-    """Whether a training run in ``run_dir`` left a checkpoint to resume from (``ckpt/last.pt``)."""
-    return (Path(run_dir) / "ckpt" / "last.pt").is_file()
+    """Whether a training run in ``run_dir``, or one nested in it (a soup's students, ``soup/seed_N/``), left
+    a checkpoint to resume from (``ckpt/last.pt``)."""
+    run_dir = Path(run_dir)
+    return (run_dir / "ckpt" / "last.pt").is_file() or any(run_dir.glob("soup/*/ckpt/last.pt"))
 
 
 def start_run(run_dir: str | Path, cfg: Any, resume: bool) -> Path:
