@@ -6,12 +6,13 @@ Printed side by side from this one run, for every split and condition: AP50 (mea
 thermal labels) of each student, of their mean, of the soup, and the paired gain ``soup - mean of its
 students`` with its 95% interval (1000 bootstrap resamples of the images, the same for every detector).
 The ``train`` split's night pairs ("select night", never distilled on) are the ones to decide by; test is
-the report.
+the report. With several soups, a last table gives each set's AP50 (mean over classes, and per class) as mean
++- standard deviation over the single students and over the soups.
 
 Usage (from the repository root)::
 
     INVISMAP_ASSETS=../shared/assets .venv/bin/python benchmarks/soup.py --soup 3 \\
-        --detectors runs/msrs/experiments/seeds/seed_{0,1,2}/thermal_detector.pt \\
+        --detectors runs/msrs/distill/soup/seed_{0,1,2}/thermal_detector.pt \\
         --data runs/msrs/register runs/msrs/import/more/roadscene [--tta-sizes 416 512 800 960]
 """
 
@@ -54,14 +55,16 @@ def main() -> None:
     args = parse_args()
     assets_env()
     setup_torch(args.threads)
-    from invismap.data.manifest import ROAD_CLASSES, load_manifest, read_yolo_labels, yolo_to_xyxy
+    from invismap.data.manifest import COCO_NAMES, ROAD_CLASSES, load_manifest, read_yolo_labels, yolo_to_xyxy
     from invismap.detector.ap_bootstrap import ap50_replicates, match_at_iou50, mean_over_classes
     from invismap.detector.postprocess import detect
     from invismap.detector.zoo import load_detector
     from invismap.invisibility.bootstrap import interval, resample_weights
     from invismap.io import read_thermal
 
-    if args.soup < 2 or len(args.detectors) % args.soup:
+    if args.soup < 2:
+        raise SystemExit(f"--soup {args.soup}: a soup averages at least 2 students")
+    if len(args.detectors) % args.soup:
         raise SystemExit(f"--detectors: {len(args.detectors)} files do not make soups of {args.soup}")
     groups = [args.detectors[i:i + args.soup] for i in range(0, len(args.detectors), args.soup)]
     print_machine("model soups vs their students (thermal images, thermal labels)")
@@ -84,20 +87,24 @@ def main() -> None:
             name = "select night" if split == args.select else f"{Path(data).name} {split} {cond}"
             sets.append((name, images, truth, weights))
 
-    def ap50(model) -> dict[str, np.ndarray]:
+    per_class: dict[tuple[str, str], list[np.ndarray]] = {}  # (kind, set) -> (K,) AP50 x100 per detector
+
+    def ap50(model, kind: str) -> dict[str, np.ndarray]:
         """``{set name: (1 + n_boot,) AP50 x100}``, the first entry on the images as they are."""
         out = {}
         for name, images, truth, weights in sets:
             dets = detect(model, images, size=args.size, conf=0.001, iou=0.45, classes=ROAD_CLASSES,
                           tta_sizes=args.tta_sizes)
             matches = match_at_iou50(truth, dets, [(im.shape[1], im.shape[0]) for im in images], ROAD_CLASSES)
-            out[name] = 100 * mean_over_classes(ap50_replicates(matches, weights))
+            classes = 100 * ap50_replicates(matches, weights)
+            out[name] = mean_over_classes(classes)
+            per_class.setdefault((kind, name), []).append(classes[0])
         return out
 
     rows = []
     for group in groups:
-        students = [ap50(load_detector(p)) for p in group]
-        soup = ap50(soup_detector(group))
+        students = [ap50(load_detector(p), "single students") for p in group]
+        soup = ap50(soup_detector(group), "soups")
         for name, *_ in sets:
             mean = np.mean([s[name] for s in students], axis=0)
             gain = soup[name] - mean
@@ -115,9 +122,15 @@ def main() -> None:
         for name, *_ in sets:
             one = np.array([float(x) for r in rows if r["set"] == name for x in r["students"].split(" / ")])
             soups = np.array([r["soup"] for r in rows if r["set"] == name])
-            summary.append([name, f"{one.mean():.1f} +- {one.std(ddof=1):.1f} ({len(one)})",
+            summary.append([name, "mean over classes",
+                            f"{one.mean():.1f} +- {one.std(ddof=1):.1f} ({len(one)})",
                             f"{soups.mean():.1f} +- {soups.std(ddof=1):.1f} ({len(soups)})"])
-        print(table(["set", "single students", "soups"], summary))
+            for k, cls in enumerate(COCO_NAMES[c] for c in ROAD_CLASSES):
+                cells = [np.array([v[k] for v in per_class[(kind, name)]])
+                         for kind in ("single students", "soups")]
+                summary.append([name, cls] + [f"{np.nanmean(v):.1f} +- {np.nanstd(v, ddof=1):.1f}"
+                                              if np.isfinite(v).any() else "no truth" for v in cells])
+        print(table(["set", "class", "single students", "soups"], summary))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
 

@@ -10,7 +10,7 @@ over the first ``--time-images`` images).
 Usage (from the repository root)::
 
     INVISMAP_ASSETS=../shared/assets .venv/bin/python benchmarks/tta.py \\
-        --detectors yolov5n runs/msrs/experiments/seeds/seed_{0,1,2}/thermal_detector.pt \\
+        --detectors yolov5n runs/msrs/distill/thermal_detector.pt \\
         --data runs/msrs/register runs/msrs/import/more/roadscene [--tta-sizes 416 512 800 960]
 """
 

@@ -84,7 +84,7 @@ def run_experiment(kind: str, base: DistillConfig, out_dir: str | Path, pair_cou
                    variants: Mapping[str, list[str]] | None = None, seeds: list[int] | None = None,
                    more: Mapping[str, str | Path] | None = None,
                    eval_tta_sizes: Sequence[int] = (), runs_dir: str | Path | None = None,
-                   score: bool = True) -> list[dict[str, Any]]:
+                   score: bool = True, train: bool = True) -> list[dict[str, Any]]:
     """Run every variant of ``kind`` (``ablation``, ``pairs``, ``variants`` or ``seeds``), evaluate, write the
     tables.
 
@@ -94,7 +94,7 @@ def run_experiment(kind: str, base: DistillConfig, out_dir: str | Path, pair_cou
     ``eval_tta_sizes``: every detector is scored with this multi-scale test-time augmentation. Each variant
     trains in its folder under ``runs_dir`` (default ``out_dir``); one whose folder already holds
     ``thermal_detector.pt`` is evaluated, not trained again. ``score=False`` only trains (no tables; one row
-    per variant with its training time).
+    per variant with its training time); ``train=False`` only scores, and refuses a variant not trained yet.
     """
     if world_size() > 1:  # its evaluation reads each variant's files, which only rank 0 writes
         raise InvismapError("distill-experiment runs as one process, not under torchrun; start it without "
@@ -117,7 +117,7 @@ def run_experiment(kind: str, base: DistillConfig, out_dir: str | Path, pair_cou
         variants = {f"seed {s}": [f"train.seed={s}"] for s in seeds or []}
     else:
         raise ValueError(f"unknown experiment {kind!r}")
-    teacher = load_detector(base.teacher)
+    teacher = load_detector(base.teacher) if score else None
     others = {name: load_manifest(path) for name, path in (more or {}).items()}
 
     def scores(model, images: str) -> dict[str, Any]:
@@ -138,6 +138,9 @@ def run_experiment(kind: str, base: DistillConfig, out_dir: str | Path, pair_cou
             log.info(f"{name}: reusing {run_dir}")
             done = run_dir / "summary.json"
             summary = json.loads(done.read_text()) if done.is_file() else {}
+        elif not train:
+            raise InvismapError(f"{run_dir}: variant '{name}' is not trained yet (its thermal_detector.pt is "
+                                "missing); train it first (invismap run CONFIG --from students)")
         else:
             log.info(f"{name}: training in {run_dir}")
             summary = run_distill(cfg, run_dir, resume=can_resume(run_dir)).to_dict()

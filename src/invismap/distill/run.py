@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+import torch.distributed as dist
 
 from invismap.config import to_dict
 from invismap.data.dataset import Augment, PairDataset, collate_pairs
@@ -31,7 +32,7 @@ from invismap.detector.zoo import load_detector
 from invismap.distill.student import ThermalStudent, load_student, student_checkpoint
 from invismap.distill.task import DistillTask
 from invismap.engine.checkpoint import load_checkpoint, save_checkpoint
-from invismap.engine.distributed import is_main_process
+from invismap.engine.distributed import init_distributed, is_main_process
 from invismap.engine.loop import TrainConfig, check_train_config, evaluate, fit, resolve_device, unwrap
 from invismap.engine.rundir import can_resume, start_run
 from invismap.engine.summary import TrainSummary
@@ -100,6 +101,9 @@ def check_distill_config(cfg: DistillConfig) -> None:
         raise bad("head_weight", cfg.head_weight, "a finite number >= 0")
     if cfg.soup < 1:
         raise bad("soup", cfg.soup, "an integer >= 1: how many students to average")
+    if cfg.soup > 1 and cfg.init != "teacher":
+        raise bad("soup", cfg.soup, f"1 with init: {cfg.init}; a soup's students start from the "
+                  "teacher's weights")
     for key in ("val_every_nth", "val_max", "max_pairs"):
         if getattr(cfg, key) < 0:
             raise bad(key, getattr(cfg, key), "an integer >= 0")
@@ -286,37 +290,35 @@ def run_soup(cfg: DistillConfig, run_dir: str | Path, resume: bool = False, prog
     Each student is an ordinary resumable run; one that finished is not trained again, so an interrupted
     soup continues with ``resume``. ``stop_at`` stops the student in training at that step. The summary's
     ``best_val_loss`` is the soup's own validation loss; the students' are in ``details["students"]``.
+    Under torchrun every process trains each student and validates the soup; rank 0 writes the files.
     """
     run_dir = Path(run_dir)
     check_distill_config(cfg)
     start_run(run_dir, cfg, resume)  # refuses to start over students already trained, unless resuming
-    students, summaries = [], []
-    for seed in soup_seeds(cfg):
-        member = run_dir / "soup" / f"seed_{seed}"
-        if (member / "student.pt").is_file():
-            summary = TrainSummary.load(member)
-        else:
-            log.info(f"soup student {len(summaries) + 1} of {cfg.soup}: seed {seed}, in {member}")
-            one = replace(cfg, soup=1, train=replace(cfg.train, seed=seed))
-            summary = run_distill(one, member, resume=can_resume(member), progress=progress, stop_at=stop_at)
-            if not summary.finished:
-                return summary  # stopped on purpose: resuming the soup continues this student
-        students.append(member / "student.pt")
+    members = [run_dir / "soup" / f"seed_{seed}" for seed in soup_seeds(cfg)]
+    summaries = []
+    for seed, member in zip(soup_seeds(cfg), members):
+        summary = _soup_student(cfg, seed, member, progress, stop_at)
+        if not summary.finished:
+            return summary  # stopped on purpose: resuming the soup continues this student
         summaries.append(summary)
-    if not is_main_process():
-        return summaries[-1]  # under torchrun rank 0 writes the soup
+    _, world, device = init_distributed(resolve_device(cfg.train.device))
+    if world > 1:
+        dist.barrier()  # rank 0 has written every student before any process reads them
     task, _, val_set, train_pairs, val_pairs = build_distillation(cfg)
-    soup = task.net
-    soup.load_state_dict(average_weights([load_student(load_checkpoint(p, "student"), p).state_dict()
-                                          for p in students]))
-    device = resolve_device(cfg.train.device)
-    val_loss = (evaluate(task.to(device), val_set, cfg.train, device, collate_pairs).get("loss", math.inf)
+    task.net.load_state_dict(average_weights([load_checkpoint(m / "student.pt", "student")["student"]
+                                              for m in members]))
+    task.to(device)
+    val_loss = (evaluate(task, val_set, cfg.train, device, collate_pairs).get("loss", math.inf)
                 if val_set is not None else math.inf)
-    thresholds, offsets = write_artifacts(task.teacher, soup, cfg, run_dir, val_pairs or train_pairs)
+    if not is_main_process():
+        return summaries[-1]
+    thresholds, offsets = write_artifacts(task.teacher, task.net, cfg, run_dir, val_pairs or train_pairs)
     seconds = sum(s.seconds for s in summaries)
     summary = TrainSummary(steps=cfg.train.max_steps, max_steps=cfg.train.max_steps, seconds=seconds,
                            pairs_per_s=sum(s.pairs_per_s * s.seconds for s in summaries) / max(seconds, 1e-9),
-                           best_val_loss=val_loss, world_size=summaries[-1].world_size)
+                           best_val_loss=val_loss, skipped_steps=sum(s.skipped_steps for s in summaries),
+                           world_size=world)
     summary.outputs.update(student=run_dir / "student.pt", thermal_detector=run_dir / "thermal_detector.pt")
     summary.details.update(thresholds=thresholds, offsets=offsets, train_pairs=len(train_pairs),
                            val_pairs=len(val_pairs) if val_pairs else 0,
@@ -328,3 +330,13 @@ def run_soup(cfg: DistillConfig, run_dir: str | Path, resume: bool = False, prog
              f"(validation loss {val_loss:.4g}; the students' best: "
              f"{', '.join(f'{s.best_val_loss:.4g}' for s in summaries)})")
     return summary
+
+
+def _soup_student(cfg: DistillConfig, seed: int, member: Path, progress: bool,
+                  stop_at: int | None) -> TrainSummary:
+    """The soup's student of ``seed`` in ``member``: trained, resumed, or (finished before) its summary."""
+    if (member / "summary.json").is_file():  # the last file a finished run writes
+        return TrainSummary.load(member)
+    log.info(f"soup student of seed {seed} ({cfg.soup} in all), in {member}")
+    one = replace(cfg, soup=1, train=replace(cfg.train, seed=seed))
+    return run_distill(one, member, resume=can_resume(member), progress=progress, stop_at=stop_at)

@@ -8,8 +8,8 @@ import argparse
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="the whole experiment, pairs to HTML report, each stage cached",
                        description="import -> displacement -> (register) -> (align) -> distill -> targets "
-                                   "-> predictor -> eval_detector -> eval_maps -> (experiments) "
-                                   "-> (geometry) -> gallery -> report. "
+                                   "-> predictor -> eval_detector -> eval_maps -> (students -> experiments) "
+                                   "-> (predictor_cv) -> (geometry) -> (fusion) -> gallery -> report. "
                                    "A stage re-runs only when its config section or an input changed; an "
                                    "interrupted run continues where it stopped.")
     p.add_argument("config", help="YAML config (see configs/demo.yaml)")

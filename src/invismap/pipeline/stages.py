@@ -55,7 +55,8 @@ def _fmt_displacement(s: dict) -> str:
 def _plan_distill(cfg) -> str:
     c = cfg.distill
     more = "".join(f" + {m.format}" for m in cfg.data.more)
-    return (f"distil {c.teacher} into a thermal student on {'/'.join(c.conditions)} pairs "
+    student = f"a soup of {c.soup} thermal students" if c.soup > 1 else "a thermal student"
+    return (f"distil {c.teacher} into {student} on {'/'.join(c.conditions)} pairs "
             f"of split '{c.split}' of {cfg.data.format}{more} "
             f"(loss {c.loss}, {c.train.max_steps} steps, size {c.size}), then calibrate t_k")
 
@@ -150,7 +151,7 @@ STAGES = [
           lambda cfg: {"experiments": _experiment_runs(cfg),
                        "distill": dataclasses.replace(cfg.distill, data="")},
           steps.students, lambda cfg: "train the students of the " + _plan_experiments(cfg),
-          lambda s: ", ".join(f"{k}: {len(v)} students" for k, v in s.items()), enabled=_has_experiments),
+          lambda s: "trained: " + ", ".join(f"{k} {len(v)}" for k, v in s.items()), enabled=_has_experiments),
     Stage("experiments", ("import", "register", "align", "distill", "students"),
           lambda cfg: {"experiments": _experiment_runs(cfg),
                        "distill": dataclasses.replace(cfg.distill, data=""), "split": cfg.evaluate.split,

@@ -333,8 +333,9 @@ def _experiment_base(s: Settings, inputs: Inputs) -> tuple[DistillConfig, dict]:
 
 
 def students(s: Settings, inputs: Inputs, d: Path, resume: bool) -> dict:
-    """Train the students of every distillation experiment (``OUT/students/<kind>/<variant>/``), unscored: the
-    ``experiments`` stage scores them, so a new scoring protocol does not train them again."""
+    """Train the students of every distillation experiment (``OUT/students/<kind>/<variant>/``, and
+    ``OUT/students/alignment_off/``), unscored: the ``experiments`` stage scores them, so a new scoring
+    protocol does not train them again."""
     from invismap.distill.experiments import LOSS_VARIANTS, run_experiment, variant_dir
     from invismap.distill.run import run_distill, split_pairs
 
@@ -373,7 +374,7 @@ def students(s: Settings, inputs: Inputs, d: Path, resume: bool) -> dict:
 
 def experiments(s: Settings, inputs: Inputs, d: Path, resume: bool) -> dict:
     """Score the students of the ``students`` stage beside the teacher baselines; ``OUT/experiments/<kind>/
-    table.{md,json}``."""
+    table.{md,json}`` and ``OUT/experiments/alignment.json``."""
     from invismap.detector.zoo import load_detector
     from invismap.distill.experiments import detector_scores, run_experiment
 
@@ -383,7 +384,7 @@ def experiments(s: Settings, inputs: Inputs, d: Path, resume: bool) -> dict:
     kinds = inputs.summary("students")
     out: dict = {}
     scored = {"eval_split": split, "eval_size": size, "more": more_manifests(inputs),
-              "eval_tta_sizes": s.tta_sizes}
+              "eval_tta_sizes": s.tta_sizes, "train": False}
     if "losses" in kinds:
         out["losses"] = run_experiment("ablation", base, d / "losses", losses=kinds["losses"],
                                        runs_dir=trained / "losses", **scored)
