@@ -452,6 +452,11 @@ def test_report_says_at_which_sizes_the_detectors_ran():
     assert "plus" not in section_detector({"detector.json": det})
     assert "letterbox 640 plus 512, 800 (every detector" in section_detector(
         {"detector.json": {**det, "tta_sizes": [512, 800]}})
+    assert "soup" not in section_detector({"detector.json": det, "distill.json": {"best_val_loss": 0.5}})
+    soup = {"best_val_loss": 0.437, "students": [{"seed": 0, "best_val_loss": 0.45},
+                                                 {"seed": 1, "best_val_loss": 0.44}]}
+    assert ("a soup: the average of 2 students (seeds 0, 1); validation loss 0.4370, the students' best "
+            "0.4500, 0.4400") in section_detector({"detector.json": det, "distill.json": soup})
     from invismap.report.html import section_experiments
 
     seeds = {"rows": [{"variant": "seed 0", "night": 50.0}], "more": []}

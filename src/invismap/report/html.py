@@ -249,7 +249,18 @@ def section_detector(d: dict) -> str:
             f'<p class="note">Split {esc(det["split"])}, letterbox {esc(det["size"])}'
             + (f' plus {esc(", ".join(map(str, tta)))} (every detector, candidates of all sizes merged '
                "before NMS)" if (tta := det.get("tta_sizes")) else "")
-            + ". Source: data/detector.json.</p>")
+            + f".{soup_note(d.get('distill.json') or {})} Source: data/detector.json.</p>")
+
+
+def soup_note(distill: Mapping[str, Any]) -> str:
+    """`` The thermal detector is a soup: ...`` when the distillation averaged students (else empty)."""
+    students = distill.get("students")
+    if not students:
+        return ""
+    seeds = ", ".join(str(s["seed"]) for s in students)
+    best = ", ".join(f"{s['best_val_loss']:.4f}" for s in students)
+    return (f" The thermal detector is a soup: the average of {len(students)} students (seeds {esc(seeds)}); "
+            f"validation loss {distill['best_val_loss']:.4f}, the students' best {esc(best)}.")
 
 
 FUSION_LABELS = {"color": "color detector", "thermal": "thermal detector",
