@@ -113,6 +113,16 @@ def test_soup_averages_its_students_and_resumes(msrs, assets, tmp_path, monkeypa
     assert isinstance(load_detector(str(tmp_path / "soup/thermal_detector.pt")), ThermalDetector)
 
 
+def test_scoring_experiments_refuses_students_not_trained(msrs, tmp_path):
+    from invismap.distill.experiments import run_experiment
+
+    cfg = _cfg(msrs.root / "manifest.csv")
+    with pytest.raises(InvismapError, match="variant 'seed 4' is not trained yet"):
+        run_experiment("seeds", cfg, tmp_path / "tables", seeds=[4], runs_dir=tmp_path / "students",
+                       train=False)
+    assert not (tmp_path / "students").exists() and not (tmp_path / "tables").exists()  # nothing trained
+
+
 def test_distillation_moves_student_towards_teacher(msrs, teacher, assets, tmp_path, monkeypatch):
     monkeypatch.setenv("INVISMAP_ASSETS", str(assets))
     cfg = _cfg(msrs.root / "manifest.csv", train={"max_steps": 12, "batch_size": 2, "lr": 1e-4,

@@ -117,6 +117,11 @@ def run_experiment(kind: str, base: DistillConfig, out_dir: str | Path, pair_cou
         variants = {f"seed {s}": [f"train.seed={s}"] for s in seeds or []}
     else:
         raise ValueError(f"unknown experiment {kind!r}")
+    untrained = [n for n in variants if not (variant_dir(runs_dir, n) / "thermal_detector.pt").is_file()]
+    if untrained and not train:
+        raise InvismapError(f"{variant_dir(runs_dir, untrained[0])}: variant '{untrained[0]}' is not trained "
+                            "yet (no thermal_detector.pt); train it first (invismap run CONFIG --from "
+                            "students)")
     teacher = load_detector(base.teacher) if score else None
     others = {name: load_manifest(path) for name, path in (more or {}).items()}
 
@@ -138,9 +143,6 @@ def run_experiment(kind: str, base: DistillConfig, out_dir: str | Path, pair_cou
             log.info(f"{name}: reusing {run_dir}")
             done = run_dir / "summary.json"
             summary = json.loads(done.read_text()) if done.is_file() else {}
-        elif not train:
-            raise InvismapError(f"{run_dir}: variant '{name}' is not trained yet (its thermal_detector.pt is "
-                                "missing); train it first (invismap run CONFIG --from students)")
         else:
             log.info(f"{name}: training in {run_dir}")
             summary = run_distill(cfg, run_dir, resume=can_resume(run_dir)).to_dict()
