@@ -812,6 +812,11 @@ def predictor_unknown_target_kind(t, mp):
     return predictor_case(t, make_predictor_config(t, "target: {kind: magic}\n"))
 
 
+@row("config key 'target.thermal_tta_sizes'", "16 is not allowed (multiples of 32")
+def predictor_thermal_tta_sizes(t, mp):
+    return predictor_case(t, make_predictor_config(t, "target: {thermal_tta_sizes: [512, 16]}\n"))
+
+
 @row("config key 'model'", "'transformer' is not one of 'unet', 'neck'")
 def predictor_unknown_model(t, mp):
     return predictor_case(t, make_predictor_config(t, "model: transformer\n"))

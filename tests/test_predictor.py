@@ -377,6 +377,28 @@ def test_neck_head_context_sees_the_whole_frame(context):
     assert (moved > 1e-4) == context
 
 
+def test_targets_can_find_thermal_objects_multi_scale_color_runs_as_deployed(pairs, weights_dir, monkeypatch):
+    import invismap.detector.postprocess as postprocess
+    from invismap.detector.zoo import load_detector
+    from invismap.invisibility.targets import TargetConfig, pair_evidence
+
+    teacher = load_detector(str(weights_dir / "yolov5n.pt"))
+    calls, detect = [], postprocess.detect
+
+    def recording_detect(model, images, **kw):
+        calls.append(tuple(kw.get("tta_sizes", ())))
+        return detect(model, images, **kw)
+
+    monkeypatch.setattr(postprocess, "detect", recording_detect)
+    few = Manifest(pairs.samples[:2], pairs.root)
+    one = pair_evidence(few, teacher, teacher, TargetConfig(kind="pair+detectors"), 160, progress=False)
+    many = pair_evidence(few, teacher, teacher, TargetConfig(kind="pair+detectors", thermal_tta_sizes=[224]),
+                         160, progress=False)
+    assert calls == [(), ()] * 2 + [(), (224,)] * 2  # per pair: color at one size, then thermal
+    # every box the base size finds survives the merge with at least its score (none drops below thermal_conf)
+    assert set(one) == set(many) and all(len(many[n]["boxes"]) >= len(one[n]["boxes"]) for n in one)
+
+
 def test_object_weight_needs_detector_targets(pairs, tmp_path):
     cache_targets(PairDataset(pairs, size=128), darkness, tmp_path / "t", progress=False)
     with pytest.raises(InvismapError, match="object_weight needs targets of kind 'pair\\+detectors'"):

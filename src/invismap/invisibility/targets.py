@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -68,6 +68,9 @@ class TargetConfig:
     color_conf: float = 0.25  # color boxes at or above this score are what the color detector shows
     light: float = 0.0  # weight of the frame's base rate of missed objects (0 = none)
     shrinkage: float = 2.0  # k: pseudo-objects pulling each frame's base rate towards the training mean
+    # the thermal detector also runs at these sizes when finding the objects (multi-scale, merged before NMS);
+    # the color detector runs at one size, as it is deployed, so "missed" means missed by that detector
+    thermal_tta_sizes: list[int] = field(default_factory=list)
 
 
 def check_target_config(cfg: TargetConfig, key: str = "target") -> None:
@@ -81,6 +84,11 @@ def check_target_config(cfg: TargetConfig, key: str = "target") -> None:
             raise InvismapError(f"config key '{key}.{name}': {v!r} is not allowed (a number in [0, 1])")
     if not cfg.shrinkage >= 0:
         raise InvismapError(f"config key '{key}.shrinkage': {cfg.shrinkage!r} is not allowed (a number >= 0)")
+    bad = [v for v in cfg.thermal_tta_sizes if isinstance(v, bool) or not (isinstance(v, int) and v >= 32
+                                                                             and v % 32 == 0)]
+    if bad:
+        raise InvismapError(f"config key '{key}.thermal_tta_sizes': {bad[0]!r} is not allowed (multiples of "
+                            "32, e.g. [416, 512, 800, 960])")
 
 
 # ------------------------------------------------------------------------------------------- pure math
@@ -226,7 +234,7 @@ def pair_evidence(manifest: Manifest, teacher, thermal_detector, cfg: TargetConf
     for s in tqdm(manifest, desc="detector evidence", unit="pair", disable=not progress):
         rgb, thermal = load_pair(s)
         color = detect(teacher, [rgb], size=size, conf=low)[0]
-        hot = detect(thermal_detector, [thermal], size=size, conf=low)[0]
+        hot = detect(thermal_detector, [thermal], size=size, conf=low, tta_sizes=cfg.thermal_tta_sizes)[0]
         boxes, missed = missed_by_color(hot, color, cfg)
         out[s.name] = {"boxes": np.round(boxes, 2).tolist(), "missed": missed.tolist()}
     return out
