@@ -267,6 +267,20 @@ def test_a_new_scoring_protocol_scores_the_experiments_students_again_without_tr
                                                                                 for r in seeds["rows"]]
 
 
+# every pipeline config shipped in configs/ (align*, distill*, predictor* are single-stage configs)
+PIPELINE_CONFIGS = sorted(p.name for p in (Path(__file__).parents[1] / "configs").glob("*.yaml")
+                          if not p.name.startswith(("align", "distill", "predictor")))
+
+
+@pytest.mark.parametrize("name", PIPELINE_CONFIGS)
+def test_every_shipped_pipeline_config_is_accepted(name, assets, monkeypatch):
+    """A config that starts from another (``base:``) must still pass the checks with what it inherits."""
+    from invismap.pipeline import build_pipeline
+
+    monkeypatch.setenv("INVISMAP_ASSETS", str(assets))
+    build_pipeline(str(Path(__file__).parents[1] / "configs" / name), [])  # raises on a refused config
+
+
 def test_run_rejects_a_bad_config(tmp_path, capsys):
     config = tmp_path / "bad.yaml"
     config.write_text("distill: {loss: everything}\n")
