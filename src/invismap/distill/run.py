@@ -295,9 +295,10 @@ def run_soup(cfg: DistillConfig, run_dir: str | Path, resume: bool = False, prog
     run_dir = Path(run_dir)
     check_distill_config(cfg)
     start_run(run_dir, cfg, resume)  # refuses to start over students already trained, unless resuming
-    members = [run_dir / "soup" / f"seed_{seed}" for seed in soup_seeds(cfg)]
+    seeds = soup_seeds(cfg)
+    members = [run_dir / "soup" / f"seed_{seed}" for seed in seeds]
     summaries = []
-    for seed, member in zip(soup_seeds(cfg), members):
+    for seed, member in zip(seeds, members):
         summary = _soup_student(cfg, seed, member, progress, stop_at)
         if not summary.finished:
             return summary  # stopped on purpose: resuming the soup continues this student
@@ -324,7 +325,7 @@ def run_soup(cfg: DistillConfig, run_dir: str | Path, resume: bool = False, prog
                            val_pairs=len(val_pairs) if val_pairs else 0,
                            students=[{"seed": seed, "seconds": round(s.seconds, 1),
                                       "best_val_loss": s.best_val_loss}
-                                     for seed, s in zip(soup_seeds(cfg), summaries)])
+                                     for seed, s in zip(seeds, summaries)])
     summary.save(run_dir)
     log.info(f"wrote {run_dir / 'thermal_detector.pt'}: the average of {cfg.soup} students "
              f"(validation loss {val_loss:.4g}; the students' best: "
