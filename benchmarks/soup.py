@@ -9,6 +9,11 @@ The ``train`` split's night pairs ("select night", never distilled on) are the o
 the report. With several soups, a last table gives each set's AP50 (mean over classes, and per class) as mean
 +- standard deviation over the single students and over the soups.
 
+``--baseline`` compares two recipes: the students of another recipe (e.g. without
+``distill.thermal_teacher``), as many, grouped the same way. Each baseline soup is scored in the same run, and
+each row gains the paired gain ``soup - baseline soup``; the last table adds the baseline soups and the mean
+gain over the soups with its 95% interval. ``--no-students`` scores the soups only.
+
 Usage (from the repository root)::
 
     INVISMAP_ASSETS=../shared/assets .venv/bin/python benchmarks/soup.py --soup 3 \\
@@ -35,6 +40,9 @@ def parse_args():
     p.add_argument("--size", type=int, default=640)
     p.add_argument("--tta-sizes", type=int, nargs="*", default=[])
     p.add_argument("--n-boot", type=int, default=1000)
+    p.add_argument("--baseline", nargs="*", default=[],
+                   help="another recipe's students, as many as --detectors, grouped the same way")
+    p.add_argument("--no-students", action="store_true", help="score the soups only")
     p.add_argument("--json", help="also write the rows here")
     return p.parse_args()
 
@@ -66,7 +74,10 @@ def main() -> None:
         raise SystemExit(f"--soup {args.soup}: a soup averages at least 2 students")
     if len(args.detectors) % args.soup:
         raise SystemExit(f"--detectors: {len(args.detectors)} files do not make soups of {args.soup}")
+    if args.baseline and len(args.baseline) != len(args.detectors):
+        raise SystemExit(f"--baseline: {len(args.baseline)} files for {len(args.detectors)} --detectors")
     groups = [args.detectors[i:i + args.soup] for i in range(0, len(args.detectors), args.soup)]
+    baselines = [args.baseline[i:i + args.soup] for i in range(0, len(args.baseline), args.soup)]
     print_machine("model soups vs their students (thermal images, thermal labels)")
     print(f"{len(groups)} soups of {args.soup}, size {args.size}, tta sizes {args.tta_sizes}, "
           f"{args.n_boot} bootstrap resamples")
@@ -101,36 +112,55 @@ def main() -> None:
             per_class.setdefault((kind, name), []).append(classes[0])
         return out
 
-    rows = []
-    for group in groups:
-        students = [ap50(load_detector(p), "single students") for p in group]
+    def gain_cells(prefix: str, gain: np.ndarray) -> dict:
+        lo, hi = interval(gain[1:])
+        return {prefix: round(float(gain[0]), 1), f"{prefix} lo": round(lo, 1), f"{prefix} hi": round(hi, 1)}
+
+    rows, vs_baseline = [], {}  # set name -> [(1 + n_boot,) soup - baseline soup]
+    for k, group in enumerate(groups):
+        students = [] if args.no_students else [ap50(load_detector(p), "single students") for p in group]
         soup = ap50(soup_detector(group), "soups")
+        base = ap50(soup_detector(baselines[k]), "baseline soups") if baselines else None
         for name, *_ in sets:
-            mean = np.mean([s[name] for s in students], axis=0)
-            gain = soup[name] - mean
-            lo, hi = interval(gain[1:])
-            row = {"soup of": " ".join(Path(p).parent.name for p in group), "set": name,
-                   "students": " / ".join(f"{s[name][0]:.1f}" for s in students),
-                   "students mean": round(float(mean[0]), 1), "soup": round(float(soup[name][0]), 1),
-                   "gain": round(float(gain[0]), 1), "gain lo": round(lo, 1), "gain hi": round(hi, 1)}
+            row = {"soup of": " ".join(Path(p).parent.name for p in group), "set": name}
+            if students:
+                mean = np.mean([s[name] for s in students], axis=0)
+                row.update({"students": " / ".join(f"{s[name][0]:.1f}" for s in students),
+                            "students mean": round(float(mean[0]), 1)})
+            row["soup"] = round(float(soup[name][0]), 1)
+            if students:
+                row.update(gain_cells("gain", soup[name] - mean))
+            if base is not None:
+                row["baseline soup"] = round(float(base[name][0]), 1)
+                row.update(gain_cells("vs baseline", soup[name] - base[name]))
+                vs_baseline.setdefault(name, []).append(soup[name] - base[name])
             rows.append(row)
             print(json.dumps(row), flush=True)
     cols = list(rows[0]) if rows else []
     print(table(cols, [[r.get(c, "") for c in cols] for r in rows]))
-    if len(groups) > 1:  # the recipe's spread: soups against single students, mean +- sample std
+    if len(groups) > 1:  # the recipe's spread: mean +- sample std over single students and over soups
+        kinds = (["single students"] if not args.no_students else []) + ["soups"]
+        kinds += ["baseline soups"] if baselines else []
+
+        def spread(v: np.ndarray) -> str:
+            return f"{np.nanmean(v):.1f} +- {np.nanstd(v, ddof=1):.1f} ({len(v)})" if np.isfinite(v).any() \
+                else "no truth"
+
         summary = []
         for name, *_ in sets:
-            one = np.array([float(x) for r in rows if r["set"] == name for x in r["students"].split(" / ")])
-            soups = np.array([r["soup"] for r in rows if r["set"] == name])
-            summary.append([name, "mean over classes",
-                            f"{one.mean():.1f} +- {one.std(ddof=1):.1f} ({len(one)})",
-                            f"{soups.mean():.1f} +- {soups.std(ddof=1):.1f} ({len(soups)})"])
-            for k, cls in enumerate(COCO_NAMES[c] for c in ROAD_CLASSES):
-                cells = [np.array([v[k] for v in per_class[(kind, name)]])
-                         for kind in ("single students", "soups")]
-                summary.append([name, cls] + [f"{np.nanmean(v):.1f} +- {np.nanstd(v, ddof=1):.1f}"
-                                              if np.isfinite(v).any() else "no truth" for v in cells])
-        print(table(["set", "class", "single students", "soups"], summary))
+            cells = [spread(np.array([r[col] for r in rows if r["set"] == name]))
+                     for col in (["soup", "baseline soup"] if baselines else ["soup"])]
+            if not args.no_students:
+                cells.insert(0, spread(np.array([float(x) for r in rows if r["set"] == name
+                                                 for x in r["students"].split(" / ")])))
+            if baselines:  # the mean over soups of each paired gain, replicate by replicate
+                g = gain_cells("g", np.mean(vs_baseline[name], axis=0))
+                cells.append(f"{g['g']:+.1f} [{g['g lo']:+.1f}, {g['g hi']:+.1f}]")
+            summary.append([name, "mean over classes"] + cells)
+            for c, cls in enumerate(COCO_NAMES[c] for c in ROAD_CLASSES):
+                summary.append([name, cls] + [spread(np.array([v[c] for v in per_class[(kind, name)]]))
+                                              for kind in kinds] + ([""] if baselines else []))
+        print(table(["set", "class"] + kinds + (["soups - baseline soups"] if baselines else []), summary))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
 

@@ -841,6 +841,39 @@ def distill_soup_of_none(t, mp):
                 [t / "run" / "student.pt"])
 
 
+@row("config key 'head_focus'", "-1.0 is not allowed", "a finite number >= 0")
+def distill_negative_head_focus(t, mp):
+    (t / "c.yaml").write_text(f"data: {make_dataset(t)}\nloss: head\nhead_focus: -1.0\n")
+    return Case(["distill", str(t / "c.yaml"), "--run", str(t / "run")], t / "run",
+                [t / "run" / "student.pt"])
+
+
+@row("config key 'rounds'", "0 is not allowed", "an integer >= 1")
+def distill_no_rounds(t, mp):
+    (t / "c.yaml").write_text(f"data: {make_dataset(t)}\nloss: head\nrounds: 0\n")
+    return Case(["distill", str(t / "c.yaml"), "--run", str(t / "run")], t / "run",
+                [t / "run" / "student.pt"])
+
+
+@row("config key 'thermal_teacher'", "needs a thermal detector", "thermal_detector.pt")
+def distill_thermal_teacher_is_a_color_detector(t, mp):
+    from conftest import find_assets
+
+    if find_assets() is None:
+        pytest.skip("real assets not found (the teacher's weights)")
+    mp.setenv("INVISMAP_ASSETS", str(find_assets()))
+    (t / "c.yaml").write_text(f"data: {make_dataset(t)}\nsplit: all\nloss: head\nthermal_teacher: yolov5n\n")
+    return Case(["distill", str(t / "c.yaml"), "--run", str(t / "run")], t / "run",
+                [t / "run" / "student.pt"])
+
+
+@row("config key 'thermal_teacher'", "is not allowed", "only with loss: head or mid+head")
+def distill_thermal_teacher_with_mid_loss(t, mp):
+    (t / "c.yaml").write_text(f"data: {make_dataset(t)}\nloss: mid\nthermal_teacher: yolov5n\n")
+    return Case(["distill", str(t / "c.yaml"), "--run", str(t / "run")], t / "run",
+                [t / "run" / "student.pt"])
+
+
 @row("config key 'fusion.maps'", "unknown map 'darkness'", "known: predictor, pair")
 def pipeline_fusion_unknown_map(t, mp):
     (t / "c.yaml").write_text("fusion: {enabled: true, maps: [predictor, darkness]}\n")

@@ -12,7 +12,7 @@ import torch
 
 from invismap.config import from_dict
 from invismap.detector.zoo import load_detector
-from invismap.distill.losses import distill_loss
+from invismap.distill.losses import distill_loss, focused_head_mse, union_of_teachers
 from invismap.distill.run import DistillConfig, run_distill
 from invismap.distill.student import ThermalDetector, ThermalStudent
 from invismap.distill.task import DistillTask
@@ -56,6 +56,26 @@ def test_losses_are_zero_for_equal_features_and_weighted(teacher):
     both = distill_loss("mid+head", other, feats, teacher.heads, head_weight=0.05)
     assert torch.isclose(both["total"], mid["total"] + 0.05 * head["total"])
     assert torch.isclose(mid["total"], torch.tensor(0.01), atol=1e-6)
+    # head_focus weighs the anchors by the teacher's objectness; 0 is the plain head MSE
+    focused = distill_loss("head", other, feats, teacher.heads, head_focus=100.0)["total"]
+    with torch.no_grad():
+        expected = focused_head_mse(teacher.heads(other), teacher.heads(feats), 85, 100.0)
+    assert torch.isclose(focused, expected) and not torch.isclose(focused, head["total"])
+    assert torch.isclose(focused_head_mse(teacher.heads(other), teacher.heads(feats), 85, 0.0), head["total"])
+
+
+def test_union_of_teachers_takes_the_more_confident_anchor():
+    no = 7  # 5 + 2 classes, 3 anchors
+    torch.manual_seed(0)
+    color, thermal = torch.randn(2, 3 * no, 4, 5), torch.randn(2, 3 * no, 4, 5)
+    out = union_of_teachers([color], [thermal], no)[0].view(2, 3, no, 4, 5)
+    c, t = color.view(2, 3, no, 4, 5), thermal.view(2, 3, no, 4, 5)
+    wins = t[:, :, 4] > c[:, :, 4]  # (B, A, H, W)
+    assert 0 < int(wins.sum()) < wins.numel()
+    assert torch.equal(out.permute(0, 1, 3, 4, 2)[wins], t.permute(0, 1, 3, 4, 2)[wins])
+    assert torch.equal(out.permute(0, 1, 3, 4, 2)[~wins], c.permute(0, 1, 3, 4, 2)[~wins])
+    with pytest.raises(ValueError, match="do not match"):
+        union_of_teachers([color], [thermal[:, :no]], no)
 
 
 def _cfg(data, **kw) -> DistillConfig:
@@ -111,6 +131,29 @@ def test_soup_averages_its_students_and_resumes(msrs, assets, tmp_path, monkeypa
     assert all(torch.equal(v, students[1][k]) for k, v in
                load_checkpoint(alone.outputs["student"], "student")["student"].items())
     assert isinstance(load_detector(str(tmp_path / "soup/thermal_detector.pt")), ThermalDetector)
+
+
+def test_rounds_distil_again_with_the_last_round_as_thermal_teacher(msrs, assets, tmp_path, monkeypatch):
+    monkeypatch.setenv("INVISMAP_ASSETS", str(assets))
+    cfg = _cfg(msrs.root / "manifest.csv", loss="head")
+    first = run_distill(cfg, tmp_path / "one", progress=False)
+    second = replace(cfg, thermal_teacher=str(first.outputs["thermal_detector"]))
+    again = run_distill(second, tmp_path / "two", progress=False)
+    a = load_checkpoint(first.outputs["student"], "student")["student"]
+    b = load_checkpoint(again.outputs["student"], "student")["student"]
+    # the same seed and pairs; only the head target differs, so the students do
+    assert any(not torch.equal(a[k], b[k]) for k in a if a[k].is_floating_point())
+    # rounds: 2 does both in one run; stopped inside round 1, it resumes there
+    rounds = replace(cfg, rounds=2)
+    part = run_distill(rounds, tmp_path / "rounds", progress=False, stop_at=4)
+    assert not part.finished and not (tmp_path / "rounds/student.pt").exists()
+    with pytest.raises(InvismapError, match="a run already exists"):
+        run_distill(rounds, tmp_path / "rounds", progress=False)
+    done = run_distill(rounds, tmp_path / "rounds", progress=False, resume=True)
+    assert done.finished and [r["round"] for r in done.details["rounds"]] == [1, 2]
+    c = load_checkpoint(tmp_path / "rounds/student.pt", "student")["student"]
+    assert all(torch.equal(b[k], c[k]) for k in b)
+    assert isinstance(load_detector(str(tmp_path / "rounds/thermal_detector.pt")), ThermalDetector)
 
 
 def test_scoring_experiments_refuses_students_not_trained(msrs, tmp_path):

@@ -10,6 +10,7 @@ Run folder::
     RUN/tb/                    TensorBoard logs
     RUN/soup/seed_N/           with ``soup: K > 1``: the K students averaged into RUN/student.pt (each a run
                                folder as above)
+    RUN/rounds/round_R/        with ``rounds: R > 1``: each round's run; RUN/student.pt is the last round's
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from invismap.config import to_dict
 from invismap.data.dataset import Augment, PairDataset, collate_pairs
 from invismap.data.manifest import Manifest, evenly, load_manifest, training_pairs
 from invismap.detector.zoo import load_detector
-from invismap.distill.student import ThermalStudent, load_student, student_checkpoint
+from invismap.distill.student import ThermalDetector, ThermalStudent, load_student, student_checkpoint
 from invismap.distill.task import DistillTask
 from invismap.engine.checkpoint import load_checkpoint, save_checkpoint
 from invismap.engine.distributed import init_distributed, is_main_process
@@ -38,6 +39,7 @@ from invismap.engine.rundir import can_resume, start_run
 from invismap.engine.summary import TrainSummary
 from invismap.errors import InvismapError
 from invismap.invisibility.score import calibrate_thresholds, feature_distance
+from invismap.io import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +61,15 @@ class DistillConfig:
     # on too; label-free, so any camera's day pairs help. The pipeline fills it from data.more
     extra_data: list[str] = field(default_factory=list)
     teacher: str = "yolov5n"  # model name or file
+    # a thermal detector from an earlier distillation (its thermal_detector.pt): the head loss's target
+    # becomes, anchor by anchor, the surer of the teacher on color and it on thermal (union_of_teachers)
+    thermal_teacher: str = ""
+    # distil this many times: from round 2 on, the previous round's thermal detector is the thermal_teacher
+    rounds: int = 1
     loss: Literal["mid", "head", "mid+head"] = "mid"
     head_weight: float = 0.1  # lambda on the head term of mid+head
+    # the head term weighs each anchor 1 + head_focus * (the teacher's objectness): 0 = a plain MSE
+    head_focus: float = 0.0
     init: Literal["teacher", "random"] = "teacher"
     input_mode: Literal["replicate", "conv1"] = "replicate"
     size: int = 640  # letterbox size (longest side)
@@ -99,11 +108,20 @@ def check_distill_config(cfg: DistillConfig) -> None:
         raise bad("size", cfg.size, "a multiple of 32, >= 32, e.g. 640")
     if not (math.isfinite(cfg.head_weight) and cfg.head_weight >= 0):
         raise bad("head_weight", cfg.head_weight, "a finite number >= 0")
+    if not (math.isfinite(cfg.head_focus) and cfg.head_focus >= 0):
+        raise bad("head_focus", cfg.head_focus, "a finite number >= 0")
     if cfg.soup < 1:
         raise bad("soup", cfg.soup, "an integer >= 1: how many students to average")
     if cfg.soup > 1 and cfg.init != "teacher":
         raise bad("soup", cfg.soup, f"1 with init: {cfg.init}; a soup's students start from the "
                   "teacher's weights")
+    if cfg.rounds < 1:
+        raise bad("rounds", cfg.rounds, "an integer >= 1: how many times to distil")
+    if cfg.rounds > 1 and cfg.loss == "mid":
+        raise bad("rounds", cfg.rounds, "1 with loss: mid; later rounds change the head term's target")
+    if cfg.thermal_teacher and cfg.loss == "mid":
+        raise bad("thermal_teacher", cfg.thermal_teacher, "only with loss: head or mid+head; it changes the "
+                  "head term's target")
     for key in ("val_every_nth", "val_max", "max_pairs"):
         if getattr(cfg, key) < 0:
             raise bad(key, getattr(cfg, key), "an integer >= 0")
@@ -209,6 +227,21 @@ def recalibrate(run_dir: str | Path,
     return write_artifacts(load_detector(cfg.teacher), student, cfg, run_dir, val_pairs or train_pairs)
 
 
+def load_thermal_teacher(cfg: DistillConfig, teacher) -> ThermalDetector | None:
+    """``cfg.thermal_teacher`` as a detector, or None; refused unless it is a thermal detector of the
+    teacher's architecture (its heads must read the same outputs)."""
+    if not cfg.thermal_teacher:
+        return None
+    detector = load_detector(cfg.thermal_teacher)
+    if not isinstance(detector, ThermalDetector):
+        raise InvismapError(f"{cfg.thermal_teacher}: config key 'thermal_teacher' needs a thermal detector "
+                            "(an earlier run's thermal_detector.pt), not a color detector")
+    if list(detector.names) != list(teacher.names) or tuple(detector.strides) != tuple(teacher.strides):
+        raise InvismapError(f"{cfg.thermal_teacher}: its classes or strides differ from the teacher "
+                            f"'{cfg.teacher}'; distil it from the same teacher")
+    return detector
+
+
 def build_distillation(cfg: DistillConfig) -> tuple[DistillTask, PairDataset, PairDataset | None, Manifest,
                                                     Manifest | None]:
     """What a distillation run trains: ``(task, train_set, val_set, train_pairs, val_pairs)``."""
@@ -225,14 +258,18 @@ def build_distillation(cfg: DistillConfig) -> tuple[DistillTask, PairDataset, Pa
     val_set = (PairDataset(val_pairs, cfg.size, cache=cfg.cache, square=bool(cfg.extra_data))
                if val_pairs else None)
     task = DistillTask(teacher, student, cfg.loss, cfg.head_weight, cfg.freeze_bn,
-                       extra={"teacher": cfg.teacher})
+                       extra={"teacher": cfg.teacher}, thermal_teacher=load_thermal_teacher(cfg, teacher),
+                       head_focus=cfg.head_focus)
     return task, train_set, val_set, train_pairs, val_pairs
 
 
 def run_distill(cfg: DistillConfig, run_dir: str | Path, resume: bool = False, progress: bool = True,
                 stop_at: int | None = None) -> TrainSummary:
     """Train the student, calibrate t_k, write ``student.pt`` and ``thermal_detector.pt`` (its outputs) and
-    ``summary.json``. With ``cfg.soup > 1`` the student is a soup (:func:`run_soup`)."""
+    ``summary.json``. With ``cfg.soup > 1`` the student is a soup (:func:`run_soup`); with ``cfg.rounds > 1``
+    it is the last of several rounds (:func:`run_rounds`)."""
+    if cfg.rounds > 1:
+        return run_rounds(cfg, run_dir, resume, progress, stop_at)
     if cfg.soup > 1:
         return run_soup(cfg, run_dir, resume, progress, stop_at)
     run_dir = Path(run_dir)
@@ -254,6 +291,50 @@ def run_distill(cfg: DistillConfig, run_dir: str | Path, resume: bool = False, p
     summary.save(run_dir)
     log.info(f"wrote {run_dir / 'thermal_detector.pt'} ({summary.pairs_per_s:.2f} pairs/s, "
              f"t_k = {', '.join(f'{t:.3g}' for t in thresholds)})")
+    return summary
+
+
+def run_rounds(cfg: DistillConfig, run_dir: str | Path, resume: bool = False, progress: bool = True,
+               stop_at: int | None = None) -> TrainSummary:
+    """Distil ``cfg.rounds`` times, each round in ``RUN/rounds/round_R``; from round 2 on, the previous
+    round's thermal detector joins the color teacher (``thermal_teacher``,
+    :func:`~invismap.distill.losses.union_of_teachers`). The last round's ``student.pt`` and
+    ``thermal_detector.pt`` are this run's.
+
+    Round 1 takes ``cfg.thermal_teacher`` (usually none). Each round is an ordinary run (a soup with
+    ``soup > 1``) started from the teacher's weights with the same seeds; one that finished is not trained
+    again, so an interrupted run continues with ``resume``.
+    """
+    run_dir = Path(run_dir)
+    check_distill_config(cfg)
+    start_run(run_dir, cfg, resume)
+    previous, summaries = cfg.thermal_teacher, []
+    for r in range(1, cfg.rounds + 1):
+        folder = run_dir / "rounds" / f"round_{r}"
+        if (folder / "summary.json").is_file():  # the last file a finished run writes
+            summary = TrainSummary.load(folder)
+        else:
+            log.info(f"distillation round {r} of {cfg.rounds}, in {folder}"
+                     + (f" (thermal teacher {previous})" if previous else ""))
+            one = replace(cfg, rounds=1, thermal_teacher=previous)
+            summary = run_distill(one, folder, resume=can_resume(folder), progress=progress, stop_at=stop_at)
+        if not summary.finished:
+            return summary  # stopped on purpose: resuming continues this round
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()  # rank 0 wrote this round's detector before any process reads it
+        summaries.append(summary)
+        previous = str(folder / "thermal_detector.pt")
+    if not is_main_process():
+        return summaries[-1]
+    for name in ("student.pt", "thermal_detector.pt"):
+        with atomic_write(run_dir / name, "wb") as f:
+            f.write((folder / name).read_bytes())
+    summary = summaries[-1]
+    summary.outputs.update(student=run_dir / "student.pt", thermal_detector=run_dir / "thermal_detector.pt")
+    summary.seconds = sum(s.seconds for s in summaries)
+    summary.details["rounds"] = [{"round": r, "seconds": round(s.seconds, 1),
+                                  "best_val_loss": s.best_val_loss} for r, s in enumerate(summaries, 1)]
+    summary.save(run_dir)
     return summary
 
 

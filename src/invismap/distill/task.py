@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from invismap.detector.base import Detector
-from invismap.distill.losses import distill_loss
+from invismap.distill.losses import distill_loss, union_of_teachers
 from invismap.distill.student import ThermalStudent, student_checkpoint
 from invismap.engine.loop import unwrap
 
@@ -55,22 +55,31 @@ class DistillTask(nn.Module):
     on, batch statistics are noisy. Without it, under torchrun, the loop synchronises them over the processes
     (:func:`~invismap.engine.distributed.sync_batchnorm`). The student's copy of the heads is frozen
     (:func:`freeze_unreached`): no loss reaches it.
+
+    ``thermal_teacher`` (optional, a thermal detector from an earlier distillation, frozen): the head term's
+    target becomes :func:`~invismap.distill.losses.union_of_teachers` of the teacher on color and it on
+    thermal.
     """
 
     kind = "student"
 
     def __init__(self, teacher: Detector, student: ThermalStudent, loss: str = "mid",
-                 head_weight: float = 0.1, freeze_bn: bool = True, extra: dict[str, Any] | None = None):
+                 head_weight: float = 0.1, freeze_bn: bool = True, extra: dict[str, Any] | None = None,
+                 thermal_teacher: Detector | None = None, head_focus: float = 0.0):
         super().__init__()
         self.teacher = freeze(teacher)
+        self.thermal_teacher = None if thermal_teacher is None else freeze(thermal_teacher)
         self.net = student
         self.unreached = freeze_unreached(student)
         self.loss, self.head_weight, self.freeze_bn = loss, head_weight, freeze_bn
+        self.head_focus = head_focus
         self.extra = extra or {}
 
     def train(self, mode: bool = True) -> DistillTask:
         super().train(mode)
         self.teacher.eval()
+        if self.thermal_teacher is not None:
+            self.thermal_teacher.eval()
         if self.freeze_bn:
             for m in self.net.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
@@ -80,8 +89,14 @@ class DistillTask(nn.Module):
     def _losses(self, batch: dict) -> dict[str, torch.Tensor]:
         with torch.no_grad():
             teacher_feats = self.teacher.neck_features(batch["rgb"])
+            teacher_raw = None
+            if self.thermal_teacher is not None:
+                thermal_raw = self.thermal_teacher.heads(self.thermal_teacher.neck_features(batch["thermal"]))
+                teacher_raw = union_of_teachers(self.teacher.heads(teacher_feats), thermal_raw,
+                                                5 + len(self.teacher.names))
         student_feats = self.net(batch["thermal"])
-        return distill_loss(self.loss, student_feats, teacher_feats, self.teacher.heads, self.head_weight)
+        return distill_loss(self.loss, student_feats, teacher_feats, self.teacher.heads, self.head_weight,
+                            teacher_raw, self.head_focus, 5 + len(self.teacher.names))
 
     def configure_optimizers(self, cfg) -> dict[str, torch.optim.Optimizer]:
         params = [p for p in self.net.parameters() if p.requires_grad]

@@ -50,10 +50,11 @@ def hold_folder(folder: str | Path) -> Iterator[Path]:
 
 
 def can_resume(run_dir: str | Path) -> bool:
-    """Whether a training run in ``run_dir``, or one nested in it (a soup's students, ``soup/seed_N/``), left
-    a checkpoint to resume from (``ckpt/last.pt``)."""
+    """Whether a training run in ``run_dir``, or one nested in it (a soup's students, ``soup/seed_N/``, and
+    distillation rounds, ``rounds/round_R/``), left a checkpoint to resume from (``ckpt/last.pt``)."""
     run_dir = Path(run_dir)
-    return (run_dir / "ckpt" / "last.pt").is_file() or any(run_dir.glob("soup/*/ckpt/last.pt"))
+    nested = ("soup/*/ckpt/last.pt", "rounds/*/ckpt/last.pt", "rounds/*/soup/*/ckpt/last.pt")
+    return (run_dir / "ckpt" / "last.pt").is_file() or any(any(run_dir.glob(p)) for p in nested)
 
 
 def start_run(run_dir: str | Path, cfg: Any, resume: bool) -> Path:
