@@ -39,7 +39,7 @@ from invismap.engine.rundir import can_resume, start_run
 from invismap.engine.summary import TrainSummary
 from invismap.errors import InvismapError
 from invismap.invisibility.score import calibrate_thresholds, feature_distance
-from invismap.io import atomic_write
+from invismap.io import copy_file
 
 log = logging.getLogger(__name__)
 
@@ -327,8 +327,7 @@ def run_rounds(cfg: DistillConfig, run_dir: str | Path, resume: bool = False, pr
     if not is_main_process():
         return summaries[-1]
     for name in ("student.pt", "thermal_detector.pt"):
-        with atomic_write(run_dir / name, "wb") as f:
-            f.write((folder / name).read_bytes())
+        copy_file(folder / name, run_dir / name)
     summary = summaries[-1]
     summary.outputs.update(student=run_dir / "student.pt", thermal_detector=run_dir / "thermal_detector.pt")
     summary.seconds = sum(s.seconds for s in summaries)

@@ -73,6 +73,7 @@ class DistillTask(nn.Module):
         self.unreached = freeze_unreached(student)
         self.loss, self.head_weight, self.freeze_bn = loss, head_weight, freeze_bn
         self.head_focus = head_focus
+        self.outputs_per_anchor = 5 + len(teacher.names)  # box, objectness, one score per class
         self.extra = extra or {}
 
     def train(self, mode: bool = True) -> DistillTask:
@@ -93,10 +94,10 @@ class DistillTask(nn.Module):
             if self.thermal_teacher is not None:
                 thermal_raw = self.thermal_teacher.heads(self.thermal_teacher.neck_features(batch["thermal"]))
                 teacher_raw = union_of_teachers(self.teacher.heads(teacher_feats), thermal_raw,
-                                                5 + len(self.teacher.names))
+                                                self.outputs_per_anchor)
         student_feats = self.net(batch["thermal"])
         return distill_loss(self.loss, student_feats, teacher_feats, self.teacher.heads, self.head_weight,
-                            teacher_raw, self.head_focus, 5 + len(self.teacher.names))
+                            teacher_raw, self.head_focus, self.outputs_per_anchor)
 
     def configure_optimizers(self, cfg) -> dict[str, torch.optim.Optimizer]:
         params = [p for p in self.net.parameters() if p.requires_grad]
