@@ -170,6 +170,13 @@ def import_case(t: Path, src: Path) -> Case:
     return Case(["data", "import", "msrs", str(src), str(t / "dst")], t / "dst", [t / "dst" / "manifest.csv"])
 
 
+def distill_case(t: Path, config: str) -> Case:
+    """``invismap distill`` on ``config`` (YAML text) over a small dataset; nothing may be written."""
+    (t / "c.yaml").write_text(f"data: {make_dataset(t)}\n{config}")
+    return Case(["distill", str(t / "c.yaml"), "--run", str(t / "run")], t / "run",
+                [t / "run" / "student.pt"])
+
+
 def predictor_case(t: Path, cfg: Path, *extra: str, resume: bool = False) -> Case:
     argv = ["train-predictor", str(cfg), *extra, "--run", str(t / "run")] + (["--resume"] if resume else [])
     return Case(argv, t / "run", [t / "run" / "predictor.pt"])
@@ -836,23 +843,17 @@ def distill_more_data_without_training_pairs(t, mp):
 
 @row("config key 'soup'", "0 is not allowed", "an integer >= 1")
 def distill_soup_of_none(t, mp):
-    (t / "c.yaml").write_text(f"data: {make_dataset(t)}\nsoup: 0\n")
-    return Case(["distill", str(t / "c.yaml"), "--run", str(t / "run")], t / "run",
-                [t / "run" / "student.pt"])
+    return distill_case(t, "soup: 0\n")
 
 
 @row("config key 'head_focus'", "-1.0 is not allowed", "a finite number >= 0")
 def distill_negative_head_focus(t, mp):
-    (t / "c.yaml").write_text(f"data: {make_dataset(t)}\nloss: head\nhead_focus: -1.0\n")
-    return Case(["distill", str(t / "c.yaml"), "--run", str(t / "run")], t / "run",
-                [t / "run" / "student.pt"])
+    return distill_case(t, "loss: head\nhead_focus: -1.0\n")
 
 
 @row("config key 'rounds'", "0 is not allowed", "an integer >= 1")
 def distill_no_rounds(t, mp):
-    (t / "c.yaml").write_text(f"data: {make_dataset(t)}\nloss: head\nrounds: 0\n")
-    return Case(["distill", str(t / "c.yaml"), "--run", str(t / "run")], t / "run",
-                [t / "run" / "student.pt"])
+    return distill_case(t, "loss: head\nrounds: 0\n")
 
 
 @row("config key 'thermal_teacher'", "needs a thermal detector", "thermal_detector.pt")
@@ -862,16 +863,12 @@ def distill_thermal_teacher_is_a_color_detector(t, mp):
     if find_assets() is None:
         pytest.skip("real assets not found (the teacher's weights)")
     mp.setenv("INVISMAP_ASSETS", str(find_assets()))
-    (t / "c.yaml").write_text(f"data: {make_dataset(t)}\nsplit: all\nloss: head\nthermal_teacher: yolov5n\n")
-    return Case(["distill", str(t / "c.yaml"), "--run", str(t / "run")], t / "run",
-                [t / "run" / "student.pt"])
+    return distill_case(t, "split: all\nloss: head\nthermal_teacher: yolov5n\n")
 
 
 @row("config key 'thermal_teacher'", "is not allowed", "only with loss: head or mid+head")
 def distill_thermal_teacher_with_mid_loss(t, mp):
-    (t / "c.yaml").write_text(f"data: {make_dataset(t)}\nloss: mid\nthermal_teacher: yolov5n\n")
-    return Case(["distill", str(t / "c.yaml"), "--run", str(t / "run")], t / "run",
-                [t / "run" / "student.pt"])
+    return distill_case(t, "loss: mid\nthermal_teacher: yolov5n\n")
 
 
 @row("config key 'fusion.maps'", "unknown map 'darkness'", "known: predictor, pair")
