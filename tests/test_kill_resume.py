@@ -3,10 +3,11 @@
 ``invismap train-predictor`` (the cheapest real trainer) runs on tiny generated pairs with a checkpoint after
 every step. One run is killed five times, each time at a seeded random step and a seeded random moment inside
 the next step (so kills also land while a checkpoint is being written), and continued with ``--resume``; a
-sixth ``--resume`` finishes it. After every kill the checkpoint on disk must load and hold bitwise the weights
-an uninterrupted run had at that step; at the end the killed-and-resumed run and an uninterrupted run with
-the same seed must agree bitwise (weights, BatchNorm statistics, optimizer state, RNG state). No temporary
-file may be left in ``ckpt/``.
+sixth ``--resume`` finishes it. The killed runs wait after each checkpoint until the test has seen it, so a
+busy machine cannot let one finish before its kill. After every kill the checkpoint on disk must load and
+hold bitwise the weights an uninterrupted run had at that step; at the end the killed-and-resumed run and an
+uninterrupted run with the same seed must agree bitwise (weights, BatchNorm statistics, optimizer state, RNG
+state). No temporary file may be left in ``ckpt/``.
 
 The uninterrupted reference is the console script in a fresh interpreter. The killed segments are separate
 processes forked from the test process, each running the CLI's ``main`` with the same arguments: a fresh
@@ -79,14 +80,26 @@ def launch(cfg: Path, run: Path, resume: bool, log: Path) -> subprocess.Popen:
 class Forked:
     """``invismap.cli.main(argv)`` in a child process forked from this one (torch already imported)."""
 
-    def __init__(self, argv: list[str], log: Path):
+    def __init__(self, argv: list[str], log: Path, gated: bool = False):
         from invismap.cli import main
 
         self.returncode: int | None = None
+        self._gate = os.pipe() if gated else None  # (read end: the child's, write end: ours)
         self.pid = os.fork()
         if self.pid == 0:  # the child: never returns into pytest
             code = 1
             try:
+                if self._gate is not None:
+                    os.close(self._gate[1])
+                    save, gate = loop.save_checkpoint, self._gate[0]
+
+                    def save_then_wait(path, state):
+                        # the next step waits until the test has seen this checkpoint (or closed the gate),
+                        # so a test process the machine schedules late cannot find the run already ended
+                        save(path, state)
+                        os.read(gate, 1)
+
+                    loop.save_checkpoint = save_then_wait
                 # tqdm's lock is shared across fork (a multiprocessing semaphore, plus a thread lock the
                 # parent's monitor thread may hold at the moment of the fork). A child killed while holding it
                 # would deadlock the test process at its next progress bar; a child that inherits it held
@@ -106,12 +119,20 @@ class Forked:
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(code)
+        if self._gate is not None:
+            os.close(self._gate[0])
+
+    def release(self) -> None:
+        """Let a gated child start its next step."""
+        os.write(self._gate[1], b"x")
 
     def _status(self, flags: int) -> int | None:
         if self.returncode is None:
             pid, status = os.waitpid(self.pid, flags)
             if pid:
                 self.returncode = os.waitstatus_to_exitcode(status)
+                if self._gate is not None:
+                    os.close(self._gate[1])
         return self.returncode
 
     def poll(self) -> int | None:
@@ -134,8 +155,11 @@ def identity(path: Path) -> tuple[int, int] | None:
 
 
 def kill_after(proc: Forked, last: Path, target_step: int, fraction: float) -> None:
-    """Wait for the checkpoint of ``target_step``, then SIGKILL ``fraction`` of a step later."""
-    seen, times = identity(last), []
+    """Wait for the checkpoint of ``target_step``, then SIGKILL ``fraction`` of a step later.
+
+    ``proc`` is gated: it starts each step only when released, so it cannot run past ``target_step``.
+    """
+    seen, step_times, released = identity(last), [], None
     deadline = time.monotonic() + 120
     while True:
         assert proc.poll() is None, "the run ended before it could be killed"
@@ -143,11 +167,15 @@ def kill_after(proc: Forked, last: Path, target_step: int, fraction: float) -> N
         now = identity(last)
         if now is not None and now != seen:
             seen = now
-            times.append(time.monotonic())
+            if released is not None:
+                step_times.append(time.monotonic() - released)
             if torch.load(last, map_location="cpu", weights_only=True)["step"] >= target_step:
                 break
+            released = time.monotonic()
+            proc.release()
         time.sleep(0.002)
-    step_time = float(np.median(np.diff(times))) if len(times) > 1 else 0.05
+    step_time = float(np.median(step_times)) if step_times else 0.05
+    proc.release()
     time.sleep(fraction * step_time)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
@@ -194,7 +222,7 @@ def test_sigkill_at_random_steps_then_resume_gives_identical_weights(tmp_path, m
     try:
         for k in range(KILLS):
             target, fraction = step + rng.randint(1, 3), rng.random()
-            proc = Forked(cli_args(cfg_path, run, resume=k > 0), tmp_path / "killed.log")
+            proc = Forked(cli_args(cfg_path, run, resume=k > 0), tmp_path / "killed.log", gated=True)
             kill_after(proc, last, target, fraction)
             state = load_checkpoint(last, "predictor")  # the previous checkpoint survived the kill intact
             assert target <= state["step"] < MAX_STEPS, (step, target, state["step"])

@@ -54,13 +54,15 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    code = 1
     try:
-        return _run(args)
+        code = _run(args)
+        return code
     finally:
         if "WORLD_SIZE" in os.environ:  # torchrun: leave the process group a trainer joined
             from invismap.engine.distributed import shutdown
 
-            shutdown()
+            shutdown(wait_for_others=code == 0)
 
 
 def _run(args: argparse.Namespace) -> int:

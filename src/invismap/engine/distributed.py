@@ -85,9 +85,15 @@ def mean_over_processes(x: torch.Tensor) -> torch.Tensor:
     return total / dist.get_world_size()
 
 
-def shutdown() -> None:
-    """Leave the process group, if this process joined one (torch warns at exit otherwise)."""
+def shutdown(wait_for_others: bool = False) -> None:
+    """Leave the process group, if this process joined one (torch warns at exit otherwise).
+
+    ``wait_for_others``: first wait until every process has finished (rank 0 may still be writing the run's
+    files). A process that leaves early closes its connections under the others, and gloo can abort on that.
+    """
     if dist.is_available() and dist.is_initialized():
+        if wait_for_others:
+            dist.barrier()
         dist.destroy_process_group()
 
 
