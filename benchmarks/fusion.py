@@ -41,6 +41,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--method", choices=("wbf", "nms"), default="wbf", help="how boxes are merged")
     p.add_argument("--iou-thr", type=float, default=0.55, help="fusion IoU threshold")
     p.add_argument("--size", type=int, default=640, help="detection letterbox size")
+    p.add_argument("--tta-sizes", type=int, nargs="*", default=[],
+                   help="both detectors also run at these sizes, merged before NMS (multi-scale)")
+    p.add_argument("--strict-classes", action="store_true",
+                   help="COCO classes as they are (default: truck, bus -> car, motorcycle -> bicycle)")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.add_argument("--weights-per", choices=("condition", "all"), default="condition",
@@ -62,7 +66,7 @@ def main() -> None:
     assets_env()
     setup_torch(args.threads)
     print_machine("Map-guided fusion (MSRS, registered pairs)")
-    from invismap.data.manifest import load_manifest
+    from invismap.data.manifest import CLASS_FOLD, load_manifest
     from invismap.detector.fusion import FusionParams
     from invismap.detector.fusion_eval import (
         cached_pair_records,
@@ -78,7 +82,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     records = cached_pair_records(manifest, args.color, args.thermal_detector, specs, out / "detections.npz",
-                                  size=args.size)
+                                  size=args.size, tta_sizes=args.tta_sizes,
+                                  class_fold=None if args.strict_classes else CLASS_FOLD)
     print(f"detections and maps of {len(records)} pairs: {time.perf_counter() - t0:.0f} s "
           f"(cached in {out / 'detections.npz'})")
     t0 = time.perf_counter()
@@ -87,6 +92,7 @@ def main() -> None:
                              seed=args.seed, weights_per=args.weights_per)
     result["settings"].update({"data": str(Path(args.data).resolve()), "color": args.color,
                                "thermal_detector": str(args.thermal_detector), "maps_from": specs,
+                               "tta_sizes": args.tta_sizes, "fold_classes": not args.strict_classes,
                                "seconds": round(time.perf_counter() - t0, 1)})
     print(f"\nAP50 in points, 95% bootstrap intervals over test images ({args.n_boot} resamples, within "
           f"condition); weights chosen on the train split per label set and "

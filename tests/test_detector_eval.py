@@ -97,6 +97,11 @@ def test_evaluate_detector_on_real_pairs(yolov5n, tiny_manifest):
     assert res["AP50_95"] < res["AP50"]
     thermal = evaluate_detector(yolov5n, manifest, images="thermal", labels="thermal", progress=False)
     assert thermal["n_images"] == 4 and 0.0 <= thermal["AP50"] <= 1.0
+    assert res["settings"]["class_fold"] == {"3": 1, "5": 2, "7": 2}  # truck, bus -> car; motorcycle -> bike
+    strict = evaluate_detector(yolov5n, manifest, images="color", labels="color", condition="day",
+                               progress=False, class_fold=None)
+    assert strict["settings"]["class_fold"] == {}
+    assert strict["classes"]["person"] == res["classes"]["person"]  # nothing folds onto person
     with pytest.raises(InvismapError, match="--images must be one of"):
         evaluate_detector(yolov5n, manifest, images="radar")
     with pytest.raises(InvismapError, match="no pair with"):

@@ -405,6 +405,7 @@ def test_no_training_calibration_target_or_selection_step_reads_a_test_pair(tmp_
     assert test_names - {s.name for s in more} <= by_stage["eval_maps"]  # the evaluation is what reads them
     assert {s.name for s in more.select(split="train", condition="day")} & by_stage["distill"]  # distilled on
     detector = json.loads((out / "eval_detector" / "detector.json").read_text())
+    assert detector["fold_classes"] is True  # truck and bus boxes count as car (evaluate.fold_classes)
     assert [r["variant"] for r in detector["more"]["roadscene"]] == ["teacher on thermal",
                                                                      "thermal detector (mid)"]
     assert detector["more"]["roadscene"][0]["night"] is not None

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from invismap.data.manifest import CLASS_FOLD
 from invismap.detector.postprocess import batched_nms, detect, non_max_suppression
 from invismap.detector.yolov5 import YOLOv5, YOLOv5Config, infer_config
 from invismap.detector.zoo import load_detector
@@ -178,6 +179,23 @@ def test_non_max_suppression_rules():
     assert capped[:, 4].tolist() == pytest.approx([0.81])
     (none,) = non_max_suppression(pred, 0.95, 0.45)
     assert none.shape == (0, 6)
+
+
+def test_class_fold_keeps_a_truck_box_as_the_car_it_is_labelled():
+    # 8 classes (COCO order): 0 person, 1 bicycle, 2 car, 3 motorcycle, ..., 7 truck
+    pred = torch.zeros(1, 3, 13)
+    pred[0, :, :5] = torch.tensor([[50, 50, 20, 20, 0.9], [52, 50, 20, 20, 0.7], [150, 50, 20, 20, 0.9]])
+    pred[0, 0, 5 + 7], pred[0, 0, 5 + 2] = 0.8, 0.5  # a truck (0.72) that is also a bit of a car (0.45)
+    pred[0, 1, 5 + 2] = 0.9  # a car box (0.63) on the same object
+    pred[0, 2, 5 + 3] = 0.6  # a motorcycle, alone
+    (strict,) = non_max_suppression(pred, 0.25, 0.45, classes=[0, 1, 2])
+    assert strict[:, 5].tolist() == [2] and strict[0, 0] == 42  # the truck box is dropped
+    (folded,) = non_max_suppression(pred, 0.25, 0.45, classes=[0, 1, 2], class_fold=CLASS_FOLD)
+    # the truck box keeps its score, becomes a car and suppresses the car box; the motorcycle is a bicycle
+    assert folded[:, 5].tolist() == [2, 1] and folded[0, 0] == 40
+    assert folded[:, 4].tolist() == pytest.approx([0.72, 0.54])
+    (swapped,) = non_max_suppression(pred, 0.25, 0.45, class_fold={7: 2, 2: 7})  # applied once, not chained
+    assert swapped[:, 5].tolist() == [2, 7, 3]
 
 
 def _iou(a, b):

@@ -49,6 +49,9 @@ COCO_NAMES = (
 ).split()
 # The classes that road-scene thermal datasets label and evaluation uses by default.
 ROAD_CLASSES = (0, 1, 2)  # person, bicycle, car
+# COCO's finer classes folded onto the road label set before a detection is matched to a label: a labelled
+# "car" the detector calls a truck or bus was found, and so was a "bicycle" it calls a motorcycle.
+CLASS_FOLD: dict[int, int] = {3: 1, 5: 2, 7: 2}  # motorcycle -> bicycle, bus -> car, truck -> car
 
 
 @dataclass(frozen=True)

@@ -88,6 +88,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--multi-label", action="store_true",
                    help="YOLOv5 val.py multi-label NMS (a box may count for several classes); "
                         "default: best class")
+    e.add_argument("--strict-classes", action="store_true",
+                   help="score COCO classes as they are (a truck box at a labelled car does not count); "
+                        "default: truck and bus count as car, motorcycle as bicycle (the datasets' classes)")
     e.add_argument("--json", required=True, help="output JSON file")
     e.set_defaults(func=_eval)
 
@@ -217,6 +220,7 @@ def map_spec(value: str, thermal_detector: str) -> str | None:
 
 
 def _detect_fused(args: argparse.Namespace) -> int:
+    from invismap.data.manifest import CLASS_FOLD
     from invismap.detector.fusion import fuse_with_map
     from invismap.detector.postprocess import detect
     from invismap.detector.zoo import load_detector, load_inference_detector
@@ -242,8 +246,9 @@ def _detect_fused(args: argparse.Namespace) -> int:
     results = []
     for image_id, (c, t) in enumerate(pairs, start=1):
         rgb, thr = read_color(c), read_thermal(t)
+        # a truck seen by one camera and a car by the other are one object: fused as the labels' classes
         kw = {"size": args.size, "conf": args.conf, "iou": args.iou, "batch_size": 1,
-              "tta_sizes": args.tta_sizes}
+              "tta_sizes": args.tta_sizes, "class_fold": CLASS_FOLD}
         heat = invisibility(None, rgb, thr) if invisibility else None
         fused = fuse_with_map(detect(model, [rgb], **kw)[0], detect(thermal_model, [thr], **kw)[0], heat,
                               params, image_size=(rgb.shape[1], rgb.shape[0]))
@@ -317,7 +322,7 @@ def draw_detections(image: np.ndarray, det, names: list[str]) -> np.ndarray:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from invismap.data.manifest import load_manifest
+    from invismap.data.manifest import CLASS_FOLD, load_manifest
     from invismap.detector.evaluate import evaluate_detector
     from invismap.detector.zoo import load_inference_detector
     from invismap.io import write_json
@@ -327,7 +332,8 @@ def _eval(args: argparse.Namespace) -> int:
     model = load_inference_detector(args.model)
     res = evaluate_detector(model, manifest, images=args.images, labels=args.labels, condition=args.condition,
                             split=args.split, size=args.size, conf=args.conf, iou=args.iou,
-                            multi_label=args.multi_label, tta_sizes=args.tta_sizes)
+                            multi_label=args.multi_label, tta_sizes=args.tta_sizes,
+                            class_fold=None if args.strict_classes else CLASS_FOLD)
     res["model"] = str(args.model)
     res["data"] = str(args.data)
     print(f"{args.model} on {args.images} images vs {args.labels} labels "

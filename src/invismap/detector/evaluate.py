@@ -17,12 +17,19 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from tqdm import tqdm
 
-from invismap.data.manifest import COCO_NAMES, ROAD_CLASSES, Manifest, read_yolo_labels, yolo_to_xyxy
+from invismap.data.manifest import (
+    CLASS_FOLD,
+    COCO_NAMES,
+    ROAD_CLASSES,
+    Manifest,
+    read_yolo_labels,
+    yolo_to_xyxy,
+)
 from invismap.detector.base import Detections, Detector
 from invismap.detector.postprocess import detect
 from invismap.errors import InvismapError
@@ -125,7 +132,8 @@ def evaluate_detector(model: Detector, manifest: Manifest, images: str = "color"
                       condition: str | None = None, split: str | None = None, size: int = 640,
                       conf: float = 0.001, iou: float = 0.45, classes: Sequence[int] = ROAD_CLASSES,
                       multi_label: bool = False, batch_size: int = 8, progress: bool = True,
-                      tta_sizes: Sequence[int] = ()) -> dict:
+                      tta_sizes: Sequence[int] = (),
+                      class_fold: Mapping[int, int] | None = CLASS_FOLD) -> dict:
     """Detect on one modality of a manifest's pairs and score against one modality's labels.
 
     Args:
@@ -143,6 +151,9 @@ def evaluate_detector(model: Detector, manifest: Manifest, images: str = "color"
         progress: show a tqdm bar.
         tta_sizes: also detect at these sizes and merge before NMS (multi-scale test-time augmentation,
             :func:`~invismap.detector.postprocess.detect`); empty: ``size`` only.
+        class_fold: each box's COCO class folded onto the labels' before scoring (default
+            :data:`~invismap.data.manifest.CLASS_FOLD`: truck and bus count as car, motorcycle as bicycle,
+            as the datasets label them); ``None``: strict COCO classes (a truck at a labelled car is dropped).
 
     Returns:
         :func:`coco_ap`'s dict plus ``"settings"`` (the arguments above) and ``"n_unlabelled"`` (pairs
@@ -170,7 +181,7 @@ def evaluate_detector(model: Detector, manifest: Manifest, images: str = "color"
         chunk = labelled[k:k + batch_size]
         imgs = [read(getattr(s, images)) for s in chunk]
         dets += detect(model, imgs, size=size, conf=conf, iou=iou, batch_size=batch_size, classes=classes,
-                       multi_label=multi_label, tta_sizes=tta_sizes)
+                       multi_label=multi_label, tta_sizes=tta_sizes, class_fold=class_fold)
         for s, im in zip(chunk, imgs):
             w, h = im.shape[1], im.shape[0]
             if labels != images and image_size(getattr(s, labels)) != (w, h):
@@ -185,6 +196,7 @@ def evaluate_detector(model: Detector, manifest: Manifest, images: str = "color"
     result = coco_ap(gts, dets, sizes, classes)
     result["settings"] = {"images": images, "labels": labels, "condition": condition, "split": split,
                           "size": size, "conf": conf, "iou": iou, "classes": list(classes),
-                          "multi_label": multi_label, "tta_sizes": list(tta_sizes)}
+                          "multi_label": multi_label, "tta_sizes": list(tta_sizes),
+                          "class_fold": {str(k): v for k, v in (class_fold or {}).items()}}
     result["n_unlabelled"] = len(selected) - len(labelled)
     return result

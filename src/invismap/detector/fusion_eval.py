@@ -42,7 +42,15 @@ import numpy as np
 from tqdm import tqdm
 
 from invismap.data.importers.common import box_iou
-from invismap.data.manifest import COCO_NAMES, ROAD_CLASSES, Manifest, Sample, read_yolo_labels, yolo_to_xyxy
+from invismap.data.manifest import (
+    CLASS_FOLD,
+    COCO_NAMES,
+    ROAD_CLASSES,
+    Manifest,
+    Sample,
+    read_yolo_labels,
+    yolo_to_xyxy,
+)
 from invismap.detector.ap_bootstrap import ap50_replicates, match_at_iou50, mean_over_classes
 from invismap.detector.base import Detections, Detector
 from invismap.detector.fusion import (
@@ -143,7 +151,8 @@ class PairRecord:
 def compute_pair_records(manifest: Manifest, color_detector: Detector, thermal_detector: Detector,
                          maps: Mapping[str, MapFn], size: int = 640, conf: float = 0.001, iou: float = 0.45,
                          classes: Sequence[int] = ROAD_CLASSES, progress: bool = True,
-                         tta_sizes: Sequence[int] = ()) -> list[PairRecord]:
+                         tta_sizes: Sequence[int] = (),
+                         class_fold: Mapping[int, int] | None = CLASS_FOLD) -> list[PairRecord]:
     """Run both detectors and every map on every pair of ``manifest``, once.
 
     Args:
@@ -154,6 +163,8 @@ def compute_pair_records(manifest: Manifest, color_detector: Detector, thermal_d
         size, conf, iou, classes: detection settings (conf 0.001: YOLOv5's mAP protocol; best class per box).
         tta_sizes: both detectors also run at these sizes, merged before NMS (multi-scale test-time
             augmentation, :func:`~invismap.detector.postprocess.detect`).
+        class_fold: both detectors' COCO classes folded onto the labels' (truck, bus -> car; motorcycle ->
+            bicycle), so that a truck box and a car box of one object fuse; ``None``: strict classes.
 
     Returns:
         One :class:`PairRecord` per pair, in manifest order.
@@ -165,7 +176,7 @@ def compute_pair_records(manifest: Manifest, color_detector: Detector, thermal_d
     for s in tqdm(list(manifest), desc="detect pairs", unit="pair", disable=not progress):
         rgb, thr = load_pair(s)
         kw = {"size": size, "conf": conf, "iou": iou, "classes": classes, "batch_size": 1,
-              "tta_sizes": tta_sizes}
+              "tta_sizes": tta_sizes, "class_fold": class_fold}
         color, = detect(color_detector, [rgb], **kw)
         thermal, = detect(thermal_detector, [thr], **kw)
         heats = {name: fn(s, rgb, thr) for name, fn in maps.items()}
@@ -227,7 +238,8 @@ def load_records(path: str | Path, settings: Mapping | None = None) -> list[Pair
 
 def cached_pair_records(manifest: Manifest, color: str, thermal_detector: str | Path,
                         map_specs: Mapping[str, str], cache: str | Path, size: int = 640,
-                        progress: bool = True, tta_sizes: Sequence[int] = ()) -> list[PairRecord]:
+                        progress: bool = True, tta_sizes: Sequence[int] = (),
+                        class_fold: Mapping[int, int] | None = CLASS_FOLD) -> list[PairRecord]:
     """:func:`compute_pair_records` for detectors and map sources given by name, kept in ``cache`` (.npz) and
     read back while the pairs, detectors, maps and sizes stay the same.
 
@@ -240,12 +252,14 @@ def cached_pair_records(manifest: Manifest, color: str, thermal_detector: str | 
 
     settings = {"pairs": [s.name for s in manifest], "color": str(color), "maps": dict(map_specs),
                 "thermal_detector": str(Path(thermal_detector).resolve()), "size": size,
-                "tta_sizes": list(tta_sizes)}
+                "tta_sizes": list(tta_sizes),
+                "class_fold": {str(k): v for k, v in (class_fold or {}).items()}}
     records = load_records(cache, settings)
     if records is None:
         maps = {m: map_source(spec)[1] for m, spec in map_specs.items()}
         records = compute_pair_records(manifest, load_detector(color), load_detector(str(thermal_detector)),
-                                       maps, size=size, progress=progress, tta_sizes=tta_sizes)
+                                       maps, size=size, progress=progress, tta_sizes=tta_sizes,
+                                       class_fold=class_fold)
         save_records(cache, records, settings)
     return records
 

@@ -24,7 +24,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -38,7 +38,8 @@ MAX_NMS = 30000  # upstream: at most this many candidates (highest scores) enter
 
 def non_max_suppression(pred: torch.Tensor, conf_thres: float = 0.25, iou_thres: float = 0.45,
                         classes: Sequence[int] | None = None, max_det: int = 300,
-                        multi_label: bool = False) -> list[torch.Tensor]:
+                        multi_label: bool = False,
+                        class_fold: Mapping[int, int] | None = None) -> list[torch.Tensor]:
     """YOLOv5 NMS on decoded predictions.
 
     Args:
@@ -46,6 +47,9 @@ def non_max_suppression(pred: torch.Tensor, conf_thres: float = 0.25, iou_thres:
         conf_thres: keep candidates with ``obj * cls > conf_thres`` (and ``obj > conf_thres``).
         iou_thres: suppress a box overlapping a higher-scored box of the same class by IoU > this.
         classes: keep only these class ids (before NMS, as upstream); ``None`` keeps all.
+        class_fold: class id -> class id applied to each box's chosen class before ``classes`` filters
+            (e.g. :data:`~invismap.data.manifest.CLASS_FOLD`: a box whose best class is truck becomes a
+            car instead of being dropped by ``classes=(0, 1, 2)``); ``None``: as upstream.
         max_det: at most this many boxes per image, highest scores first.
         multi_label: one candidate per (box, class) passing ``conf_thres`` (upstream ``val.py``);
             default: one per box with its best class (upstream ``detect.py``; see the module docstring).
@@ -67,6 +71,11 @@ def non_max_suppression(pred: torch.Tensor, conf_thres: float = 0.25, iou_thres:
         else:
             conf, j = scores.max(1, keepdim=True)
             dets = torch.cat((box, conf, j.float()), 1)[conf.view(-1) > conf_thres]
+        if class_fold:
+            folded = dets[:, 5].clone()
+            for src, dst in class_fold.items():
+                folded[dets[:, 5] == src] = dst
+            dets[:, 5] = folded
         if classes is not None:
             dets = dets[torch.isin(dets[:, 5], torch.tensor(list(classes), dtype=torch.float32))]
         if len(dets) > MAX_NMS:
@@ -114,7 +123,8 @@ def _as_rgb(image: np.ndarray) -> np.ndarray:
 @torch.no_grad()
 def detect(model: Detector, images: Sequence[np.ndarray], size: int = 640, conf: float = 0.25,
            iou: float = 0.45, batch_size: int = 8, classes: Sequence[int] | None = None,
-           max_det: int = 300, multi_label: bool = False, tta_sizes: Sequence[int] = ()) -> list[Detections]:
+           max_det: int = 300, multi_label: bool = False, tta_sizes: Sequence[int] = (),
+           class_fold: Mapping[int, int] | None = None) -> list[Detections]:
     """Run ``model`` on images and return boxes in original image pixels.
 
     Each image is letterboxed to ``size`` (longest side) and padded to the next multiple of
@@ -125,7 +135,7 @@ def detect(model: Detector, images: Sequence[np.ndarray], size: int = 640, conf:
         model: any :class:`Detector` (put in ``eval()`` mode by the caller or by ``load_detector``), or an
             :class:`~invismap.detector.onnx_detector.OnnxDetector`.
         images: RGB ``(H, W, 3)`` or gray ``(H, W)`` uint8 arrays, sizes may differ.
-        size, conf, iou, classes, max_det, multi_label: see :func:`non_max_suppression`.
+        size, conf, iou, classes, max_det, multi_label, class_fold: see :func:`non_max_suppression`.
         batch_size: images per forward pass (images with the same canvas size are batched together).
         tta_sizes: multi-scale test-time augmentation: the image is also run at each of these sizes, and
             every size's candidates, mapped to original pixels, go through one NMS (YOLOv5's ``--augment``
@@ -137,7 +147,8 @@ def detect(model: Detector, images: Sequence[np.ndarray], size: int = 640, conf:
     if not tta_sizes:  # kept apart: NMS in canvas pixels, as always (mapping first moves boxes by ~1e-4 px)
         results: list[Detections | None] = [None] * len(images)
         for i, pred, lb in _decoded(model, images, size, batch_size):
-            d = non_max_suppression(pred[None], conf, iou, classes, max_det, multi_label)[0].numpy()
+            d = non_max_suppression(pred[None], conf, iou, classes, max_det, multi_label,
+                                    class_fold)[0].numpy()
             results[i] = Detections(lb.boxes_to_original(d[:, :4]), d[:, 4].astype(np.float32),
                                     d[:, 5].astype(np.int64))
         return results  # type: ignore[return-value]
@@ -147,7 +158,8 @@ def detect(model: Detector, images: Sequence[np.ndarray], size: int = 640, conf:
             candidates[i].append(_to_original(pred, lb))
     out = []
     for im, preds in zip(images, candidates):
-        d = non_max_suppression(torch.cat(preds)[None], conf, iou, classes, max_det, multi_label)[0].numpy()
+        d = non_max_suppression(torch.cat(preds)[None], conf, iou, classes, max_det, multi_label,
+                                class_fold)[0].numpy()
         h, w = im.shape[:2]
         boxes = np.clip(d[:, :4], 0, [w, h, w, h]).astype(np.float32)
         out.append(Detections(boxes, d[:, 4].astype(np.float32), d[:, 5].astype(np.int64)))

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from invismap.config import apply_overrides, from_dict, to_dict
-from invismap.data.manifest import COCO_NAMES, ROAD_CLASSES, load_manifest
+from invismap.data.manifest import CLASS_FOLD, COCO_NAMES, ROAD_CLASSES, load_manifest
 from invismap.detector.evaluate import evaluate_detector
 from invismap.detector.zoo import load_detector
 from invismap.distill.run import DistillConfig, run_distill, split_pairs
@@ -44,20 +44,25 @@ LOSS_VARIANTS = {"mid": {"loss": "mid"}, "head": {"loss": "head"},
 
 
 def detector_scores(model, manifest, images: str, split: str, size: int,
-                    select_split: str | None = "train", tta_sizes: Sequence[int] = ()) -> dict[str, Any]:
+                    select_split: str | None = "train", tta_sizes: Sequence[int] = (),
+                    class_fold: Mapping[int, int] | None = CLASS_FOLD) -> dict[str, Any]:
     """AP50 (x100) per class and mean over person/bicycle/car, day and night, against thermal labels.
 
     With ``select_split``, also ``select night``: AP50 on that split's night pairs (for model selection).
-    ``tta_sizes``: multi-scale test-time augmentation (:func:`~invismap.detector.postprocess.detect`).
+    ``tta_sizes``: multi-scale test-time augmentation (:func:`~invismap.detector.postprocess.detect`);
+    ``class_fold``: COCO classes folded onto the labels'
+    (:func:`~invismap.detector.evaluate.evaluate_detector`).
     """
     row: dict[str, Any] = {}
     if select_split and manifest.select(condition="night", split=select_split).samples:
         r = evaluate_detector(model, manifest, images=images, labels="thermal", condition="night",
-                              split=select_split, size=size, progress=False, tta_sizes=tta_sizes)
+                              split=select_split, size=size, progress=False, tta_sizes=tta_sizes,
+                              class_fold=class_fold)
         row["select night"] = round(100 * r["AP50"], 1)
     for condition in ("day", "night"):
         r = evaluate_detector(model, manifest, images=images, labels="thermal", condition=condition,
-                              split=split, size=size, progress=False, tta_sizes=tta_sizes)
+                              split=split, size=size, progress=False, tta_sizes=tta_sizes,
+                              class_fold=class_fold)
         row[condition] = round(100 * r["AP50"], 1)
         for name, v in r["classes"].items():
             row[f"{condition} {name}"] = round(100 * v["AP50"], 1)
@@ -83,7 +88,8 @@ def run_experiment(kind: str, base: DistillConfig, out_dir: str | Path, pair_cou
                    eval_split: str = "test", eval_size: int = 640, losses: list[str] | None = None,
                    variants: Mapping[str, list[str]] | None = None, seeds: list[int] | None = None,
                    more: Mapping[str, str | Path] | None = None,
-                   eval_tta_sizes: Sequence[int] = (), runs_dir: str | Path | None = None,
+                   eval_tta_sizes: Sequence[int] = (), eval_class_fold: Mapping[int, int] | None = CLASS_FOLD,
+                   runs_dir: str | Path | None = None,
                    score: bool = True, train: bool = True) -> list[dict[str, Any]]:
     """Run every variant of ``kind`` (``ablation``, ``pairs``, ``variants`` or ``seeds``), evaluate, write the
     tables.
@@ -91,7 +97,8 @@ def run_experiment(kind: str, base: DistillConfig, out_dir: str | Path, pair_cou
     ``losses`` limits the ablation to those variants of :data:`LOSS_VARIANTS`; ``variants`` (kind
     ``variants``) maps names to overrides of ``base``; ``seeds`` (kind ``seeds``) are the seeds to train
     ``base`` with. ``more``: other datasets (name -> manifest) scored on their ``eval_split`` too;
-    ``eval_tta_sizes``: every detector is scored with this multi-scale test-time augmentation. Each variant
+    ``eval_tta_sizes``, ``eval_class_fold``: every detector is scored with this multi-scale test-time
+    augmentation and class folding (:func:`detector_scores`). Each variant
     trains in its folder under ``runs_dir`` (default ``out_dir``); one whose folder already holds
     ``thermal_detector.pt`` is evaluated, not trained again. ``score=False`` only trains (no tables; one row
     per variant with its training time); ``train=False`` only scores, and refuses a variant not trained yet.
@@ -126,11 +133,12 @@ def run_experiment(kind: str, base: DistillConfig, out_dir: str | Path, pair_cou
     others = {name: load_manifest(path) for name, path in (more or {}).items()}
 
     def scores(model, images: str) -> dict[str, Any]:
-        row = detector_scores(model, manifest, images, eval_split, eval_size, tta_sizes=eval_tta_sizes)
+        row = detector_scores(model, manifest, images, eval_split, eval_size, tta_sizes=eval_tta_sizes,
+                              class_fold=eval_class_fold)
         # other cameras: thermal labels only
         for name, other in others.items() if images == "thermal" else ():
             r = detector_scores(model, other, images, eval_split, eval_size, select_split=None,
-                                tta_sizes=eval_tta_sizes)
+                                tta_sizes=eval_tta_sizes, class_fold=eval_class_fold)
             row.update({f"{name} {c}": r[c] for c in ("day", "night")})
         return row
 
@@ -154,12 +162,12 @@ def run_experiment(kind: str, base: DistillConfig, out_dir: str | Path, pair_cou
             row["pairs_per_s"] = round(summary["pairs_per_s"], 2)
         rows.append(row)
         if score:
-            _write(out_dir, kind, base, rows, list(others), eval_tta_sizes)
+            _write(out_dir, kind, base, rows, list(others), eval_tta_sizes, eval_class_fold)
     if not score:
         return rows
     if kind == "seeds" and len(variants) > 1:
         rows += spread([r for r in rows if r["variant"] in variants])
-        _write(out_dir, kind, base, rows, list(others), eval_tta_sizes)
+        _write(out_dir, kind, base, rows, list(others), eval_tta_sizes, eval_class_fold)
     return rows
 
 
@@ -176,7 +184,7 @@ def spread(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _write(out_dir: Path, kind: str, base: DistillConfig, rows: list[dict], more: list[str],
-           tta_sizes: Sequence[int] = ()) -> None:
+           tta_sizes: Sequence[int] = (), class_fold: Mapping[int, int] | None = CLASS_FOLD) -> None:
     cols = (["variant", "select night", "day", "night"]
             + [f"{c} {COCO_NAMES[k]}" for c in ("day", "night") for k in ROAD_CLASSES])
     cols += [f"{name} {c}" for name in more for c in ("day", "night")]  # other cameras' test splits
@@ -186,6 +194,8 @@ def _write(out_dir: Path, kind: str, base: DistillConfig, rows: list[dict], more
              "pairs only) - choose a variant by this column; day/night columns: test split.")
     if tta_sizes:
         about += f" Every detector is also run at sizes {list(tta_sizes)}, merged before NMS."
+    about += (" Truck and bus boxes count as car, motorcycle as bicycle." if class_fold
+              else " Strict COCO classes (a truck box at a labelled car is not counted).")
     lines = [f"# Distillation {kind}: thermal AP50 (mean over person/bicycle/car) vs thermal labels",
              "", about, "",
              "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -194,5 +204,5 @@ def _write(out_dir: Path, kind: str, base: DistillConfig, rows: list[dict], more
         f.write("\n".join(lines) + "\n")
     write_json(out_dir / "table.json",
                {"experiment": kind, "config": to_dict(base), "rows": rows, "more": more,
-                "tta_sizes": list(tta_sizes)})
+                "tta_sizes": list(tta_sizes), "class_fold": bool(class_fold)})
 

@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 from invismap.data.dataset import load_boxes, load_pair
 from invismap.data.importers.common import box_iou
-from invismap.data.manifest import Manifest, Sample
+from invismap.data.manifest import CLASS_FOLD, Manifest, Sample
 from invismap.data.summary import thermal_only_mask
 from invismap.detector.base import Detections
 from invismap.errors import InvismapError
@@ -68,9 +68,6 @@ PAPER_COVERAGE = 0.775  # ... cover 77.5% of the pixels of objects the color det
 # YOLOv5's default deployment (detect.py) confidence threshold: a box under it is not shown to the user,
 # so an object without a box at 0.25 counts as missed by the color camera.
 TEACHER_CONF = 0.25
-# COCO detections folded onto the road label set before same-class matching: a labelled "car" the
-# teacher calls a truck or bus was seen, and so was a "bicycle" it calls a motorcycle.
-CLASS_FOLD: dict[int, int] = {3: 1, 5: 2, 7: 2}  # motorcycle -> bicycle, bus -> car, truck -> car
 CURVE_POINTS = np.linspace(0.0, 1.0, 201)  # flagged shares at which the stored curves are sampled
 HIST_BINS = 100  # bins of the stored score histograms (0.01 wide) and of the day/night overlap
 FLAGGED_SHARES = (PAPER_FLAGGED, 0.25)  # coverage of missed-object pixels is read at these flagged shares

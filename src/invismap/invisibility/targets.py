@@ -46,10 +46,10 @@ from tqdm import tqdm
 
 from invismap.data.dataset import PairDataset, load_pair
 from invismap.data.letterbox import Letterbox, apply_letterbox, letterbox_params, map_to_original
-from invismap.data.manifest import ROAD_CLASSES, Manifest, load_manifest
+from invismap.data.manifest import CLASS_FOLD, ROAD_CLASSES, Manifest, load_manifest
 from invismap.detector.base import Detections
 from invismap.errors import InvismapError, file_error
-from invismap.invisibility.evaluate import CLASS_FOLD, detected_mask
+from invismap.invisibility.evaluate import detected_mask
 from invismap.io import atomic_write, write_json
 
 KINDS = ("pair", "pair+detectors")

@@ -104,6 +104,9 @@ class EvaluateSection:
     # multi-scale test-time augmentation when detectors are scored (eval_detector, experiments, fusion): each
     # image is also run at these sizes and all candidates merged before NMS, e.g. [416, 512, 800, 960]
     tta_sizes: list[int] = field(default_factory=list)
+    # detectors are scored with COCO's truck and bus counted as car and motorcycle as bicycle (the datasets'
+    # label classes; data.manifest.CLASS_FOLD); false: strict COCO classes, as upstream YOLOv5 scores
+    fold_classes: bool = True
 
 
 @dataclass

@@ -134,7 +134,8 @@ STAGES = [
                       f"{cfg.predictor.train.max_steps} steps, size {cfg.predictor.size})",
           _fmt_predictor),
     Stage("eval_detector", ("import", "register", "align", "distill"),
-          lambda cfg: {"split": cfg.evaluate.split, "tta_sizes": cfg.evaluate.tta_sizes},
+          lambda cfg: {"split": cfg.evaluate.split, "tta_sizes": cfg.evaluate.tta_sizes,
+                       "fold_classes": cfg.evaluate.fold_classes},
           steps.eval_detector,
           lambda cfg: f"thermal AP50 by condition and class on split '{cfg.evaluate.split}'",
           lambda s: steps.format_ap(s["rows"])),
@@ -155,7 +156,7 @@ STAGES = [
     Stage("experiments", ("import", "register", "align", "distill", "students"),
           lambda cfg: {"experiments": _experiment_runs(cfg),
                        "distill": dataclasses.replace(cfg.distill, data=""), "split": cfg.evaluate.split,
-                       "tta_sizes": cfg.evaluate.tta_sizes},
+                       "tta_sizes": cfg.evaluate.tta_sizes, "fold_classes": cfg.evaluate.fold_classes},
           steps.experiments, lambda cfg: "score the " + _plan_experiments(cfg),
           lambda s: ", ".join(f"{k}: {len(v)} rows" for k, v in s.items()), enabled=_has_experiments),
     Stage("predictor_cv", ("import", "register", "align", "distill"),
@@ -176,7 +177,7 @@ STAGES = [
     Stage("fusion", ("import", "register", "align", "distill", "predictor"),
           lambda cfg: {"fusion": cfg.fusion, "splits": [cfg.predictor.split, cfg.evaluate.split],
                        "conditions": cfg.evaluate.conditions, "bootstrap": cfg.evaluate.bootstrap,
-                       "tta_sizes": cfg.evaluate.tta_sizes},
+                       "tta_sizes": cfg.evaluate.tta_sizes, "fold_classes": cfg.evaluate.fold_classes},
           steps.fusion,
           lambda cfg: f"fuse color and thermal detections ({cfg.fusion.method}; constant weight and "
                       f"weighted by {', '.join(cfg.fusion.maps)}), chosen on '{cfg.predictor.split}', "

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from invismap.data.manifest import Manifest, evenly, load_manifest, save_manifest
+from invismap.data.manifest import CLASS_FOLD, Manifest, evenly, load_manifest, save_manifest
 from invismap.distill.run import DistillConfig
 from invismap.engine.rundir import can_resume
 from invismap.errors import InvismapError
@@ -46,6 +46,11 @@ def distilled(inputs: Inputs) -> tuple[str, int, str]:
     """``(teacher, size, loss)`` of the distillation upstream, from its record."""
     s = inputs.summary("distill")
     return s["teacher"], s["size"], s["loss"]
+
+
+def class_fold(s: Settings) -> dict[int, int] | None:
+    """How detectors are scored (``evaluate.fold_classes``): COCO classes folded onto the labels', or not."""
+    return CLASS_FOLD if s.fold_classes else None
 
 
 def subset(manifest: Manifest, per_group: int, key=lambda s: (s.split, s.condition)) -> Manifest:
@@ -198,15 +203,16 @@ def eval_detector(s: Settings, inputs: Inputs, d: Path, resume: bool) -> dict:
     for name, model, images in models:
         inputs.echo(f"  AP50 of {name}")
         rows.append({"variant": name, **detector_scores(model, manifest, images, s.split, size,
-                                                        tta_sizes=s.tta_sizes)})
+                                                        tta_sizes=s.tta_sizes, class_fold=class_fold(s))})
     more = {}
     for fmt, path in more_manifests(inputs).items():  # each dataset's own test split, reported apart
         other = load_manifest(path)
         more[fmt] = [{"variant": name, **detector_scores(model, other, images, s.split, size,
-                                                         tta_sizes=s.tta_sizes)}
+                                                         tta_sizes=s.tta_sizes, class_fold=class_fold(s))}
                      for name, model, images in models if images == "thermal" or _has_color_labels(other)]
         inputs.echo(f"  {fmt}: " + format_ap(more[fmt]))
     write_json(d / "detector.json", {"split": s.split, "size": size, "tta_sizes": list(s.tta_sizes),
+                                     "fold_classes": s.fold_classes,
                                      "labels": "thermal", "rows": rows, "more": more})
     return {"rows": rows, "more": more}
 
@@ -384,7 +390,7 @@ def experiments(s: Settings, inputs: Inputs, d: Path, resume: bool) -> dict:
     kinds = inputs.summary("students")
     out: dict = {}
     scored = {"eval_split": split, "eval_size": size, "more": more_manifests(inputs),
-              "eval_tta_sizes": s.tta_sizes, "train": False}
+              "eval_tta_sizes": s.tta_sizes, "eval_class_fold": class_fold(s), "train": False}
     if "losses" in kinds:
         out["losses"] = run_experiment("ablation", base, d / "losses", losses=kinds["losses"],
                                        runs_dir=trained / "losses", **scored)
@@ -403,7 +409,8 @@ def experiments(s: Settings, inputs: Inputs, d: Path, resume: bool) -> dict:
         for name, path in (("with registration/alignment", inputs.dirs["distill"] / "thermal_detector.pt"),
                            ("without (imported pairs)", trained / "alignment_off" / "thermal_detector.pt")):
             rows.append({"variant": name, **detector_scores(load_detector(str(path)), manifest, "thermal",
-                                                            split, size, tta_sizes=s.tta_sizes)})
+                                                            split, size, tta_sizes=s.tta_sizes,
+                                                            class_fold=class_fold(s))})
         write_json(d / "alignment.json", {"rows": rows, "tta_sizes": list(s.tta_sizes),
                                           "note": "thermal AP50 on the same test pairs; the two "
                                                   "runs differ only in the color images distilled from"})
@@ -466,11 +473,13 @@ def fusion(s: Settings, inputs: Inputs, d: Path, resume: bool) -> dict:
     manifest = load_manifest(pairs_manifest(inputs)).select(split=(train, test), condition=s.conditions)
     # an interrupted run keeps its detections
     records = cached_pair_records(manifest, teacher, thermal, {m: known[m] for m in c.maps},
-                                  d / "detections.npz", size=size, tta_sizes=s.tta_sizes)
+                                  d / "detections.npz", size=size, tta_sizes=s.tta_sizes,
+                                  class_fold=class_fold(s))
     result = evaluate_fusion(records, load_labels(manifest), maps=list(c.maps), conditions=s.conditions,
                              base=FusionParams(method=c.method, iou_thr=c.iou), n_boot=s.bootstrap,
                              train_split=train, test_split=test, weights_per=c.weights_per)
     result["settings"]["tta_sizes"] = list(s.tta_sizes)
+    result["settings"]["fold_classes"] = s.fold_classes
     write_json(d / "fusion.json", result)
     inputs.echo(format_fusion_table(result))
     return {cond: {ls: {m: r["AP50"]["value"] for m, r in block["methods"].items()}

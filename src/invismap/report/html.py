@@ -249,7 +249,16 @@ def section_detector(d: dict) -> str:
             f'<p class="note">Split {esc(det["split"])}, letterbox {esc(det["size"])}'
             + (f' plus {esc(", ".join(map(str, tta)))} (every detector, candidates of all sizes merged '
                "before NMS)" if (tta := det.get("tta_sizes")) else "")
-            + f".{soup_note(d.get('distill.json') or {})} Source: data/detector.json.</p>")
+            + f".{fold_note(det)}{soup_note(d.get('distill.json') or {})} Source: data/detector.json.</p>")
+
+
+def fold_note(settings: Mapping[str, Any]) -> str:
+    """How the detectors' COCO classes met the labels' (``evaluate.fold_classes``; absent in older runs)."""
+    if "fold_classes" not in settings:
+        return ""
+    if settings["fold_classes"]:
+        return " Truck and bus boxes count as car, motorcycle as bicycle, as the datasets label them."
+    return " Strict COCO classes: a truck box at a labelled car is not counted."
 
 
 def soup_note(distill: Mapping[str, Any]) -> str:
@@ -298,7 +307,7 @@ def section_fusion(d: dict) -> str:
                  "color and thermal boxes of one class at IoU ≥ 0.5 merged."
                  + (f" Both detectors also run at sizes {esc(', '.join(map(str, tta)))}, merged before NMS."
                     if (tta := fusion["settings"].get("tta_sizes")) else "")
-                 + " Source: data/fusion.json.</p>")
+                 + fold_note(fusion["settings"]) + " Source: data/fusion.json.</p>")
     return "".join(parts)
 
 
