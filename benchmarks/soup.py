@@ -43,6 +43,8 @@ def parse_args():
     p.add_argument("--baseline", nargs="*", default=[],
                    help="another recipe's students, as many as --detectors, grouped the same way")
     p.add_argument("--no-students", action="store_true", help="score the soups only")
+    p.add_argument("--strict-classes", action="store_true",
+                   help="COCO classes as they are (default: truck, bus -> car, motorcycle -> bicycle)")
     p.add_argument("--json", help="also write the rows here")
     return p.parse_args()
 
@@ -63,7 +65,14 @@ def main() -> None:
     args = parse_args()
     assets_env()
     setup_torch(args.threads)
-    from invismap.data.manifest import COCO_NAMES, ROAD_CLASSES, load_manifest, read_yolo_labels, yolo_to_xyxy
+    from invismap.data.manifest import (
+        CLASS_FOLD,
+        COCO_NAMES,
+        ROAD_CLASSES,
+        load_manifest,
+        read_yolo_labels,
+        yolo_to_xyxy,
+    )
     from invismap.detector.ap_bootstrap import ap50_replicates, match_at_iou50, mean_over_classes
     from invismap.detector.postprocess import detect
     from invismap.detector.zoo import load_detector
@@ -79,8 +88,9 @@ def main() -> None:
     groups = [args.detectors[i:i + args.soup] for i in range(0, len(args.detectors), args.soup)]
     baselines = [args.baseline[i:i + args.soup] for i in range(0, len(args.baseline), args.soup)]
     print_machine("model soups vs their students (thermal images, thermal labels)")
+    fold = None if args.strict_classes else CLASS_FOLD
     print(f"{len(groups)} soups of {args.soup}, size {args.size}, tta sizes {args.tta_sizes}, "
-          f"{args.n_boot} bootstrap resamples")
+          f"{args.n_boot} bootstrap resamples, class fold {fold}")
     # every (data, split, condition) with labelled thermal pairs: images, truth and shared resamples
     sets = []
     for data in args.data:
@@ -105,7 +115,7 @@ def main() -> None:
         out = {}
         for name, images, truth, weights in sets:
             dets = detect(model, images, size=args.size, conf=0.001, iou=0.45, classes=ROAD_CLASSES,
-                          tta_sizes=args.tta_sizes)
+                          tta_sizes=args.tta_sizes, class_fold=fold)
             matches = match_at_iou50(truth, dets, [(im.shape[1], im.shape[0]) for im in images], ROAD_CLASSES)
             classes = 100 * ap50_replicates(matches, weights)
             out[name] = mean_over_classes(classes)

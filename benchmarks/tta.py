@@ -35,6 +35,8 @@ def parse_args():
     p.add_argument("--tta-sizes", type=int, nargs="+", default=[416, 512, 800, 960])
     p.add_argument("--n-boot", type=int, default=1000)
     p.add_argument("--time-images", type=int, default=8, help="images timed per detector (0: no timing)")
+    p.add_argument("--strict-classes", action="store_true",
+                   help="COCO classes as they are (default: truck, bus -> car, motorcycle -> bicycle)")
     p.add_argument("--json", help="also write the rows here")
     return p.parse_args()
 
@@ -43,7 +45,7 @@ def main() -> None:
     args = parse_args()
     assets_env()
     setup_torch(args.threads)
-    from invismap.data.manifest import ROAD_CLASSES, load_manifest, read_yolo_labels, yolo_to_xyxy
+    from invismap.data.manifest import CLASS_FOLD, ROAD_CLASSES, load_manifest, read_yolo_labels, yolo_to_xyxy
     from invismap.detector.ap_bootstrap import ap50_replicates, match_at_iou50, mean_over_classes
     from invismap.detector.postprocess import detect
     from invismap.detector.zoo import load_detector
@@ -72,7 +74,8 @@ def main() -> None:
                     ap = {}
                     for name, tta in protocols.items():
                         dets = detect(model, images, size=args.size, conf=0.001, iou=0.45,
-                                      classes=ROAD_CLASSES, tta_sizes=tta)
+                                      classes=ROAD_CLASSES, tta_sizes=tta,
+                                      class_fold=None if args.strict_classes else CLASS_FOLD)
                         matches = match_at_iou50(truth, dets, sizes, ROAD_CLASSES)
                         ap[name] = 100 * mean_over_classes(ap50_replicates(matches, weights))
                     gain = ap["tta"] - ap["one size"]

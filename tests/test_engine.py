@@ -12,6 +12,7 @@ from torch.utils.data import Dataset
 
 from invismap.engine import loop
 from invismap.engine.checkpoint import load_checkpoint, save_checkpoint
+from invismap.engine.distributed import shutdown
 from invismap.engine.loop import StepBatchSampler, Task, TrainConfig, check_train_config, fit, lr_at
 from invismap.errors import InvismapError
 
@@ -198,7 +199,7 @@ def _ddp_worker(rank, world, port, out_dir):
     torch.manual_seed(0)
     task = NormRegression()
     fit(task, Points(), cfg(batch_size=4, device="cpu"), out_dir, val_set=Points(10), progress=False)
-    torch.distributed.destroy_process_group()
+    shutdown(wait_for_others=True)
 
 
 def test_ddp_two_processes_match_one(tmp_path):

@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import gc
 import os
 
 import torch
@@ -90,11 +91,17 @@ def shutdown(wait_for_others: bool = False) -> None:
 
     ``wait_for_others``: first wait until every process has finished (rank 0 may still be writing the run's
     files). A process that leaves early closes its connections under the others, and gloo can abort on that.
+
+    Objects still holding the group (a DDP wrapper in a reference cycle) are collected first: left to the
+    interpreter's exit, the group is destroyed after its threads' runtime is gone, and the process aborts
+    ("terminate called without an active exception") after its work is done.
     """
     if dist.is_available() and dist.is_initialized():
         if wait_for_others:
             dist.barrier()
+        gc.collect()
         dist.destroy_process_group()
+        gc.collect()
 
 
 class _AllReduceSum(torch.autograd.Function):
