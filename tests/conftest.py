@@ -20,6 +20,13 @@ def find_assets() -> Path | None:
     return None
 
 
+def pytest_configure(config) -> None:
+    """Commands the tests start (``invismap ...`` in a subprocess) find the assets as the tests do."""
+    found = find_assets()
+    if found is not None and not os.environ.get("INVISMAP_ASSETS"):
+        os.environ["INVISMAP_ASSETS"] = str(found)
+
+
 @pytest.fixture(scope="session")
 def assets() -> Path:
     """The real shared assets folder (weights/, data/msrs, data/roadscene)."""
