@@ -26,7 +26,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from common import assets_env, base_parser, print_machine, setup_torch, table
+from common import assets_env, base_parser, print_machine, setup_torch, table, thermal_test_sets
 from soup import soup_detector
 
 
@@ -49,19 +49,12 @@ def main() -> None:
     args = parse_args()
     assets_env()
     setup_torch(args.threads)
-    from invismap.data.manifest import (
-        CLASS_FOLD,
-        COCO_NAMES,
-        ROAD_CLASSES,
-        load_manifest,
-        read_yolo_labels,
-        yolo_to_xyxy,
-    )
+    from invismap.data.manifest import CLASS_FOLD, COCO_NAMES, ROAD_CLASSES
     from invismap.detector.ap_bootstrap import ap50_replicates, match_at_iou50, mean_over_classes
     from invismap.detector.postprocess import detect
     from invismap.detector.zoo import load_detector
-    from invismap.invisibility.bootstrap import interval, resample_weights
-    from invismap.io import read_color, read_thermal
+    from invismap.invisibility.bootstrap import interval
+    from invismap.io import read_color
 
     if len(args.detectors) % args.soup:
         raise SystemExit(f"--detectors: {len(args.detectors)} files do not make soups of {args.soup}")
@@ -69,20 +62,7 @@ def main() -> None:
     print_machine("class folding in detector AP50 (thermal labels)")
     print(f"{len(groups)} soups of {args.soup}, size {args.size}, tta sizes {args.tta_sizes}, "
           f"{args.n_boot} bootstrap resamples, fold {CLASS_FOLD}")
-    sets = []  # (name, pairs, truth, bootstrap weights (1 + n_boot, n)), labels read once
-    for data in args.data:
-        manifest = load_manifest(data)
-        wanted = [(args.select, "night")] if args.select and data == args.data[0] else []
-        for split, cond in wanted + [(args.split, c) for c in ("day", "night")]:
-            pairs = [s for s in manifest.select(condition=cond, split=split) if s.thermal_labels]
-            if not pairs:
-                continue
-            thermal = [read_thermal(s.thermal) for s in pairs]
-            truth = [yolo_to_xyxy(read_yolo_labels(s.thermal_labels), im.shape[1], im.shape[0])
-                     for s, im in zip(pairs, thermal)]
-            weights = np.vstack([np.ones(len(pairs)), resample_weights([np.arange(len(pairs))], args.n_boot)])
-            name = "select night" if split == args.select else f"{Path(data).name} {split} {cond}"
-            sets.append((name, pairs, thermal, truth, weights))
+    sets = thermal_test_sets(args.data, args.select, args.split, args.n_boot)
 
     def ap50(model, modality: str) -> dict[tuple[str, str], np.ndarray]:
         """``{(set, protocol): (1 + n_boot, classes) AP50 x100}``, the first row on the images as they are."""

@@ -208,3 +208,34 @@ def assets_env() -> None:
         cand = os.path.join(os.path.dirname(REPO), "shared", "assets")
         if os.path.isdir(cand):
             os.environ["INVISMAP_ASSETS"] = cand
+
+
+def thermal_test_sets(data: Sequence[str], select: str, split: str, n_boot: int) -> list[tuple]:
+    """Every labelled set a detector benchmark scores: ``(name, pairs, thermal images, truth, weights)``.
+
+    ``select``'s night pairs of the first dataset ("select night", the column that chooses; ``""`` to skip)
+    and ``split``'s day and night pairs of each dataset (named ``"FOLDER SPLIT CONDITION"``), each with its
+    thermal images, thermal labels in pixels and ``(1 + n_boot, n)`` bootstrap weights over its images (the
+    first row all ones), shared by every detector scored on it.
+    """
+    import numpy as np
+
+    from invismap.data.manifest import load_manifest, read_yolo_labels, yolo_to_xyxy
+    from invismap.invisibility.bootstrap import resample_weights
+    from invismap.io import read_thermal
+
+    sets = []
+    for data_path in data:
+        manifest, folder = load_manifest(data_path), os.path.basename(os.path.normpath(data_path))
+        wanted = [(select, "night")] if select and data_path == data[0] else []
+        for s, cond in wanted + [(split, c) for c in ("day", "night")]:
+            pairs = [p for p in manifest.select(condition=cond, split=s) if p.thermal_labels]
+            if not pairs:
+                continue
+            images = [read_thermal(p.thermal) for p in pairs]
+            truth = [yolo_to_xyxy(read_yolo_labels(p.thermal_labels), im.shape[1], im.shape[0])
+                     for p, im in zip(pairs, images)]
+            weights = np.vstack([np.ones(len(pairs)), resample_weights([np.arange(len(pairs))], n_boot)])
+            name = "select night" if s == select else f"{folder} {s} {cond}"
+            sets.append((name, pairs, images, truth, weights))
+    return sets

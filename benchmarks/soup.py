@@ -27,7 +27,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from common import assets_env, base_parser, print_machine, setup_torch, table
+from common import assets_env, base_parser, print_machine, setup_torch, table, thermal_test_sets
 
 
 def parse_args():
@@ -65,19 +65,11 @@ def main() -> None:
     args = parse_args()
     assets_env()
     setup_torch(args.threads)
-    from invismap.data.manifest import (
-        CLASS_FOLD,
-        COCO_NAMES,
-        ROAD_CLASSES,
-        load_manifest,
-        read_yolo_labels,
-        yolo_to_xyxy,
-    )
+    from invismap.data.manifest import CLASS_FOLD, COCO_NAMES, ROAD_CLASSES
     from invismap.detector.ap_bootstrap import ap50_replicates, match_at_iou50, mean_over_classes
     from invismap.detector.postprocess import detect
     from invismap.detector.zoo import load_detector
-    from invismap.invisibility.bootstrap import interval, resample_weights
-    from invismap.io import read_thermal
+    from invismap.invisibility.bootstrap import interval
 
     if args.soup < 2:
         raise SystemExit(f"--soup {args.soup}: a soup averages at least 2 students")
@@ -92,28 +84,14 @@ def main() -> None:
     print(f"{len(groups)} soups of {args.soup}, size {args.size}, tta sizes {args.tta_sizes}, "
           f"{args.n_boot} bootstrap resamples, class fold {fold}")
     # every (data, split, condition) with labelled thermal pairs: images, truth and shared resamples
-    sets = []
-    for data in args.data:
-        manifest = load_manifest(data)
-        wanted = [(args.select, "night")] if args.select else []
-        wanted += [(args.split, c) for c in ("day", "night")]
-        for split, cond in wanted:
-            pairs = [s for s in manifest.select(condition=cond, split=split) if s.thermal_labels]
-            if not pairs or (split == args.select and data != args.data[0]):
-                continue
-            images = [read_thermal(s.thermal) for s in pairs]
-            truth = [yolo_to_xyxy(read_yolo_labels(s.thermal_labels), im.shape[1], im.shape[0])
-                     for s, im in zip(pairs, images)]
-            weights = np.vstack([np.ones(len(pairs)), resample_weights([np.arange(len(pairs))], args.n_boot)])
-            name = "select night" if split == args.select else f"{Path(data).name} {split} {cond}"
-            sets.append((name, images, truth, weights))
+    sets = thermal_test_sets(args.data, args.select, args.split, args.n_boot)
 
     per_class: dict[tuple[str, str], list[np.ndarray]] = {}  # (kind, set) -> (K,) AP50 x100 per detector
 
     def ap50(model, kind: str) -> dict[str, np.ndarray]:
         """``{set name: (1 + n_boot,) AP50 x100}``, the first entry on the images as they are."""
         out = {}
-        for name, images, truth, weights in sets:
+        for name, _, images, truth, weights in sets:
             dets = detect(model, images, size=args.size, conf=0.001, iou=0.45, classes=ROAD_CLASSES,
                           tta_sizes=args.tta_sizes, class_fold=fold)
             matches = match_at_iou50(truth, dets, [(im.shape[1], im.shape[0]) for im in images], ROAD_CLASSES)
