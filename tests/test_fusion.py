@@ -272,8 +272,9 @@ def test_cli_detect_fuses_real_pairs(map_, msrs_dir, weights_dir, thermal_detect
     assert json.loads((tmp_path / "again" / "detections.json").read_text()) == results
 
 
-def test_cli_detect_warns_when_weights_were_chosen_at_other_sizes(msrs_dir, weights_dir, thermal_detector,
-                                                                   tmp_path, caplog):
+def test_cli_detect_warns_when_weights_were_chosen_otherwise(msrs_dir, weights_dir, thermal_detector,
+                                                             tmp_path, caplog):
+    """At other sizes, or with strict classes (a fusion run from before classes were folded)."""
     from invismap.cli import main
 
     color, thermal = two_pairs(msrs_dir, tmp_path)
@@ -288,10 +289,13 @@ def test_cli_detect_warns_when_weights_were_chosen_at_other_sizes(msrs_dir, weig
     with caplog.at_level(logging.WARNING):
         assert main(argv + ["--out", str(tmp_path / "one")]) == 0
     assert "chosen with --tta-sizes [224], this run uses none" in caplog.text
+    assert "chosen with strict COCO classes" in caplog.text  # a run from before classes were folded
     caplog.clear()
+    fusion.write_text(json.dumps({"settings": {"tta_sizes": [224], "fold_classes": True},
+                                  "conditions": {"day": {"label_sets": {"thermal": {"chosen": chosen}}}}}))
     with caplog.at_level(logging.WARNING):
         assert main(argv + ["--tta-sizes", "224", "--out", str(tmp_path / "two")]) == 0
-    assert "tta-sizes" not in caplog.text
+    assert "tta-sizes" not in caplog.text and "strict" not in caplog.text
     assert (tmp_path / "two" / "detections.json").is_file()
 
 

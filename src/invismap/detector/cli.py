@@ -142,11 +142,12 @@ def _detect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fusion_tta_sizes(path: str) -> list[int]:
-    """The ``tta_sizes`` a fusion run's detections were made with (``[]``: one size, or an older run)."""
+def _fusion_settings(path: str) -> dict:
+    """How a fusion run's detections were made: ``tta_sizes`` (absent: one size) and ``fold_classes``
+    (absent: an older run, strict classes)."""
     import json
 
-    return list(json.loads(Path(path).read_text()).get("settings", {}).get("tta_sizes") or [])
+    return json.loads(Path(path).read_text()).get("settings", {})
 
 
 def fusion_params(args: argparse.Namespace):
@@ -162,11 +163,16 @@ def fusion_params(args: argparse.Namespace):
                                 "condition)")
         method = "constant" if args.map == "none" else "map:pair" if args.map == "pair" else "map:predictor"
         params = chosen_params(args.weights_from, args.condition, args.label_set, method)
-        chosen_with = _fusion_tta_sizes(args.weights_from)
+        settings = _fusion_settings(args.weights_from)
+        chosen_with = list(settings.get("tta_sizes") or [])
         if sorted(chosen_with) != sorted(args.tta_sizes):
             log.warning("%s: its weights were chosen with --tta-sizes %s, this run uses %s; give the same "
                         "--tta-sizes to fuse as they were chosen", args.weights_from, chosen_with or "none",
                         list(args.tta_sizes) or "none")
+        if not settings.get("fold_classes", False):
+            log.warning("%s: its weights were chosen with strict COCO classes, and this fuses truck and bus "
+                        "boxes as car; re-run the fusion stage (invismap run CONFIG --from fusion) to choose "
+                        "them the same way", args.weights_from)
         return params
     if args.condition is not None:
         raise InvismapError("--condition only picks the weights of --weights-from (add --weights-from "
