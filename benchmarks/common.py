@@ -210,32 +210,53 @@ def assets_env() -> None:
             os.environ["INVISMAP_ASSETS"] = cand
 
 
-def thermal_test_sets(data: Sequence[str], select: str, split: str, n_boot: int) -> list[tuple]:
-    """Every labelled set a detector benchmark scores: ``(name, pairs, thermal images, truth, weights)``.
+def add_soup_scoring_args(p: argparse.ArgumentParser) -> None:
+    """The arguments of the scripts that score soups of distilled students (soup.py, class_fold.py)."""
+    p.add_argument("--detectors", nargs="+", required=True, help="thermal_detector.pt files, --soup per soup")
+    p.add_argument("--soup", type=int, default=3, help="students per soup")
+    p.add_argument("--data", nargs="+", required=True, help="pair manifests (manifest.csv or its folder)")
+    p.add_argument("--select", default="train", help="the split whose night pairs choose ('' to skip)")
+    p.add_argument("--split", default="test", help="the split reported")
+    p.add_argument("--size", type=int, default=640)
+    p.add_argument("--tta-sizes", type=int, nargs="*", default=[])
+    p.add_argument("--n-boot", type=int, default=1000)
 
-    ``select``'s night pairs of the first dataset ("select night", the column that chooses; ``""`` to skip)
-    and ``split``'s day and night pairs of each dataset (named ``"FOLDER SPLIT CONDITION"``), each with its
-    thermal images, thermal labels in pixels and ``(1 + n_boot, n)`` bootstrap weights over its images (the
-    first row all ones), shared by every detector scored on it.
-    """
+
+def labelled_thermal_set(manifest, split: str, condition: str, n_boot: int) -> tuple | None:
+    """``(pairs, thermal images, truth, weights)`` of ``manifest``'s thermally labelled pairs of ``split`` and
+    ``condition`` (None if there are none): thermal labels in pixels, and ``(1 + n_boot, n)`` bootstrap
+    weights over the images (the first row all ones), to share between every detector scored on them."""
     import numpy as np
 
-    from invismap.data.manifest import load_manifest, read_yolo_labels, yolo_to_xyxy
+    from invismap.data.manifest import read_yolo_labels, yolo_to_xyxy
     from invismap.invisibility.bootstrap import resample_weights
     from invismap.io import read_thermal
+
+    pairs = [p for p in manifest.select(condition=condition, split=split) if p.thermal_labels]
+    if not pairs:
+        return None
+    images = [read_thermal(p.thermal) for p in pairs]
+    truth = [yolo_to_xyxy(read_yolo_labels(p.thermal_labels), im.shape[1], im.shape[0])
+             for p, im in zip(pairs, images)]
+    weights = np.vstack([np.ones(len(pairs)), resample_weights([np.arange(len(pairs))], n_boot)])
+    return pairs, images, truth, weights
+
+
+def thermal_test_sets(data: Sequence[str], select: str, split: str, n_boot: int) -> list[tuple]:
+    """Every labelled set a soup benchmark scores: ``(name, pairs, thermal images, truth, weights)``.
+
+    ``select``'s night pairs of the first dataset ("select night", the column that chooses; ``""`` to skip)
+    and ``split``'s day and night pairs of each dataset (named ``"FOLDER SPLIT CONDITION"``), each as
+    :func:`labelled_thermal_set`.
+    """
+    from invismap.data.manifest import load_manifest
 
     sets = []
     for data_path in data:
         manifest, folder = load_manifest(data_path), os.path.basename(os.path.normpath(data_path))
         wanted = [(select, "night")] if select and data_path == data[0] else []
         for s, cond in wanted + [(split, c) for c in ("day", "night")]:
-            pairs = [p for p in manifest.select(condition=cond, split=s) if p.thermal_labels]
-            if not pairs:
-                continue
-            images = [read_thermal(p.thermal) for p in pairs]
-            truth = [yolo_to_xyxy(read_yolo_labels(p.thermal_labels), im.shape[1], im.shape[0])
-                     for p, im in zip(pairs, images)]
-            weights = np.vstack([np.ones(len(pairs)), resample_weights([np.arange(len(pairs))], n_boot)])
-            name = "select night" if s == select else f"{folder} {s} {cond}"
-            sets.append((name, pairs, images, truth, weights))
+            found = labelled_thermal_set(manifest, s, cond, n_boot)
+            if found is not None:
+                sets.append(("select night" if s == select else f"{folder} {s} {cond}", *found))
     return sets

@@ -27,19 +27,20 @@ import json
 from pathlib import Path
 
 import numpy as np
-from common import assets_env, base_parser, print_machine, setup_torch, table, thermal_test_sets
+from common import (
+    add_soup_scoring_args,
+    assets_env,
+    base_parser,
+    print_machine,
+    setup_torch,
+    table,
+    thermal_test_sets,
+)
 
 
 def parse_args():
     p = base_parser(__doc__.split("\n")[0])
-    p.add_argument("--detectors", nargs="+", required=True, help="thermal_detector.pt files, --soup per soup")
-    p.add_argument("--soup", type=int, default=3, help="students per soup")
-    p.add_argument("--data", nargs="+", required=True, help="pair manifests (manifest.csv or its folder)")
-    p.add_argument("--select", default="train", help="the split whose night pairs choose ('' to skip)")
-    p.add_argument("--split", default="test", help="the split reported")
-    p.add_argument("--size", type=int, default=640)
-    p.add_argument("--tta-sizes", type=int, nargs="*", default=[])
-    p.add_argument("--n-boot", type=int, default=1000)
+    add_soup_scoring_args(p)
     p.add_argument("--baseline", nargs="*", default=[],
                    help="another recipe's students, as many as --detectors, grouped the same way")
     p.add_argument("--no-students", action="store_true", help="score the soups only")

@@ -20,8 +20,7 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
-from common import assets_env, base_parser, median, print_machine, setup_torch, table
+from common import assets_env, base_parser, labelled_thermal_set, median, print_machine, setup_torch, table
 
 
 def parse_args():
@@ -45,60 +44,56 @@ def main() -> None:
     args = parse_args()
     assets_env()
     setup_torch(args.threads)
-    from invismap.data.manifest import CLASS_FOLD, ROAD_CLASSES, load_manifest, read_yolo_labels, yolo_to_xyxy
+    from invismap.data.manifest import CLASS_FOLD, ROAD_CLASSES, load_manifest
     from invismap.detector.ap_bootstrap import ap50_replicates, match_at_iou50, mean_over_classes
     from invismap.detector.postprocess import detect
     from invismap.detector.zoo import load_detector
-    from invismap.invisibility.bootstrap import interval, resample_weights
-    from invismap.io import read_thermal
+    from invismap.invisibility.bootstrap import interval
 
     print_machine("multi-scale test-time augmentation vs one size (thermal images, thermal labels)")
     print(f"base size {args.size}, tta sizes {args.tta_sizes}, {args.n_boot} bootstrap resamples")
     protocols = {"one size": (), "tta": tuple(args.tta_sizes)}
+    sets = []  # (data, split, condition, pairs, images, truth, weights): read once, scored by every detector
+    for data in args.data:
+        manifest = load_manifest(data)
+        for split in args.splits:
+            for cond in args.conditions:
+                found = labelled_thermal_set(manifest, split, cond, args.n_boot)
+                if found is not None:
+                    sets.append((data, split, cond, *found))
     rows = []
     for det_name in args.detectors:
         model = load_detector(det_name)
-        for data in args.data:
-            manifest = load_manifest(data)
-            for split in args.splits:
-                for cond in args.conditions:
-                    pairs = [s for s in manifest.select(condition=cond, split=split) if s.thermal_labels]
-                    if not pairs:
-                        continue
-                    images = [read_thermal(s.thermal) for s in pairs]
-                    truth = [yolo_to_xyxy(read_yolo_labels(s.thermal_labels), im.shape[1], im.shape[0])
-                             for s, im in zip(pairs, images)]
-                    sizes = [(im.shape[1], im.shape[0]) for im in images]
-                    weights = np.vstack([np.ones(len(pairs)),
-                                         resample_weights([np.arange(len(pairs))], args.n_boot)])
-                    ap = {}
-                    for name, tta in protocols.items():
-                        dets = detect(model, images, size=args.size, conf=0.001, iou=0.45,
-                                      classes=ROAD_CLASSES, tta_sizes=tta,
-                                      class_fold=None if args.strict_classes else CLASS_FOLD)
-                        matches = match_at_iou50(truth, dets, sizes, ROAD_CLASSES)
-                        ap[name] = 100 * mean_over_classes(ap50_replicates(matches, weights))
-                    gain = ap["tta"] - ap["one size"]
-                    lo, hi = interval(gain[1:])
-                    ms = {}
-                    timed = images[:args.time_images]
-                    for _ in range((args.rounds or 3) if timed else 0):  # interleaved: load hits both alike
-                        for name, tta in protocols.items():
-                            t0 = time.perf_counter()
-                            detect(model, timed, size=args.size, conf=0.001, classes=ROAD_CLASSES,
-                                   tta_sizes=tta, batch_size=1)
-                            ms.setdefault(name, []).append(1000 * (time.perf_counter() - t0) / len(timed))
-                    row = {"detector": Path(det_name).parent.name if Path(det_name).is_file() else det_name,
-                           "data": Path(data).name, "split": split, "condition": cond, "images": len(pairs),
-                           "one size": round(float(ap["one size"][0]), 1),
-                           "tta": round(float(ap["tta"][0]), 1), "gain": round(float(gain[0]), 1),
-                           "gain lo": round(lo, 1), "gain hi": round(hi, 1)}
-                    if ms:
-                        row.update({"ms one size": round(median(ms["one size"]), 1),
-                                    "ms tta": round(median(ms["tta"]), 1),
-                                    "cost x": round(median(ms["tta"]) / median(ms["one size"]), 2)})
-                    rows.append(row)
-                    print(json.dumps(row), flush=True)
+        for data, split, cond, pairs, images, truth, weights in sets:
+            sizes = [(im.shape[1], im.shape[0]) for im in images]
+            ap = {}
+            for name, tta in protocols.items():
+                dets = detect(model, images, size=args.size, conf=0.001, iou=0.45,
+                              classes=ROAD_CLASSES, tta_sizes=tta,
+                              class_fold=None if args.strict_classes else CLASS_FOLD)
+                matches = match_at_iou50(truth, dets, sizes, ROAD_CLASSES)
+                ap[name] = 100 * mean_over_classes(ap50_replicates(matches, weights))
+            gain = ap["tta"] - ap["one size"]
+            lo, hi = interval(gain[1:])
+            ms = {}
+            timed = images[:args.time_images]
+            for _ in range((args.rounds or 3) if timed else 0):  # interleaved: load hits both alike
+                for name, tta in protocols.items():
+                    t0 = time.perf_counter()
+                    detect(model, timed, size=args.size, conf=0.001, classes=ROAD_CLASSES,
+                           tta_sizes=tta, batch_size=1)
+                    ms.setdefault(name, []).append(1000 * (time.perf_counter() - t0) / len(timed))
+            row = {"detector": Path(det_name).parent.name if Path(det_name).is_file() else det_name,
+                   "data": Path(data).name, "split": split, "condition": cond, "images": len(pairs),
+                   "one size": round(float(ap["one size"][0]), 1),
+                   "tta": round(float(ap["tta"][0]), 1), "gain": round(float(gain[0]), 1),
+                   "gain lo": round(lo, 1), "gain hi": round(hi, 1)}
+            if ms:
+                row.update({"ms one size": round(median(ms["one size"]), 1),
+                            "ms tta": round(median(ms["tta"]), 1),
+                            "cost x": round(median(ms["tta"]) / median(ms["one size"]), 2)})
+            rows.append(row)
+            print(json.dumps(row), flush=True)
     cols = list(rows[0]) if rows else []
     print(table(cols, [[r.get(c, "") for c in cols] for r in rows]))
     if args.json:
