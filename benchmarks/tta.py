@@ -1,17 +1,25 @@
 """Multi-scale test-time augmentation against one size: thermal AP50 with 95% intervals, and what it costs.
 
-Each detector runs on the thermal images of every chosen split and condition once at ``--size`` alone and once
-with ``--tta-sizes`` too (:func:`invismap.detector.postprocess.detect`: every size's candidates, in original
-pixels, go through one NMS). Printed side by side from this one run: AP50 (mean over person/bicycle/car,
-thermal labels) of both, the paired gain with its 95% interval (1000 bootstrap resamples of the images, the
-same resamples for both), and milliseconds per image of both with their ratio (median of interleaved rounds
-over the first ``--time-images`` images).
+Each detector runs on the thermal images of every chosen split and condition once at ``--size`` alone (or with
+``--base-sizes`` too) and once with ``--tta-sizes`` too (:func:`invismap.detector.postprocess.detect`: every
+size's candidates, in original pixels, go through one NMS). Printed side by side from this one run: AP50 (mean
+over person/bicycle/car, thermal labels; and per class) of both, the paired gain with its 95% interval (1000
+bootstrap resamples of the images, the same resamples for both), and milliseconds per image of both with their
+ratio (median of interleaved rounds over the first ``--time-images`` images).
+
+With ``--soup N`` the detector files are taken N at a time and each group's weights averaged (a model soup,
+``benchmarks/soup.py``); with several soups a last table gives each set's AP50 of both protocols as mean
++- std over the soups and their mean gain with its 95% interval.
 
 Usage (from the repository root)::
 
     INVISMAP_ASSETS=../shared/assets .venv/bin/python benchmarks/tta.py \\
         --detectors yolov5n runs/msrs/distill/thermal_detector.pt \\
         --data runs/msrs/register runs/msrs/import/more/roadscene [--tta-sizes 416 512 800 960]
+
+    # one more size on top of msrs.yaml's, three soups of three students
+    ... benchmarks/tta.py --soup 3 --detectors .../seed_{0..8}/thermal_detector.pt --data ... \\
+        --base-sizes 416 512 800 960 --tta-sizes 416 512 800 960 1280
 """
 
 from __future__ import annotations
@@ -20,17 +28,22 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 from common import assets_env, base_parser, labelled_thermal_set, median, print_machine, setup_torch, table
+from soup import soup_detector
 
 
 def parse_args():
     p = base_parser(__doc__.split("\n")[0])
     p.add_argument("--detectors", nargs="+", required=True, help="detector names or files")
+    p.add_argument("--soup", type=int, default=1, help="average the weights of this many files at a time")
     p.add_argument("--data", nargs="+", required=True, help="pair manifests (manifest.csv or its folder)")
     p.add_argument("--splits", nargs="+", default=["train", "test"],
                    help="splits to score (train: to choose the sizes; test: to report)")
     p.add_argument("--conditions", nargs="+", default=["day", "night"])
     p.add_argument("--size", type=int, default=640, help="the base letterbox size")
+    p.add_argument("--base-sizes", type=int, nargs="*", default=[],
+                   help="sizes the base protocol adds to --size (default none: one size)")
     p.add_argument("--tta-sizes", type=int, nargs="+", default=[416, 512, 800, 960])
     p.add_argument("--n-boot", type=int, default=1000)
     p.add_argument("--time-images", type=int, default=8, help="images timed per detector (0: no timing)")
@@ -50,9 +63,12 @@ def main() -> None:
     from invismap.detector.zoo import load_detector
     from invismap.invisibility.bootstrap import interval
 
+    if args.soup < 1 or len(args.detectors) % args.soup:
+        raise SystemExit(f"--detectors: {len(args.detectors)} do not make groups of --soup {args.soup}")
     print_machine("multi-scale test-time augmentation vs one size (thermal images, thermal labels)")
-    print(f"base size {args.size}, tta sizes {args.tta_sizes}, {args.n_boot} bootstrap resamples")
-    protocols = {"one size": (), "tta": tuple(args.tta_sizes)}
+    print(f"base size {args.size} + {args.base_sizes}, tta sizes {args.tta_sizes}, "
+          f"{args.n_boot} bootstrap resamples")
+    protocols = {"one size": tuple(args.base_sizes), "tta": tuple(args.tta_sizes)}
     sets = []  # (data, split, condition, pairs, images, truth, weights): read once, scored by every detector
     for data in args.data:
         manifest = load_manifest(data)
@@ -61,18 +77,27 @@ def main() -> None:
                 found = labelled_thermal_set(manifest, split, cond, args.n_boot)
                 if found is not None:
                     sets.append((data, split, cond, *found))
-    rows = []
-    for det_name in args.detectors:
-        model = load_detector(det_name)
+    rows, reps = [], {}  # reps[(detector, set)][protocol]: (1 + n_boot,) AP50
+    groups = [args.detectors[i:i + args.soup] for i in range(0, len(args.detectors), args.soup)]
+    for group in groups:
+        det_name = group[0]
+        if args.soup == 1:
+            model = load_detector(det_name)
+            label = Path(det_name).parent.name if Path(det_name).is_file() else det_name
+        else:
+            model, label = soup_detector(group), "soup " + " ".join(Path(p).parent.name for p in group)
         for data, split, cond, pairs, images, truth, weights in sets:
             sizes = [(im.shape[1], im.shape[0]) for im in images]
-            ap = {}
+            ap, per_class = {}, {}
             for name, tta in protocols.items():
                 dets = detect(model, images, size=args.size, conf=0.001, iou=0.45,
                               classes=ROAD_CLASSES, tta_sizes=tta,
                               class_fold=None if args.strict_classes else CLASS_FOLD)
                 matches = match_at_iou50(truth, dets, sizes, ROAD_CLASSES)
-                ap[name] = 100 * mean_over_classes(ap50_replicates(matches, weights))
+                per_class[name] = 100 * ap50_replicates(matches, weights)
+                ap[name] = mean_over_classes(per_class[name])
+            set_name = f"{Path(data).name} {split} {cond}"
+            reps[label, set_name] = ap
             gain = ap["tta"] - ap["one size"]
             lo, hi = interval(gain[1:])
             ms = {}
@@ -83,11 +108,12 @@ def main() -> None:
                     detect(model, timed, size=args.size, conf=0.001, classes=ROAD_CLASSES,
                            tta_sizes=tta, batch_size=1)
                     ms.setdefault(name, []).append(1000 * (time.perf_counter() - t0) / len(timed))
-            row = {"detector": Path(det_name).parent.name if Path(det_name).is_file() else det_name,
-                   "data": Path(data).name, "split": split, "condition": cond, "images": len(pairs),
-                   "one size": round(float(ap["one size"][0]), 1),
+            row = {"detector": label, "data": Path(data).name, "split": split, "condition": cond,
+                   "images": len(pairs), "one size": round(float(ap["one size"][0]), 1),
                    "tta": round(float(ap["tta"][0]), 1), "gain": round(float(gain[0]), 1),
-                   "gain lo": round(lo, 1), "gain hi": round(hi, 1)}
+                   "gain lo": round(lo, 1), "gain hi": round(hi, 1),
+                   "person / bicycle / car": " -> ".join(" / ".join(f"{v:.1f}" for v in per_class[n][0])
+                                                        for n in protocols)}
             if ms:
                 row.update({"ms one size": round(median(ms["one size"]), 1),
                             "ms tta": round(median(ms["tta"]), 1),
@@ -96,6 +122,17 @@ def main() -> None:
             print(json.dumps(row), flush=True)
     cols = list(rows[0]) if rows else []
     print(table(cols, [[r.get(c, "") for c in cols] for r in rows]))
+    soups = sorted({d for d, _ in reps if d.startswith("soup ")})
+    if len(soups) > 1:  # over the soups: each protocol's mean +- std, and the mean paired gain
+        summary = []
+        for set_name in dict.fromkeys(s for _, s in reps):
+            one, tta = (np.array([reps[d, set_name][n] for d in soups]) for n in protocols)  # (S, 1 + n_boot)
+            lo, hi = interval((tta - one).mean(0)[1:])
+            summary.append([set_name, f"{one[:, 0].mean():.1f} +- {one[:, 0].std(ddof=1):.1f}",
+                            f"{tta[:, 0].mean():.1f} +- {tta[:, 0].std(ddof=1):.1f}",
+                            f"{(tta - one)[:, 0].mean():+.1f} [{lo:+.1f}, {hi:+.1f}]",
+                            " ".join(f"{v:+.1f}" for v in (tta - one)[:, 0])])
+        print(table(["set", f"one size ({len(soups)} soups)", "tta", "gain", "per soup"], summary))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
 
