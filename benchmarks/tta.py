@@ -1,8 +1,9 @@
 """Multi-scale test-time augmentation against one size: thermal AP50 with 95% intervals, and what it costs.
 
 Each detector runs on the thermal images of every chosen split and condition once at ``--size`` alone (or with
-``--base-sizes`` too) and once with ``--tta-sizes`` too (:func:`invismap.detector.postprocess.detect`: every
-size's candidates, in original pixels, go through one NMS). Printed side by side from this one run: AP50 (mean
+``--base-sizes`` too; NMS IoU ``--base-iou``) and once with ``--tta-sizes`` too (NMS IoU ``--iou``)
+(:func:`invismap.detector.postprocess.detect`: every size's candidates, in original pixels, go through one
+NMS). Printed side by side from this one run: AP50 (mean
 over person/bicycle/car, thermal labels; and per class) of both, the paired gain with its 95% interval (1000
 bootstrap resamples of the images, the same resamples for both), and milliseconds per image of both with their
 ratio (median of interleaved rounds over the first ``--time-images`` images).
@@ -45,6 +46,8 @@ def parse_args():
     p.add_argument("--base-sizes", type=int, nargs="*", default=[],
                    help="sizes the base protocol adds to --size (default none: one size)")
     p.add_argument("--tta-sizes", type=int, nargs="+", default=[416, 512, 800, 960])
+    p.add_argument("--base-iou", type=float, default=0.45, help="NMS IoU threshold of the base protocol")
+    p.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold of the tta protocol")
     p.add_argument("--n-boot", type=int, default=1000)
     p.add_argument("--time-images", type=int, default=8, help="images timed per detector (0: no timing)")
     p.add_argument("--strict-classes", action="store_true",
@@ -66,9 +69,10 @@ def main() -> None:
     if args.soup < 1 or len(args.detectors) % args.soup:
         raise SystemExit(f"--detectors: {len(args.detectors)} do not make groups of --soup {args.soup}")
     print_machine("multi-scale test-time augmentation vs one size (thermal images, thermal labels)")
-    print(f"base size {args.size} + {args.base_sizes}, tta sizes {args.tta_sizes}, "
-          f"{args.n_boot} bootstrap resamples")
-    protocols = {"one size": tuple(args.base_sizes), "tta": tuple(args.tta_sizes)}
+    print(f"base size {args.size} + {args.base_sizes} (NMS IoU {args.base_iou}), tta sizes {args.tta_sizes} "
+          f"(NMS IoU {args.iou}), {args.n_boot} bootstrap resamples")
+    protocols = {"one size": (tuple(args.base_sizes), args.base_iou),
+                 "tta": (tuple(args.tta_sizes), args.iou)}
     sets = []  # (data, split, condition, pairs, images, truth, weights): read once, scored by every detector
     for data in args.data:
         manifest = load_manifest(data)
@@ -89,8 +93,8 @@ def main() -> None:
         for data, split, cond, pairs, images, truth, weights in sets:
             sizes = [(im.shape[1], im.shape[0]) for im in images]
             ap, per_class = {}, {}
-            for name, tta in protocols.items():
-                dets = detect(model, images, size=args.size, conf=0.001, iou=0.45,
+            for name, (tta, iou) in protocols.items():
+                dets = detect(model, images, size=args.size, conf=0.001, iou=iou,
                               classes=ROAD_CLASSES, tta_sizes=tta,
                               class_fold=None if args.strict_classes else CLASS_FOLD)
                 matches = match_at_iou50(truth, dets, sizes, ROAD_CLASSES)
@@ -103,9 +107,9 @@ def main() -> None:
             ms = {}
             timed = images[:args.time_images]
             for _ in range((args.rounds or 3) if timed else 0):  # interleaved: load hits both alike
-                for name, tta in protocols.items():
+                for name, (tta, iou) in protocols.items():
                     t0 = time.perf_counter()
-                    detect(model, timed, size=args.size, conf=0.001, classes=ROAD_CLASSES,
+                    detect(model, timed, size=args.size, conf=0.001, iou=iou, classes=ROAD_CLASSES,
                            tta_sizes=tta, batch_size=1)
                     ms.setdefault(name, []).append(1000 * (time.perf_counter() - t0) / len(timed))
             row = {"detector": label, "data": Path(data).name, "split": split, "condition": cond,

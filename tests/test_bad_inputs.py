@@ -888,6 +888,12 @@ def pipeline_tta_sizes(t, mp):
     return Case(["run", str(t / "c.yaml"), f"out={t / 'out'}"], t / "out", [t / "out" / "import"])
 
 
+@row("config key 'evaluate.nms_iou'", "1.5 is not allowed (a number between 0 and 1")
+def pipeline_nms_iou(t, mp):
+    (t / "c.yaml").write_text("evaluate: {nms_iou: 1.5}\n")
+    return Case(["run", str(t / "c.yaml"), f"out={t / 'out'}"], t / "out", [t / "out" / "import"])
+
+
 @row("config key 'evaluate.other'", "roadscene is also in data.more", "score it on split 'test'")
 def pipeline_other_dataset_distilled_on(t, mp):
     (t / "c.yaml").write_text(f"data: {{more: [{{format: roadscene, src: {t}}}]}}\n"

@@ -274,7 +274,7 @@ def test_cli_detect_fuses_real_pairs(map_, msrs_dir, weights_dir, thermal_detect
 
 def test_cli_detect_warns_when_weights_were_chosen_otherwise(msrs_dir, weights_dir, thermal_detector,
                                                              tmp_path, caplog):
-    """At other sizes, or with strict classes (a fusion run from before classes were folded)."""
+    """At other sizes or NMS IoU, or with strict classes (a fusion run from before classes were folded)."""
     from invismap.cli import main
 
     color, thermal = two_pairs(msrs_dir, tmp_path)
@@ -295,8 +295,14 @@ def test_cli_detect_warns_when_weights_were_chosen_otherwise(msrs_dir, weights_d
                                   "conditions": {"day": {"label_sets": {"thermal": {"chosen": chosen}}}}}))
     with caplog.at_level(logging.WARNING):
         assert main(argv + ["--tta-sizes", "224", "--out", str(tmp_path / "two")]) == 0
-    assert "tta-sizes" not in caplog.text and "strict" not in caplog.text
+    assert "tta-sizes" not in caplog.text and "strict" not in caplog.text and "NMS IoU" not in caplog.text
     assert (tmp_path / "two" / "detections.json").is_file()
+    caplog.clear()
+    fusion.write_text(json.dumps({"settings": {"fold_classes": True, "nms_iou": 0.4},
+                                  "conditions": {"day": {"label_sets": {"thermal": {"chosen": chosen}}}}}))
+    with caplog.at_level(logging.WARNING):
+        assert main(argv + ["--out", str(tmp_path / "three")]) == 0
+    assert "chosen with NMS IoU 0.4, this run uses 0.45; give --iou 0.4" in caplog.text
 
 
 def test_cached_detections_are_recomputed_when_the_sizes_change(msrs_dir, weights_dir, thermal_detector,

@@ -257,12 +257,13 @@ def test_a_new_scoring_protocol_scores_the_experiments_students_again_without_tr
     seeds = json.loads((out / "experiments" / "seeds" / "table.json").read_text())
     assert seeds["tta_sizes"] == [128] and [r["variant"] for r in seeds["rows"][2:4]] == ["seed 0", "seed 1"]
     capsys.readouterr()
-    assert main(["run", *run, "evaluate.tta_sizes=[]", "--to", "experiments"]) == 0
+    assert main(["run", *run, "evaluate.tta_sizes=[]", "evaluate.nms_iou=0.5", "--to", "experiments"]) == 0
     printed = capsys.readouterr().out
     assert "students: up to date, skipped" in printed
     assert set(re.findall(r"\] (\w+): done in", printed)) == {"experiments"}
     assert trained.stat().st_mtime_ns == stamp  # scored again, not trained again
     again = json.loads((out / "experiments" / "seeds" / "table.json").read_text())
+    assert seeds["nms_iou"] == 0.45 and again["nms_iou"] == 0.5
     assert again["tta_sizes"] == [] and [r["variant"] for r in again["rows"]] == [r["variant"]
                                                                                 for r in seeds["rows"]]
 
@@ -406,6 +407,7 @@ def test_no_training_calibration_target_or_selection_step_reads_a_test_pair(tmp_
     assert {s.name for s in more.select(split="train", condition="day")} & by_stage["distill"]  # distilled on
     detector = json.loads((out / "eval_detector" / "detector.json").read_text())
     assert detector["fold_classes"] is True  # truck and bus boxes count as car (evaluate.fold_classes)
+    assert detector["nms_iou"] == 0.45
     assert [r["variant"] for r in detector["more"]["roadscene"]] == ["teacher on thermal",
                                                                      "thermal detector (mid)"]
     assert detector["more"]["roadscene"][0]["night"] is not None

@@ -169,6 +169,10 @@ def fusion_params(args: argparse.Namespace):
             log.warning("%s: its weights were chosen with --tta-sizes %s, this run uses %s; give the same "
                         "--tta-sizes to fuse as they were chosen", args.weights_from, chosen_with or "none",
                         list(args.tta_sizes) or "none")
+        chosen_iou = settings.get("nms_iou", 0.45)
+        if chosen_iou != args.iou:
+            log.warning("%s: its weights were chosen with NMS IoU %s, this run uses %s; give --iou %s to "
+                        "fuse as they were chosen", args.weights_from, chosen_iou, args.iou, chosen_iou)
         if not settings.get("fold_classes", False):
             log.warning("%s: its weights were chosen with strict COCO classes, and this fuses truck and bus "
                         "boxes as car; re-run the fusion stage (invismap run CONFIG --from fusion) to choose "

@@ -239,26 +239,28 @@ def load_records(path: str | Path, settings: Mapping | None = None) -> list[Pair
 def cached_pair_records(manifest: Manifest, color: str, thermal_detector: str | Path,
                         map_specs: Mapping[str, str], cache: str | Path, size: int = 640,
                         progress: bool = True, tta_sizes: Sequence[int] = (),
-                        class_fold: Mapping[int, int] | None = CLASS_FOLD) -> list[PairRecord]:
+                        class_fold: Mapping[int, int] | None = CLASS_FOLD,
+                        iou: float = 0.45) -> list[PairRecord]:
     """:func:`compute_pair_records` for detectors and map sources given by name, kept in ``cache`` (.npz) and
     read back while the pairs, detectors, maps and sizes stay the same.
 
     Args:
         color: the color detector (a name or file); thermal_detector: the thermal detector's file.
         map_specs: ``{name: map source spec}``, e.g. ``{"predictor": "predictor:RUN/predictor.pt"}``.
+        iou: the NMS IoU threshold of both detectors.
     """
     from invismap.detector.zoo import load_detector
     from invismap.invisibility.sources import map_source
 
     settings = {"pairs": [s.name for s in manifest], "color": str(color), "maps": dict(map_specs),
                 "thermal_detector": str(Path(thermal_detector).resolve()), "size": size,
-                "tta_sizes": list(tta_sizes),
+                "tta_sizes": list(tta_sizes), "iou": iou,
                 "class_fold": {str(k): v for k, v in (class_fold or {}).items()}}
     records = load_records(cache, settings)
     if records is None:
         maps = {m: map_source(spec)[1] for m, spec in map_specs.items()}
         records = compute_pair_records(manifest, load_detector(color), load_detector(str(thermal_detector)),
-                                       maps, size=size, progress=progress, tta_sizes=tta_sizes,
+                                       maps, size=size, iou=iou, progress=progress, tta_sizes=tta_sizes,
                                        class_fold=class_fold)
         save_records(cache, records, settings)
     return records

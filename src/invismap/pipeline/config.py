@@ -107,6 +107,9 @@ class EvaluateSection:
     # detectors are scored with COCO's truck and bus counted as car and motorcycle as bicycle (the datasets'
     # label classes; data.manifest.CLASS_FOLD); false: strict COCO classes, as upstream YOLOv5 scores
     fold_classes: bool = True
+    # NMS IoU threshold when detectors are scored and fused (0.45: YOLOv5's detect.py); candidates of several
+    # sizes overlap more, and merge best a little lower (configs/msrs.yaml)
+    nms_iou: float = 0.45
 
 
 @dataclass

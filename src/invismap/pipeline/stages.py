@@ -135,7 +135,7 @@ STAGES = [
           _fmt_predictor),
     Stage("eval_detector", ("import", "register", "align", "distill"),
           lambda cfg: {"split": cfg.evaluate.split, "tta_sizes": cfg.evaluate.tta_sizes,
-                       "fold_classes": cfg.evaluate.fold_classes},
+                       "fold_classes": cfg.evaluate.fold_classes, "nms_iou": cfg.evaluate.nms_iou},
           steps.eval_detector,
           lambda cfg: f"thermal AP50 by condition and class on split '{cfg.evaluate.split}'",
           lambda s: steps.format_ap(s["rows"])),
@@ -156,7 +156,8 @@ STAGES = [
     Stage("experiments", ("import", "register", "align", "distill", "students"),
           lambda cfg: {"experiments": _experiment_runs(cfg),
                        "distill": dataclasses.replace(cfg.distill, data=""), "split": cfg.evaluate.split,
-                       "tta_sizes": cfg.evaluate.tta_sizes, "fold_classes": cfg.evaluate.fold_classes},
+                       "tta_sizes": cfg.evaluate.tta_sizes, "fold_classes": cfg.evaluate.fold_classes,
+                       "nms_iou": cfg.evaluate.nms_iou},
           steps.experiments, lambda cfg: "score the " + _plan_experiments(cfg),
           lambda s: ", ".join(f"{k}: {len(v)} rows" for k, v in s.items()), enabled=_has_experiments),
     Stage("predictor_cv", ("import", "register", "align", "distill"),
@@ -177,7 +178,8 @@ STAGES = [
     Stage("fusion", ("import", "register", "align", "distill", "predictor"),
           lambda cfg: {"fusion": cfg.fusion, "splits": [cfg.predictor.split, cfg.evaluate.split],
                        "conditions": cfg.evaluate.conditions, "bootstrap": cfg.evaluate.bootstrap,
-                       "tta_sizes": cfg.evaluate.tta_sizes, "fold_classes": cfg.evaluate.fold_classes},
+                       "tta_sizes": cfg.evaluate.tta_sizes, "fold_classes": cfg.evaluate.fold_classes,
+                       "nms_iou": cfg.evaluate.nms_iou},
           steps.fusion,
           lambda cfg: f"fuse color and thermal detections ({cfg.fusion.method}; constant weight and "
                       f"weighted by {', '.join(cfg.fusion.maps)}), chosen on '{cfg.predictor.split}', "
@@ -219,6 +221,10 @@ def check_config(cfg) -> None:
         raise InvismapError(f"config key 'evaluate.tta_sizes': {bad[0]!r} is not allowed (multiples of 32 "
                             f"between 32 and 8192 other than distill.size {cfg.distill.size}, which always "
                             "runs; e.g. [416, 512, 800, 960])")
+    iou = cfg.evaluate.nms_iou
+    if isinstance(iou, bool) or not isinstance(iou, (int, float)) or not 0 < iou < 1:
+        raise InvismapError(f"config key 'evaluate.nms_iou': {iou!r} is not allowed (a number between 0 and "
+                            "1, e.g. 0.45)")
     if cfg.fusion.enabled and cfg.fusion.weights_per not in ("condition", "all"):
         raise InvismapError(f"config key 'fusion.weights_per': '{cfg.fusion.weights_per}' is not one of "
                             "condition, all")

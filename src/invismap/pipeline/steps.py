@@ -203,16 +203,18 @@ def eval_detector(s: Settings, inputs: Inputs, d: Path, resume: bool) -> dict:
     for name, model, images in models:
         inputs.echo(f"  AP50 of {name}")
         rows.append({"variant": name, **detector_scores(model, manifest, images, s.split, size,
-                                                        tta_sizes=s.tta_sizes, class_fold=class_fold(s))})
+                                                        tta_sizes=s.tta_sizes, class_fold=class_fold(s),
+                                                        iou=s.nms_iou)})
     more = {}
     for fmt, path in more_manifests(inputs).items():  # each dataset's own test split, reported apart
         other = load_manifest(path)
         more[fmt] = [{"variant": name, **detector_scores(model, other, images, s.split, size,
-                                                         tta_sizes=s.tta_sizes, class_fold=class_fold(s))}
+                                                         tta_sizes=s.tta_sizes, class_fold=class_fold(s),
+                                                         iou=s.nms_iou)}
                      for name, model, images in models if images == "thermal" or _has_color_labels(other)]
         inputs.echo(f"  {fmt}: " + format_ap(more[fmt]))
     write_json(d / "detector.json", {"split": s.split, "size": size, "tta_sizes": list(s.tta_sizes),
-                                     "fold_classes": s.fold_classes,
+                                     "fold_classes": s.fold_classes, "nms_iou": s.nms_iou,
                                      "labels": "thermal", "rows": rows, "more": more})
     return {"rows": rows, "more": more}
 
@@ -390,7 +392,8 @@ def experiments(s: Settings, inputs: Inputs, d: Path, resume: bool) -> dict:
     kinds = inputs.summary("students")
     out: dict = {}
     scored = {"eval_split": split, "eval_size": size, "more": more_manifests(inputs),
-              "eval_tta_sizes": s.tta_sizes, "eval_class_fold": class_fold(s), "train": False}
+              "eval_tta_sizes": s.tta_sizes, "eval_class_fold": class_fold(s), "eval_iou": s.nms_iou,
+              "train": False}
     if "losses" in kinds:
         out["losses"] = run_experiment("ablation", base, d / "losses", losses=kinds["losses"],
                                        runs_dir=trained / "losses", **scored)
@@ -410,7 +413,7 @@ def experiments(s: Settings, inputs: Inputs, d: Path, resume: bool) -> dict:
                            ("without (imported pairs)", trained / "alignment_off" / "thermal_detector.pt")):
             rows.append({"variant": name, **detector_scores(load_detector(str(path)), manifest, "thermal",
                                                             split, size, tta_sizes=s.tta_sizes,
-                                                            class_fold=class_fold(s))})
+                                                            class_fold=class_fold(s), iou=s.nms_iou)})
         write_json(d / "alignment.json", {"rows": rows, "tta_sizes": list(s.tta_sizes),
                                           "note": "thermal AP50 on the same test pairs; the two "
                                                   "runs differ only in the color images distilled from"})
@@ -474,12 +477,13 @@ def fusion(s: Settings, inputs: Inputs, d: Path, resume: bool) -> dict:
     # an interrupted run keeps its detections
     records = cached_pair_records(manifest, teacher, thermal, {m: known[m] for m in c.maps},
                                   d / "detections.npz", size=size, tta_sizes=s.tta_sizes,
-                                  class_fold=class_fold(s))
+                                  class_fold=class_fold(s), iou=s.nms_iou)
     result = evaluate_fusion(records, load_labels(manifest), maps=list(c.maps), conditions=s.conditions,
                              base=FusionParams(method=c.method, iou_thr=c.iou), n_boot=s.bootstrap,
                              train_split=train, test_split=test, weights_per=c.weights_per)
     result["settings"]["tta_sizes"] = list(s.tta_sizes)
     result["settings"]["fold_classes"] = s.fold_classes
+    result["settings"]["nms_iou"] = s.nms_iou
     write_json(d / "fusion.json", result)
     inputs.echo(format_fusion_table(result))
     return {cond: {ls: {m: r["AP50"]["value"] for m, r in block["methods"].items()}
