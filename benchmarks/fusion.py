@@ -43,6 +43,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--size", type=int, default=640, help="detection letterbox size")
     p.add_argument("--tta-sizes", type=int, nargs="*", default=[],
                    help="both detectors also run at these sizes, merged before NMS (multi-scale)")
+    p.add_argument("--nms-iou", type=float, default=0.45, help="both detectors' NMS IoU threshold")
     p.add_argument("--strict-classes", action="store_true",
                    help="COCO classes as they are (default: truck, bus -> car, motorcycle -> bicycle)")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
@@ -82,7 +83,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     records = cached_pair_records(manifest, args.color, args.thermal_detector, specs, out / "detections.npz",
-                                  size=args.size, tta_sizes=args.tta_sizes,
+                                  size=args.size, tta_sizes=args.tta_sizes, iou=args.nms_iou,
                                   class_fold=None if args.strict_classes else CLASS_FOLD)
     print(f"detections and maps of {len(records)} pairs: {time.perf_counter() - t0:.0f} s "
           f"(cached in {out / 'detections.npz'})")
@@ -93,6 +94,7 @@ def main() -> None:
     result["settings"].update({"data": str(Path(args.data).resolve()), "color": args.color,
                                "thermal_detector": str(args.thermal_detector), "maps_from": specs,
                                "tta_sizes": args.tta_sizes, "fold_classes": not args.strict_classes,
+                               "nms_iou": args.nms_iou,
                                "seconds": round(time.perf_counter() - t0, 1)})
     print(f"\nAP50 in points, 95% bootstrap intervals over test images ({args.n_boot} resamples, within "
           f"condition); weights chosen on the train split per label set and "

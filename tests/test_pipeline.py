@@ -208,6 +208,7 @@ def test_tiny_run_writes_a_report_from_its_own_json(tiny_run):
     student = detector["rows"][-1]
     assert student["variant"].startswith("thermal detector")
     assert detector["tta_sizes"] == [128] and "letterbox 160 plus 128" in page  # scored at 160 and 128
+    assert "NMS IoU 0.45." in page  # the report says how detections were merged (evaluate.nms_iou)
     assert f"<b>{student['night']:.1f}</b>" in page  # the headline number is the one in the JSON beside it
     maps = json.loads((out / "report" / "data" / "invisibility.json").read_text())
     assert {"predictor", "pair", "prior", "darkness", "contrast", "random", "oracle"} <= set(maps)

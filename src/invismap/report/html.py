@@ -249,7 +249,13 @@ def section_detector(d: dict) -> str:
             f'<p class="note">Split {esc(det["split"])}, letterbox {esc(det["size"])}'
             + (f' plus {esc(", ".join(map(str, tta)))} (every detector, candidates of all sizes merged '
                "before NMS)" if (tta := det.get("tta_sizes")) else "")
-            + f".{fold_note(det)}{soup_note(d.get('distill.json') or {})} Source: data/detector.json.</p>")
+            + f".{nms_note(det)}{fold_note(det)}{soup_note(d.get('distill.json') or {})} "
+            "Source: data/detector.json.</p>")
+
+
+def nms_note(settings: Mapping[str, Any]) -> str:
+    """The NMS IoU threshold detectors were scored with (``evaluate.nms_iou``; absent in older runs)."""
+    return f" NMS IoU {esc(settings['nms_iou'])}." if "nms_iou" in settings else ""
 
 
 def fold_note(settings: Mapping[str, Any]) -> str:
@@ -307,7 +313,8 @@ def section_fusion(d: dict) -> str:
                  "color and thermal boxes of one class at IoU ≥ 0.5 merged."
                  + (f" Both detectors also run at sizes {esc(', '.join(map(str, tta)))}, merged before NMS."
                     if (tta := fusion["settings"].get("tta_sizes")) else "")
-                 + fold_note(fusion["settings"]) + " Source: data/fusion.json.</p>")
+                 + nms_note(fusion["settings"]) + fold_note(fusion["settings"])
+                 + " Source: data/fusion.json.</p>")
     return "".join(parts)
 
 
