@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from invismap.detector.base import Detections
+from invismap.detector.postprocess import NMS_IOU
 from invismap.detector.postprocess import detect as detect_batch
 from invismap.detector.zoo import load_inference_detector
 from invismap.invisibility.predict import load_any_predictor, predict_images
@@ -58,7 +59,7 @@ def load_detector(name_or_path: str | Path) -> Any:
 
 
 def detect(detector: Any, image: np.ndarray | Sequence[np.ndarray], size: int = 640, conf: float = 0.25,
-           iou: float = 0.45, tta_sizes: Sequence[int] = ()) -> Detections | list[Detections]:
+           iou: float = NMS_IOU, tta_sizes: Sequence[int] = ()) -> Detections | list[Detections]:
     """Boxes in the image's pixels for one uint8 image (RGB ``(H, W, 3)`` or thermal/gray ``(H, W)``), or a
     list of :class:`Detections` for a list of images. ``tta_sizes``: also detect at these sizes, merged
     before NMS (multi-scale test-time augmentation)."""

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from invismap.detector.fusion import FORMS, METHODS
+from invismap.detector.postprocess import NMS_IOU
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--modality", choices=("color", "thermal"), default="color",
                    help="read images as color RGB or as one-channel thermal (fed as gray RGB)")
     d.add_argument("--conf", type=float, default=0.25, help="score threshold")
-    d.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold")
+    d.add_argument("--iou", type=float, default=NMS_IOU, help="NMS IoU threshold")
     d.add_argument("--size", type=int, default=640, help="letterbox size (longest side)")
     d.add_argument("--tta-sizes", type=int, nargs="+", default=[], metavar="SIZE",
                    help="multi-scale test-time augmentation: also detect at these sizes, merged before NMS")
@@ -84,7 +85,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--tta-sizes", type=int, nargs="+", default=[], metavar="SIZE",
                    help="multi-scale test-time augmentation: also detect at these sizes, merged before NMS")
     e.add_argument("--conf", type=float, default=0.001, help="score threshold")
-    e.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold")
+    e.add_argument("--iou", type=float, default=NMS_IOU, help="NMS IoU threshold")
     e.add_argument("--multi-label", action="store_true",
                    help="YOLOv5 val.py multi-label NMS (a box may count for several classes); "
                         "default: best class")
@@ -169,7 +170,7 @@ def fusion_params(args: argparse.Namespace):
             log.warning("%s: its weights were chosen with --tta-sizes %s, this run uses %s; give the same "
                         "--tta-sizes to fuse as they were chosen", args.weights_from, chosen_with or "none",
                         list(args.tta_sizes) or "none")
-        chosen_iou = settings.get("nms_iou", 0.45)
+        chosen_iou = settings.get("nms_iou", NMS_IOU)  # runs before the setting used the default
         if chosen_iou != args.iou:
             log.warning("%s: its weights were chosen with NMS IoU %s, this run uses %s; give --iou %s to "
                         "fuse as they were chosen", args.weights_from, chosen_iou, args.iou, chosen_iou)

@@ -31,7 +31,7 @@ from invismap.data.manifest import (
     yolo_to_xyxy,
 )
 from invismap.detector.base import Detections, Detector
-from invismap.detector.postprocess import detect
+from invismap.detector.postprocess import NMS_IOU, detect
 from invismap.errors import InvismapError
 from invismap.io import image_size, read_color, read_thermal
 
@@ -130,7 +130,7 @@ def _pycocotools_ap(images: list, gt_anns: list, dt_anns: list,
 
 def evaluate_detector(model: Detector, manifest: Manifest, images: str = "color", labels: str = "color",
                       condition: str | None = None, split: str | None = None, size: int = 640,
-                      conf: float = 0.001, iou: float = 0.45, classes: Sequence[int] = ROAD_CLASSES,
+                      conf: float = 0.001, iou: float = NMS_IOU, classes: Sequence[int] = ROAD_CLASSES,
                       multi_label: bool = False, batch_size: int = 8, progress: bool = True,
                       tta_sizes: Sequence[int] = (),
                       class_fold: Mapping[int, int] | None = CLASS_FOLD) -> dict:

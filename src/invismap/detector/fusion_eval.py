@@ -60,6 +60,7 @@ from invismap.detector.fusion import (
     fuse_detections,
     thermal_box_weights,
 )
+from invismap.detector.postprocess import NMS_IOU
 from invismap.errors import InvismapError, file_error
 from invismap.invisibility.bootstrap import N_BOOT, estimate, resample_weights
 
@@ -149,7 +150,8 @@ class PairRecord:
 
 
 def compute_pair_records(manifest: Manifest, color_detector: Detector, thermal_detector: Detector,
-                         maps: Mapping[str, MapFn], size: int = 640, conf: float = 0.001, iou: float = 0.45,
+                         maps: Mapping[str, MapFn], size: int = 640, conf: float = 0.001,
+                         iou: float = NMS_IOU,
                          classes: Sequence[int] = ROAD_CLASSES, progress: bool = True,
                          tta_sizes: Sequence[int] = (),
                          class_fold: Mapping[int, int] | None = CLASS_FOLD) -> list[PairRecord]:
@@ -240,7 +242,7 @@ def cached_pair_records(manifest: Manifest, color: str, thermal_detector: str | 
                         map_specs: Mapping[str, str], cache: str | Path, size: int = 640,
                         progress: bool = True, tta_sizes: Sequence[int] = (),
                         class_fold: Mapping[int, int] | None = CLASS_FOLD,
-                        iou: float = 0.45) -> list[PairRecord]:
+                        iou: float = NMS_IOU) -> list[PairRecord]:
     """:func:`compute_pair_records` for detectors and map sources given by name, kept in ``cache`` (.npz) and
     read back while the pairs, detectors, maps and sizes stay the same.
 

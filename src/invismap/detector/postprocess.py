@@ -34,9 +34,10 @@ from invismap.data.letterbox import Letterbox, apply_letterbox, letterbox_params
 from invismap.detector.base import Detections, Detector
 
 MAX_NMS = 30000  # upstream: at most this many candidates (highest scores) enter NMS per image
+NMS_IOU = 0.45  # upstream detect.py's IoU threshold: the default wherever detections are made or scored
 
 
-def non_max_suppression(pred: torch.Tensor, conf_thres: float = 0.25, iou_thres: float = 0.45,
+def non_max_suppression(pred: torch.Tensor, conf_thres: float = 0.25, iou_thres: float = NMS_IOU,
                         classes: Sequence[int] | None = None, max_det: int = 300,
                         multi_label: bool = False,
                         class_fold: Mapping[int, int] | None = None) -> list[torch.Tensor]:
@@ -122,7 +123,7 @@ def _as_rgb(image: np.ndarray) -> np.ndarray:
 
 @torch.no_grad()
 def detect(model: Detector, images: Sequence[np.ndarray], size: int = 640, conf: float = 0.25,
-           iou: float = 0.45, batch_size: int = 8, classes: Sequence[int] | None = None,
+           iou: float = NMS_IOU, batch_size: int = 8, classes: Sequence[int] | None = None,
            max_det: int = 300, multi_label: bool = False, tta_sizes: Sequence[int] = (),
            class_fold: Mapping[int, int] | None = None) -> list[Detections]:
     """Run ``model`` on images and return boxes in original image pixels.

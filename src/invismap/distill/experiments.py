@@ -28,6 +28,7 @@ import numpy as np
 from invismap.config import apply_overrides, from_dict, to_dict
 from invismap.data.manifest import CLASS_FOLD, COCO_NAMES, ROAD_CLASSES, load_manifest
 from invismap.detector.evaluate import evaluate_detector
+from invismap.detector.postprocess import NMS_IOU
 from invismap.detector.zoo import load_detector
 from invismap.distill.run import DistillConfig, run_distill, split_pairs
 from invismap.engine.distributed import world_size
@@ -45,7 +46,8 @@ LOSS_VARIANTS = {"mid": {"loss": "mid"}, "head": {"loss": "head"},
 
 def detector_scores(model, manifest, images: str, split: str, size: int,
                     select_split: str | None = "train", tta_sizes: Sequence[int] = (),
-                    class_fold: Mapping[int, int] | None = CLASS_FOLD, iou: float = 0.45) -> dict[str, Any]:
+                    class_fold: Mapping[int, int] | None = CLASS_FOLD,
+                    iou: float = NMS_IOU) -> dict[str, Any]:
     """AP50 (x100) per class and mean over person/bicycle/car, day and night, against thermal labels.
 
     With ``select_split``, also ``select night``: AP50 on that split's night pairs (for model selection).
@@ -89,7 +91,7 @@ def run_experiment(kind: str, base: DistillConfig, out_dir: str | Path, pair_cou
                    variants: Mapping[str, list[str]] | None = None, seeds: list[int] | None = None,
                    more: Mapping[str, str | Path] | None = None,
                    eval_tta_sizes: Sequence[int] = (), eval_class_fold: Mapping[int, int] | None = CLASS_FOLD,
-                   eval_iou: float = 0.45, runs_dir: str | Path | None = None,
+                   eval_iou: float = NMS_IOU, runs_dir: str | Path | None = None,
                    score: bool = True, train: bool = True) -> list[dict[str, Any]]:
     """Run every variant of ``kind`` (``ablation``, ``pairs``, ``variants`` or ``seeds``), evaluate, write the
     tables.
@@ -185,7 +187,7 @@ def spread(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _write(out_dir: Path, kind: str, base: DistillConfig, rows: list[dict], more: list[str],
            tta_sizes: Sequence[int] = (), class_fold: Mapping[int, int] | None = CLASS_FOLD,
-           iou: float = 0.45) -> None:
+           iou: float = NMS_IOU) -> None:
     cols = (["variant", "select night", "day", "night"]
             + [f"{c} {COCO_NAMES[k]}" for c in ("day", "night") for k in ROAD_CLASSES])
     cols += [f"{name} {c}" for name in more for c in ("day", "night")]  # other cameras' test splits

@@ -44,6 +44,7 @@ from invismap.data.importers.common import box_iou
 from invismap.data.manifest import CLASS_FOLD, Manifest, Sample
 from invismap.data.summary import thermal_only_mask
 from invismap.detector.base import Detections
+from invismap.detector.postprocess import NMS_IOU
 from invismap.errors import InvismapError
 from invismap.invisibility.bootstrap import N_BOOT, estimate, resample_weights
 from invismap.invisibility.metrics import (
@@ -92,7 +93,7 @@ def color_map_source(fn: Callable[[np.ndarray], np.ndarray]) -> MapSource:
 
 
 def teacher_detections(manifest: Manifest, model, size: int = 640, conf: float = TEACHER_CONF,
-                       iou: float = 0.45, batch_size: int = 8,
+                       iou: float = NMS_IOU, batch_size: int = 8,
                        progress: bool = True) -> dict[str, Detections]:
     """Run the color teacher on every color image of ``manifest``.
 

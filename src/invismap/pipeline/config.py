@@ -14,6 +14,7 @@ from pathlib import Path
 
 from invismap.align.run import AlignConfig
 from invismap.config import apply_overrides, from_dict, load_yaml
+from invismap.detector.postprocess import NMS_IOU
 from invismap.distill.run import DistillConfig
 from invismap.errors import InvismapError
 from invismap.invisibility.predictor import PredictorConfig
@@ -109,7 +110,7 @@ class EvaluateSection:
     fold_classes: bool = True
     # NMS IoU threshold when detectors are scored and fused (0.45: YOLOv5's detect.py); candidates of several
     # sizes overlap more, and merge best a little lower (configs/msrs.yaml)
-    nms_iou: float = 0.45
+    nms_iou: float = NMS_IOU
 
 
 @dataclass
