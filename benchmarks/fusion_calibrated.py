@@ -118,23 +118,30 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-3):
     return lambda z: torch.sigmoid((torch.as_tensor(z, dtype=torch.float64) - mu) / sd @ w[1:] + w[0]).numpy()
 
 
-def calibrated_fusion(train, test, labels, label_set: str, map_name: str | None, method: str, classes):
-    """Fused detections of ``test``: every box rescored by its detector's regression fitted on ``train``."""
+def rescored(train, test, labels, label_set: str, map_name: str | None, classes) -> dict[str, list]:
+    """``{"color": [...], "thermal": [...]}`` detections of ``test``, every box's score replaced by its
+    detector's regression fitted on ``train``."""
     from invismap.detector.base import Detections
-    from invismap.detector.fusion import FusionParams, fuse_detections
 
-    rescored = {}
+    out = {}
     for detector in ("color", "thermal"):
         x = np.concatenate([box_features(r, detector, map_name, classes) for r in train])
         y = np.concatenate([true_positives(getattr(r, detector), labels[r.name][label_set], classes)
                             for r in train])
         model = fit_logistic(x, y)
-        rescored[detector] = [Detections(d.boxes, model(box_features(r, detector, map_name, classes))
-                                         .astype(np.float32), d.classes)
-                              for r in test for d in (getattr(r, detector),)]
+        out[detector] = [Detections(d.boxes, model(box_features(r, detector, map_name, classes))
+                                    .astype(np.float32), d.classes)
+                         for r in test for d in (getattr(r, detector),)]
+    return out
+
+
+def merged(boxes: dict[str, list], test, method: str) -> list:
+    """:func:`rescored` boxes of both detectors merged by ``method`` (``nms`` or ``wbf``), all weights 1."""
+    from invismap.detector.fusion import FusionParams, fuse_detections
+
     params = FusionParams(method=method)
     return [fuse_detections(c, t, np.ones(len(c)), r.size, params)
-            for c, t, r in zip(rescored["color"], rescored["thermal"], test)]
+            for c, t, r in zip(boxes["color"], boxes["thermal"], test)]
 
 
 def ap50_rows(dets, truth, sizes, weights, classes) -> np.ndarray:
@@ -185,9 +192,10 @@ def main() -> None:
             res = {"color": ap([r.color for r in test]), "thermal": ap([r.thermal for r in test]),
                    f"constant ({constant.color_weight})": ap([fuse_record(r, constant) for r in test])}
             for map_name in (None, args.map):
+                boxes = rescored(train, test, labels, label_set, map_name, classes)  # one fit, two merges
                 for method in ("nms", "wbf"):
-                    fused = calibrated_fusion(train, test, labels, label_set, map_name, method, classes)
-                    res[f"calibrated{' + map' if map_name else ''} {method}"] = ap(fused)
+                    name = f"calibrated{' + map' if map_name else ''} {method}"
+                    res[name] = ap(merged(boxes, test, method))
             best = max(("color", "thermal"), key=lambda k: res[k][0])
             const = next(k for k in res if k.startswith("constant"))
             for method, v in res.items():
