@@ -10,7 +10,9 @@ ratio (median of interleaved rounds over the first ``--time-images`` images).
 
 With ``--soup N`` the detector files are taken N at a time and each group's weights averaged (a model soup,
 ``benchmarks/soup.py``); with several soups a last table gives each set's AP50 of both protocols as mean
-+- std over the soups and their mean gain with its 95% interval.
++- std over the soups and their mean gain with its 95% interval. ``--reference`` (e.g. the teacher) is scored
+in the same run, and a table gives every detector's lead over it under each protocol, with its 95% interval
+(and the soups' mean lead). Protocols with the same sizes share their forward passes.
 
 Usage (from the repository root)::
 
@@ -38,6 +40,7 @@ def parse_args():
     p = base_parser(__doc__.split("\n")[0])
     p.add_argument("--detectors", nargs="+", required=True, help="detector names or files")
     p.add_argument("--soup", type=int, default=1, help="average the weights of this many files at a time")
+    p.add_argument("--reference", help="a detector (name or file) to measure every detector's lead over")
     p.add_argument("--data", nargs="+", required=True, help="pair manifests (manifest.csv or its folder)")
     p.add_argument("--splits", nargs="+", default=["train", "test"],
                    help="splits to score (train: to choose the sizes; test: to report)")
@@ -62,7 +65,7 @@ def main() -> None:
     setup_torch(args.threads)
     from invismap.data.manifest import CLASS_FOLD, ROAD_CLASSES, load_manifest
     from invismap.detector.ap_bootstrap import ap50_replicates, match_at_iou50, mean_over_classes
-    from invismap.detector.postprocess import detect
+    from invismap.detector.postprocess import detect, merge_candidates, multiscale_candidates
     from invismap.detector.zoo import load_detector
     from invismap.invisibility.bootstrap import interval
 
@@ -83,23 +86,35 @@ def main() -> None:
                     sets.append((data, split, cond, *found))
     rows, reps = [], {}  # reps[(detector, set)][protocol]: (1 + n_boot,) AP50
     groups = [args.detectors[i:i + args.soup] for i in range(0, len(args.detectors), args.soup)]
+    if args.reference:
+        groups.insert(0, [args.reference])
+    reference = None  # its label, once loaded
+    fold = None if args.strict_classes else CLASS_FOLD
     for group in groups:
         det_name = group[0]
-        if args.soup == 1:
+        if len(group) == 1:
             model = load_detector(det_name)
             label = Path(det_name).parent.name if Path(det_name).is_file() else det_name
         else:
             model, label = soup_detector(group), "soup " + " ".join(Path(p).parent.name for p in group)
+        if group == [args.reference]:
+            reference = label
         for data, split, cond, pairs, images, truth, weights in sets:
             sizes = [(im.shape[1], im.shape[0]) for im in images]
-            ap, per_class = {}, {}
+            ap, per_class, candidates = {}, {}, {}
             for name, (tta, iou) in protocols.items():
-                dets = detect(model, images, size=args.size, conf=0.001, iou=iou,
-                              classes=ROAD_CLASSES, tta_sizes=tta,
-                              class_fold=None if args.strict_classes else CLASS_FOLD)
+                if not tta:  # one size: NMS in canvas pixels, as the pipeline scores it
+                    dets = detect(model, images, size=args.size, conf=0.001, iou=iou, classes=ROAD_CLASSES,
+                                  class_fold=fold)
+                else:
+                    if tta not in candidates:  # protocols with the same sizes share their forward passes
+                        candidates[tta] = multiscale_candidates(model, images, (args.size, *tta), conf=0.001)
+                    dets = merge_candidates(candidates[tta], images, conf=0.001, iou=iou,
+                                            classes=ROAD_CLASSES, class_fold=fold)
                 matches = match_at_iou50(truth, dets, sizes, ROAD_CLASSES)
                 per_class[name] = 100 * ap50_replicates(matches, weights)
                 ap[name] = mean_over_classes(per_class[name])
+            del candidates
             set_name = f"{Path(data).name} {split} {cond}"
             reps[label, set_name] = ap
             gain = ap["tta"] - ap["one size"]
@@ -137,6 +152,20 @@ def main() -> None:
                             f"{(tta - one)[:, 0].mean():+.1f} [{lo:+.1f}, {hi:+.1f}]",
                             " ".join(f"{v:+.1f}" for v in (tta - one)[:, 0])])
         print(table(["set", f"one size ({len(soups)} soups)", "tta", "gain", "per soup"], summary))
+    if args.reference:  # every detector's lead over the reference, same images and resamples
+        leads = []
+        for set_name in dict.fromkeys(s for _, s in reps):
+            others = [d for d, s in reps if s == set_name and d != reference]
+            for det in others + (["mean of soups"] if len(soups) > 1 else []):
+                row = [det, set_name]
+                for name in protocols:
+                    ref = reps[reference, set_name][name]
+                    dets = soups if det == "mean of soups" else [det]
+                    lead = np.mean([reps[d, set_name][name] - ref for d in dets], 0)  # (1 + n_boot,)
+                    lo, hi = interval(lead[1:])
+                    row.append(f"{lead[0]:+.1f} [{lo:+.1f}, {hi:+.1f}]")
+                leads.append(row)
+        print(table(["detector", "set", *(f"lead over {reference}, {n}" for n in protocols)], leads))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
 

@@ -165,6 +165,24 @@ def test_tta_at_the_same_size_gives_the_plain_boxes(yolov5n, msrs_dir):
         np.testing.assert_array_equal(t.classes, p.classes)
 
 
+def test_candidates_at_a_low_conf_serve_every_nms_setting_above_it(yolov5n, msrs_dir):
+    """One forward pass per size at conf 0.01, merged at another conf and IoU, gives detect()'s boxes."""
+    from invismap.detector.postprocess import detect, merge_candidates, multiscale_candidates
+
+    images = _thermal_images(msrs_dir)
+    candidates = multiscale_candidates(yolov5n, images, (640, 416), conf=0.01)
+    for conf, iou in ((0.01, 0.45), (0.05, 0.3)):
+        merged = merge_candidates(candidates, images, conf=conf, iou=iou, classes=(0, 1, 2))
+        direct = detect(yolov5n, images, size=640, conf=conf, iou=iou, classes=(0, 1, 2), tta_sizes=[416])
+        for m, d in zip(merged, direct):
+            assert len(d) > 0
+            np.testing.assert_array_equal(m.boxes, d.boxes)
+            np.testing.assert_array_equal(m.scores, d.scores)
+            np.testing.assert_array_equal(m.classes, d.classes)
+    assert sum(len(c) for c in multiscale_candidates(yolov5n, images, (640, 416), conf=0.05)) < \
+        sum(len(c) for c in candidates)  # only objectness above conf is kept
+
+
 def test_tta_keeps_each_sizes_best_boxes(yolov5n, msrs_dir):
     """A box found at one size alone is found with at least its score after merging, in original pixels."""
     from invismap.data.importers.common import box_iou

@@ -153,14 +153,37 @@ def detect(model: Detector, images: Sequence[np.ndarray], size: int = 640, conf:
             results[i] = Detections(lb.boxes_to_original(d[:, :4]), d[:, 4].astype(np.float32),
                                     d[:, 5].astype(np.int64))
         return results  # type: ignore[return-value]
+    return merge_candidates(multiscale_candidates(model, images, (size, *tta_sizes), conf, batch_size),
+                            images, conf, iou, classes, max_det, multi_label, class_fold)
+
+
+@torch.no_grad()
+def multiscale_candidates(model: Detector, images: Sequence[np.ndarray], sizes: Sequence[int],
+                          conf: float = 0.001, batch_size: int = 8) -> list[torch.Tensor]:
+    """Every size's decoded predictions for each image, in original pixels, before NMS.
+
+    Only candidates with objectness > ``conf`` are kept: no other can pass :func:`non_max_suppression` at
+    ``conf`` or above, so one call serves every NMS setting from ``conf`` up (:func:`merge_candidates`).
+
+    Returns:
+        One ``(N, 5 + nc)`` tensor ``[cx, cy, w, h, obj, class probs...]`` per image, in input order.
+    """
     candidates: list[list[torch.Tensor]] = [[] for _ in images]
-    for s in (size, *tta_sizes):
+    for s in sizes:
         for i, pred, lb in _decoded(model, images, s, batch_size):
-            candidates[i].append(_to_original(pred, lb))
+            candidates[i].append(_to_original(pred[pred[:, 4] > conf], lb))
+    return [torch.cat(c) for c in candidates]
+
+
+def merge_candidates(candidates: Sequence[torch.Tensor], images: Sequence[np.ndarray], conf: float = 0.25,
+                     iou: float = NMS_IOU, classes: Sequence[int] | None = None, max_det: int = 300,
+                     multi_label: bool = False,
+                     class_fold: Mapping[int, int] | None = None) -> list[Detections]:
+    """One NMS over each image's :func:`multiscale_candidates`; boxes clipped to the image
+    (arguments as :func:`non_max_suppression`)."""
     out = []
-    for im, preds in zip(images, candidates):
-        d = non_max_suppression(torch.cat(preds)[None], conf, iou, classes, max_det, multi_label,
-                                class_fold)[0].numpy()
+    for im, cand in zip(images, candidates):
+        d = non_max_suppression(cand[None], conf, iou, classes, max_det, multi_label, class_fold)[0].numpy()
         h, w = im.shape[:2]
         boxes = np.clip(d[:, :4], 0, [w, h, w, h]).astype(np.float32)
         out.append(Detections(boxes, d[:, 4].astype(np.float32), d[:, 5].astype(np.int64)))
