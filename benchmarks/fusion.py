@@ -67,7 +67,7 @@ def main() -> None:
     assets_env()
     setup_torch(args.threads)
     print_machine("Map-guided fusion (MSRS, registered pairs)")
-    from invismap.data.manifest import CLASS_FOLD, load_manifest
+    from invismap.data.manifest import load_manifest
     from invismap.detector.fusion import FusionParams
     from invismap.detector.fusion_eval import (
         cached_pair_records,
@@ -75,6 +75,7 @@ def main() -> None:
         format_fusion_table,
         load_labels,
     )
+    from invismap.detector.protocol import ScoringProtocol
     from invismap.io import write_json
 
     manifest = load_manifest(args.data).select(split=("train", "test"))
@@ -83,8 +84,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     records = cached_pair_records(manifest, args.color, args.thermal_detector, specs, out / "detections.npz",
-                                  size=args.size, tta_sizes=args.tta_sizes, iou=args.nms_iou,
-                                  class_fold=None if args.strict_classes else CLASS_FOLD)
+                                  ScoringProtocol(args.size, args.tta_sizes, args.nms_iou,
+                                                  fold_classes=not args.strict_classes))
     print(f"detections and maps of {len(records)} pairs: {time.perf_counter() - t0:.0f} s "
           f"(cached in {out / 'detections.npz'})")
     t0 = time.perf_counter()

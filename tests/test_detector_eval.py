@@ -13,6 +13,7 @@ from invismap.data.manifest import load_manifest
 from invismap.detector import cli as detector_cli
 from invismap.detector.base import Detections
 from invismap.detector.evaluate import coco_ap, evaluate_detector
+from invismap.detector.protocol import ScoringProtocol
 from invismap.detector.zoo import load_detector
 from invismap.errors import InvismapError
 
@@ -99,7 +100,7 @@ def test_evaluate_detector_on_real_pairs(yolov5n, tiny_manifest):
     assert thermal["n_images"] == 4 and 0.0 <= thermal["AP50"] <= 1.0
     assert res["settings"]["class_fold"] == {"3": 1, "5": 2, "7": 2}  # truck, bus -> car; motorcycle -> bike
     strict = evaluate_detector(yolov5n, manifest, images="color", labels="color", condition="day",
-                               progress=False, class_fold=None)
+                               progress=False, protocol=ScoringProtocol(fold_classes=False))
     assert strict["settings"]["class_fold"] == {}
     assert strict["classes"]["person"] == res["classes"]["person"]  # nothing folds onto person
     with pytest.raises(InvismapError, match="--images must be one of"):
@@ -203,5 +204,5 @@ def test_tta_keeps_each_sizes_best_boxes(yolov5n, msrs_dir):
 
 def test_eval_detector_with_tta_records_its_sizes(yolov5n, tiny_manifest):
     res = evaluate_detector(yolov5n, load_manifest(tiny_manifest), images="thermal", labels="thermal",
-                            progress=False, tta_sizes=[512, 800])
+                            progress=False, protocol=ScoringProtocol(tta_sizes=[512, 800]))
     assert res["settings"]["tta_sizes"] == [512, 800] and 0.0 <= res["AP50"] <= 1.0

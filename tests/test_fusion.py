@@ -25,6 +25,7 @@ from invismap.detector.fusion_eval import (
     save_records,
     union_labels,
 )
+from invismap.detector.protocol import ScoringProtocol
 
 W, H = 100, 80
 
@@ -319,16 +320,17 @@ def test_cached_detections_are_recomputed_when_the_sizes_change(msrs_dir, weight
     real = fusion_eval.compute_pair_records
 
     def counted(*args, **kwargs):
-        calls.append(list(kwargs.get("tta_sizes", ())))
+        calls.append(list(args[4].tta_sizes))
         return real(*args, **kwargs)
 
     monkeypatch.setattr(fusion_eval, "compute_pair_records", counted)
     kw = {"manifest": load_manifest(tmp_path / "manifest.csv"), "color": str(weights_dir / "yolov5n.pt"),
           "thermal_detector": thermal_detector, "map_specs": {}, "cache": tmp_path / "detections.npz",
-          "size": 160, "progress": False}
+          "protocol": ScoringProtocol(size=160), "progress": False}
     first = fusion_eval.cached_pair_records(**kw)
     again = fusion_eval.cached_pair_records(**kw)  # read back from the cache
-    fusion_eval.cached_pair_records(**kw, tta_sizes=[128])  # other sizes: detected again
+    kw["protocol"] = ScoringProtocol(size=160, tta_sizes=[128])
+    fusion_eval.cached_pair_records(**kw)  # other sizes: detected again
     assert calls == [[], [128]]
     for a, b in zip(first, again):
         np.testing.assert_allclose(a.thermal.boxes, b.thermal.boxes)

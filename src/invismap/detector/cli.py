@@ -231,9 +231,8 @@ def map_spec(value: str, thermal_detector: str) -> str | None:
 
 
 def _detect_fused(args: argparse.Namespace) -> int:
-    from invismap.data.manifest import CLASS_FOLD
     from invismap.detector.fusion import fuse_with_map
-    from invismap.detector.postprocess import detect
+    from invismap.detector.protocol import ScoringProtocol
     from invismap.detector.zoo import load_detector, load_inference_detector
     from invismap.errors import InvismapError, file_error
     from invismap.invisibility.sources import map_source
@@ -254,15 +253,15 @@ def _detect_fused(args: argparse.Namespace) -> int:
     model, thermal_model = load_inference_detector(args.model), load_detector(args.thermal_detector)
     invisibility = None if spec is None else map_source(spec)[1]
     out = Path(args.out)
+    # a truck seen by one camera and a car by the other are one object: fused as the labels' classes
+    protocol = ScoringProtocol(args.size, args.tta_sizes, args.iou, fold_classes=True)
     results = []
     for image_id, (c, t) in enumerate(pairs, start=1):
         rgb, thr = read_color(c), read_thermal(t)
-        # a truck seen by one camera and a car by the other are one object: fused as the labels' classes
-        kw = {"size": args.size, "conf": args.conf, "iou": args.iou, "batch_size": 1,
-              "tta_sizes": args.tta_sizes, "class_fold": CLASS_FOLD}
         heat = invisibility(None, rgb, thr) if invisibility else None
-        fused = fuse_with_map(detect(model, [rgb], **kw)[0], detect(thermal_model, [thr], **kw)[0], heat,
-                              params, image_size=(rgb.shape[1], rgb.shape[0]))
+        color, thermal = (protocol.detect(m, [im], conf=args.conf, classes=None, batch_size=1)[0]
+                          for m, im in ((model, rgb), (thermal_model, thr)))
+        fused = fuse_with_map(color, thermal, heat, params, image_size=(rgb.shape[1], rgb.shape[0]))
         results += coco_results(fused, image_id, str(c), model.names)
         write_yolo(out / "labels" / f"{c.stem}.txt", fused, rgb.shape[1], rgb.shape[0])
         write_image(out / f"{c.stem}.png", draw_fused(rgb, thr, fused, heat, model.names))
@@ -333,18 +332,18 @@ def draw_detections(image: np.ndarray, det, names: list[str]) -> np.ndarray:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from invismap.data.manifest import CLASS_FOLD, load_manifest
+    from invismap.data.manifest import load_manifest
     from invismap.detector.evaluate import evaluate_detector
+    from invismap.detector.protocol import ScoringProtocol
     from invismap.detector.zoo import load_inference_detector
     from invismap.io import write_json
 
     check_detection_args(args)
     manifest = load_manifest(args.data)
     model = load_inference_detector(args.model)
+    protocol = ScoringProtocol(args.size, args.tta_sizes, args.iou, fold_classes=not args.strict_classes)
     res = evaluate_detector(model, manifest, images=args.images, labels=args.labels, condition=args.condition,
-                            split=args.split, size=args.size, conf=args.conf, iou=args.iou,
-                            multi_label=args.multi_label, tta_sizes=args.tta_sizes,
-                            class_fold=None if args.strict_classes else CLASS_FOLD)
+                            split=args.split, protocol=protocol, conf=args.conf, multi_label=args.multi_label)
     res["model"] = str(args.model)
     res["data"] = str(args.data)
     print(f"{args.model} on {args.images} images vs {args.labels} labels "

@@ -2,9 +2,9 @@
 
 :func:`coco_ap` is a pure function over arrays (pycocotools does the matching and the 101-point
 interpolated AP, with its standard 100 detections per image and class); :func:`evaluate_detector` reads a
-manifest, runs :func:`~invismap.detector.postprocess.detect` and calls it. Feeding thermal images with
-thermal labels, or color images with thermal labels (objects the color camera may not show), is how the
-paper measures what the color detector misses.
+manifest, runs the detector under a :class:`~invismap.detector.protocol.ScoringProtocol` and calls it.
+Feeding thermal images with thermal labels, or color images with thermal labels (objects the color camera
+may not show), is how the paper measures what the color detector misses.
 
 Example:
     >>> m = load_manifest("runs/msrs/manifest.csv")  # doctest: +SKIP
@@ -17,13 +17,12 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from tqdm import tqdm
 
 from invismap.data.manifest import (
-    CLASS_FOLD,
     COCO_NAMES,
     ROAD_CLASSES,
     Manifest,
@@ -31,7 +30,7 @@ from invismap.data.manifest import (
     yolo_to_xyxy,
 )
 from invismap.detector.base import Detections, Detector
-from invismap.detector.postprocess import NMS_IOU, detect
+from invismap.detector.protocol import ScoringProtocol
 from invismap.errors import InvismapError
 from invismap.io import image_size, read_color, read_thermal
 
@@ -129,11 +128,10 @@ def _pycocotools_ap(images: list, gt_anns: list, dt_anns: list,
 
 
 def evaluate_detector(model: Detector, manifest: Manifest, images: str = "color", labels: str = "color",
-                      condition: str | None = None, split: str | None = None, size: int = 640,
-                      conf: float = 0.001, iou: float = NMS_IOU, classes: Sequence[int] = ROAD_CLASSES,
-                      multi_label: bool = False, batch_size: int = 8, progress: bool = True,
-                      tta_sizes: Sequence[int] = (),
-                      class_fold: Mapping[int, int] | None = CLASS_FOLD) -> dict:
+                      condition: str | None = None, split: str | None = None,
+                      protocol: ScoringProtocol = ScoringProtocol(), conf: float = 0.001,
+                      classes: Sequence[int] = ROAD_CLASSES, multi_label: bool = False, batch_size: int = 8,
+                      progress: bool = True) -> dict:
     """Detect on one modality of a manifest's pairs and score against one modality's labels.
 
     Args:
@@ -142,18 +140,15 @@ def evaluate_detector(model: Detector, manifest: Manifest, images: str = "color"
         images: ``"color"`` or ``"thermal"`` (fed as gray replicated to 3 channels).
         labels: ``"color"`` or ``"thermal"`` label files of the same pairs.
         condition, split: keep only these pairs (``None`` = all).
-        size, conf, iou: letterbox size (longest side; padded only to a multiple of the stride) and NMS
-            thresholds (conf 0.001 as YOLOv5's mAP protocol, IoU 0.45).
+        protocol: how the detector is run (letterbox size, multi-scale sizes, NMS IoU, class folding;
+            default 640 alone, IoU 0.45, COCO classes folded onto the labels': truck and bus count as car,
+            motorcycle as bicycle, as the datasets label them).
+        conf: NMS score threshold (0.001 as YOLOv5's mAP protocol).
         classes: class ids evaluated (default person, bicycle, car); other classes are dropped before NMS.
         multi_label: YOLOv5 ``val.py``'s multi-label NMS (default off: best class per box; see
             :mod:`invismap.detector.postprocess` for why and by how much it differs).
         batch_size: images per forward pass.
         progress: show a tqdm bar.
-        tta_sizes: also detect at these sizes and merge before NMS (multi-scale test-time augmentation,
-            :func:`~invismap.detector.postprocess.detect`); empty: ``size`` only.
-        class_fold: each box's COCO class folded onto the labels' before scoring (default
-            :data:`~invismap.data.manifest.CLASS_FOLD`: truck and bus count as car, motorcycle as bicycle,
-            as the datasets label them); ``None``: strict COCO classes (a truck at a labelled car is dropped).
 
     Returns:
         :func:`coco_ap`'s dict plus ``"settings"`` (the arguments above) and ``"n_unlabelled"`` (pairs
@@ -180,8 +175,8 @@ def evaluate_detector(model: Detector, manifest: Manifest, images: str = "color"
     for k in range(0, len(labelled), batch_size):
         chunk = labelled[k:k + batch_size]
         imgs = [read(getattr(s, images)) for s in chunk]
-        dets += detect(model, imgs, size=size, conf=conf, iou=iou, batch_size=batch_size, classes=classes,
-                       multi_label=multi_label, tta_sizes=tta_sizes, class_fold=class_fold)
+        dets += protocol.detect(model, imgs, conf=conf, classes=classes, batch_size=batch_size,
+                                multi_label=multi_label)
         for s, im in zip(chunk, imgs):
             w, h = im.shape[1], im.shape[0]
             if labels != images and image_size(getattr(s, labels)) != (w, h):
@@ -195,8 +190,7 @@ def evaluate_detector(model: Detector, manifest: Manifest, images: str = "color"
     bar.close()
     result = coco_ap(gts, dets, sizes, classes)
     result["settings"] = {"images": images, "labels": labels, "condition": condition, "split": split,
-                          "size": size, "conf": conf, "iou": iou, "classes": list(classes),
-                          "multi_label": multi_label, "tta_sizes": list(tta_sizes),
-                          "class_fold": {str(k): v for k, v in (class_fold or {}).items()}}
+                          **protocol.settings(), "conf": conf, "classes": list(classes),
+                          "multi_label": multi_label}
     result["n_unlabelled"] = len(selected) - len(labelled)
     return result

@@ -43,7 +43,6 @@ from tqdm import tqdm
 
 from invismap.data.importers.common import box_iou
 from invismap.data.manifest import (
-    CLASS_FOLD,
     COCO_NAMES,
     ROAD_CLASSES,
     Manifest,
@@ -60,7 +59,7 @@ from invismap.detector.fusion import (
     fuse_detections,
     thermal_box_weights,
 )
-from invismap.detector.postprocess import NMS_IOU
+from invismap.detector.protocol import ScoringProtocol
 from invismap.errors import InvismapError, file_error
 from invismap.invisibility.bootstrap import N_BOOT, estimate, resample_weights
 
@@ -150,11 +149,9 @@ class PairRecord:
 
 
 def compute_pair_records(manifest: Manifest, color_detector: Detector, thermal_detector: Detector,
-                         maps: Mapping[str, MapFn], size: int = 640, conf: float = 0.001,
-                         iou: float = NMS_IOU,
-                         classes: Sequence[int] = ROAD_CLASSES, progress: bool = True,
-                         tta_sizes: Sequence[int] = (),
-                         class_fold: Mapping[int, int] | None = CLASS_FOLD) -> list[PairRecord]:
+                         maps: Mapping[str, MapFn], protocol: ScoringProtocol = ScoringProtocol(),
+                         conf: float = 0.001, classes: Sequence[int] = ROAD_CLASSES,
+                         progress: bool = True) -> list[PairRecord]:
     """Run both detectors and every map on every pair of ``manifest``, once.
 
     Args:
@@ -162,25 +159,20 @@ def compute_pair_records(manifest: Manifest, color_detector: Detector, thermal_d
         color_detector: run on the color image; thermal_detector: run on the thermal image.
         maps: ``{name: source(sample, rgb, thermal) -> (H, W) map}``
             (see :mod:`invismap.invisibility.sources`).
-        size, conf, iou, classes: detection settings (conf 0.001: YOLOv5's mAP protocol; best class per box).
-        tta_sizes: both detectors also run at these sizes, merged before NMS (multi-scale test-time
-            augmentation, :func:`~invismap.detector.postprocess.detect`).
-        class_fold: both detectors' COCO classes folded onto the labels' (truck, bus -> car; motorcycle ->
-            bicycle), so that a truck box and a car box of one object fuse; ``None``: strict classes.
+        protocol: how both detectors run (size, multi-scale sizes, NMS IoU; classes folded onto the
+            labels' by default, so that a truck box and a car box of one object fuse).
+        conf, classes: detection settings (conf 0.001: YOLOv5's mAP protocol; best class per box).
 
     Returns:
         One :class:`PairRecord` per pair, in manifest order.
     """
     from invismap.data.dataset import load_pair
-    from invismap.detector.postprocess import detect
 
     records = []
     for s in tqdm(list(manifest), desc="detect pairs", unit="pair", disable=not progress):
         rgb, thr = load_pair(s)
-        kw = {"size": size, "conf": conf, "iou": iou, "classes": classes, "batch_size": 1,
-              "tta_sizes": tta_sizes, "class_fold": class_fold}
-        color, = detect(color_detector, [rgb], **kw)
-        thermal, = detect(thermal_detector, [thr], **kw)
+        color, = protocol.detect(color_detector, [rgb], conf=conf, classes=classes, batch_size=1)
+        thermal, = protocol.detect(thermal_detector, [thr], conf=conf, classes=classes, batch_size=1)
         heats = {name: fn(s, rgb, thr) for name, fn in maps.items()}
         records.append(PairRecord(s.name, s.condition, s.split, (rgb.shape[1], rgb.shape[0]), color, thermal,
                                   {m: box_map_means(h, color.boxes) for m, h in heats.items()},
@@ -239,31 +231,26 @@ def load_records(path: str | Path, settings: Mapping | None = None) -> list[Pair
 
 
 def cached_pair_records(manifest: Manifest, color: str, thermal_detector: str | Path,
-                        map_specs: Mapping[str, str], cache: str | Path, size: int = 640,
-                        progress: bool = True, tta_sizes: Sequence[int] = (),
-                        class_fold: Mapping[int, int] | None = CLASS_FOLD,
-                        iou: float = NMS_IOU) -> list[PairRecord]:
+                        map_specs: Mapping[str, str], cache: str | Path,
+                        protocol: ScoringProtocol = ScoringProtocol(),
+                        progress: bool = True) -> list[PairRecord]:
     """:func:`compute_pair_records` for detectors and map sources given by name, kept in ``cache`` (.npz) and
-    read back while the pairs, detectors, maps and sizes stay the same.
+    read back while the pairs, detectors, maps and protocol stay the same.
 
     Args:
         color: the color detector (a name or file); thermal_detector: the thermal detector's file.
         map_specs: ``{name: map source spec}``, e.g. ``{"predictor": "predictor:RUN/predictor.pt"}``.
-        iou: the NMS IoU threshold of both detectors.
     """
     from invismap.detector.zoo import load_detector
     from invismap.invisibility.sources import map_source
 
     settings = {"pairs": [s.name for s in manifest], "color": str(color), "maps": dict(map_specs),
-                "thermal_detector": str(Path(thermal_detector).resolve()), "size": size,
-                "tta_sizes": list(tta_sizes), "iou": iou,
-                "class_fold": {str(k): v for k, v in (class_fold or {}).items()}}
+                "thermal_detector": str(Path(thermal_detector).resolve()), **protocol.settings()}
     records = load_records(cache, settings)
     if records is None:
         maps = {m: map_source(spec)[1] for m, spec in map_specs.items()}
         records = compute_pair_records(manifest, load_detector(color), load_detector(str(thermal_detector)),
-                                       maps, size=size, iou=iou, progress=progress, tta_sizes=tta_sizes,
-                                       class_fold=class_fold)
+                                       maps, protocol, progress=progress)
         save_records(cache, records, settings)
     return records
 

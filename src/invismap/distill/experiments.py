@@ -19,16 +19,16 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from invismap.config import apply_overrides, from_dict, to_dict
-from invismap.data.manifest import CLASS_FOLD, COCO_NAMES, ROAD_CLASSES, load_manifest
+from invismap.data.manifest import COCO_NAMES, ROAD_CLASSES, load_manifest
 from invismap.detector.evaluate import evaluate_detector
-from invismap.detector.postprocess import NMS_IOU
+from invismap.detector.protocol import ScoringProtocol
 from invismap.detector.zoo import load_detector
 from invismap.distill.run import DistillConfig, run_distill, split_pairs
 from invismap.engine.distributed import world_size
@@ -44,27 +44,21 @@ LOSS_VARIANTS = {"mid": {"loss": "mid"}, "head": {"loss": "head"},
                  "mid+head 1.0": {"loss": "mid+head", "head_weight": 1.0}}
 
 
-def detector_scores(model, manifest, images: str, split: str, size: int,
-                    select_split: str | None = "train", tta_sizes: Sequence[int] = (),
-                    class_fold: Mapping[int, int] | None = CLASS_FOLD,
-                    iou: float = NMS_IOU) -> dict[str, Any]:
-    """AP50 (x100) per class and mean over person/bicycle/car, day and night, against thermal labels.
+def detector_scores(model, manifest, images: str, split: str, protocol: ScoringProtocol = ScoringProtocol(),
+                    select_split: str | None = "train") -> dict[str, Any]:
+    """AP50 (x100) per class and mean over person/bicycle/car, day and night, against thermal labels, every
+    detector run under ``protocol``.
 
     With ``select_split``, also ``select night``: AP50 on that split's night pairs (for model selection).
-    ``tta_sizes``: multi-scale test-time augmentation (:func:`~invismap.detector.postprocess.detect`);
-    ``class_fold``: COCO classes folded onto the labels'; ``iou``: NMS IoU threshold
-    (:func:`~invismap.detector.evaluate.evaluate_detector`).
     """
     row: dict[str, Any] = {}
     if select_split and manifest.select(condition="night", split=select_split).samples:
         r = evaluate_detector(model, manifest, images=images, labels="thermal", condition="night",
-                              split=select_split, size=size, progress=False, tta_sizes=tta_sizes,
-                              class_fold=class_fold, iou=iou)
+                              split=select_split, protocol=protocol, progress=False)
         row["select night"] = round(100 * r["AP50"], 1)
     for condition in ("day", "night"):
         r = evaluate_detector(model, manifest, images=images, labels="thermal", condition=condition,
-                              split=split, size=size, progress=False, tta_sizes=tta_sizes,
-                              class_fold=class_fold, iou=iou)
+                              split=split, protocol=protocol, progress=False)
         row[condition] = round(100 * r["AP50"], 1)
         for name, v in r["classes"].items():
             row[f"{condition} {name}"] = round(100 * v["AP50"], 1)
@@ -87,11 +81,10 @@ def variant_dir(out_dir: str | Path, name: str) -> Path:
 
 
 def run_experiment(kind: str, base: DistillConfig, out_dir: str | Path, pair_counts: list[int] | None = None,
-                   eval_split: str = "test", eval_size: int = 640, losses: list[str] | None = None,
+                   eval_split: str = "test", protocol: ScoringProtocol = ScoringProtocol(),
+                   losses: list[str] | None = None,
                    variants: Mapping[str, list[str]] | None = None, seeds: list[int] | None = None,
-                   more: Mapping[str, str | Path] | None = None,
-                   eval_tta_sizes: Sequence[int] = (), eval_class_fold: Mapping[int, int] | None = CLASS_FOLD,
-                   eval_iou: float = NMS_IOU, runs_dir: str | Path | None = None,
+                   more: Mapping[str, str | Path] | None = None, runs_dir: str | Path | None = None,
                    score: bool = True, train: bool = True) -> list[dict[str, Any]]:
     """Run every variant of ``kind`` (``ablation``, ``pairs``, ``variants`` or ``seeds``), evaluate, write the
     tables.
@@ -99,8 +92,7 @@ def run_experiment(kind: str, base: DistillConfig, out_dir: str | Path, pair_cou
     ``losses`` limits the ablation to those variants of :data:`LOSS_VARIANTS`; ``variants`` (kind
     ``variants``) maps names to overrides of ``base``; ``seeds`` (kind ``seeds``) are the seeds to train
     ``base`` with. ``more``: other datasets (name -> manifest) scored on their ``eval_split`` too;
-    ``eval_tta_sizes``, ``eval_class_fold``, ``eval_iou``: every detector is scored with this multi-scale
-    test-time augmentation, class folding and NMS IoU threshold (:func:`detector_scores`). Each variant
+    ``protocol``: how every detector is run when scored (:func:`detector_scores`). Each variant
     trains in its folder under ``runs_dir`` (default ``out_dir``); one whose folder already holds
     ``thermal_detector.pt`` is evaluated, not trained again. ``score=False`` only trains (no tables; one row
     per variant with its training time); ``train=False`` only scores, and refuses a variant not trained yet.
@@ -135,12 +127,10 @@ def run_experiment(kind: str, base: DistillConfig, out_dir: str | Path, pair_cou
     others = {name: load_manifest(path) for name, path in (more or {}).items()}
 
     def scores(model, images: str) -> dict[str, Any]:
-        row = detector_scores(model, manifest, images, eval_split, eval_size, tta_sizes=eval_tta_sizes,
-                              class_fold=eval_class_fold, iou=eval_iou)
+        row = detector_scores(model, manifest, images, eval_split, protocol)
         # other cameras: thermal labels only
         for name, other in others.items() if images == "thermal" else ():
-            r = detector_scores(model, other, images, eval_split, eval_size, select_split=None,
-                                tta_sizes=eval_tta_sizes, class_fold=eval_class_fold, iou=eval_iou)
+            r = detector_scores(model, other, images, eval_split, protocol, select_split=None)
             row.update({f"{name} {c}": r[c] for c in ("day", "night")})
         return row
 
@@ -164,12 +154,12 @@ def run_experiment(kind: str, base: DistillConfig, out_dir: str | Path, pair_cou
             row["pairs_per_s"] = round(summary["pairs_per_s"], 2)
         rows.append(row)
         if score:
-            _write(out_dir, kind, base, rows, list(others), eval_tta_sizes, eval_class_fold, eval_iou)
+            _write(out_dir, kind, base, rows, list(others), protocol)
     if not score:
         return rows
     if kind == "seeds" and len(variants) > 1:
         rows += spread([r for r in rows if r["variant"] in variants])
-        _write(out_dir, kind, base, rows, list(others), eval_tta_sizes, eval_class_fold, eval_iou)
+        _write(out_dir, kind, base, rows, list(others), protocol)
     return rows
 
 
@@ -186,8 +176,7 @@ def spread(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _write(out_dir: Path, kind: str, base: DistillConfig, rows: list[dict], more: list[str],
-           tta_sizes: Sequence[int] = (), class_fold: Mapping[int, int] | None = CLASS_FOLD,
-           iou: float = NMS_IOU) -> None:
+           protocol: ScoringProtocol) -> None:
     cols = (["variant", "select night", "day", "night"]
             + [f"{c} {COCO_NAMES[k]}" for c in ("day", "night") for k in ROAD_CLASSES])
     cols += [f"{name} {c}" for name in more for c in ("day", "night")]  # other cameras' test splits
@@ -195,11 +184,7 @@ def _write(out_dir: Path, kind: str, base: DistillConfig, rows: list[dict], more
     about = (f"teacher {base.teacher}, {base.train.max_steps} steps, batch {base.train.batch_size}. "
              "'select night': night pairs of the training split (never seen in distillation, which uses day "
              "pairs only) - choose a variant by this column; day/night columns: test split.")
-    if tta_sizes:
-        about += f" Every detector is also run at sizes {list(tta_sizes)}, merged before NMS."
-    about += f" NMS IoU {iou}."
-    about += (" Truck and bus boxes count as car, motorcycle as bicycle." if class_fold
-              else " Strict COCO classes (a truck box at a labelled car is not counted).")
+    about += f" Every detector is run at {protocol.describe()}."
     lines = [f"# Distillation {kind}: thermal AP50 (mean over person/bicycle/car) vs thermal labels",
              "", about, "",
              "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -208,5 +193,6 @@ def _write(out_dir: Path, kind: str, base: DistillConfig, rows: list[dict], more
         f.write("\n".join(lines) + "\n")
     write_json(out_dir / "table.json",
                {"experiment": kind, "config": to_dict(base), "rows": rows, "more": more,
-                "tta_sizes": list(tta_sizes), "class_fold": bool(class_fold), "nms_iou": iou})
+                "size": protocol.size, "tta_sizes": list(protocol.tta_sizes),
+                "class_fold": protocol.fold_classes, "nms_iou": protocol.iou})
 

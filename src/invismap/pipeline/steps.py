@@ -13,7 +13,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from invismap.data.manifest import CLASS_FOLD, Manifest, evenly, load_manifest, save_manifest
+from invismap.data.manifest import Manifest, evenly, load_manifest, save_manifest
+from invismap.detector.protocol import ScoringProtocol
 from invismap.distill.run import DistillConfig
 from invismap.engine.rundir import can_resume
 from invismap.errors import InvismapError
@@ -48,9 +49,10 @@ def distilled(inputs: Inputs) -> tuple[str, int, str]:
     return s["teacher"], s["size"], s["loss"]
 
 
-def class_fold(s: Settings) -> dict[int, int] | None:
-    """How detectors are scored (``evaluate.fold_classes``): COCO classes folded onto the labels', or not."""
-    return CLASS_FOLD if s.fold_classes else None
+def scoring(s: Settings, size: int) -> ScoringProtocol:
+    """How detectors are scored and fused (``evaluate``'s ``tta_sizes``, ``nms_iou``, ``fold_classes``) at
+    the distillation's letterbox ``size``."""
+    return ScoringProtocol(size, s.tta_sizes, s.nms_iou, s.fold_classes)
 
 
 def subset(manifest: Manifest, per_group: int, key=lambda s: (s.split, s.condition)) -> Manifest:
@@ -202,15 +204,11 @@ def eval_detector(s: Settings, inputs: Inputs, d: Path, resume: bool) -> dict:
     rows = []
     for name, model, images in models:
         inputs.echo(f"  AP50 of {name}")
-        rows.append({"variant": name, **detector_scores(model, manifest, images, s.split, size,
-                                                        tta_sizes=s.tta_sizes, class_fold=class_fold(s),
-                                                        iou=s.nms_iou)})
+        rows.append({"variant": name, **detector_scores(model, manifest, images, s.split, scoring(s, size))})
     more = {}
     for fmt, path in more_manifests(inputs).items():  # each dataset's own test split, reported apart
         other = load_manifest(path)
-        more[fmt] = [{"variant": name, **detector_scores(model, other, images, s.split, size,
-                                                         tta_sizes=s.tta_sizes, class_fold=class_fold(s),
-                                                         iou=s.nms_iou)}
+        more[fmt] = [{"variant": name, **detector_scores(model, other, images, s.split, scoring(s, size))}
                      for name, model, images in models if images == "thermal" or _has_color_labels(other)]
         inputs.echo(f"  {fmt}: " + format_ap(more[fmt]))
     write_json(d / "detector.json", {"split": s.split, "size": size, "tta_sizes": list(s.tta_sizes),
@@ -391,8 +389,7 @@ def experiments(s: Settings, inputs: Inputs, d: Path, resume: bool) -> dict:
     trained = inputs.dirs["students"]
     kinds = inputs.summary("students")
     out: dict = {}
-    scored = {"eval_split": split, "eval_size": size, "more": more_manifests(inputs),
-              "eval_tta_sizes": s.tta_sizes, "eval_class_fold": class_fold(s), "eval_iou": s.nms_iou,
+    scored = {"eval_split": split, "protocol": scoring(s, size), "more": more_manifests(inputs),
               "train": False}
     if "losses" in kinds:
         out["losses"] = run_experiment("ablation", base, d / "losses", losses=kinds["losses"],
@@ -412,8 +409,7 @@ def experiments(s: Settings, inputs: Inputs, d: Path, resume: bool) -> dict:
         for name, path in (("with registration/alignment", inputs.dirs["distill"] / "thermal_detector.pt"),
                            ("without (imported pairs)", trained / "alignment_off" / "thermal_detector.pt")):
             rows.append({"variant": name, **detector_scores(load_detector(str(path)), manifest, "thermal",
-                                                            split, size, tta_sizes=s.tta_sizes,
-                                                            class_fold=class_fold(s), iou=s.nms_iou)})
+                                                            split, scoring(s, size))})
         write_json(d / "alignment.json", {"rows": rows, "tta_sizes": list(s.tta_sizes),
                                           "note": "thermal AP50 on the same test pairs; the two "
                                                   "runs differ only in the color images distilled from"})
@@ -476,8 +472,7 @@ def fusion(s: Settings, inputs: Inputs, d: Path, resume: bool) -> dict:
     manifest = load_manifest(pairs_manifest(inputs)).select(split=(train, test), condition=s.conditions)
     # an interrupted run keeps its detections
     records = cached_pair_records(manifest, teacher, thermal, {m: known[m] for m in c.maps},
-                                  d / "detections.npz", size=size, tta_sizes=s.tta_sizes,
-                                  class_fold=class_fold(s), iou=s.nms_iou)
+                                  d / "detections.npz", scoring(s, size))
     result = evaluate_fusion(records, load_labels(manifest), maps=list(c.maps), conditions=s.conditions,
                              base=FusionParams(method=c.method, iou_thr=c.iou), n_boot=s.bootstrap,
                              train_split=train, test_split=test, weights_per=c.weights_per)
