@@ -48,7 +48,8 @@ def parse_args():
     p.add_argument("--size", type=int, default=640, help="the base letterbox size")
     p.add_argument("--base-sizes", type=int, nargs="*", default=[],
                    help="sizes the base protocol adds to --size (default none: one size)")
-    p.add_argument("--tta-sizes", type=int, nargs="+", default=[416, 512, 800, 960])
+    p.add_argument("--tta-sizes", type=int, nargs="*", default=[416, 512, 800, 960],
+                   help="sizes the tta protocol adds to --size (none: one size, e.g. to compare NMS IoUs)")
     p.add_argument("--base-iou", type=float, default=0.45, help="NMS IoU threshold of the base protocol")
     p.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold of the tta protocol")
     p.add_argument("--n-boot", type=int, default=1000)
