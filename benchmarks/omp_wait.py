@@ -12,8 +12,8 @@ libgomp spinning only briefly (``GOMP_SPINCOUNT=10000``; the default is 300000) 
 wait for).
 
 Timed per call: the teacher (yolov5n) detecting on one 640x480 MSRS color image (letterbox, forward, NMS), and
-with ``--predictor`` the invisibility predictor on the same image (:func:`invismap.invisibility.predict.
-predict_images`).
+with ``--predictor`` the invisibility predictor on the same image
+(:func:`invismap.invisibility.predict.predict_images`).
 
 Usage (from the repository root, on an otherwise quiet machine)::
 
@@ -125,7 +125,7 @@ def main() -> None:
             rows.append([load, model, f"{median(unset):.1f}", *(f"{m:.1f} ({r:.2f}x)" for m, r in cells)])
     print(f"{rounds} rounds; each cell a child process timing {args.calls} calls after 3 warm-up calls; "
           "ms per call (paired ratio to unset)")
-    print(table(["machine", "model", "ms unset", *list(VARIANTS)[1:]], rows))
+    print(table(["load", "model", "ms unset", *list(VARIANTS)[1:]], rows))
 
 
 if __name__ == "__main__":

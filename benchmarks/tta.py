@@ -12,7 +12,7 @@ With ``--soup N`` the detector files are taken N at a time and each group's weig
 ``benchmarks/soup.py``); with several soups a last table gives each set's AP50 of both protocols as mean
 +- std over the soups and their mean gain with its 95% interval. ``--reference`` (e.g. the teacher) is scored
 in the same run, and a table gives every detector's lead over it under each protocol, with its 95% interval
-(and the soups' mean lead). Protocols with the same sizes share their forward passes.
+(and the soups' mean lead). Multi-size protocols with the same sizes share their forward passes.
 
 Usage (from the repository root)::
 
@@ -100,6 +100,9 @@ def main() -> None:
             model, label = soup_detector(group), "soup " + " ".join(Path(p).parent.name for p in group)
         if group == [args.reference]:
             reference = label
+        if any(d == label for d, _ in reps):
+            raise SystemExit(f"two detectors are both labelled {label!r} (the folder of each file); give "
+                             "files in folders of different names")
         for data, split, cond, pairs, images, truth, weights in sets:
             sizes = [(im.shape[1], im.shape[0]) for im in images]
             ap, per_class, candidates = {}, {}, {}
@@ -115,7 +118,7 @@ def main() -> None:
                 matches = match_at_iou50(truth, dets, sizes, ROAD_CLASSES)
                 per_class[name] = 100 * ap50_replicates(matches, weights)
                 ap[name] = mean_over_classes(per_class[name])
-            del candidates
+            del candidates  # free them before timing
             set_name = f"{Path(data).name} {split} {cond}"
             reps[label, set_name] = ap
             gain = ap["tta"] - ap["one size"]

@@ -166,6 +166,15 @@ def test_tta_at_the_same_size_gives_the_plain_boxes(yolov5n, msrs_dir):
         np.testing.assert_array_equal(t.classes, p.classes)
 
 
+def test_scoring_protocol_settings_keep_the_fusion_caches_key():
+    """detections.npz files made before ScoringProtocol stored exactly these values: they stay valid."""
+    assert ScoringProtocol().settings() == {"size": 640, "tta_sizes": [], "iou": 0.45,
+                                            "class_fold": {"3": 1, "5": 2, "7": 2}}
+    strict = ScoringProtocol(np.int64(512), [416, 800], 0.4, fold_classes=False)
+    assert strict.settings() == {"size": 512, "tta_sizes": [416, 800], "iou": 0.4, "class_fold": {}}
+    assert strict == ScoringProtocol(512, (416, 800), 0.4, False) and hash(strict)  # lists become tuples
+
+
 def test_candidates_at_a_low_conf_serve_every_nms_setting_above_it(yolov5n, msrs_dir):
     """One forward pass per size at conf 0.01, merged at another conf and IoU, gives detect()'s boxes."""
     from invismap.detector.postprocess import detect, merge_candidates, multiscale_candidates

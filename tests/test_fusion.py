@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 from dataclasses import asdict
@@ -320,7 +321,8 @@ def test_cached_detections_are_recomputed_when_the_sizes_change(msrs_dir, weight
     real = fusion_eval.compute_pair_records
 
     def counted(*args, **kwargs):
-        calls.append(list(args[4].tta_sizes))
+        bound = inspect.signature(real).bind(*args, **kwargs).arguments
+        calls.append(list(bound["protocol"].tta_sizes))
         return real(*args, **kwargs)
 
     monkeypatch.setattr(fusion_eval, "compute_pair_records", counted)

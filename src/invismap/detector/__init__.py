@@ -8,12 +8,14 @@ Example:
 from invismap.detector.base import Detections, Detector
 from invismap.detector.evaluate import coco_ap, evaluate_detector
 from invismap.detector.postprocess import detect, non_max_suppression
+from invismap.detector.protocol import ScoringProtocol
 from invismap.detector.yolov5 import YOLOv5, YOLOv5Config
 from invismap.detector.zoo import load_detector, register_kind
 
 __all__ = [
     "Detections",
     "Detector",
+    "ScoringProtocol",
     "YOLOv5",
     "YOLOv5Config",
     "coco_ap",

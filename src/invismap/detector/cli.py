@@ -259,8 +259,8 @@ def _detect_fused(args: argparse.Namespace) -> int:
     for image_id, (c, t) in enumerate(pairs, start=1):
         rgb, thr = read_color(c), read_thermal(t)
         heat = invisibility(None, rgb, thr) if invisibility else None
-        color, thermal = (protocol.detect(m, [im], conf=args.conf, classes=None, batch_size=1)[0]
-                          for m, im in ((model, rgb), (thermal_model, thr)))
+        color, = protocol.detect(model, [rgb], conf=args.conf, classes=None, batch_size=1)
+        thermal, = protocol.detect(thermal_model, [thr], conf=args.conf, classes=None, batch_size=1)
         fused = fuse_with_map(color, thermal, heat, params, image_size=(rgb.shape[1], rgb.shape[0]))
         results += coco_results(fused, image_id, str(c), model.names)
         write_yolo(out / "labels" / f"{c.stem}.txt", fused, rgb.shape[1], rgb.shape[0])

@@ -151,7 +151,8 @@ def evaluate_detector(model: Detector, manifest: Manifest, images: str = "color"
         progress: show a tqdm bar.
 
     Returns:
-        :func:`coco_ap`'s dict plus ``"settings"`` (the arguments above) and ``"n_unlabelled"`` (pairs
+        :func:`coco_ap`'s dict plus ``"settings"`` (the arguments above, ``protocol``
+        as :meth:`~invismap.detector.protocol.ScoringProtocol.settings`) and ``"n_unlabelled"`` (pairs
         skipped because they have no label file for ``labels``).
 
     Raises:

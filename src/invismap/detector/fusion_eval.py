@@ -240,6 +240,7 @@ def cached_pair_records(manifest: Manifest, color: str, thermal_detector: str | 
     Args:
         color: the color detector (a name or file); thermal_detector: the thermal detector's file.
         map_specs: ``{name: map source spec}``, e.g. ``{"predictor": "predictor:RUN/predictor.pt"}``.
+        cache: the ``.npz`` file; protocol: how both detectors run (part of the cache's key).
     """
     from invismap.detector.zoo import load_detector
     from invismap.invisibility.sources import map_source

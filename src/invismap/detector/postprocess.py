@@ -165,6 +165,11 @@ def multiscale_candidates(model: Detector, images: Sequence[np.ndarray], sizes: 
     Only candidates with objectness > ``conf`` are kept: no other can pass :func:`non_max_suppression` at
     ``conf`` or above, so one call serves every NMS setting from ``conf`` up (:func:`merge_candidates`).
 
+    Args:
+        model, images, batch_size: as :func:`detect`.
+        sizes: letterbox sizes (longest side), each one forward pass.
+        conf: the lowest NMS score threshold the candidates will be merged with.
+
     Returns:
         One ``(N, 5 + nc)`` tensor ``[cx, cy, w, h, obj, class probs...]`` per image, in input order.
     """
@@ -179,8 +184,8 @@ def merge_candidates(candidates: Sequence[torch.Tensor], images: Sequence[np.nda
                      iou: float = NMS_IOU, classes: Sequence[int] | None = None, max_det: int = 300,
                      multi_label: bool = False,
                      class_fold: Mapping[int, int] | None = None) -> list[Detections]:
-    """One NMS over each image's :func:`multiscale_candidates`; boxes clipped to the image
-    (arguments as :func:`non_max_suppression`)."""
+    """One NMS over each image's :func:`multiscale_candidates`, boxes clipped to its image in ``images``
+    (the other arguments as :func:`non_max_suppression`; ``conf`` at least the candidates' own)."""
     out = []
     for im, cand in zip(images, candidates):
         d = non_max_suppression(cand[None], conf, iou, classes, max_det, multi_label, class_fold)[0].numpy()

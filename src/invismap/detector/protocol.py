@@ -37,24 +37,29 @@ class ScoringProtocol:
     iou: float = NMS_IOU
     fold_classes: bool = True
 
-    def __post_init__(self):  # lists from configs and command lines become a hashable tuple
+    def __post_init__(self):  # lists from configs and command lines become a hashable tuple, numbers JSON's
+        object.__setattr__(self, "size", int(self.size))
         object.__setattr__(self, "tta_sizes", tuple(int(s) for s in self.tta_sizes))
+        object.__setattr__(self, "iou", float(self.iou))
 
     @property
     def class_fold(self) -> Mapping[int, int] | None:
+        """COCO class -> label class applied before NMS (:data:`CLASS_FOLD`), or ``None`` for strict."""
         return CLASS_FOLD if self.fold_classes else None
 
     def detect(self, model: Detector, images: Sequence[np.ndarray], conf: float = 0.001,
                classes: Sequence[int] | None = ROAD_CLASSES, batch_size: int = 8,
                multi_label: bool = False) -> list[Detections]:
-        """:func:`~invismap.detector.postprocess.detect` under this protocol (default conf 0.001: YOLOv5's
-        mAP protocol, and only the road classes)."""
+        """:func:`~invismap.detector.postprocess.detect` under this protocol. Unlike ``detect``'s, the
+        defaults are for scoring: conf 0.001 (YOLOv5's mAP protocol) and only the road classes
+        (``classes=None``: every class)."""
         return detect(model, images, size=self.size, conf=conf, iou=self.iou, batch_size=batch_size,
                       classes=classes, multi_label=multi_label, tta_sizes=self.tta_sizes,
                       class_fold=self.class_fold)
 
     def settings(self) -> dict[str, Any]:
-        """The protocol as JSON-ready values (the fold as ``{"coco id": label id}``), for results files."""
+        """The protocol as JSON-ready values (the fold as ``{"coco id": label id}``), for results files and
+        the fusion cache's key (``detections.npz`` files made before this class had these same keys)."""
         return {"size": self.size, "tta_sizes": list(self.tta_sizes), "iou": self.iou,
                 "class_fold": {str(k): v for k, v in (self.class_fold or {}).items()}}
 

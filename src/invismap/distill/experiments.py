@@ -184,7 +184,7 @@ def _write(out_dir: Path, kind: str, base: DistillConfig, rows: list[dict], more
     about = (f"teacher {base.teacher}, {base.train.max_steps} steps, batch {base.train.batch_size}. "
              "'select night': night pairs of the training split (never seen in distillation, which uses day "
              "pairs only) - choose a variant by this column; day/night columns: test split.")
-    about += f" Every detector is run at {protocol.describe()}."
+    about += f" Every detector is scored with {protocol.describe()}."
     lines = [f"# Distillation {kind}: thermal AP50 (mean over person/bicycle/car) vs thermal labels",
              "", about, "",
              "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]

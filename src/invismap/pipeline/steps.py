@@ -49,7 +49,7 @@ def distilled(inputs: Inputs) -> tuple[str, int, str]:
     return s["teacher"], s["size"], s["loss"]
 
 
-def scoring(s: Settings, size: int) -> ScoringProtocol:
+def scoring_protocol(s: Settings, size: int) -> ScoringProtocol:
     """How detectors are scored and fused (``evaluate``'s ``tta_sizes``, ``nms_iou``, ``fold_classes``) at
     the distillation's letterbox ``size``."""
     return ScoringProtocol(size, s.tta_sizes, s.nms_iou, s.fold_classes)
@@ -201,14 +201,15 @@ def eval_detector(s: Settings, inputs: Inputs, d: Path, resume: bool) -> dict:
     student = load_detector(str(inputs.dirs["distill"] / "thermal_detector.pt"))
     models = (("teacher on color", teacher, "color"), ("teacher on thermal", teacher, "thermal"),
               (f"thermal detector ({loss})", student, "thermal"))
+    protocol = scoring_protocol(s, size)
     rows = []
     for name, model, images in models:
         inputs.echo(f"  AP50 of {name}")
-        rows.append({"variant": name, **detector_scores(model, manifest, images, s.split, scoring(s, size))})
+        rows.append({"variant": name, **detector_scores(model, manifest, images, s.split, protocol)})
     more = {}
     for fmt, path in more_manifests(inputs).items():  # each dataset's own test split, reported apart
         other = load_manifest(path)
-        more[fmt] = [{"variant": name, **detector_scores(model, other, images, s.split, scoring(s, size))}
+        more[fmt] = [{"variant": name, **detector_scores(model, other, images, s.split, protocol)}
                      for name, model, images in models if images == "thermal" or _has_color_labels(other)]
         inputs.echo(f"  {fmt}: " + format_ap(more[fmt]))
     write_json(d / "detector.json", {"split": s.split, "size": size, "tta_sizes": list(s.tta_sizes),
@@ -389,7 +390,8 @@ def experiments(s: Settings, inputs: Inputs, d: Path, resume: bool) -> dict:
     trained = inputs.dirs["students"]
     kinds = inputs.summary("students")
     out: dict = {}
-    scored = {"eval_split": split, "protocol": scoring(s, size), "more": more_manifests(inputs),
+    protocol = scoring_protocol(s, size)
+    scored = {"eval_split": split, "protocol": protocol, "more": more_manifests(inputs),
               "train": False}
     if "losses" in kinds:
         out["losses"] = run_experiment("ablation", base, d / "losses", losses=kinds["losses"],
@@ -409,7 +411,7 @@ def experiments(s: Settings, inputs: Inputs, d: Path, resume: bool) -> dict:
         for name, path in (("with registration/alignment", inputs.dirs["distill"] / "thermal_detector.pt"),
                            ("without (imported pairs)", trained / "alignment_off" / "thermal_detector.pt")):
             rows.append({"variant": name, **detector_scores(load_detector(str(path)), manifest, "thermal",
-                                                            split, scoring(s, size))})
+                                                            split, protocol)})
         write_json(d / "alignment.json", {"rows": rows, "tta_sizes": list(s.tta_sizes),
                                           "note": "thermal AP50 on the same test pairs; the two "
                                                   "runs differ only in the color images distilled from"})
@@ -472,7 +474,7 @@ def fusion(s: Settings, inputs: Inputs, d: Path, resume: bool) -> dict:
     manifest = load_manifest(pairs_manifest(inputs)).select(split=(train, test), condition=s.conditions)
     # an interrupted run keeps its detections
     records = cached_pair_records(manifest, teacher, thermal, {m: known[m] for m in c.maps},
-                                  d / "detections.npz", scoring(s, size))
+                                  d / "detections.npz", scoring_protocol(s, size))
     result = evaluate_fusion(records, load_labels(manifest), maps=list(c.maps), conditions=s.conditions,
                              base=FusionParams(method=c.method, iou_thr=c.iou), n_boot=s.bootstrap,
                              train_split=train, test_split=test, weights_per=c.weights_per)
