@@ -29,7 +29,17 @@ import os
 import subprocess
 import sys
 
-from common import assets_env, base_parser, median, paired_ratio, print_machine, table, wait_quiet
+from common import (
+    assets_env,
+    base_parser,
+    interleave,
+    median,
+    paired_ratio,
+    print_machine,
+    setup_torch,
+    table,
+    wait_quiet,
+)
 
 # name -> (environment added to the child's, threads; None: --threads)
 VARIANTS = {"unset": ({}, None), "PASSIVE": ({"OMP_WAIT_POLICY": "PASSIVE"}, None),
@@ -40,18 +50,15 @@ LOADS = ("quiet", "one core busy")
 def parse_args(argv=None):
     p = base_parser(__doc__.split("\n")[0])
     p.add_argument("--predictor", help="a predictor.pt to time as well")
-    p.add_argument("--calls", type=int, default=20, help="timed calls per child (after 3 warm-up calls)")
+    p.add_argument("--calls", type=int, default=20,
+                   help="timed rounds per child (one call of each model per round, after 3 warm-up rounds)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
 def child(args) -> None:
     """Time the models in this process (its OMP_WAIT_POLICY as inherited) and print one JSON line."""
-    import time
-
-    import torch
-
-    torch.set_num_threads(args.threads)
+    setup_torch(args.threads)
     from invismap.assets import find_asset
     from invismap.detector.postprocess import detect
     from invismap.detector.zoo import load_detector
@@ -66,16 +73,8 @@ def child(args) -> None:
 
         predictor, _ = load_predictor(args.predictor)
         calls["predictor"] = lambda: predict_images(predictor, [image], batch_size=1)
-    ms = {}
-    for name, fn in calls.items():
-        for _ in range(3):
-            fn()
-        times = []
-        for _ in range(args.calls):
-            t0 = time.perf_counter()
-            fn()
-            times.append(1000 * (time.perf_counter() - t0))
-        ms[name] = median(times)
+    seconds = interleave(calls, rounds=args.calls, warmup=3)
+    ms = {name: 1000 * median(t) for name, t in seconds.items()}
     print(json.dumps(ms))
 
 
@@ -123,7 +122,7 @@ def main() -> None:
             cells = [(median(ms[load, v, model]), paired_ratio(ms[load, v, model], unset))
                      for v in list(VARIANTS)[1:]]
             rows.append([load, model, f"{median(unset):.1f}", *(f"{m:.1f} ({r:.2f}x)" for m, r in cells)])
-    print(f"{rounds} rounds; each cell a child process timing {args.calls} calls after 3 warm-up calls; "
+    print(f"{rounds} rounds; each cell a child process timing {args.calls} rounds after 3 warm-up rounds; "
           "ms per call (paired ratio to unset)")
     print(table(["load", "model", "ms unset", *list(VARIANTS)[1:]], rows))
 
