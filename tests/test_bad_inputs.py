@@ -669,6 +669,18 @@ def detect_tiny_tta_size(t, mp):
                 [t / "out" / "detections.json"])
 
 
+@row("--bootstrap -1", "must be 0 (no intervals) or more")
+def eval_detector_negative_bootstrap(t, mp):
+    return Case(["eval-detector", "--data", str(t), "--bootstrap", "-1", "--json", str(t / "out" / "e.json")],
+                t / "out", [t / "out" / "e.json"])
+
+
+@row("--reference yolov5n is --model itself", "give another detector")
+def eval_detector_reference_is_the_model(t, mp):
+    return Case(["eval-detector", "--data", str(t), "--reference", "yolov5n",
+                 "--json", str(t / "out" / "e.json")], t / "out", [t / "out" / "e.json"])
+
+
 def pair_dirs(t: Path, thermal_size: tuple[int, int] = (W, H), names=("a",)) -> tuple[Path, Path]:
     """Folders ``t/c`` (color) and ``t/t`` (thermal) with one blank image per name."""
     for sub in ("c", "t"):

@@ -124,6 +124,23 @@ def test_cli_eval_detector_writes_json(tiny_manifest, weights_dir, tmp_path, cap
     assert res["settings"]["labels"] == "thermal" and res["n_images"] == 2
     printed = capsys.readouterr().out
     assert "person" in printed and "AP50" in printed and f"{100 * res['AP50']:5.1f}" in printed
+    est = res["intervals"][str(weights_dir / "yolov5n.pt")]  # 95% interval over the images by default
+    assert est["value"] == pytest.approx(100 * res["AP50"], abs=1e-3)
+    assert est["lo"] <= est["value"] <= est["hi"]
+
+
+def test_cli_eval_detector_gives_the_lead_over_a_reference(tiny_manifest, weights_dir, tmp_path, capsys):
+    """The same weights by file and by name: scored on the same images, their paired lead is exactly 0."""
+    out, model = tmp_path / "lead.json", str(weights_dir / "yolov5n.pt")
+    _run(["eval-detector", "--data", str(tiny_manifest), "--model", model, "--reference", "yolov5n",
+          "--images", "thermal", "--labels", "thermal", "--bootstrap", "50", "--json", str(out)])
+    res = json.loads(out.read_text())
+    assert res["reference"]["model"] == "yolov5n" and res["reference"]["AP50"] == res["AP50"]
+    assert res["intervals"][f"{model} - yolov5n"] == {"value": 0.0, "lo": 0.0, "hi": 0.0}
+    assert f"AP50 {model} - yolov5n: 0.0 [0.0, 0.0]" in capsys.readouterr().out
+    with pytest.raises(InvismapError, match="is --model itself"):
+        _run(["eval-detector", "--data", str(tiny_manifest), "--model", "yolov5n", "--reference", "yolov5n",
+              "--json", str(out)])
 
 
 def test_cli_detect_writes_images_and_results(msrs_dir, weights_dir, tmp_path):

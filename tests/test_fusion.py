@@ -12,9 +12,9 @@ import cv2
 import numpy as np
 import pytest
 
-from invismap.detector.ap_bootstrap import ap50_replicates, match_at_iou50, mean_over_classes
+from invismap.detector.ap_bootstrap import ap50_estimates, ap50_replicates, match_at_iou50, mean_over_classes
 from invismap.detector.base import Detections
-from invismap.detector.evaluate import coco_ap
+from invismap.detector.evaluate import LabelledDetections, coco_ap
 from invismap.detector.fusion import FusionParams, box_map_means, fuse_detections, fuse_with_map, trust
 from invismap.detector.fusion_eval import (
     FusionGrid,
@@ -153,6 +153,29 @@ def test_bootstrap_ap50_is_coco_ap_on_the_resampled_images():
         np.testing.assert_allclose(row, [ref["classes"][n]["AP50"] for n in ("person", "bicycle", "car")],
                                    atol=1e-12)
         assert mean_over_classes(row[None])[0] == pytest.approx(ref["AP50"], abs=1e-12)
+
+
+def test_ap50_estimates_are_coco_ap_with_paired_leads():
+    rng = np.random.default_rng(4)
+    data = [random_image(rng, int(rng.integers(1, 5)), int(rng.integers(0, 40))) for _ in range(12)]
+    gts, sizes = [g for g, _ in data], [(W, H)] * 12
+    worse = [dets(d.boxes[::2], d.scores[::2], d.classes[::2]) for _, d in data]  # half the boxes
+    found = {"a": LabelledDetections(gts, [d for _, d in data], sizes),
+             "b": LabelledDetections(gts, worse, sizes)}
+    est = ap50_estimates(found, reference="b", n_boot=200)
+    for name, f in found.items():
+        assert est[name]["value"] == pytest.approx(100 * coco_ap(gts, f.detections, sizes)["AP50"], abs=1e-3)
+        assert est[name]["lo"] <= est[name]["value"] <= est[name]["hi"]
+    lead = est["a - b"]
+    assert lead["value"] == pytest.approx(est["a"]["value"] - est["b"]["value"], abs=1e-3)
+    # paired: the lead's interval is narrower than the two detectors' intervals side by side would give
+    assert lead["hi"] - lead["lo"] < (est["a"]["hi"] - est["a"]["lo"]) + (est["b"]["hi"] - est["b"]["lo"])
+    assert ap50_estimates({"a": found["a"], "again": found["a"]}, "a", n_boot=50)["again - a"] == {
+        "value": 0.0, "lo": 0.0, "hi": 0.0}
+    with pytest.raises(ValueError, match="different images"):
+        ap50_estimates({"a": found["a"], "c": LabelledDetections(gts[:11], worse[:11], sizes[:11])})
+    with pytest.raises(ValueError, match="reference 'x'"):
+        ap50_estimates(found, reference="x")
 
 
 # ---- evaluation on synthetic records ---------------------------------------------------------------

@@ -210,6 +210,8 @@ def test_tiny_run_writes_a_report_from_its_own_json(tiny_run):
     assert detector["tta_sizes"] == [128] and "letterbox 160 plus 128" in page  # scored at 160 and 128
     assert "NMS IoU 0.45." in page  # the report says how detections were merged (evaluate.nms_iou)
     assert f"<b>{student['night']:.1f}</b>" in page  # the headline number is the one in the JSON beside it
+    lead = detector["intervals"]["night"][f"{student['variant']} - teacher on thermal"]
+    assert f"a lead of {lead['value']:.1f} <small>[{lead['lo']:.1f}, {lead['hi']:.1f}]</small>" in page
     maps = json.loads((out / "report" / "data" / "invisibility.json").read_text())
     assert {"predictor", "pair", "prior", "darkness", "contrast", "random", "oracle"} <= set(maps)
     night = maps["predictor"]["conditions"]["night"]["metrics"]
@@ -412,6 +414,14 @@ def test_no_training_calibration_target_or_selection_step_reads_a_test_pair(tmp_
     assert [r["variant"] for r in detector["more"]["roadscene"]] == ["teacher on thermal",
                                                                      "thermal detector (mid)"]
     assert detector["more"]["roadscene"][0]["night"] is not None
+    # each detector's AP50 with its interval, and the lead over the teacher paired on the same images
+    night = detector["more_intervals"]["roadscene"]["night"]
+    student = night["thermal detector (mid)"]
+    assert student["value"] == pytest.approx(detector["more"]["roadscene"][1]["night"], abs=0.051)
+    lead = night["thermal detector (mid) - teacher on thermal"]
+    assert lead["value"] == pytest.approx(night["thermal detector (mid)"]["value"]
+                                          - night["teacher on thermal"]["value"], abs=1e-3)
+    assert lead["lo"] <= lead["value"] <= lead["hi"]
     table = json.loads((out / "experiments" / "variants" / "table.json").read_text())
     variants = table["rows"]
     assert table["more"] == ["roadscene"]
@@ -427,6 +437,7 @@ def test_no_training_calibration_target_or_selection_step_reads_a_test_pair(tmp_
     page = (out / "report" / "index.html").read_text()
     assert "Which predictor: cross-validation on the training split" in page
     assert "roadscene (data.more" in page
+    assert page.count("thermal detector (mid) minus teacher on thermal") == 2  # MSRS and RoadScene
     fusion = json.loads((out / "fusion" / "fusion.json").read_text())  # chosen on train, scored on test
     night = fusion["conditions"]["night"]["label_sets"]["thermal"]
     assert set(night["methods"]) >= {"color", "thermal", "constant", "map:predictor", "map:pair"}

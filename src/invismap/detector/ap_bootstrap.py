@@ -23,14 +23,15 @@ from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from invismap.data.manifest import ROAD_CLASSES
 from invismap.detector.base import Detections
-from invismap.detector.evaluate import coco_annotations
+from invismap.detector.evaluate import LabelledDetections, coco_annotations
+from invismap.invisibility.bootstrap import N_BOOT, estimate, resample_weights
 
 RECALL_POINTS = np.linspace(0.0, 1.0, 101)  # pycocotools' recThrs
 MAX_DETS = 100  # per image and class, as coco_ap (pycocotools' last maxDets)
@@ -162,4 +163,41 @@ def mean_over_classes(per_class: np.ndarray) -> np.ndarray:
     return np.where(n > 0, np.where(valid, per_class, 0.0).sum(1) / np.maximum(n, 1), np.nan)
 
 
-__all__ = ["RECALL_POINTS", "ClassMatches", "ap50_replicates", "match_at_iou50", "mean_over_classes"]
+def ap50_estimates(found: Mapping[str, LabelledDetections], reference: str | None = None,
+                   classes: Sequence[int] = ROAD_CLASSES, n_boot: int = N_BOOT,
+                   seed: int = 0) -> dict[str, dict[str, float | None]]:
+    """AP50 (x100, mean over ``classes``) of detectors scored on the same images, with 95% intervals, and each
+    one's lead over ``reference`` from the same resamples (a paired bootstrap over images).
+
+    Args:
+        found: name -> that detector's :class:`~invismap.detector.evaluate.LabelledDetections`, every one on
+            the same images in the same order (e.g. from :func:`~invismap.detector.evaluate.detect_labelled`
+            with the same manifest, split and condition).
+        reference: the name whose AP50 the others' leads are measured from (None: no leads).
+        classes, n_boot, seed: evaluated classes; bootstrap resamples and their seed.
+
+    Returns:
+        ``{name: {value, lo, hi}}`` and ``{"NAME - REFERENCE": {value, lo, hi}}`` for every other name, in AP
+        points (:func:`~invismap.invisibility.bootstrap.estimate`; the value is ``coco_ap``'s AP50 x 100).
+    """
+    if reference is not None and reference not in found:
+        raise ValueError(f"reference {reference!r} is not among the detectors {list(found)}")
+    sizes = {tuple(map(tuple, f.image_sizes)) for f in found.values()}
+    if len(sizes) > 1:
+        raise ValueError("the detectors were scored on different images; score them on the same ones")
+    n = len(next(iter(found.values())).image_sizes) if found else 0
+    weights = np.vstack([np.ones(n), resample_weights([np.arange(n)], n_boot, seed)])
+    reps = {}  # name -> (1 + n_boot,) AP50 points: the test set itself, then the resamples
+    for name, f in found.items():
+        matches = match_at_iou50(f.ground_truth, f.detections, f.image_sizes, classes)
+        reps[name] = 100 * mean_over_classes(ap50_replicates(matches, weights))
+    out = {name: estimate(r[0], r[1:]) for name, r in reps.items()}
+    for name, r in reps.items():
+        if reference is not None and name != reference:
+            lead = r - reps[reference]
+            out[f"{name} - {reference}"] = estimate(lead[0], lead[1:])
+    return out
+
+
+__all__ = ["RECALL_POINTS", "ClassMatches", "ap50_estimates", "ap50_replicates", "match_at_iou50",
+           "mean_over_classes"]

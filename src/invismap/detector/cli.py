@@ -10,6 +10,10 @@ Examples:
         --thermal-detector runs/msrs/thermal_detector.pt --map runs/msrs/predictor.pt --out runs/fused
     invismap eval-detector --data runs/msrs --model yolov5n --images thermal --labels thermal \\
         --condition night --split test --json runs/eval/thermal_night.json
+    # a distilled thermal detector's lead over the teacher on the same thermal images, with its interval
+    invismap eval-detector --data runs/msrs/import/more/roadscene --reference yolov5n \\
+        --model runs/msrs/distill/thermal_detector.pt --images thermal --labels thermal \\
+        --condition night --split test --json lead.json
 """
 
 from __future__ import annotations
@@ -92,6 +96,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--strict-classes", action="store_true",
                    help="score COCO classes as they are (a truck box at a labelled car does not count); "
                         "default: truck and bus count as car, motorcycle as bicycle (the datasets' classes)")
+    e.add_argument("--reference", metavar="MODEL",
+                   help="also score this detector on the same images (e.g. the teacher when --model is a "
+                        "distilled thermal detector) and give --model's lead over it with its 95%% interval")
+    e.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+                   help="resamples of the images for the 95%% intervals (0: none)")
     e.add_argument("--json", required=True, help="output JSON file")
     e.set_defaults(func=_eval)
 
@@ -332,23 +341,44 @@ def draw_detections(image: np.ndarray, det, names: list[str]) -> np.ndarray:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from invismap.data.manifest import load_manifest
-    from invismap.detector.evaluate import evaluate_detector
+    from invismap.data.manifest import ROAD_CLASSES, load_manifest
+    from invismap.detector.ap_bootstrap import ap50_estimates
+    from invismap.detector.evaluate import detect_labelled, scored
     from invismap.detector.protocol import ScoringProtocol
     from invismap.detector.zoo import load_inference_detector
+    from invismap.errors import InvismapError
+    from invismap.invisibility.bootstrap import format_estimate
     from invismap.io import write_json
 
     check_detection_args(args)
+    if args.bootstrap < 0:
+        raise InvismapError(f"--bootstrap {args.bootstrap}: must be 0 (no intervals) or more (e.g. 1000)")
+    if args.reference is not None and str(args.reference) == str(args.model):
+        raise InvismapError(f"--reference {args.reference} is --model itself; give another detector")
     manifest = load_manifest(args.data)
-    model = load_inference_detector(args.model)
     protocol = ScoringProtocol(args.size, args.tta_sizes, args.iou, fold_classes=not args.strict_classes)
-    res = evaluate_detector(model, manifest, images=args.images, labels=args.labels, condition=args.condition,
-                            split=args.split, protocol=protocol, conf=args.conf, multi_label=args.multi_label)
-    res["model"] = str(args.model)
-    res["data"] = str(args.data)
+    settings = {"images": args.images, "labels": args.labels, "condition": args.condition,
+                "split": args.split, **protocol.settings(), "conf": args.conf, "classes": list(ROAD_CLASSES),
+                "multi_label": args.multi_label}  # as evaluate_detector records them
+    found = {str(m): detect_labelled(load_inference_detector(m), manifest, args.images, args.labels,
+                                     args.condition, args.split, protocol, args.conf,
+                                     multi_label=args.multi_label)
+             for m in (args.model, args.reference) if m is not None}
+    res, *ref = [scored(f, settings) for f in found.values()]
+    res.update(model=str(args.model), data=str(args.data))
     print(f"{args.model} on {args.images} images vs {args.labels} labels "
           f"(condition={args.condition or 'all'}, split={args.split or 'all'}, {res['n_images']} images)")
     print(format_ap_table(res))
+    if ref:
+        res["reference"] = {"model": str(args.reference),
+                            **{k: ref[0][k] for k in ("AP50", "AP50_95", "classes")}}
+        print(f"reference {args.reference}:\n{format_ap_table(ref[0])}")
+    if args.bootstrap:  # AP50 x100 with 95% intervals; the lead paired on the same resamples
+        res["intervals"] = ap50_estimates(found, str(args.reference) if ref else None, n_boot=args.bootstrap)
+        for name, e in res["intervals"].items():
+            print(f"AP50 {name}: {format_estimate(e, '.1f')}")
+    elif ref:
+        print(f"AP50 lead over {args.reference}: {100 * (res['AP50'] - ref[0]['AP50']):+.1f}")
     write_json(args.json, _nan_to_none(res))
     print(f"wrote {args.json}")
     return 0

@@ -18,6 +18,7 @@ import contextlib
 import io
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from tqdm import tqdm
@@ -127,6 +128,64 @@ def _pycocotools_ap(images: list, gt_anns: list, dt_anns: list,
     return ap50, ap
 
 
+@dataclass
+class LabelledDetections:
+    """One detector's boxes on ``N`` labelled images beside their truths: what :func:`coco_ap` and
+    :func:`~invismap.detector.ap_bootstrap.match_at_iou50` take.
+
+    Attributes:
+        ground_truth: per image, ``(M, 5)`` ``[class, x1, y1, x2, y2]`` pixels.
+        detections: per image, :class:`Detections` in the same pixels.
+        image_sizes: per image, ``(width, height)``.
+        n_unlabelled: selected pairs skipped because they have no label file.
+    """
+
+    ground_truth: list[np.ndarray]
+    detections: list[Detections]
+    image_sizes: list[tuple[int, int]]
+    n_unlabelled: int = 0
+
+
+def detect_labelled(model: Detector, manifest: Manifest, images: str = "color", labels: str = "color",
+                    condition: str | None = None, split: str | None = None,
+                    protocol: ScoringProtocol = ScoringProtocol(), conf: float = 0.001,
+                    classes: Sequence[int] = ROAD_CLASSES, multi_label: bool = False, batch_size: int = 8,
+                    progress: bool = True) -> LabelledDetections:
+    """Detect on one modality of a manifest's labelled pairs; arguments and errors as
+    :func:`evaluate_detector`, which scores what this returns."""
+    for what, v in (("images", images), ("labels", labels)):
+        if v not in MODALITIES:
+            raise InvismapError(f"--{what} must be one of {', '.join(MODALITIES)}, got {v!r}")
+    selected = manifest.select(condition=condition, split=split)
+    labelled = [s for s in selected if getattr(s, f"{labels}_labels") is not None]
+    if not labelled:
+        raise InvismapError(f"{manifest.root}: no pair with {labels} labels for condition={condition}, "
+                            f"split={split} ({len(selected)} pairs selected)")
+    if len(labelled) < len(selected):
+        log.warning("%d of %d pairs have no %s labels and are skipped", len(selected) - len(labelled),
+                    len(selected), labels)
+    read = read_color if images == "color" else read_thermal
+    out = LabelledDetections([], [], [], len(selected) - len(labelled))
+    bar = tqdm(total=len(labelled), desc=f"detect {images}", unit="img", disable=not progress, leave=False)
+    for k in range(0, len(labelled), batch_size):
+        chunk = labelled[k:k + batch_size]
+        imgs = [read(getattr(s, images)) for s in chunk]
+        out.detections += protocol.detect(model, imgs, conf=conf, classes=classes, batch_size=batch_size,
+                                          multi_label=multi_label)
+        for s, im in zip(chunk, imgs):
+            w, h = im.shape[1], im.shape[0]
+            if labels != images and image_size(getattr(s, labels)) != (w, h):
+                raise InvismapError(f"{getattr(s, labels)}: {labels} image is "
+                                    f"{image_size(getattr(s, labels))}, {images} image is {(w, h)}; "
+                                    f"{labels} labels only apply to {images} images of the same size "
+                                    "(register the pair first)")
+            out.ground_truth.append(yolo_to_xyxy(read_yolo_labels(getattr(s, f"{labels}_labels")), w, h))
+            out.image_sizes.append((w, h))
+        bar.update(len(chunk))
+    bar.close()
+    return out
+
+
 def evaluate_detector(model: Detector, manifest: Manifest, images: str = "color", labels: str = "color",
                       condition: str | None = None, split: str | None = None,
                       protocol: ScoringProtocol = ScoringProtocol(), conf: float = 0.001,
@@ -159,39 +218,14 @@ def evaluate_detector(model: Detector, manifest: Manifest, images: str = "color"
         InvismapError: bad modality, no labelled pair selected, or color and thermal sizes differ when
             ``images != labels`` (the labels would not be in the evaluated image's pixels).
     """
-    for what, v in (("images", images), ("labels", labels)):
-        if v not in MODALITIES:
-            raise InvismapError(f"--{what} must be one of {', '.join(MODALITIES)}, got {v!r}")
-    selected = manifest.select(condition=condition, split=split)
-    labelled = [s for s in selected if getattr(s, f"{labels}_labels") is not None]
-    if not labelled:
-        raise InvismapError(f"{manifest.root}: no pair with {labels} labels for condition={condition}, "
-                            f"split={split} ({len(selected)} pairs selected)")
-    if len(labelled) < len(selected):
-        log.warning("%d of %d pairs have no %s labels and are skipped", len(selected) - len(labelled),
-                    len(selected), labels)
-    read = read_color if images == "color" else read_thermal
-    gts, dets, sizes = [], [], []
-    bar = tqdm(total=len(labelled), desc=f"detect {images}", unit="img", disable=not progress, leave=False)
-    for k in range(0, len(labelled), batch_size):
-        chunk = labelled[k:k + batch_size]
-        imgs = [read(getattr(s, images)) for s in chunk]
-        dets += protocol.detect(model, imgs, conf=conf, classes=classes, batch_size=batch_size,
-                                multi_label=multi_label)
-        for s, im in zip(chunk, imgs):
-            w, h = im.shape[1], im.shape[0]
-            if labels != images and image_size(getattr(s, labels)) != (w, h):
-                raise InvismapError(f"{getattr(s, labels)}: {labels} image is "
-                                    f"{image_size(getattr(s, labels))}, {images} image is {(w, h)}; "
-                                    f"{labels} labels only apply to {images} images of the same size "
-                                    "(register the pair first)")
-            gts.append(yolo_to_xyxy(read_yolo_labels(getattr(s, f"{labels}_labels")), w, h))
-            sizes.append((w, h))
-        bar.update(len(chunk))
-    bar.close()
-    result = coco_ap(gts, dets, sizes, classes)
-    result["settings"] = {"images": images, "labels": labels, "condition": condition, "split": split,
-                          **protocol.settings(), "conf": conf, "classes": list(classes),
-                          "multi_label": multi_label}
-    result["n_unlabelled"] = len(selected) - len(labelled)
-    return result
+    found = detect_labelled(model, manifest, images, labels, condition, split, protocol, conf, classes,
+                            multi_label, batch_size, progress)
+    settings = {"images": images, "labels": labels, "condition": condition, "split": split,
+                **protocol.settings(), "conf": conf, "classes": list(classes), "multi_label": multi_label}
+    return scored(found, settings)
+
+
+def scored(found: LabelledDetections, settings: dict) -> dict:
+    """:func:`evaluate_detector`'s result for detections made with ``settings`` (its arguments)."""
+    return {**coco_ap(found.ground_truth, found.detections, found.image_sizes, settings["classes"]),
+            "settings": settings, "n_unlabelled": found.n_unlabelled}

@@ -61,7 +61,7 @@ from invismap.detector.fusion import (
 )
 from invismap.detector.protocol import ScoringProtocol
 from invismap.errors import InvismapError, file_error
-from invismap.invisibility.bootstrap import N_BOOT, estimate, resample_weights
+from invismap.invisibility.bootstrap import N_BOOT, estimate, format_estimate, resample_weights
 
 log = logging.getLogger(__name__)
 
@@ -479,11 +479,7 @@ def _pct(est: Mapping) -> dict:
 def format_fusion_table(result: Mapping) -> str:
     """Plain-text tables of :func:`evaluate_fusion`: AP50 [95% CI] per method and class, then the margins."""
     def ci(e: Mapping) -> str:
-        if e["value"] is None:
-            return "n/a"
-        if e["lo"] is None:
-            return f"{e['value']:5.1f}"
-        return f"{e['value']:5.1f} [{e['lo']:5.1f}, {e['hi']:5.1f}]"
+        return format_estimate(e, "5.1f")
 
     lines = []
     for c, cond in result["conditions"].items():

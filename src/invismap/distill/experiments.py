@@ -27,7 +27,7 @@ import numpy as np
 
 from invismap.config import apply_overrides, from_dict, to_dict
 from invismap.data.manifest import COCO_NAMES, ROAD_CLASSES, load_manifest
-from invismap.detector.evaluate import evaluate_detector
+from invismap.detector.evaluate import LabelledDetections, coco_ap, detect_labelled
 from invismap.detector.protocol import ScoringProtocol
 from invismap.detector.zoo import load_detector
 from invismap.distill.run import DistillConfig, run_distill, split_pairs
@@ -51,18 +51,30 @@ def detector_scores(model, manifest, images: str, split: str, protocol: ScoringP
 
     With ``select_split``, also ``select night``: AP50 on that split's night pairs (for model selection).
     """
+    return scored_detections(model, manifest, images, split, protocol, select_split)[0]
+
+
+def scored_detections(model, manifest, images: str, split: str, protocol: ScoringProtocol = ScoringProtocol(),
+                      select_split: str | None = "train",
+                      ) -> tuple[dict[str, Any], dict[str, LabelledDetections]]:
+    """:func:`detector_scores`' row, and the detections it scored per condition of ``split`` (for
+    intervals: :func:`~invismap.detector.ap_bootstrap.ap50_estimates`)."""
     row: dict[str, Any] = {}
     if select_split and manifest.select(condition="night", split=select_split).samples:
-        r = evaluate_detector(model, manifest, images=images, labels="thermal", condition="night",
-                              split=select_split, protocol=protocol, progress=False)
-        row["select night"] = round(100 * r["AP50"], 1)
+        found = detect_labelled(model, manifest, images=images, labels="thermal", condition="night",
+                                split=select_split, protocol=protocol, progress=False)
+        row["select night"] = round(100 * coco_ap(found.ground_truth, found.detections,
+                                                  found.image_sizes)["AP50"], 1)
+    kept = {}
     for condition in ("day", "night"):
-        r = evaluate_detector(model, manifest, images=images, labels="thermal", condition=condition,
-                              split=split, protocol=protocol, progress=False)
+        kept[condition] = found = detect_labelled(model, manifest, images=images, labels="thermal",
+                                                  condition=condition, split=split, protocol=protocol,
+                                                  progress=False)
+        r = coco_ap(found.ground_truth, found.detections, found.image_sizes)
         row[condition] = round(100 * r["AP50"], 1)
         for name, v in r["classes"].items():
             row[f"{condition} {name}"] = round(100 * v["AP50"], 1)
-    return row
+    return row, kept
 
 
 def _variant(base: DistillConfig, changes: dict | list[str]) -> DistillConfig:

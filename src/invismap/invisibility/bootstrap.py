@@ -73,4 +73,17 @@ def estimate(value: float, replicates: np.ndarray, level: float = LEVEL) -> dict
             for k, v in (("value", value), ("lo", lo), ("hi", hi))}
 
 
-__all__ = ["LEVEL", "N_BOOT", "estimate", "interval", "resample_weights"]
+def format_estimate(e: dict, spec: str = ".3f") -> str:
+    """``value [lo, hi]`` of an :func:`estimate`, each formatted with ``spec`` (``n/a`` without a value).
+
+    >>> format_estimate({"value": 4.9, "lo": -1.8, "hi": 18.8}, "+.1f")
+    '+4.9 [-1.8, +18.8]'
+    """
+    if e.get("value") is None:
+        return "n/a"
+    if e.get("lo") is None:
+        return format(e["value"], spec)
+    return f"{e['value']:{spec}} [{e['lo']:{spec}}, {e['hi']:{spec}}]"
+
+
+__all__ = ["LEVEL", "N_BOOT", "estimate", "format_estimate", "interval", "resample_weights"]

@@ -193,8 +193,12 @@ def predictor(c: PredictorConfig, inputs: Inputs, d: Path, resume: bool) -> dict
 
 
 def eval_detector(s: Settings, inputs: Inputs, d: Path, resume: bool) -> dict:
+    """Thermal AP50 of the teacher (on color and thermal images) and the thermal detector, per condition and
+    class, on the main dataset and each ``data.more`` one; with 95% intervals over images and the thermal
+    detector's paired lead over the teacher on the same thermal images (``intervals``)."""
     from invismap.detector.zoo import load_detector
-    from invismap.distill.experiments import detector_scores
+    from invismap.distill.experiments import scored_detections
+    from invismap.invisibility.bootstrap import format_estimate
 
     manifest, (teacher_name, size, loss) = load_manifest(pairs_manifest(inputs)), distilled(inputs)
     teacher = load_detector(teacher_name)
@@ -202,20 +206,44 @@ def eval_detector(s: Settings, inputs: Inputs, d: Path, resume: bool) -> dict:
     models = (("teacher on color", teacher, "color"), ("teacher on thermal", teacher, "thermal"),
               (f"thermal detector ({loss})", student, "thermal"))
     protocol = scoring_protocol(s, size)
-    rows = []
-    for name, model, images in models:
-        inputs.echo(f"  AP50 of {name}")
-        rows.append({"variant": name, **detector_scores(model, manifest, images, s.split, protocol)})
-    more = {}
+
+    def score(m: Manifest, main: bool) -> tuple[list[dict], dict]:
+        rows, found = [], {}  # found: variant -> condition -> LabelledDetections
+        for name, model, images in models:
+            if main or images == "thermal" or _has_color_labels(m):
+                if main:
+                    inputs.echo(f"  AP50 of {name}")
+                row, found[name] = scored_detections(model, m, images, s.split, protocol,
+                                                     select_split="train" if main else None)
+                rows.append({"variant": name, **row})
+        return rows, detector_intervals(found, s.bootstrap)
+
+    rows, intervals = score(manifest, main=True)
+    more, more_intervals = {}, {}
     for fmt, path in more_manifests(inputs).items():  # each dataset's own test split, reported apart
-        other = load_manifest(path)
-        more[fmt] = [{"variant": name, **detector_scores(model, other, images, s.split, protocol)}
-                     for name, model, images in models if images == "thermal" or _has_color_labels(other)]
+        more[fmt], more_intervals[fmt] = score(load_manifest(path), main=False)
         inputs.echo(f"  {fmt}: " + format_ap(more[fmt]))
+    for fmt, by_condition in (("", intervals), *more_intervals.items()):
+        inputs.echo(f"  {fmt + ': ' if fmt else ''}lead over the teacher on thermal images " + ", ".join(
+            f"{cond} {format_estimate(e, '+.1f')}" for cond, est in by_condition.items()
+            for k, e in est.items() if k == f"thermal detector ({loss}) - teacher on thermal"))
     write_json(d / "detector.json", {"split": s.split, "size": size, "tta_sizes": list(s.tta_sizes),
                                      "fold_classes": s.fold_classes, "nms_iou": s.nms_iou,
-                                     "labels": "thermal", "rows": rows, "more": more})
-    return {"rows": rows, "more": more}
+                                     "labels": "thermal", "rows": rows, "more": more,
+                                     "bootstrap": s.bootstrap, "intervals": intervals,
+                                     "more_intervals": more_intervals})
+    return {"rows": rows, "more": more, "intervals": intervals, "more_intervals": more_intervals}
+
+
+def detector_intervals(found: dict, n_boot: int) -> dict:
+    """``{condition: ap50_estimates}`` of the detectors in ``found`` (variant -> condition -> detections):
+    each one's AP50 with its 95% interval, and each one's lead over ``teacher on thermal``."""
+    from invismap.detector.ap_bootstrap import ap50_estimates
+
+    conditions = next(iter(found.values())).keys()
+    reference = "teacher on thermal" if "teacher on thermal" in found else None
+    return {cond: ap50_estimates({name: by[cond] for name, by in found.items()}, reference, n_boot=n_boot)
+            for cond in conditions}
 
 
 def _has_color_labels(manifest: Manifest) -> bool:

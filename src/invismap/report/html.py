@@ -193,10 +193,14 @@ def section_summary(d: dict) -> str:
     if student:
         base = det.get("teacher on thermal", {})
         color = det.get("teacher on color", {})
+        lead = ((d.get("detector.json") or {}).get("intervals") or {}).get("night", {}).get(
+            f"{student['variant']} - teacher on thermal")
         items.append(f"Thermal detector trained without labels: "
                      f"night AP50 <b>{num(student.get('night'), 1)}</b> "
-                     f"(the color teacher run on thermal images: {num(base.get('night'), 1)}; "
-                     f"on the color images: {num(color.get('night'), 1)}); day {num(student.get('day'), 1)}.")
+                     f"(the color teacher run on thermal images: {num(base.get('night'), 1)}"
+                     + (f", a lead of {ap_interval(lead)}" if lead else "")
+                     + f"; on the color images: {num(color.get('night'), 1)}); "
+                     f"day {num(student.get('day'), 1)}.")
     if not items:
         return ""
     return "<h2>At a glance</h2><ul>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>"
@@ -242,15 +246,28 @@ def section_detector(d: dict) -> str:
     if not det:
         return ""
     more = "".join(f"<h3>{esc(fmt)} (data.more: another camera, its own split)</h3>"
-                   f"{table(AP_HEADER, ap_rows(rows))}"
+                   f"{table(AP_HEADER, ap_rows(rows))}{lead_table(det.get('more_intervals', {}).get(fmt))}"
                    for fmt, rows in (det.get("more") or {}).items())
     return ("<h2>Thermal detection without labels</h2>"
-            f"{table(AP_HEADER, ap_rows(det['rows']))}{AP_NOTE}{more}"
+            f"{table(AP_HEADER, ap_rows(det['rows']))}{AP_NOTE}{lead_table(det.get('intervals'))}{more}"
             f'<p class="note">Split {esc(det["split"])}, letterbox {esc(det["size"])}'
             + (f' plus {esc(", ".join(map(str, tta)))} (every detector, candidates of all sizes merged '
                "before NMS)" if (tta := det.get("tta_sizes")) else "")
             + f".{nms_note(det)}{fold_note(det)}{soup_note(d.get('distill.json') or {})} "
             "Source: data/detector.json.</p>")
+
+
+def lead_table(intervals: Mapping[str, Mapping[str, Any]] | None) -> str:
+    """Per condition, each detector's AP50 with its 95% interval and the thermal detector's lead over the
+    teacher on the same thermal images (``detector.json``'s ``intervals``; absent in older runs)."""
+    if not intervals:
+        return ""
+    names = [k for k in next(iter(intervals.values())) if " - " not in k]
+    leads = [k for k in next(iter(intervals.values())) if k.startswith("thermal detector") and " - " in k]
+    body = [[esc(cond)] + [ap_interval(est.get(k)) for k in names + leads] for cond, est in intervals.items()]
+    return (table(["condition", *names, *(k.replace(" - ", " minus ") for k in leads)], body)
+            + '<p class="note">AP50 with 95% intervals (bootstrap over the test images); the lead is paired: '
+              "both detectors on the same resamples of the same thermal images.</p>")
 
 
 def nms_note(settings: Mapping[str, Any]) -> str:
