@@ -69,6 +69,15 @@ def test_pair_dataset_same_geometry_for_both(msrs):
     assert not torch.equal(ds[0]["rgb"], a["rgb"])
     batch = collate_pairs([plain, plain])
     assert batch["rgb"].shape == (2, 3, 256, 320) and batch["thermal"].shape == (2, 1, 256, 320)
+    # a canvas of another shape (another camera, a crop larger than a small frame) shares the batch, padded
+    # with the letterbox's gray at the bottom and right: canvas coordinates do not move
+    small = {**plain, "rgb": plain["rgb"][:, :128, :160], "thermal": plain["thermal"][:, :128, :160]}
+    batch = collate_pairs([small, plain])
+    assert batch["rgb"].shape == (2, 3, 256, 320) and batch["thermal"].shape == (2, 1, 256, 320)
+    assert torch.equal(batch["rgb"][0, :, :128, :160], small["rgb"])
+    assert torch.equal(batch["thermal"][1], plain["thermal"])
+    gray = torch.tensor(114 / 255, dtype=torch.float32)
+    assert (batch["thermal"][0, :, 128:] == gray).all() and (batch["rgb"][0, :, :, 160:] == gray).all()
 
 
 def test_boxes_follow_the_flip(msrs):

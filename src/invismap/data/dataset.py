@@ -21,9 +21,10 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from invismap.data.letterbox import Letterbox, apply_letterbox, letterbox_params
+from invismap.data.letterbox import PAD_VALUE, Letterbox, apply_letterbox, letterbox_params
 from invismap.data.manifest import Manifest, Sample, read_yolo_labels, yolo_to_xyxy
 from invismap.errors import InvismapError, file_error
 from invismap.io import read_color, read_thermal
@@ -231,12 +232,16 @@ def to_tensor(image: np.ndarray) -> torch.Tensor:
 
 
 def collate_pairs(items: list[dict]) -> dict:
-    """Stack images into ``(B, C, H, W)``; boxes stay lists (their counts differ)."""
+    """Stack images into ``(B, C, H, W)``; boxes stay lists (their counts differ).
+
+    Canvases of different sizes in one batch (cameras of other aspect ratios, or crops larger than a small
+    frame's canvas) are padded at the bottom and right with the letterbox's gray to the batch's largest, so
+    canvas pixel coordinates (the boxes, the letterbox) stay as they are.
+    """
     out = {k: [it[k] for it in items] for k in items[0]}
-    shapes = {tuple(t.shape) for t in out["rgb"]}
-    if len(shapes) > 1:
-        raise InvismapError(f"pairs of different letterboxed sizes {sorted(shapes)} in one batch: "
-                            "use square=True or batch_size=1")
-    out["rgb"] = torch.stack(out["rgb"])
-    out["thermal"] = torch.stack(out["thermal"])
+    h = max(t.shape[1] for t in out["rgb"])
+    w = max(t.shape[2] for t in out["rgb"])
+    for key in ("rgb", "thermal"):
+        out[key] = torch.stack([F.pad(t, (0, w - t.shape[2], 0, h - t.shape[1]), value=PAD_VALUE / 255)
+                                for t in out[key]])
     return out
