@@ -62,6 +62,7 @@ def main() -> None:
     groups = [args.detectors[i:i + args.soup] for i in range(0, len(args.detectors), args.soup)]
     print_machine("class folding in detector AP50 (thermal labels)")
     print(f"{len(groups)} soups of {args.soup}, size {args.size}, tta sizes {args.tta_sizes}, "
+          f"NMS IoU {args.iou}, "
           f"{args.n_boot} bootstrap resamples, fold {CLASS_FOLD}")
     sets = thermal_test_sets(args.data, args.select, args.split, args.n_boot)
 
@@ -72,7 +73,7 @@ def main() -> None:
             images = thermal if modality == "thermal" else [read_color(s.color) for s in pairs]
             sizes = [(im.shape[1], im.shape[0]) for im in thermal]
             for protocol, fold in (("strict", None), ("folded", CLASS_FOLD)):
-                dets = detect(model, images, size=args.size, conf=0.001, iou=0.45, classes=ROAD_CLASSES,
+                dets = detect(model, images, size=args.size, conf=0.001, iou=args.iou, classes=ROAD_CLASSES,
                               tta_sizes=args.tta_sizes, class_fold=fold)
                 out[name, protocol] = 100 * ap50_replicates(match_at_iou50(truth, dets, sizes, ROAD_CLASSES),
                                                             weights)

@@ -219,6 +219,8 @@ def add_soup_scoring_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="test", help="the split reported")
     p.add_argument("--size", type=int, default=640)
     p.add_argument("--tta-sizes", type=int, nargs="*", default=[])
+    p.add_argument("--iou", type=float, default=0.45,
+                   help="NMS IoU threshold (msrs.yaml's evaluate.nms_iou: 0.4; earlier tables: 0.45)")
     p.add_argument("--n-boot", type=int, default=1000)
 
 

@@ -83,6 +83,7 @@ def main() -> None:
     print_machine("model soups vs their students (thermal images, thermal labels)")
     fold = None if args.strict_classes else CLASS_FOLD
     print(f"{len(groups)} soups of {args.soup}, size {args.size}, tta sizes {args.tta_sizes}, "
+          f"NMS IoU {args.iou}, "
           f"{args.n_boot} bootstrap resamples, class fold {fold}")
     # every (data, split, condition) with labelled thermal pairs: images, truth and shared resamples
     sets = thermal_test_sets(args.data, args.select, args.split, args.n_boot)
@@ -93,7 +94,7 @@ def main() -> None:
         """``{set name: (1 + n_boot,) AP50 x100}``, the first entry on the images as they are."""
         out = {}
         for name, _, images, truth, weights in sets:
-            dets = detect(model, images, size=args.size, conf=0.001, iou=0.45, classes=ROAD_CLASSES,
+            dets = detect(model, images, size=args.size, conf=0.001, iou=args.iou, classes=ROAD_CLASSES,
                           tta_sizes=args.tta_sizes, class_fold=fold)
             matches = match_at_iou50(truth, dets, [(im.shape[1], im.shape[0]) for im in images], ROAD_CLASSES)
             classes = 100 * ap50_replicates(matches, weights)
