@@ -136,6 +136,7 @@ def test_cli_eval_detector_gives_the_lead_over_a_reference(tiny_manifest, weight
           "--images", "thermal", "--labels", "thermal", "--bootstrap", "50", "--json", str(out)])
     res = json.loads(out.read_text())
     assert res["reference"]["model"] == "yolov5n" and res["reference"]["AP50"] == res["AP50"]
+    assert res["reference"]["lead_AP50"] == 0.0
     assert res["intervals"][f"{model} - yolov5n"] == {"value": 0.0, "lo": 0.0, "hi": 0.0}
     assert f"AP50 {model} - yolov5n: 0.0 [0.0, 0.0]" in capsys.readouterr().out
     with pytest.raises(InvismapError, match="is --model itself"):

@@ -27,6 +27,7 @@ from invismap.detector.fusion_eval import (
     union_labels,
 )
 from invismap.detector.protocol import ScoringProtocol
+from invismap.invisibility.bootstrap import resample_weights
 
 W, H = 100, 80
 
@@ -168,12 +169,18 @@ def test_ap50_estimates_are_coco_ap_with_paired_leads():
         assert est[name]["lo"] <= est[name]["value"] <= est[name]["hi"]
     lead = est["a - b"]
     assert lead["value"] == pytest.approx(est["a"]["value"] - est["b"]["value"], abs=1e-3)
-    # paired: the lead's interval is narrower than the two detectors' intervals side by side would give
-    assert lead["hi"] - lead["lo"] < (est["a"]["hi"] - est["a"]["lo"]) + (est["b"]["hi"] - est["b"]["lo"])
+    # paired: a - b on each resample of the images, the same resamples for both
+    weights = resample_weights([np.arange(12)], 200, seed=0)
+    reps = {k: 100 * mean_over_classes(ap50_replicates(match_at_iou50(gts, f.detections, sizes), weights))
+            for k, f in found.items()}
+    expected = np.percentile(reps["a"] - reps["b"], [2.5, 97.5])
+    assert [lead["lo"], lead["hi"]] == pytest.approx(expected, abs=1e-4)
     assert ap50_estimates({"a": found["a"], "again": found["a"]}, "a", n_boot=50)["again - a"] == {
         "value": 0.0, "lo": 0.0, "hi": 0.0}
     with pytest.raises(ValueError, match="different images"):
         ap50_estimates({"a": found["a"], "c": LabelledDetections(gts[:11], worse[:11], sizes[:11])})
+    with pytest.raises(ValueError, match="different images"):  # the same images in another order
+        ap50_estimates({"a": found["a"], "c": LabelledDetections(gts[::-1], worse[::-1], sizes)})
     with pytest.raises(ValueError, match="reference 'x'"):
         ap50_estimates(found, reference="x")
 

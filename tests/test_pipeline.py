@@ -211,7 +211,7 @@ def test_tiny_run_writes_a_report_from_its_own_json(tiny_run):
     assert "NMS IoU 0.45." in page  # the report says how detections were merged (evaluate.nms_iou)
     assert f"<b>{student['night']:.1f}</b>" in page  # the headline number is the one in the JSON beside it
     lead = detector["intervals"]["night"][f"{student['variant']} - teacher on thermal"]
-    assert f"a lead of {lead['value']:.1f} <small>[{lead['lo']:.1f}, {lead['hi']:.1f}]</small>" in page
+    assert f"a lead of {lead['value']:+.1f} <small>[{lead['lo']:+.1f}, {lead['hi']:+.1f}]</small>" in page
     maps = json.loads((out / "report" / "data" / "invisibility.json").read_text())
     assert {"predictor", "pair", "prior", "darkness", "contrast", "random", "oracle"} <= set(maps)
     night = maps["predictor"]["conditions"]["night"]["metrics"]

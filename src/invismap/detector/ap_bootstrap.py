@@ -174,7 +174,7 @@ def ap50_estimates(found: Mapping[str, LabelledDetections], reference: str | Non
             the same images in the same order (e.g. from :func:`~invismap.detector.evaluate.detect_labelled`
             with the same manifest, split and condition).
         reference: the name whose AP50 the others' leads are measured from (None: no leads).
-        classes, n_boot, seed: evaluated classes; bootstrap resamples and their seed.
+        classes, n_boot, seed: evaluated classes; bootstrap resamples (at least 1) and their seed.
 
     Returns:
         ``{name: {value, lo, hi}}`` and ``{"NAME - REFERENCE": {value, lo, hi}}`` for every other name, in AP
@@ -182,10 +182,12 @@ def ap50_estimates(found: Mapping[str, LabelledDetections], reference: str | Non
     """
     if reference is not None and reference not in found:
         raise ValueError(f"reference {reference!r} is not among the detectors {list(found)}")
-    sizes = {tuple(map(tuple, f.image_sizes)) for f in found.values()}
-    if len(sizes) > 1:
-        raise ValueError("the detectors were scored on different images; score them on the same ones")
-    n = len(next(iter(found.values())).image_sizes) if found else 0
+    first = next(iter(found.values()), LabelledDetections([], [], []))
+    for f in found.values():  # same images in the same order: same sizes and the same truth, image by image
+        if f.image_sizes != first.image_sizes or not all(
+                np.array_equal(a, b) for a, b in zip(f.ground_truth, first.ground_truth)):
+            raise ValueError("the detectors were scored on different images; score them on the same ones")
+    n = len(first.image_sizes)
     weights = np.vstack([np.ones(n), resample_weights([np.arange(n)], n_boot, seed)])
     reps = {}  # name -> (1 + n_boot,) AP50 points: the test set itself, then the resamples
     for name, f in found.items():

@@ -343,7 +343,7 @@ def draw_detections(image: np.ndarray, det, names: list[str]) -> np.ndarray:
 def _eval(args: argparse.Namespace) -> int:
     from invismap.data.manifest import ROAD_CLASSES, load_manifest
     from invismap.detector.ap_bootstrap import ap50_estimates
-    from invismap.detector.evaluate import detect_labelled, scored
+    from invismap.detector.evaluate import detect_labelled, evaluation_result, evaluation_settings
     from invismap.detector.protocol import ScoringProtocol
     from invismap.detector.zoo import load_inference_detector
     from invismap.errors import InvismapError
@@ -357,28 +357,27 @@ def _eval(args: argparse.Namespace) -> int:
         raise InvismapError(f"--reference {args.reference} is --model itself; give another detector")
     manifest = load_manifest(args.data)
     protocol = ScoringProtocol(args.size, args.tta_sizes, args.iou, fold_classes=not args.strict_classes)
-    settings = {"images": args.images, "labels": args.labels, "condition": args.condition,
-                "split": args.split, **protocol.settings(), "conf": args.conf, "classes": list(ROAD_CLASSES),
-                "multi_label": args.multi_label}  # as evaluate_detector records them
-    found = {str(m): detect_labelled(load_inference_detector(m), manifest, args.images, args.labels,
-                                     args.condition, args.split, protocol, args.conf,
-                                     multi_label=args.multi_label)
-             for m in (args.model, args.reference) if m is not None}
-    res, *ref = [scored(f, settings) for f in found.values()]
+    settings = evaluation_settings(args.images, args.labels, args.condition, args.split, protocol, args.conf,
+                                   ROAD_CLASSES, args.multi_label)
+    models = {str(m): load_inference_detector(m) for m in (args.model, args.reference) if m is not None}
+    found = {name: detect_labelled(model, manifest, args.images, args.labels, args.condition, args.split,
+                                   protocol, args.conf, multi_label=args.multi_label)
+             for name, model in models.items()}
+    res, *ref = [evaluation_result(f, settings) for f in found.values()]
     res.update(model=str(args.model), data=str(args.data))
     print(f"{args.model} on {args.images} images vs {args.labels} labels "
           f"(condition={args.condition or 'all'}, split={args.split or 'all'}, {res['n_images']} images)")
     print(format_ap_table(res))
     if ref:
         res["reference"] = {"model": str(args.reference),
-                            **{k: ref[0][k] for k in ("AP50", "AP50_95", "classes")}}
+                            **{k: ref[0][k] for k in ("AP50", "AP50_95", "classes")},
+                            "lead_AP50": res["AP50"] - ref[0]["AP50"]}
         print(f"reference {args.reference}:\n{format_ap_table(ref[0])}")
+        print(f"AP50 lead over {args.reference}: {100 * res['reference']['lead_AP50']:+.1f}")
     if args.bootstrap:  # AP50 x100 with 95% intervals; the lead paired on the same resamples
         res["intervals"] = ap50_estimates(found, str(args.reference) if ref else None, n_boot=args.bootstrap)
         for name, e in res["intervals"].items():
             print(f"AP50 {name}: {format_estimate(e, '.1f')}")
-    elif ref:
-        print(f"AP50 lead over {args.reference}: {100 * (res['AP50'] - ref[0]['AP50']):+.1f}")
     write_json(args.json, _nan_to_none(res))
     print(f"wrote {args.json}")
     return 0

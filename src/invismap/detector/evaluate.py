@@ -152,7 +152,12 @@ def detect_labelled(model: Detector, manifest: Manifest, images: str = "color", 
                     classes: Sequence[int] = ROAD_CLASSES, multi_label: bool = False, batch_size: int = 8,
                     progress: bool = True) -> LabelledDetections:
     """Detect on one modality of a manifest's labelled pairs; arguments and errors as
-    :func:`evaluate_detector`, which scores what this returns."""
+    :func:`evaluate_detector`, which scores what this returns.
+
+    Returns:
+        :class:`LabelledDetections`: the selected pairs that have ``labels``, in manifest order, with their
+        truths in the pixels of ``images``.
+    """
     for what, v in (("images", images), ("labels", labels)):
         if v not in MODALITIES:
             raise InvismapError(f"--{what} must be one of {', '.join(MODALITIES)}, got {v!r}")
@@ -220,12 +225,21 @@ def evaluate_detector(model: Detector, manifest: Manifest, images: str = "color"
     """
     found = detect_labelled(model, manifest, images, labels, condition, split, protocol, conf, classes,
                             multi_label, batch_size, progress)
-    settings = {"images": images, "labels": labels, "condition": condition, "split": split,
-                **protocol.settings(), "conf": conf, "classes": list(classes), "multi_label": multi_label}
-    return scored(found, settings)
+    return evaluation_result(found, evaluation_settings(images, labels, condition, split, protocol, conf,
+                                                        classes, multi_label))
 
 
-def scored(found: LabelledDetections, settings: dict) -> dict:
-    """:func:`evaluate_detector`'s result for detections made with ``settings`` (its arguments)."""
+def evaluation_settings(images: str, labels: str, condition: str | None, split: str | None,
+                        protocol: ScoringProtocol, conf: float, classes: Sequence[int],
+                        multi_label: bool) -> dict:
+    """How :func:`evaluate_detector` ran (its arguments; ``protocol`` as its ``settings()``), as it records
+    them."""
+    return {"images": images, "labels": labels, "condition": condition, "split": split,
+            **protocol.settings(), "conf": conf, "classes": list(classes), "multi_label": multi_label}
+
+
+def evaluation_result(found: LabelledDetections, settings: dict) -> dict:
+    """:func:`evaluate_detector`'s result for detections made as ``settings`` says
+    (:func:`evaluation_settings`)."""
     return {**coco_ap(found.ground_truth, found.detections, found.image_sizes, settings["classes"]),
             "settings": settings, "n_unlabelled": found.n_unlabelled}

@@ -254,7 +254,8 @@ def build_distillation(cfg: DistillConfig) -> tuple[DistillTask, PairDataset, Pa
     aug = Augment(hflip=a.hflip, scale=a.scale, translate=a.translate, crop=a.crop)
     train_set = PairDataset(train_pairs, cfg.size, augment=aug, seed=cfg.train.seed, cache=cfg.cache,
                             square=a.crop is None)
-    # pairs from several cameras (extra_data) differ in shape; a square canvas lets them share a batch
+    # pairs from several cameras (extra_data) differ in shape; a square canvas gives every validation batch
+    # one shape (collate_pairs would pad them, but validation losses were measured on square canvases)
     val_set = (PairDataset(val_pairs, cfg.size, cache=cfg.cache, square=bool(cfg.extra_data))
                if val_pairs else None)
     task = DistillTask(teacher, student, cfg.loss, cfg.head_weight, cfg.freeze_bn,

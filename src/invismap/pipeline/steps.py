@@ -213,8 +213,7 @@ def eval_detector(s: Settings, inputs: Inputs, d: Path, resume: bool) -> dict:
             if main or images == "thermal" or _has_color_labels(m):
                 if main:
                     inputs.echo(f"  AP50 of {name}")
-                row, found[name] = scored_detections(model, m, images, s.split, protocol,
-                                                     select_split="train" if main else None)
+                row, found[name] = scored_detections(model, m, images, s.split, protocol)
                 rows.append({"variant": name, **row})
         return rows, detector_intervals(found, s.bootstrap)
 

@@ -138,13 +138,15 @@ def not_run(what: str, how: str) -> str:
 # ------------------------------------------------------------------------------------------ sections
 
 def interval(e: Mapping[str, Any] | None, digits: int = 2, value_digits: int = 3,
-             missing: str = "n/a") -> str:
-    """``0.812 [0.74, 0.87]``: a figure with its 95% bootstrap interval (``missing`` where not computed)."""
+             missing: str = "n/a", sign: str = "") -> str:
+    """``0.812 [0.74, 0.87]``: a figure with its 95% bootstrap interval (``missing`` where not computed;
+    ``sign="+"`` for margins: ``+4.3 [-1.9, +14.9]``)."""
     if not e or e.get("value") is None:
         return missing
     if e.get("lo") is None:
-        return f"{e['value']:.{value_digits}f}"
-    return f"{e['value']:.{value_digits}f} <small>[{e['lo']:.{digits}f}, {e['hi']:.{digits}f}]</small>"
+        return f"{e['value']:{sign}.{value_digits}f}"
+    return (f"{e['value']:{sign}.{value_digits}f} "
+            f"<small>[{e['lo']:{sign}.{digits}f}, {e['hi']:{sign}.{digits}f}]</small>")
 
 
 def metric(res: Mapping[str, Any], name: str, cond: str, key: str) -> Mapping[str, Any] | None:
@@ -198,7 +200,7 @@ def section_summary(d: dict) -> str:
         items.append(f"Thermal detector trained without labels: "
                      f"night AP50 <b>{num(student.get('night'), 1)}</b> "
                      f"(the color teacher run on thermal images: {num(base.get('night'), 1)}"
-                     + (f", a lead of {ap_interval(lead)}" if lead else "")
+                     + (f", a lead of {ap_interval(lead, sign='+')}" if lead else "")
                      + f"; on the color images: {num(color.get('night'), 1)}); "
                      f"day {num(student.get('day'), 1)}.")
     if not items:
@@ -264,7 +266,9 @@ def lead_table(intervals: Mapping[str, Mapping[str, Any]] | None) -> str:
         return ""
     names = [k for k in next(iter(intervals.values())) if " - " not in k]
     leads = [k for k in next(iter(intervals.values())) if k.startswith("thermal detector") and " - " in k]
-    body = [[esc(cond)] + [ap_interval(est.get(k)) for k in names + leads] for cond, est in intervals.items()]
+    body = [[esc(cond)] + [ap_interval(est.get(k)) for k in names] + [ap_interval(est.get(k), sign="+")
+                                                                     for k in leads]
+            for cond, est in intervals.items()]
     return (table(["condition", *names, *(k.replace(" - ", " minus ") for k in leads)], body)
             + '<p class="note">AP50 with 95% intervals (bootstrap over the test images); the lead is paired: '
               "both detectors on the same resamples of the same thermal images.</p>")
@@ -299,9 +303,10 @@ FUSION_LABELS = {"color": "color detector", "thermal": "thermal detector",
                  "constant": "fusion, constant weight"}
 
 
-def ap_interval(e: Mapping[str, Any] | None) -> str:
-    """``55.1 [46.3, 66.0]``: AP points with their 95% interval (empty where not computed)."""
-    return interval(e, 1, value_digits=1, missing="")
+def ap_interval(e: Mapping[str, Any] | None, sign: str = "") -> str:
+    """``55.1 [46.3, 66.0]``: AP points with their 95% interval (empty where not computed; ``sign="+"`` for
+    leads and margins)."""
+    return interval(e, 1, value_digits=1, missing="", sign=sign)
 
 
 def section_fusion(d: dict) -> str:
