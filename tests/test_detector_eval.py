@@ -138,7 +138,7 @@ def test_cli_eval_detector_gives_the_lead_over_a_reference(tiny_manifest, weight
     assert res["reference"]["model"] == "yolov5n" and res["reference"]["AP50"] == res["AP50"]
     assert res["reference"]["lead_AP50"] == 0.0
     assert res["intervals"][f"{model} - yolov5n"] == {"value": 0.0, "lo": 0.0, "hi": 0.0}
-    assert f"AP50 {model} - yolov5n: 0.0 [0.0, 0.0]" in capsys.readouterr().out
+    assert f"AP50 {model} - yolov5n: +0.0 [+0.0, +0.0]" in capsys.readouterr().out
     with pytest.raises(InvismapError, match="is --model itself"):
         _run(["eval-detector", "--data", str(tiny_manifest), "--model", "yolov5n", "--reference", "yolov5n",
               "--json", str(out)])

@@ -377,7 +377,7 @@ def _eval(args: argparse.Namespace) -> int:
     if args.bootstrap:  # AP50 x100 with 95% intervals; the lead paired on the same resamples
         res["intervals"] = ap50_estimates(found, str(args.reference) if ref else None, n_boot=args.bootstrap)
         for name, e in res["intervals"].items():
-            print(f"AP50 {name}: {format_estimate(e, '.1f')}")
+            print(f"AP50 {name}: {format_estimate(e, '+.1f' if ' - ' in name else '.1f')}")  # leads signed
     write_json(args.json, _nan_to_none(res))
     print(f"wrote {args.json}")
     return 0
