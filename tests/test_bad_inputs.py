@@ -863,6 +863,16 @@ def distill_negative_head_focus(t, mp):
     return distill_case(t, "loss: head\nhead_focus: -1.0\n")
 
 
+@row("config key 'augment.thermal_gamma'", "[1.5, 0.5] is not allowed", "0 < low <= high")
+def distill_thermal_gamma_reversed(t, mp):
+    return distill_case(t, "augment: {thermal_gamma: [1.5, 0.5]}\n")
+
+
+@row("config key 'augment.thermal_agc'", "2.0 is not allowed", "a probability in [0, 1]")
+def distill_thermal_agc_above_one(t, mp):
+    return distill_case(t, "augment: {thermal_agc: 2.0}\n")
+
+
 @row("config key 'rounds'", "0 is not allowed", "an integer >= 1")
 def distill_no_rounds(t, mp):
     return distill_case(t, "loss: head\nrounds: 0\n")

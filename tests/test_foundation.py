@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import re
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -88,6 +88,21 @@ def test_boxes_follow_the_flip(msrs):
     w = 320
     assert torch.allclose(flipped[:, 1], w - plain[:, 3], atol=1e-3)
     assert torch.allclose(flipped[:, 2], plain[:, 2], atol=1e-3)
+
+
+def test_thermal_gain_control_changes_the_thermal_gray_levels_only(msrs):
+    one = msrs.select(names=[msrs.select(condition="day")[0].name])
+    geometry = Augment(hflip=0.5, scale=(0.9, 1.1), translate=0.05, crop=(128, 160))
+    plain = PairDataset(one, size=320, augment=geometry, seed=1)[0]
+    agc = PairDataset(one, size=320, augment=replace(geometry, thermal_agc=1.0, thermal_gamma=(0.6, 1.6)),
+                      seed=1)[0]
+    # the same geometric draw (the gray levels are drawn last) and the same color image and boxes
+    assert torch.equal(agc["rgb"], plain["rgb"]) and torch.equal(agc["thermal_boxes"], plain["thermal_boxes"])
+    before, after = plain["thermal"].numpy(), agc["thermal"].numpy()
+    assert after.max() - after.min() > before.max() - before.min()  # MSRS's flat frame, stretched
+    # a monotone map of the gray levels: the order of the pixels is kept
+    order = np.argsort(before.ravel(), kind="stable")
+    assert (np.diff(after.ravel()[order]) >= 0).all()
 
 
 def test_letterbox_round_trip():

@@ -50,6 +50,8 @@ class AugmentConfig:
     scale: tuple[float, float] = (0.9, 1.1)
     translate: float = 0.05
     crop: tuple[int, int] | None = (256, 320)  # random crops at full scale: cheaper steps, same scale as eval
+    thermal_agc: float = 0.0  # chance a thermal crop is stretched to its percentiles (dataset.Augment)
+    thermal_gamma: tuple[float, float] = (1.0, 1.0)  # range of a random gamma on the thermal gray levels
 
 
 @dataclass
@@ -133,6 +135,11 @@ def check_distill_config(cfg: DistillConfig) -> None:
         raise bad("augment.hflip", cfg.augment.hflip, "a probability in [0, 1]")
     if cfg.augment.crop is not None and any(c < 32 or c % 32 for c in cfg.augment.crop):
         raise bad("augment.crop", list(cfg.augment.crop), "[height, width], multiples of 32, or null")
+    if not 0 <= cfg.augment.thermal_agc <= 1:
+        raise bad("augment.thermal_agc", cfg.augment.thermal_agc, "a probability in [0, 1]")
+    g = cfg.augment.thermal_gamma
+    if len(g) != 2 or not 0 < g[0] <= g[1]:
+        raise bad("augment.thermal_gamma", list(g), "[low, high] with 0 < low <= high")
     check_train_config(cfg.train)
 
 
@@ -251,7 +258,8 @@ def build_distillation(cfg: DistillConfig) -> tuple[DistillTask, PairDataset, Pa
     torch.manual_seed(cfg.train.seed)
     student = ThermalStudent(teacher, cfg.input_mode, cfg.init, seed=cfg.train.seed)
     a = cfg.augment
-    aug = Augment(hflip=a.hflip, scale=a.scale, translate=a.translate, crop=a.crop)
+    aug = Augment(hflip=a.hflip, scale=a.scale, translate=a.translate, crop=a.crop, thermal_agc=a.thermal_agc,
+                  thermal_gamma=tuple(a.thermal_gamma))
     train_set = PairDataset(train_pairs, cfg.size, augment=aug, seed=cfg.train.seed, cache=cfg.cache,
                             square=a.crop is None)
     # pairs from several cameras (extra_data) differ in shape; a square canvas gives every validation batch
