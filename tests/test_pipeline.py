@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from invismap.cli import main
+from invismap.config import added_key
 from invismap.errors import InvismapError
 from invismap.pipeline.runner import Inputs, Pipeline, Settings, Stage
 
@@ -81,6 +82,31 @@ def test_changed_setting_reruns_only_what_depends_on_it(tmp_path):
     status = toy_pipeline(cfg).run()
     assert status == {"first": "cached", "second": "ran", "third": "cached", "report": "ran"}
     assert (tmp_path / "second" / "out.txt").read_text() == "2"
+
+
+@dataclass
+class Section:
+    x: int = 1
+
+
+@dataclass
+class SectionUpgraded:  # the same section after an upgrade added a key whose default changes nothing
+    x: int = 1
+    y: float = added_key(0.0)
+
+
+def test_a_key_added_since_keeps_earlier_runs_at_its_default(tmp_path):
+    def pipeline(section) -> Pipeline:
+        def run(settings: Settings, inputs: Inputs, folder: Path, resume: bool) -> dict:
+            return {"x": settings.section.x}
+        stage = Stage("only", (), lambda cfg: {"section": section}, run, lambda cfg: "make it",
+                      lambda s: f"x {s['x']}")
+        return Pipeline(ToyConfig(str(tmp_path)), [stage], echo=lambda line: None)
+
+    assert pipeline(Section()).run() == {"only": "ran"}
+    assert pipeline(SectionUpgraded()).run() == {"only": "cached"}
+    assert pipeline(SectionUpgraded(y=0.5)).run() == {"only": "ran"}  # set: hashed like any key
+    assert pipeline(SectionUpgraded(x=2)).run() == {"only": "ran"}
 
 
 def test_from_and_only(tmp_path):

@@ -95,11 +95,25 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     return value
 
 
-def to_dict(cfg: Any) -> dict:
-    """A config dataclass as plain YAML-able data."""
+def added_key(default: Any) -> Any:
+    """A dataclass field for a key added after runs were made, whose ``default`` computes what they computed.
+
+    ``to_dict(cfg, skip_added_defaults=True)`` leaves it out while it holds that default, so a pipeline stage
+    hashed before the key existed stays up to date (:mod:`invismap.pipeline.runner`); set to anything else,
+    it is hashed like every key. Only for defaults that reproduce earlier results exactly.
+    """
+    return dataclasses.field(default=default, metadata={"added": True})
+
+
+def to_dict(cfg: Any, skip_added_defaults: bool = False) -> dict:
+    """A config dataclass as plain YAML-able data (without :func:`added_key` fields at their defaults if
+    ``skip_added_defaults``)."""
+    def kept(v, f: dataclasses.Field) -> bool:
+        return not (skip_added_defaults and f.metadata.get("added") and getattr(v, f.name) == f.default)
+
     def plain(v):
         if dataclasses.is_dataclass(v):
-            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v) if kept(v, f)}
         if isinstance(v, (list, tuple)):
             return [plain(x) for x in v]
         if isinstance(v, Path):

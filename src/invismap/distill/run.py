@@ -26,7 +26,7 @@ from typing import Literal
 import torch
 import torch.distributed as dist
 
-from invismap.config import to_dict
+from invismap.config import added_key, to_dict
 from invismap.data.dataset import Augment, PairDataset, collate_pairs
 from invismap.data.manifest import Manifest, evenly, load_manifest, training_pairs
 from invismap.detector.zoo import load_detector
@@ -50,8 +50,8 @@ class AugmentConfig:
     scale: tuple[float, float] = (0.9, 1.1)
     translate: float = 0.05
     crop: tuple[int, int] | None = (256, 320)  # random crops at full scale: cheaper steps, same scale as eval
-    thermal_agc: float = 0.0  # chance a thermal crop is stretched to its percentiles (dataset.Augment)
-    thermal_gamma: tuple[float, float] = (1.0, 1.0)  # range of a random gamma on the thermal gray levels
+    thermal_agc: float = added_key(0.0)  # chance a thermal crop is stretched (dataset.Augment)
+    thermal_gamma: tuple[float, float] = added_key((1.0, 1.0))  # range of a random gamma on its gray levels
 
 
 @dataclass

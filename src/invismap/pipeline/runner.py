@@ -80,7 +80,7 @@ def plain(value: Any) -> Any:
     if isinstance(value, Settings):
         return value.plain()
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return to_dict(value)
+        return to_dict(value, skip_added_defaults=True)  # keys added since keep earlier runs' hashes
     if isinstance(value, Mapping):
         return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
