@@ -868,6 +868,11 @@ def distill_thermal_gamma_reversed(t, mp):
     return distill_case(t, "augment: {thermal_gamma: [1.5, 0.5]}\n")
 
 
+@row("config key 'augment.thermal_gamma'", "[0.0, 1.0] is not allowed", "0 < low <= high")
+def distill_thermal_gamma_zero(t, mp):
+    return distill_case(t, "augment: {thermal_gamma: [0.0, 1.0]}\n")
+
+
 @row("config key 'augment.thermal_agc'", "2.0 is not allowed", "a probability in [0, 1]")
 def distill_thermal_agc_above_one(t, mp):
     return distill_case(t, "augment: {thermal_agc: 2.0}\n")

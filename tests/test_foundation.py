@@ -96,13 +96,25 @@ def test_thermal_gain_control_changes_the_thermal_gray_levels_only(msrs):
     plain = PairDataset(one, size=320, augment=geometry, seed=1)[0]
     agc = PairDataset(one, size=320, augment=replace(geometry, thermal_agc=1.0, thermal_gamma=(0.6, 1.6)),
                       seed=1)[0]
-    # the same geometric draw (the gray levels are drawn last) and the same color image and boxes
+    # the same geometric draw (the gray levels draw from a stream of their own), color image and boxes
     assert torch.equal(agc["rgb"], plain["rgb"]) and torch.equal(agc["thermal_boxes"], plain["thermal_boxes"])
     before, after = plain["thermal"].numpy(), agc["thermal"].numpy()
     assert after.max() - after.min() > before.max() - before.min()  # MSRS's flat frame, stretched
-    # a monotone map of the gray levels: the order of the pixels is kept
-    order = np.argsort(before.ravel(), kind="stable")
-    assert (np.diff(after.ravel()[order]) >= 0).all()
+    # without geometry: a monotone map of the gray levels, the order of the pixels is kept
+    stretch = Augment(hflip=0.0, thermal_agc=1.0)
+    item = PairDataset(one, size=320)[0]
+    frame = item["letterbox"].content_slice()  # 320 x 240 of a 320 x 256 canvas
+    before = item["thermal"][0].numpy()[frame].ravel()
+    after = PairDataset(one, size=320, augment=stretch)[0]["thermal"][0].numpy()[frame].ravel()
+    order = np.argsort(before, kind="stable")
+    assert (np.diff(after[order]) >= 0).all() and after.mean() > before.mean() + 0.05  # dark, brighter
+    # on a square canvas the letterbox's padding is not part of the frame: left out, and kept at its gray
+    square = PairDataset(one, size=320, square=True, augment=stretch)[0]["thermal"]
+    plain = PairDataset(one, size=320, square=True)[0]["thermal"]
+    pad = plain[0].std(1) == 0  # MSRS's 4:3 frames: whole gray rows above and below the image
+    assert pad.sum() >= 64 and torch.equal(square[0, pad], plain[0, pad])
+    assert (plain[0, pad] == torch.tensor(114 / 255)).all()
+    assert square[0, ~pad].mean() > plain[0, ~pad].mean() + 0.05
 
 
 def test_letterbox_round_trip():

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from invismap.cli import main
-from invismap.config import added_key
+from invismap.config import added_key, to_dict
 from invismap.errors import InvismapError
 from invismap.pipeline.runner import Inputs, Pipeline, Settings, Stage
 
@@ -85,14 +85,27 @@ def test_changed_setting_reruns_only_what_depends_on_it(tmp_path):
 
 
 @dataclass
-class Section:
-    x: int = 1
+class Augmentation:
+    flip: float = 0.5
 
 
 @dataclass
-class SectionUpgraded:  # the same section after an upgrade added a key whose default changes nothing
+class AugmentationUpgraded:  # the same section after an upgrade added keys whose defaults change nothing
+    flip: float = 0.5
+    gamma: tuple[float, float] = added_key((1.0, 1.0))
+
+
+@dataclass
+class Section:
+    x: int = 1
+    augment: Augmentation = field(default_factory=Augmentation)
+
+
+@dataclass
+class SectionUpgraded:
     x: int = 1
     y: float = added_key(0.0)
+    augment: AugmentationUpgraded = field(default_factory=AugmentationUpgraded)
 
 
 def test_a_key_added_since_keeps_earlier_runs_at_its_default(tmp_path):
@@ -105,8 +118,14 @@ def test_a_key_added_since_keeps_earlier_runs_at_its_default(tmp_path):
 
     assert pipeline(Section()).run() == {"only": "ran"}
     assert pipeline(SectionUpgraded()).run() == {"only": "cached"}
+    # a list equal to the tuple default (as YAML gives it) is the default too, in a nested section as well
+    as_yaml = SectionUpgraded(augment=AugmentationUpgraded(gamma=[1.0, 1.0]))
+    assert pipeline(as_yaml).run() == {"only": "cached"}
+    assert pipeline(SectionUpgraded(augment=AugmentationUpgraded(gamma=(0.5, 2.0)))).run() == {"only": "ran"}
     assert pipeline(SectionUpgraded(y=0.5)).run() == {"only": "ran"}  # set: hashed like any key
     assert pipeline(SectionUpgraded(x=2)).run() == {"only": "ran"}
+    # written out in full everywhere else (a run's config.yaml)
+    assert to_dict(SectionUpgraded()) == {"x": 1, "y": 0.0, "augment": {"flip": 0.5, "gamma": [1.0, 1.0]}}
 
 
 def test_from_and_only(tmp_path):

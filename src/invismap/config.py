@@ -100,7 +100,8 @@ def added_key(default: Any) -> Any:
 
     ``to_dict(cfg, skip_added_defaults=True)`` leaves it out while it holds that default, so a pipeline stage
     hashed before the key existed stays up to date (:mod:`invismap.pipeline.runner`); set to anything else,
-    it is hashed like every key. Only for defaults that reproduce earlier results exactly.
+    it is hashed like every key. Only for defaults that reproduce earlier results exactly; the default is
+    immutable (a number, string, tuple or None), as a dataclass field's plain default must be.
     """
     return dataclasses.field(default=default, metadata={"added": True})
 
@@ -108,8 +109,9 @@ def added_key(default: Any) -> Any:
 def to_dict(cfg: Any, skip_added_defaults: bool = False) -> dict:
     """A config dataclass as plain YAML-able data (without :func:`added_key` fields at their defaults if
     ``skip_added_defaults``)."""
-    def kept(v, f: dataclasses.Field) -> bool:
-        return not (skip_added_defaults and f.metadata.get("added") and getattr(v, f.name) == f.default)
+    def kept(v, f: dataclasses.Field) -> bool:  # a list equal to a tuple default counts as the default
+        added = skip_added_defaults and f.metadata.get("added")
+        return not (added and plain(getattr(v, f.name)) == plain(f.default))
 
     def plain(v):
         if dataclasses.is_dataclass(v):

@@ -95,7 +95,7 @@ class Augment:
     scale: tuple[float, float] = (1.0, 1.0)  # random zoom range (1 = none); >1 crops, <1 shrinks
     translate: float = 0.0  # max shift as a fraction of the image size
     crop: tuple[int, int] | None = None  # random (height, width) crop, multiples of 32, same scale as eval
-    # probability that the thermal crop is stretched to its own percentiles, as a camera with automatic gain
+    # probability that the thermal frame is stretched to its own percentiles, as a camera with automatic gain
     # control would show it (thermal_gain_control)
     thermal_agc: float = 0.0
     thermal_gamma: tuple[float, float] = (1.0, 1.0)  # range of a random gamma on the thermal gray levels
@@ -192,8 +192,11 @@ class PairDataset(Dataset):
         extra_epochs, i = divmod(int(index), len(self.manifest))
         rgb, thr, cboxes, tboxes, lb = self._load(i)
         if self.augment is not None:
-            rng = np.random.default_rng((self.seed, self.epoch + extra_epochs, i))
-            rgb, thr, cboxes, tboxes = _augment(rgb, thr, cboxes, tboxes, self.augment, rng)
+            draw = (self.seed, self.epoch + extra_epochs, i)
+            a = self.augment
+            if a.thermal_agc > 0 or a.thermal_gamma != (1.0, 1.0):  # own draws: the geometry's are unchanged
+                thr = _thermal_gray_levels(thr, lb, a, np.random.default_rng((*draw, 1)))
+            rgb, thr, cboxes, tboxes = _augment(rgb, thr, cboxes, tboxes, a, np.random.default_rng(draw))
         s = self.manifest[i]
         return {"name": s.name, "condition": s.condition, "rgb": to_tensor(rgb), "thermal": to_tensor(thr),
                 "color_boxes": torch.from_numpy(cboxes), "thermal_boxes": torch.from_numpy(tboxes),
@@ -221,31 +224,42 @@ def _augment(rgb: np.ndarray, thr: np.ndarray, cboxes: np.ndarray, tboxes: np.nd
         shift = np.array([[1, 0, -x0], [0, 1, -y0]], np.float32)
         rgb, thr = rgb[y0:y0 + ch, x0:x0 + cw], thr[y0:y0 + ch, x0:x0 + cw]
         cboxes, tboxes = _warp_boxes(cboxes, shift, cw, ch), _warp_boxes(tboxes, shift, cw, ch)
-    if aug.thermal_agc > 0 or aug.thermal_gamma != (1.0, 1.0):  # drawn last: runs without it are unchanged
-        stretch = rng.random() < aug.thermal_agc
-        low, high = (rng.uniform(0, 2), rng.uniform(98, 100)) if stretch else (None, None)
-        gamma = float(np.exp(rng.uniform(*np.log(aug.thermal_gamma))))
-        thr = thermal_gain_control(thr, low, high, gamma)
     return rgb, thr, cboxes, tboxes
 
 
-def thermal_gain_control(thr: np.ndarray, low: float | None, high: float | None, gamma: float = 1.0
+def _thermal_gray_levels(thr: np.ndarray, lb: Letterbox, aug: Augment, rng: np.random.Generator
+                         ) -> np.ndarray:
+    """The canvas ``thr`` with its image (not the letterbox padding) rendered by :func:`thermal_gain_control`
+    with settings drawn from ``aug``: the whole frame, as a camera's gain control sees it."""
+    stretch = rng.random() < aug.thermal_agc
+    low, high = rng.uniform(0, 2), rng.uniform(98, 100)
+    gamma = float(np.exp(rng.uniform(*np.log(aug.thermal_gamma))))
+    rows, cols = lb.content_slice()
+    out = thr.copy()  # the cached canvas is left as it is
+    out[rows, cols] = thermal_gain_control(thr[rows, cols], low if stretch else None, high, gamma)
+    return out
+
+
+def thermal_gain_control(thr: np.ndarray, low: float | None, high: float = 100.0, gamma: float = 1.0
                          ) -> np.ndarray:
     """Gray levels of a uint8 thermal image ``(H, W)`` as another camera might render the same scene.
 
     ``out = 255 * clip((thr - p_low) / (p_high - p_low), 0, 1) ** gamma`` with ``p_q`` the image's ``q``-th
-    percentile (no stretch, i.e. ``p_low = 0`` and ``p_high = 255``, when ``low`` is None). Thermal cameras
+    percentile (no stretch, i.e. ``p_low = 0`` and ``p_high = 255``, when ``low`` is None or the image is
+    flat, ``p_high - p_low < 1``). Thermal cameras
     differ mostly here: MSRS's frames are dark and flat (mean gray ~29 by day, ~17 at night), FLIR's automatic
     gain control stretches every frame over the whole range (RoadScene: mean ~126).
 
     >>> thr = np.array([[0, 50, 100]], np.uint8)
     >>> thermal_gain_control(thr, 0, 100).tolist()
     [[0, 128, 255]]
-    >>> thermal_gain_control(thr, None, None, gamma=0.5).tolist()
+    >>> thermal_gain_control(thr, None, gamma=0.5).tolist()
     [[0, 113, 160]]
     """
-    lo, hi = (0.0, 255.0) if low is None else np.percentile(thr, (low, high))
-    levels = np.clip((np.arange(256, dtype=np.float32) - lo) / max(hi - lo, 1.0), 0, 1) ** gamma
+    lo, hi = (0.0, 255.0) if low is None else map(float, np.percentile(thr, (low, high)))
+    if hi - lo < 1:
+        lo, hi = 0.0, 255.0
+    levels = np.clip((np.arange(256, dtype=np.float64) - lo) / (hi - lo), 0, 1) ** gamma
     return cv2.LUT(thr, np.round(levels * 255).astype(np.uint8))
 
 

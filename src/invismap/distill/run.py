@@ -50,7 +50,7 @@ class AugmentConfig:
     scale: tuple[float, float] = (0.9, 1.1)
     translate: float = 0.05
     crop: tuple[int, int] | None = (256, 320)  # random crops at full scale: cheaper steps, same scale as eval
-    thermal_agc: float = added_key(0.0)  # chance a thermal crop is stretched (dataset.Augment)
+    thermal_agc: float = added_key(0.0)  # probability of a percentile stretch (dataset.Augment)
     thermal_gamma: tuple[float, float] = added_key((1.0, 1.0))  # range of a random gamma on its gray levels
 
 
@@ -138,7 +138,7 @@ def check_distill_config(cfg: DistillConfig) -> None:
     if not 0 <= cfg.augment.thermal_agc <= 1:
         raise bad("augment.thermal_agc", cfg.augment.thermal_agc, "a probability in [0, 1]")
     g = cfg.augment.thermal_gamma
-    if len(g) != 2 or not 0 < g[0] <= g[1]:
+    if not 0 < g[0] <= g[1]:
         raise bad("augment.thermal_gamma", list(g), "[low, high] with 0 < low <= high")
     check_train_config(cfg.train)
 
