@@ -246,9 +246,9 @@ def thermal_gain_control(thr: np.ndarray, low: float | None, high: float = 100.0
 
     ``out = 255 * clip((thr - p_low) / (p_high - p_low), 0, 1) ** gamma`` with ``p_q`` the image's ``q``-th
     percentile (no stretch, i.e. ``p_low = 0`` and ``p_high = 255``, when ``low`` is None or the image is
-    flat, ``p_high - p_low < 1``). Thermal cameras
-    differ mostly here: MSRS's frames are dark and flat (mean gray ~29 by day, ~17 at night), FLIR's automatic
-    gain control stretches every frame over the whole range (RoadScene: mean ~126).
+    flat, ``p_high - p_low < 1``). Thermal cameras differ mostly here: MSRS's frames are dark and flat (mean
+    gray ~29 by day, ~17 at night), FLIR's automatic gain control stretches every frame over the whole range
+    (RoadScene: mean ~126).
 
     >>> thr = np.array([[0, 50, 100]], np.uint8)
     >>> thermal_gain_control(thr, 0, 100).tolist()
