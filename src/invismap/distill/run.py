@@ -19,7 +19,7 @@ import logging
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -131,12 +131,11 @@ def check_distill_config(cfg: DistillConfig) -> None:
         v = getattr(cfg, key)
         if v is not None and not 0 < v <= 100:
             raise bad(key, v, "a percentile in (0, 100]")
-    if not 0 <= cfg.augment.hflip <= 1:
-        raise bad("augment.hflip", cfg.augment.hflip, "a probability in [0, 1]")
+    for key in ("hflip", "thermal_agc"):
+        if not 0 <= getattr(cfg.augment, key) <= 1:
+            raise bad(f"augment.{key}", getattr(cfg.augment, key), "a probability in [0, 1]")
     if cfg.augment.crop is not None and any(c < 32 or c % 32 for c in cfg.augment.crop):
         raise bad("augment.crop", list(cfg.augment.crop), "[height, width], multiples of 32, or null")
-    if not 0 <= cfg.augment.thermal_agc <= 1:
-        raise bad("augment.thermal_agc", cfg.augment.thermal_agc, "a probability in [0, 1]")
     g = cfg.augment.thermal_gamma
     if not 0 < g[0] <= g[1]:
         raise bad("augment.thermal_gamma", list(g), "[low, high] with 0 < low <= high")
@@ -258,8 +257,7 @@ def build_distillation(cfg: DistillConfig) -> tuple[DistillTask, PairDataset, Pa
     torch.manual_seed(cfg.train.seed)
     student = ThermalStudent(teacher, cfg.input_mode, cfg.init, seed=cfg.train.seed)
     a = cfg.augment
-    aug = Augment(hflip=a.hflip, scale=a.scale, translate=a.translate, crop=a.crop, thermal_agc=a.thermal_agc,
-                  thermal_gamma=tuple(a.thermal_gamma))
+    aug = Augment(**asdict(a))  # the same keys; AugmentConfig holds distillation's defaults
     train_set = PairDataset(train_pairs, cfg.size, augment=aug, seed=cfg.train.seed, cache=cfg.cache,
                             square=a.crop is None)
     # pairs from several cameras (extra_data) differ in shape; a square canvas gives every validation batch
