@@ -383,6 +383,17 @@ def roadscene_malformed_box(t, mp):
                 [t / "dst" / "manifest.csv"])
 
 
+@row("FLIR ADAS v2 layout", "is not read", "use FLIR-aligned (JPEGImages/)")
+def flir_adas_v2_layout(t, mp):
+    src = t / "src"
+    for sub in ("images_thermal_train/data", "images_rgb_train/data"):
+        (src / sub).mkdir(parents=True)
+    cv2.imwrite(str(src / "images_thermal_train/data/video-1-frame-000000-a.jpg"), np.zeros((H, W), np.uint8))
+    cv2.imwrite(str(src / "images_rgb_train/data/video-2-frame-000000-b.jpg"), np.zeros((H, W, 3), np.uint8))
+    return Case(["data", "import", "flir", str(src), str(t / "dst")], t / "dst",
+                [t / "dst" / "manifest.csv"])
+
+
 @row("I00000.txt:2", "expected 'label x y w h ...', got 'person 1 2'")
 def kaist_bad_bbgt_line(t, mp):
     src = t / "src"

@@ -11,7 +11,9 @@ Options describe other layouts: ``thermal_dir``/``color_dir`` (relative to SRC) 
 thermal_16_bit", thermal_suffix="", color_dir="train/RGB", color_suffix=""`` (16-bit TIFFs are fine). A
 pair's frame id is the last run of digits in the stem without its suffix; the name is ``FLIR_<digits>``.
 Raw FLIR ADAS color frames are larger than the thermal ones and not registered: the import then stops
-and asks to register first. ADAS v2 names thermal and color differently (a map file pairs them): unsupported.
+and asks to register first. ADAS v2 (``images_thermal_train/``, ``video_thermal_test/``, ...) is refused
+with a message: its train and val frames are not paired, and its video test frames are paired only by a map
+file (``rgb_to_thermal_vid_map.json``) and not registered.
 
 ``annotations`` (a path, or one relative to SRC; default ``Annotations`` when SRC has that folder): a COCO
 json whose images are the *thermal* frames (matched by frame id), or a folder of Pascal VOC xml named like
@@ -41,6 +43,7 @@ from invismap.data.importers.common import (
 from invismap.data.manifest import SPLITS, Manifest, Sample, save_manifest
 from invismap.errors import InvismapError, file_error
 
+ADAS_V2_FOLDERS = ("images_thermal_train", "images_thermal_val", "video_thermal_test")  # how v2 is published
 FLIR_TO_COCO = {"person": 0, "bike": 1, "bicycle": 1, "car": 2, "motor": 3, "motorcycle": 3, "bus": 5,
                 "truck": 7, "dog": 16}
 
@@ -99,6 +102,11 @@ def import_flir(src: Path, dst: Path, progress: bool = True, thermal_dir: str = 
     if split not in SPLITS:
         raise InvismapError(f"split '{split}' is not one of {', '.join(SPLITS)}")
     cdir, tdir = src / color_dir, src / thermal_dir
+    if not (cdir.is_dir() and tdir.is_dir()) and any((src / d).is_dir() for d in ADAS_V2_FOLDERS):
+        raise file_error(src, "FLIR ADAS v2 layout (images_thermal_train/, video_thermal_test/, ...) is not read: "
+                              "its color and thermal frames are not registered and only the video test set "
+                              "is paired (by rgb_to_thermal_vid_map.json)",
+                         "use FLIR-aligned (JPEGImages/), or ADAS v1 with thermal_dir/color_dir")
     pairs = pair_by_stem(_by_frame(cdir, color_suffix), _by_frame(tdir, thermal_suffix), cdir, tdir)
     samples = [Sample(name, c, t, "unknown", split) for name, c, t in pairs]
     sizes = check_pair_sizes(samples, progress=progress, check=check)
