@@ -103,9 +103,9 @@ def import_flir(src: Path, dst: Path, progress: bool = True, thermal_dir: str = 
         raise InvismapError(f"split '{split}' is not one of {', '.join(SPLITS)}")
     cdir, tdir = src / color_dir, src / thermal_dir
     if not (cdir.is_dir() and tdir.is_dir()) and any((src / d).is_dir() for d in ADAS_V2_FOLDERS):
-        raise file_error(src, "FLIR ADAS v2 layout (images_thermal_train/, video_thermal_test/, ...) is not read: "
-                              "its color and thermal frames are not registered and only the video test set "
-                              "is paired (by rgb_to_thermal_vid_map.json)",
+        raise file_error(src, "FLIR ADAS v2 layout (images_thermal_train/, video_thermal_test/, ...) is not "
+                              "read: its color and thermal frames are not registered and only the video test "
+                              "set is paired (by rgb_to_thermal_vid_map.json)",
                          "use FLIR-aligned (JPEGImages/), or ADAS v1 with thermal_dir/color_dir")
     pairs = pair_by_stem(_by_frame(cdir, color_suffix), _by_frame(tdir, thermal_suffix), cdir, tdir)
     samples = [Sample(name, c, t, "unknown", split) for name, c, t in pairs]
