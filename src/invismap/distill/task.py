@@ -52,7 +52,8 @@ class DistillTask(nn.Module):
     """Trains ``net`` (a :class:`ThermalStudent`) to reproduce ``teacher``'s neck features.
 
     Batch norm layers of the student stay in eval mode (``freeze_bn``): with the small batches this runs
-    on, batch statistics are noisy. Without it, under torchrun, the loop synchronises them over the processes
+    on, batch statistics are noisy (trained, they cost 16 AP50 on the training split's nights: BENCHMARKS
+    section 10). Without it, under torchrun, the loop synchronises them over the processes
     (:func:`~invismap.engine.distributed.sync_batchnorm`). The student's copy of the heads is frozen
     (:func:`freeze_unreached`): no loss reaches it.
 
