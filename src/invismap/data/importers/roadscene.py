@@ -65,6 +65,22 @@ def drive_split(samples: list[Sample], test_fraction: float) -> dict[str, str]:
             for s in samples}
 
 
+def drive_folds(counts: dict[str, int], folds: int) -> dict[str, int]:
+    """Cross-validation fold of each drive, so that a drive's frames stay in one fold: the drives by their
+    ``counts`` (e.g. labelled pairs; most first, ties by name), each to the fold with the smallest count so
+    far (the lowest on a tie), so that folds hold about equal numbers.
+
+    >>> drive_folds({"a": 15, "b": 9, "c": 6, "d": 5, "e": 3}, 3)
+    {'a': 0, 'b': 1, 'c': 2, 'd': 2, 'e': 1}
+    """
+    load, out = [0] * folds, {}
+    for drive in sorted(counts, key=lambda d: (-counts[d], d)):
+        k = min(range(folds), key=lambda i: (load[i], i))
+        out[drive] = k
+        load[k] += counts[drive]
+    return out
+
+
 def _read_meta(path: Path) -> dict[str, dict]:
     if not path.is_file():
         return {}
