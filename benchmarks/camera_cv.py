@@ -71,21 +71,19 @@ def write_fold_manifests(camera: str, out: Path, folds: int) -> list[Path]:
     return paths
 
 
-def student_configs(args, fold_manifests: list[Path]) -> dict[str, list[Path]]:
-    """``{recipe: [run folder per fold]}``, each folder holding the student's ``config.yaml``."""
-    from invismap.config import apply_overrides, dump_config, from_dict, to_dict
-    from invismap.distill.run import DistillConfig
-    from invismap.pipeline.config import load_pipeline_config
+def student_configs(args, base, fold_manifests: list[Path]) -> dict[str, list[Path]]:
+    """``{recipe: [run folder per fold]}``, each folder holding the student's ``config.yaml``: the distill
+    section ``base`` as one student of ``--seed``, on the main pairs and that fold's camera manifest."""
+    from invismap.config import dump_config
+    from invismap.distill.experiments import variant_config
 
-    base = load_pipeline_config(args.config).distill
     runs = {}
     for name, *overrides in args.variant or [["base"]]:
         runs[name] = []
         for k, fold in enumerate(fold_manifests):
-            data = to_dict(replace(base, data=str(Path(args.data).resolve()), soup=1,
-                                   extra_data=[str(fold.resolve())]))
-            data = apply_overrides(data, [f"train.seed={args.seed}", *overrides])
-            cfg = from_dict(DistillConfig, data, "distill")
+            cfg = variant_config(replace(base, data=str(Path(args.data).resolve()), soup=1,
+                                         extra_data=[str(fold.resolve())]),
+                                 [f"train.seed={args.seed}", *overrides])
             run = Path(args.out) / name / f"fold_{k}"
             run.mkdir(parents=True, exist_ok=True)
             (run / "config.yaml").write_text(dump_config(cfg))
@@ -115,9 +113,11 @@ def train_students(runs: list[Path], jobs: int) -> None:
 def main() -> None:
     args = parse_args()
     assets_env()
-    out = Path(args.out)
-    fold_manifests = write_fold_manifests(args.camera, out, args.folds)
-    runs = student_configs(args, fold_manifests)
+    from invismap.pipeline.config import load_pipeline_config
+
+    cfg = load_pipeline_config(args.config)
+    fold_manifests = write_fold_manifests(args.camera, Path(args.out), args.folds)
+    runs = student_configs(args, cfg.distill, fold_manifests)
     train_students([r for folds in runs.values() for r in folds], args.jobs)
 
     setup_torch(args.threads)
@@ -126,10 +126,8 @@ def main() -> None:
     from invismap.detector.evaluate import LabelledDetections, detect_labelled
     from invismap.detector.zoo import load_detector
     from invismap.invisibility.bootstrap import format_estimate
-    from invismap.pipeline.config import load_pipeline_config
     from invismap.pipeline.steps import scoring_protocol
 
-    cfg = load_pipeline_config(args.config)
     protocol = scoring_protocol(cfg.evaluate, cfg.distill.size)
     print_machine(f"{args.folds}-fold leave-drives-out cross-validation on {args.camera} (thermal labels)")
     print(f"recipes {list(runs)}, seed {args.seed}, protocol {protocol.settings()}")

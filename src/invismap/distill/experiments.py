@@ -77,7 +77,7 @@ def scored_detections(model, manifest, images: str, split: str, protocol: Scorin
     return row, kept
 
 
-def _variant(base: DistillConfig, changes: dict | list[str]) -> DistillConfig:
+def variant_config(base: DistillConfig, changes: dict | list[str]) -> DistillConfig:
     """``base`` with ``changes``: top-level values (a dict) or ``key.sub=value`` overrides (a list)."""
     data = to_dict(base)
     if isinstance(changes, dict):
@@ -149,7 +149,7 @@ def run_experiment(kind: str, base: DistillConfig, out_dir: str | Path, pair_cou
     rows = [{"variant": "teacher on thermal", **scores(teacher, "thermal")},
             {"variant": "teacher on color", **scores(teacher, "color")}] if score else []
     for name, changes in variants.items():
-        cfg = _variant(base, changes)
+        cfg = variant_config(base, changes)
         run_dir = variant_dir(runs_dir, name)
         if (run_dir / "thermal_detector.pt").is_file():
             log.info(f"{name}: reusing {run_dir}")
