@@ -59,11 +59,9 @@ def parse_args():
 
 def render_copy(src: str, dst: Path) -> Path:
     """``src``'s manifest with every thermal frame rendered into ``dst/thermal/NAME.png``."""
-    import cv2
-
     from invismap.data.dataset import thermal_gain_control
     from invismap.data.manifest import load_manifest, save_manifest
-    from invismap.io import read_thermal
+    from invismap.io import read_thermal, write_image
 
     manifest = load_manifest(src)
     (dst / "thermal").mkdir(parents=True, exist_ok=True)
@@ -71,7 +69,7 @@ def render_copy(src: str, dst: Path) -> Path:
     for s in manifest:
         path = dst / "thermal" / f"{s.name}.png"
         if not path.exists():
-            cv2.imwrite(str(path), thermal_gain_control(read_thermal(s.thermal), LOW, HIGH))
+            write_image(path, thermal_gain_control(read_thermal(s.thermal), LOW, HIGH))
         samples.append(replace(s, thermal=path.resolve()))
     return save_manifest(replace(manifest, samples=samples, root=dst.resolve()), dst)
 
