@@ -132,15 +132,15 @@ def main() -> None:
     print_machine(f"{args.folds}-fold leave-drives-out cross-validation on {args.camera} (thermal labels)")
     print(f"recipes {list(runs)}, seed {args.seed}, protocol {protocol.settings()}")
     teacher = load_detector(cfg.distill.teacher)
-    pooled = {name: LabelledDetections([], [], []) for name in ["teacher", *runs]}
+    by_fold = {name: [] for name in ["teacher", *runs]}
     for k, fold in enumerate(fold_manifests):
         manifest = load_manifest(fold)
         models = {"teacher": teacher, **{name: load_detector(folds[k] / "thermal_detector.pt")
                                          for name, folds in runs.items()}}
         for name, model in models.items():
-            found = detect_labelled(model, manifest, "thermal", "thermal", split="val", protocol=protocol)
-            for field in ("ground_truth", "detections", "image_sizes"):
-                getattr(pooled[name], field).extend(getattr(found, field))
+            by_fold[name].append(detect_labelled(model, manifest, "thermal", "thermal", split="val",
+                                                 protocol=protocol))
+    pooled = {name: LabelledDetections.pooled(parts) for name, parts in by_fold.items()}
     n = len(pooled["teacher"].image_sizes)
     first = next(iter(runs))
     estimates = ap50_estimates(pooled, reference="teacher", n_boot=args.n_boot)

@@ -99,13 +99,6 @@ def compare(args) -> None:
         return detect_labelled(model, manifest, "thermal", "thermal", condition=condition, split=split,
                                protocol=protocol)
 
-    def pool(parts: list[LabelledDetections]) -> LabelledDetections:
-        out = LabelledDetections([], [], [])
-        for p in parts:
-            for field in ("ground_truth", "detections", "image_sizes"):
-                getattr(out, field).extend(getattr(p, field))
-        return out
-
     def cell(e: dict | None, spec: str = "+.1f") -> str:
         return "" if e is None else format_estimate(e, spec)
 
@@ -136,7 +129,8 @@ def compare(args) -> None:
         return [*rows, ["students' mean", f"{mean[0]:.1f}", f"{mean[1]:.1f}", f"{mean[2]:+.1f}"]]
 
     headers = ["detector", "own rendering", "one rendering", "gain [95% CI]"]
-    cv_sets = {name: {r: pool(parts) for r, parts in by.items()} for name, by in held_out.items()}
+    cv_sets = {name: {r: LabelledDetections.pooled(parts) for r, parts in by.items()}
+               for name, by in held_out.items()}
     print(f"\nRoadScene held-out training drives ({len(cv_sets['teacher']['own'].image_sizes)} pairs, "
           f"{len(folds)} folds; each student pooled over its folds)")
     print(table(headers, rows_for(cv_sets)))

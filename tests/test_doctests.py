@@ -13,7 +13,8 @@ MODULES = ["invismap.invisibility.metrics", "invismap.invisibility.bootstrap",
            "invismap.data.importers.roadscene", "invismap.distill.experiments",
            "invismap.data.manifest", "invismap.data.dataset", "invismap.io",
            "invismap.invisibility.baselines", "invismap.invisibility.unet", "invismap.detector.fusion",
-           "invismap.detector.ap_bootstrap", "invismap.detector.fusion_eval", "invismap.detector.protocol"]
+           "invismap.detector.ap_bootstrap", "invismap.detector.fusion_eval", "invismap.detector.protocol",
+           "invismap.detector.evaluate"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -145,6 +145,19 @@ class LabelledDetections:
     image_sizes: list[tuple[int, int]]
     n_unlabelled: int = 0
 
+    @classmethod
+    def pooled(cls, parts: Sequence[LabelledDetections]) -> LabelledDetections:
+        """The images of ``parts`` one after another, e.g. cross-validation folds, each scored by its model.
+
+        >>> none = Detections(np.zeros((0, 4)), np.zeros(0), np.zeros(0))
+        >>> a = LabelledDetections([np.zeros((0, 5))], [none], [(64, 48)], n_unlabelled=1)
+        >>> both = LabelledDetections.pooled([a, a])
+        >>> both.image_sizes, both.n_unlabelled
+        ([(64, 48), (64, 48)], 2)
+        """
+        return cls([t for p in parts for t in p.ground_truth], [d for p in parts for d in p.detections],
+                   [s for p in parts for s in p.image_sizes], sum(p.n_unlabelled for p in parts))
+
 
 def detect_labelled(model: Detector, manifest: Manifest, images: str = "color", labels: str = "color",
                     condition: str | None = None, split: str | None = None,
