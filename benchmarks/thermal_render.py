@@ -99,9 +99,6 @@ def compare(args) -> None:
         return detect_labelled(model, manifest, "thermal", "thermal", condition=condition, split=split,
                                protocol=protocol)
 
-    def cell(e: dict | None, spec: str = "+.1f") -> str:
-        return "" if e is None else format_estimate(e, spec)
-
     msrs = {"own": load_manifest(args.data), "rendered": load_manifest(out / "msrs")}
     rendered_folds = [Path(args.render_runs[0], "folds", fold.name) for fold in folds]
     cv = [{"own": load_manifest(a), "rendered": load_manifest(b)} for a, b in zip(folds, rendered_folds)]
@@ -122,7 +119,8 @@ def compare(args) -> None:
         rows, students = [], []
         for name, by_render in sets.items():
             e = ap50_estimates(dict(by_render), reference="own", n_boot=args.n_boot)
-            rows.append([name, cell(e["own"], ".1f"), cell(e["rendered"], ".1f"), cell(e["rendered - own"])])
+            rows.append([name, *(format_estimate(e[k], spec) for k, spec in
+                                  (("own", ".1f"), ("rendered", ".1f"), ("rendered - own", "+.1f")))])
             if name != "teacher":
                 students.append([e[k]["value"] for k in ("own", "rendered", "rendered - own")])
         mean = np.mean(students, axis=0)
