@@ -10,7 +10,9 @@ recipe and fold, one student is distilled as the pipeline's ``distill`` section 
 Each held-out pair is thus scored by a student that never saw it; AP50 (thermal images, thermal labels,
 the config's ``evaluate`` protocol) is pooled over the folds and printed beside the teacher on the same
 thermal images, with paired 95% intervals over the images (1000 bootstrap resamples): each recipe's lead
-over the teacher and its gain over the first recipe.
+over the teacher and its gain over the first recipe. With ``--select-night`` the same students are also scored
+on the main dataset's selection column (its training split's night pairs, which distillation never sees): each
+fold's student against the first recipe's student of the same fold, paired over the images.
 
 Students are trained by ``invismap distill`` in ``--jobs`` processes of one thread each; a fold whose
 ``thermal_detector.pt`` exists is not trained again, so an interrupted run resumes.
@@ -47,6 +49,8 @@ def parse_args():
                    help="a recipe: a name and distill overrides (none: the config's recipe); repeatable")
     p.add_argument("--jobs", type=int, default=2, help="students trained at once")
     p.add_argument("--n-boot", type=int, default=1000)
+    p.add_argument("--select-night", action="store_true",
+                   help="also score every fold's students on the main pairs' training night pairs")
     p.add_argument("--json", help="also write the estimates here")
     return p.parse_args()
 
@@ -153,10 +157,43 @@ def main() -> None:
              cell(gains.get(f"{name} - {first}"))] for name in pooled]
     print(f"{n} held-out labelled pairs of {args.camera}, each scored by the student that never saw it")
     print(table(["recipe", "AP50 [95% CI]", "- teacher", f"- {first}"], rows))
+    results = {"pairs": n, "seed": args.seed, "folds": args.folds, "protocol": protocol.settings(),
+               "estimates": estimates, "gains": gains}
+    if args.select_night:
+        results["select_night"] = select_night(args, runs, protocol)
     if args.json:
-        Path(args.json).write_text(json.dumps({"pairs": n, "seed": args.seed, "folds": args.folds,
-                                               "protocol": protocol.settings(), "estimates": estimates,
-                                               "gains": gains}, indent=1) + "\n")
+        Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
+
+
+def select_night(args, runs: dict[str, list[Path]], protocol) -> list[dict]:
+    """Every fold's students on the main pairs' training night pairs, each recipe's paired against the first's
+    (same fold and seed); prints a row per fold and the folds' mean, returns the estimates per fold."""
+    import numpy as np
+
+    from invismap.data.manifest import load_manifest
+    from invismap.detector.ap_bootstrap import ap50_estimates
+    from invismap.detector.evaluate import detect_labelled
+    from invismap.detector.zoo import load_detector
+    from invismap.invisibility.bootstrap import format_estimate
+
+    manifest = load_manifest(args.data)
+    first = next(iter(runs))
+    per_fold, rows = [], []
+    for k in range(args.folds):
+        found = {name: detect_labelled(load_detector(folds[k] / "thermal_detector.pt"), manifest, "thermal",
+                                       "thermal", condition="night", split="train", protocol=protocol)
+                 for name, folds in runs.items()}
+        e = ap50_estimates(found, reference=first, n_boot=args.n_boot)
+        per_fold.append(e)
+        rows.append([f"fold {k}", *(format_estimate(e[name], ".1f") for name in runs),
+                     *(format_estimate(e[f"{name} - {first}"], "+.1f") for name in list(runs)[1:])])
+    mean = [np.mean([e[key]["value"] for e in per_fold])
+            for key in [*runs, *(f"{name} - {first}" for name in list(runs)[1:])]]
+    rows.append(["mean", *(f"{v:.1f}" if i < len(runs) else f"{v:+.1f}" for i, v in enumerate(mean))])
+    n = len(found[first].image_sizes)
+    print(f"{args.data} select night ({n} training night pairs), each fold's student, seed {args.seed}")
+    print(table(["student", *runs, *(f"{name} - {first}" for name in list(runs)[1:])], rows))
+    return per_fold
 
 
 if __name__ == "__main__":

@@ -869,6 +869,11 @@ def distill_soup_of_none(t, mp):
     return distill_case(t, "soup: 0\n")
 
 
+@row("config key 'extra_repeat'", "0 is not allowed", "an integer >= 1")
+def distill_extra_pairs_never_drawn(t, mp):
+    return distill_case(t, "extra_repeat: 0\n")
+
+
 @row("config key 'head_focus'", "-1.0 is not allowed", "a finite number >= 0")
 def distill_negative_head_focus(t, mp):
     return distill_case(t, "loss: head\nhead_focus: -1.0\n")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+from collections import Counter
 from dataclasses import replace
 
 import pytest
@@ -244,3 +245,23 @@ def test_validation_pairs_are_capped_evenly(tmp_path):
     names = [s.name for s in held_out]
     picked = [names.index(s.name) for s in val]  # 10 of the 50, evenly spaced from first to last
     assert picked[0] == 0 and picked[-1] == 49 and all(4 <= b - a <= 6 for a, b in itertools.pairwise(picked))
+
+
+def test_extra_pairs_are_drawn_extra_repeat_times(tmp_path):
+    """``extra_repeat``: an epoch holds each of the extra datasets' training pairs that many times and the
+    main dataset's once; which pairs train and validate does not change."""
+    from invismap.data.manifest import Manifest, Sample
+    from invismap.distill.run import DistillConfig, drawn_pairs, split_pairs
+
+    def pairs(prefix: str, n: int) -> Manifest:
+        return Manifest([Sample(f"{prefix}{i}", f"vi/{i}.png", f"ir/{i}.png", "day", "train")
+                         for i in range(n)], tmp_path)
+
+    main, extra = pairs("m", 20), pairs("e", 10)
+    pool = Manifest(main.samples + extra.samples, tmp_path)
+    train, _ = split_pairs(pool, DistillConfig(val_every_nth=5))
+    names = Counter(s.name for s in drawn_pairs(train, main, 3))
+    assert set(names) == {s.name for s in train}
+    assert {n: c for n, c in names.items() if n.startswith("m")} == {n: 1 for n in names if n.startswith("m")}
+    assert {c for n, c in names.items() if n.startswith("e")} == {3}
+    assert len(drawn_pairs(train, main, 1)) == len(train)

@@ -62,6 +62,9 @@ class DistillConfig:
     # more manifests (e.g. another camera's pairs) whose pairs of the same split and conditions are distilled
     # on too; label-free, so any camera's day pairs help. The pipeline fills it from data.more
     extra_data: list[str] = field(default_factory=list)
+    # each of extra_data's training pairs is drawn this many times as often as a pair of data (an epoch holds
+    # it this many times): a second camera with few pairs gets a larger share of the batches
+    extra_repeat: int = 1
     teacher: str = "yolov5n"  # model name or file
     # a thermal detector from an earlier distillation (its thermal_detector.pt): the head loss's target
     # becomes, anchor by anchor, the surer of the teacher on color and it on thermal (union_of_teachers)
@@ -108,6 +111,8 @@ def check_distill_config(cfg: DistillConfig) -> None:
 
     if cfg.size < 32 or cfg.size % 32:
         raise bad("size", cfg.size, "a multiple of 32, >= 32, e.g. 640")
+    if cfg.extra_repeat < 1:
+        raise bad("extra_repeat", cfg.extra_repeat, "an integer >= 1: how often an extra pair is drawn")
     if not (math.isfinite(cfg.head_weight) and cfg.head_weight >= 0):
         raise bad("head_weight", cfg.head_weight, "a finite number >= 0")
     if not (math.isfinite(cfg.head_focus) and cfg.head_focus >= 0):
@@ -166,6 +171,14 @@ def split_pairs(manifest: Manifest, cfg: DistillConfig) -> tuple[Manifest, Manif
             raise InvismapError(f"max_pairs={cfg.max_pairs} but only {len(train)} training pairs exist")
         train = Manifest(train.samples[:cfg.max_pairs], train.root)
     return train, val
+
+
+def drawn_pairs(train: Manifest, main: Manifest, extra_repeat: int) -> Manifest:
+    """The training pairs as an epoch draws them: those not in ``main`` (the extra datasets') ``extra_repeat``
+    times each, ``main``'s once."""
+    main_names = {s.name for s in main.samples}
+    extra = [s for s in train.samples if s.name not in main_names]
+    return Manifest(train.samples + extra * (extra_repeat - 1), train.root)
 
 
 @torch.no_grad()
@@ -252,14 +265,15 @@ def build_distillation(cfg: DistillConfig) -> tuple[DistillTask, PairDataset, Pa
                                                     Manifest | None]:
     """What a distillation run trains: ``(task, train_set, val_set, train_pairs, val_pairs)``."""
     check_distill_config(cfg)
-    train_pairs, val_pairs = split_pairs(load_manifest(cfg.data), cfg)
+    manifest = load_manifest(cfg.data)
+    train_pairs, val_pairs = split_pairs(manifest, cfg)
     teacher = load_detector(cfg.teacher)
     torch.manual_seed(cfg.train.seed)
     student = ThermalStudent(teacher, cfg.input_mode, cfg.init, seed=cfg.train.seed)
     a = cfg.augment
     aug = Augment(**asdict(a))  # the same keys; AugmentConfig holds distillation's defaults
-    train_set = PairDataset(train_pairs, cfg.size, augment=aug, seed=cfg.train.seed, cache=cfg.cache,
-                            square=a.crop is None)
+    train_set = PairDataset(drawn_pairs(train_pairs, manifest, cfg.extra_repeat), cfg.size, augment=aug,
+                            seed=cfg.train.seed, cache=cfg.cache, square=a.crop is None)
     # pairs from several cameras (extra_data) differ in shape; a square canvas gives every validation batch
     # one shape (collate_pairs would pad them, but validation losses were measured on square canvases)
     val_set = (PairDataset(val_pairs, cfg.size, cache=cfg.cache, square=bool(cfg.extra_data))
