@@ -63,6 +63,16 @@ class ScoringProtocol:
         return {"size": self.size, "tta_sizes": list(self.tta_sizes), "iou": self.iou,
                 "class_fold": {str(k): v for k, v in (self.class_fold or {}).items()}}
 
+    def record(self) -> dict[str, Any]:
+        """The protocol as results files name it (``detector.json``, ``fusion.json``, the experiments'
+        ``table.json``; ``evaluate``'s config keys), read back by the report and ``invismap detect``; the
+        letterbox size is recorded beside it.
+
+        >>> ScoringProtocol(tta_sizes=(416,), iou=0.4).record()
+        {'tta_sizes': [416], 'fold_classes': True, 'nms_iou': 0.4}
+        """
+        return {"tta_sizes": list(self.tta_sizes), "fold_classes": self.fold_classes, "nms_iou": self.iou}
+
     def describe(self) -> str:
         """One line for tables and reports."""
         sizes = f"sizes {self.size} + {list(self.tta_sizes)} merged before NMS" if self.tta_sizes else \

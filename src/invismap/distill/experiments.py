@@ -205,6 +205,5 @@ def _write(out_dir: Path, kind: str, base: DistillConfig, rows: list[dict], more
         f.write("\n".join(lines) + "\n")
     write_json(out_dir / "table.json",
                {"experiment": kind, "config": to_dict(base), "rows": rows, "more": more,
-                "size": protocol.size, "tta_sizes": list(protocol.tta_sizes),
-                "class_fold": protocol.fold_classes, "nms_iou": protocol.iou})
+                "size": protocol.size, **protocol.record()})
 

@@ -25,6 +25,11 @@ def _fingerprint(folder: str) -> list:
     return sorted((p.relative_to(root).as_posix(), p.stat().st_size) for p in root.rglob("*") if p.is_file())
 
 
+def _protocol_record(cfg) -> dict:
+    """The scoring protocol's settings among a stage's inputs (a changed protocol scores again)."""
+    return steps.scoring_protocol(cfg.evaluate, cfg.distill.size).record()
+
+
 def _fmt_geometry(s: dict) -> str:
     share = {r["method"]: r["after_abs_share_ge5_edges"] for r in s["rows"]}
     return (f"{s['pairs']} pairs, share off by >= 5 px: "
@@ -134,8 +139,7 @@ STAGES = [
                       f"{cfg.predictor.train.max_steps} steps, size {cfg.predictor.size})",
           _fmt_predictor),
     Stage("eval_detector", ("import", "register", "align", "distill"),
-          lambda cfg: {"split": cfg.evaluate.split, "tta_sizes": cfg.evaluate.tta_sizes,
-                       "fold_classes": cfg.evaluate.fold_classes, "nms_iou": cfg.evaluate.nms_iou,
+          lambda cfg: {"split": cfg.evaluate.split, **_protocol_record(cfg),
                        "bootstrap": cfg.evaluate.bootstrap},
           steps.eval_detector,
           lambda cfg: f"thermal AP50 by condition and class on split '{cfg.evaluate.split}'",
@@ -157,8 +161,7 @@ STAGES = [
     Stage("experiments", ("import", "register", "align", "distill", "students"),
           lambda cfg: {"experiments": _experiment_runs(cfg),
                        "distill": dataclasses.replace(cfg.distill, data=""), "split": cfg.evaluate.split,
-                       "tta_sizes": cfg.evaluate.tta_sizes, "fold_classes": cfg.evaluate.fold_classes,
-                       "nms_iou": cfg.evaluate.nms_iou},
+                       **_protocol_record(cfg)},
           steps.experiments, lambda cfg: "score the " + _plan_experiments(cfg),
           lambda s: ", ".join(f"{k}: {len(v)} rows" for k, v in s.items()), enabled=_has_experiments),
     Stage("predictor_cv", ("import", "register", "align", "distill"),
@@ -179,8 +182,7 @@ STAGES = [
     Stage("fusion", ("import", "register", "align", "distill", "predictor"),
           lambda cfg: {"fusion": cfg.fusion, "splits": [cfg.predictor.split, cfg.evaluate.split],
                        "conditions": cfg.evaluate.conditions, "bootstrap": cfg.evaluate.bootstrap,
-                       "tta_sizes": cfg.evaluate.tta_sizes, "fold_classes": cfg.evaluate.fold_classes,
-                       "nms_iou": cfg.evaluate.nms_iou},
+                       **_protocol_record(cfg)},
           steps.fusion,
           lambda cfg: f"fuse color and thermal detections ({cfg.fusion.method}; constant weight and "
                       f"weighted by {', '.join(cfg.fusion.maps)}), chosen on '{cfg.predictor.split}', "

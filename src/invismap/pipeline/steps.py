@@ -226,8 +226,7 @@ def eval_detector(s: Settings, inputs: Inputs, d: Path, resume: bool) -> dict:
         inputs.echo(f"  {fmt + ': ' if fmt else ''}lead over the teacher on thermal images " + ", ".join(
             f"{cond} {format_estimate(e, '+.1f')}" for cond, est in by_condition.items()
             for k, e in est.items() if k == f"thermal detector ({loss}) - teacher on thermal"))
-    write_json(d / "detector.json", {"split": s.split, "size": size, "tta_sizes": list(s.tta_sizes),
-                                     "fold_classes": s.fold_classes, "nms_iou": s.nms_iou,
+    write_json(d / "detector.json", {"split": s.split, "size": size, **scoring_protocol(s, size).record(),
                                      "labels": "thermal", "rows": rows, "more": more,
                                      "bootstrap": s.bootstrap, "intervals": intervals,
                                      "more_intervals": more_intervals})
@@ -505,9 +504,7 @@ def fusion(s: Settings, inputs: Inputs, d: Path, resume: bool) -> dict:
     result = evaluate_fusion(records, load_labels(manifest), maps=list(c.maps), conditions=s.conditions,
                              base=FusionParams(method=c.method, iou_thr=c.iou), n_boot=s.bootstrap,
                              train_split=train, test_split=test, weights_per=c.weights_per)
-    result["settings"]["tta_sizes"] = list(s.tta_sizes)
-    result["settings"]["fold_classes"] = s.fold_classes
-    result["settings"]["nms_iou"] = s.nms_iou
+    result["settings"].update(scoring_protocol(s, size).record())
     write_json(d / "fusion.json", result)
     inputs.echo(format_fusion_table(result))
     return {cond: {ls: {m: r["AP50"]["value"] for m, r in block["methods"].items()}
