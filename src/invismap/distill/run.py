@@ -64,7 +64,7 @@ class DistillConfig:
     extra_data: list[str] = field(default_factory=list)
     # each of extra_data's training pairs is drawn this many times as often as a pair of data (an epoch holds
     # it this many times): a second camera with few pairs gets a larger share of the batches
-    extra_repeat: int = 1
+    extra_repeat: int = added_key(1)
     teacher: str = "yolov5n"  # model name or file
     # a thermal detector from an earlier distillation (its thermal_detector.pt): the head loss's target
     # becomes, anchor by anchor, the surer of the teacher on color and it on thermal (union_of_teachers)
