@@ -26,6 +26,7 @@ Usage (from the repository root, after ``invismap run configs/msrs.yaml --to reg
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -33,8 +34,12 @@ import sys
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from common import assets_env, base_parser, print_machine, setup_torch, table
+
+if TYPE_CHECKING:
+    from invismap.detector.protocol import ScoringProtocol
 
 
 def parse_args():
@@ -134,7 +139,7 @@ def main() -> None:
 
     protocol = scoring_protocol(cfg.evaluate, cfg.distill.size)
     print_machine(f"{args.folds}-fold leave-drives-out cross-validation on {args.camera} (thermal labels)")
-    print(f"recipes {list(runs)}, seed {args.seed}, protocol {protocol.settings()}")
+    print(f"recipes {list(runs)}, seed {args.seed}, {protocol.describe()}")
     teacher = load_detector(cfg.distill.teacher)
     by_fold = {name: [] for name in ["teacher", *runs]}
     for k, fold in enumerate(fold_manifests):
@@ -157,17 +162,22 @@ def main() -> None:
              cell(gains.get(f"{name} - {first}"))] for name in pooled]
     print(f"{n} held-out labelled pairs of {args.camera}, each scored by the student that never saw it")
     print(table(["recipe", "AP50 [95% CI]", "- teacher", f"- {first}"], rows))
-    results = {"pairs": n, "seed": args.seed, "folds": args.folds, "protocol": protocol.settings(),
-               "estimates": estimates, "gains": gains}
+    results = {"pairs": n, "seed": args.seed, "folds": args.folds, "estimates": estimates, "gains": gains,
+               "protocol": {"size": protocol.size, **protocol.record()}}
     if args.select_night:
         results["select_night"] = select_night(args, runs, protocol)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
 
 
-def select_night(args, runs: dict[str, list[Path]], protocol) -> list[dict]:
+def select_night(args: argparse.Namespace, runs: dict[str, list[Path]],
+                 protocol: ScoringProtocol) -> list[dict]:
     """Every fold's students on the main pairs' training night pairs, each recipe's paired against the first's
-    (same fold and seed); prints a row per fold and the folds' mean, returns the estimates per fold."""
+    (same fold and seed); prints a row per fold and the folds' mean.
+
+    Returns:
+        per fold, ``{recipe or "recipe - first": {"value", "lo", "hi"}}`` (AP50 points, 95% interval).
+    """
     import numpy as np
 
     from invismap.data.manifest import load_manifest
@@ -178,21 +188,20 @@ def select_night(args, runs: dict[str, list[Path]], protocol) -> list[dict]:
 
     manifest = load_manifest(args.data)
     first = next(iter(runs))
-    per_fold, rows = [], []
+    columns = {**dict.fromkeys(runs, ".1f"), **{f"{name} - {first}": "+.1f" for name in list(runs)[1:]}}
+    per_fold, rows, n = [], [], 0
     for k in range(args.folds):
         found = {name: detect_labelled(load_detector(folds[k] / "thermal_detector.pt"), manifest, "thermal",
                                        "thermal", condition="night", split="train", protocol=protocol)
                  for name, folds in runs.items()}
+        n = len(found[first].image_sizes)
         e = ap50_estimates(found, reference=first, n_boot=args.n_boot)
         per_fold.append(e)
-        rows.append([f"fold {k}", *(format_estimate(e[name], ".1f") for name in runs),
-                     *(format_estimate(e[f"{name} - {first}"], "+.1f") for name in list(runs)[1:])])
-    mean = [np.mean([e[key]["value"] for e in per_fold])
-            for key in [*runs, *(f"{name} - {first}" for name in list(runs)[1:])]]
-    rows.append(["mean", *(f"{v:.1f}" if i < len(runs) else f"{v:+.1f}" for i, v in enumerate(mean))])
-    n = len(found[first].image_sizes)
+        rows.append([f"fold {k}", *(format_estimate(e[key], spec) for key, spec in columns.items())])
+    rows.append(["mean", *(format(np.mean([e[key]["value"] for e in per_fold]), spec)
+                           for key, spec in columns.items())])
     print(f"{args.data} select night ({n} training night pairs), each fold's student, seed {args.seed}")
-    print(table(["student", *runs, *(f"{name} - {first}" for name in list(runs)[1:])], rows))
+    print(table(["student", *columns], rows))
     return per_fold
 
 

@@ -83,9 +83,9 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    protocol = ScoringProtocol(args.size, args.tta_sizes, args.nms_iou, fold_classes=not args.strict_classes)
     records = cached_pair_records(manifest, args.color, args.thermal_detector, specs, out / "detections.npz",
-                                  ScoringProtocol(args.size, args.tta_sizes, args.nms_iou,
-                                                  fold_classes=not args.strict_classes))
+                                  protocol)
     print(f"detections and maps of {len(records)} pairs: {time.perf_counter() - t0:.0f} s "
           f"(cached in {out / 'detections.npz'})")
     t0 = time.perf_counter()
@@ -94,9 +94,7 @@ def main() -> None:
                              seed=args.seed, weights_per=args.weights_per)
     result["settings"].update({"data": str(Path(args.data).resolve()), "color": args.color,
                                "thermal_detector": str(args.thermal_detector), "maps_from": specs,
-                               "tta_sizes": args.tta_sizes, "fold_classes": not args.strict_classes,
-                               "nms_iou": args.nms_iou,
-                               "seconds": round(time.perf_counter() - t0, 1)})
+                               **protocol.record(), "seconds": round(time.perf_counter() - t0, 1)})
     print(f"\nAP50 in points, 95% bootstrap intervals over test images ({args.n_boot} resamples, within "
           f"condition); weights chosen on the train split per label set and "
           f"{'condition' if args.weights_per == 'condition' else 'for every condition together'} "

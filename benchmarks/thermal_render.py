@@ -91,7 +91,7 @@ def compare(args) -> None:
     protocol = scoring_protocol(cfg.evaluate, cfg.distill.size)
     out = Path(args.out)
     print_machine(f"one thermal rendering (percentiles {LOW:g} / {HIGH:g}) against the cameras' own")
-    print(f"protocol {protocol.settings()}")
+    print(protocol.describe())
     teacher = load_detector(cfg.distill.teacher)
     folds = sorted(Path(args.runs[0], "folds").iterdir(), key=lambda p: int(p.name))
 

@@ -874,6 +874,11 @@ def distill_extra_pairs_never_drawn(t, mp):
     return distill_case(t, "extra_repeat: 0\n")
 
 
+@row("config key 'extra_repeat'", "3 is not allowed", "there are no extra pairs")
+def distill_extra_repeat_without_extra_pairs(t, mp):
+    return distill_case(t, "extra_repeat: 3\n")
+
+
 @row("config key 'head_focus'", "-1.0 is not allowed", "a finite number >= 0")
 def distill_negative_head_focus(t, mp):
     return distill_case(t, "loss: head\nhead_focus: -1.0\n")

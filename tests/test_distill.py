@@ -265,3 +265,18 @@ def test_extra_pairs_are_drawn_extra_repeat_times(tmp_path):
     assert {n: c for n, c in names.items() if n.startswith("m")} == {n: 1 for n in names if n.startswith("m")}
     assert {c for n, c in names.items() if n.startswith("e")} == {3}
     assert len(drawn_pairs(train, main, 1)) == len(train)
+
+
+def test_distillation_trains_on_the_drawn_pairs(msrs, assets, tmp_path, monkeypatch):
+    """``build_distillation`` hands the training set each extra pair ``extra_repeat`` times."""
+    from invismap.data.manifest import Manifest, save_manifest
+    from invismap.distill.run import build_distillation
+
+    monkeypatch.setenv("INVISMAP_ASSETS", str(assets))
+    day = [s for s in msrs.samples if s.condition == "day" and s.split == "train"][:4]
+    more = save_manifest(Manifest([replace(s, name=f"more_{s.name}") for s in day], msrs.root),
+                         tmp_path / "more")
+    cfg = _cfg(msrs.root / "manifest.csv", extra_data=[str(more)], extra_repeat=3, max_pairs=0)
+    _, train_set, _, train_pairs, _ = build_distillation(cfg)
+    extra = sum(s.name.startswith("more_") for s in train_pairs)
+    assert extra > 0 and len(train_set) == len(train_pairs) + 2 * extra

@@ -111,11 +111,16 @@ def test_pair_cache_holds_what_fits_its_budget(tmp_path):
     for _ in range(2):
         items = [budgeted[i] for i in range(len(pairs))]
     cache = budgeted._cache
-    assert cache.nbytes == 2 * item_bytes and len(cache) == 2 and 0 in cache and 1 in cache
+    first, second = pairs[0].name, pairs[1].name
+    assert cache.nbytes == 2 * item_bytes and len(cache) == 2 and first in cache and second in cache
     for a, b in zip(items, [plain[i] for i in range(len(pairs))]):
         assert torch.equal(a["rgb"], b["rgb"]) and torch.equal(a["thermal"], b["thermal"])
     assert plain._cache.budget == 0 and len(plain._cache) == 0
     assert PairDataset(pairs, size=64, cache=True)._cache.budget == CACHE_BYTES
+    # a pair listed twice (distill.extra_repeat) is kept once
+    twice = PairDataset(Manifest(pairs.samples * 2, pairs.root), size=64, cache=True)
+    _ = [twice[i] for i in range(len(twice))]
+    assert len(twice._cache) == len(pairs) and twice._cache.nbytes == len(pairs) * item_bytes
 
 
 def test_predictor_cache_holds_what_fits_and_items_do_not_depend_on_it(tmp_path, monkeypatch):

@@ -173,9 +173,9 @@ class PairDataset(Dataset):
         self.epoch = epoch
 
     def _load(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, Letterbox]:
-        if i in self._cache:
-            return self._cache[i]
         s = self.manifest[i]
+        if s.name in self._cache:  # by name: a pair listed twice (distill.extra_repeat) is decoded once
+            return self._cache[s.name]
         rgb, thr = load_pair(s)
         h, w = thr.shape
         cboxes, tboxes = load_boxes(s, w, h)
@@ -184,7 +184,7 @@ class PairDataset(Dataset):
         for b in (cboxes, tboxes):
             b[:, 1:] = lb.boxes_to_canvas(b[:, 1:]) if len(b) else b[:, 1:]
         item = (rgb, thr, cboxes, tboxes, lb)
-        self._cache.put(i, item)
+        self._cache.put(s.name, item)
         return item
 
     def __getitem__(self, index: int) -> dict:

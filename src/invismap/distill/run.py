@@ -113,6 +113,9 @@ def check_distill_config(cfg: DistillConfig) -> None:
         raise bad("size", cfg.size, "a multiple of 32, >= 32, e.g. 640")
     if cfg.extra_repeat < 1:
         raise bad("extra_repeat", cfg.extra_repeat, "an integer >= 1: how often an extra pair is drawn")
+    if cfg.extra_repeat > 1 and not cfg.extra_data:
+        raise bad("extra_repeat", cfg.extra_repeat, "1 without extra_data (data.more in a pipeline config): "
+                  "there are no extra pairs to draw more often")
     if not (math.isfinite(cfg.head_weight) and cfg.head_weight >= 0):
         raise bad("head_weight", cfg.head_weight, "a finite number >= 0")
     if not (math.isfinite(cfg.head_focus) and cfg.head_focus >= 0):

@@ -226,7 +226,7 @@ def eval_detector(s: Settings, inputs: Inputs, d: Path, resume: bool) -> dict:
         inputs.echo(f"  {fmt + ': ' if fmt else ''}lead over the teacher on thermal images " + ", ".join(
             f"{cond} {format_estimate(e, '+.1f')}" for cond, est in by_condition.items()
             for k, e in est.items() if k == f"thermal detector ({loss}) - teacher on thermal"))
-    write_json(d / "detector.json", {"split": s.split, "size": size, **scoring_protocol(s, size).record(),
+    write_json(d / "detector.json", {"split": s.split, "size": size, **protocol.record(),
                                      "labels": "thermal", "rows": rows, "more": more,
                                      "bootstrap": s.bootstrap, "intervals": intervals,
                                      "more_intervals": more_intervals})
@@ -438,7 +438,7 @@ def experiments(s: Settings, inputs: Inputs, d: Path, resume: bool) -> dict:
                            ("without (imported pairs)", trained / "alignment_off" / "thermal_detector.pt")):
             rows.append({"variant": name, **detector_scores(load_detector(str(path)), manifest, "thermal",
                                                             split, protocol)})
-        write_json(d / "alignment.json", {"rows": rows, "tta_sizes": list(s.tta_sizes),
+        write_json(d / "alignment.json", {"rows": rows, **protocol.record(),
                                           "note": "thermal AP50 on the same test pairs; the two "
                                                   "runs differ only in the color images distilled from"})
         out["alignment"] = rows
@@ -495,16 +495,17 @@ def fusion(s: Settings, inputs: Inputs, d: Path, resume: bool) -> dict:
     )
 
     c, (train, test), (teacher, size, _) = s.fusion, s.splits, distilled(inputs)
+    protocol = scoring_protocol(s, size)
     thermal = inputs.dirs["distill"] / "thermal_detector.pt"
     known = {"predictor": f"predictor:{inputs.dirs['predictor'] / 'predictor.pt'}", "pair": f"pair:{thermal}"}
     manifest = load_manifest(pairs_manifest(inputs)).select(split=(train, test), condition=s.conditions)
     # an interrupted run keeps its detections
     records = cached_pair_records(manifest, teacher, thermal, {m: known[m] for m in c.maps},
-                                  d / "detections.npz", scoring_protocol(s, size))
+                                  d / "detections.npz", protocol)
     result = evaluate_fusion(records, load_labels(manifest), maps=list(c.maps), conditions=s.conditions,
                              base=FusionParams(method=c.method, iou_thr=c.iou), n_boot=s.bootstrap,
                              train_split=train, test_split=test, weights_per=c.weights_per)
-    result["settings"].update(scoring_protocol(s, size).record())
+    result["settings"].update(protocol.record())
     write_json(d / "fusion.json", result)
     inputs.echo(format_fusion_table(result))
     return {cond: {ls: {m: r["AP50"]["value"] for m, r in block["methods"].items()}
