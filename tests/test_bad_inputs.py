@@ -942,6 +942,12 @@ def pipeline_nms_iou(t, mp):
     return Case(["run", str(t / "c.yaml"), f"out={t / 'out'}"], t / "out", [t / "out" / "import"])
 
 
+@row("config key 'distill.extra_repeat'", "data.more is empty", "list a dataset there or set it to 1")
+def pipeline_extra_repeat_without_more(t, mp):
+    (t / "c.yaml").write_text("distill: {extra_repeat: 2}\n")
+    return Case(["run", str(t / "c.yaml"), f"out={t / 'out'}"], t / "out", [t / "out" / "import"])
+
+
 @row("config key 'evaluate.other'", "roadscene is also in data.more", "score it on split 'test'")
 def pipeline_other_dataset_distilled_on(t, mp):
     (t / "c.yaml").write_text(f"data: {{more: [{{format: roadscene, src: {t}}}]}}\n"

@@ -231,6 +231,10 @@ def check_config(cfg) -> None:
     if cfg.fusion.enabled and cfg.fusion.weights_per not in ("condition", "all"):
         raise InvismapError(f"config key 'fusion.weights_per': '{cfg.fusion.weights_per}' is not one of "
                             "condition, all")
+    if cfg.distill.extra_repeat > 1 and not cfg.data.more:
+        raise InvismapError(f"config key 'distill.extra_repeat': {cfg.distill.extra_repeat} draws "
+                            "data.more's pairs more often, and data.more is empty: list a dataset there or "
+                            "set it to 1")
     if cfg.experiments.alignment and not (cfg.register.enabled or cfg.align.enabled):
         raise InvismapError("experiments.alignment compares distillation with and without "
                             "registration/alignment: enable register or align too")
