@@ -864,6 +864,14 @@ def distill_more_data_without_training_pairs(t, mp):
                 [t / "run" / "student.pt"])
 
 
+@row("split 'all' holds 1 test pairs", "nothing trains on the test split", "use split 'train'")
+def distill_on_every_split_of_a_split_dataset(t, mp):
+    import_dataset("msrs", make_msrs_release(t / "src"), t / "ds", progress=False)
+    (t / "c.yaml").write_text(f"data: {t / 'ds'}\nsplit: all\n")
+    return Case(["distill", str(t / "c.yaml"), "--run", str(t / "run")], t / "run",
+                [t / "run" / "student.pt"])
+
+
 @row("config key 'soup'", "0 is not allowed", "an integer >= 1")
 def distill_soup_of_none(t, mp):
     return distill_case(t, "soup: 0\n")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from invismap.data.manifest import SPLITS
 from invismap.engine.rundir import add_training_arguments, config_and_run_dir, report_training
 
 
@@ -20,7 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="RUN/aligngan.pt from align-train")
     p.add_argument("--data", required=True, help="manifest.csv (or its folder) of the pairs to align")
     p.add_argument("--out", required=True, help="output dataset folder")
-    p.add_argument("--split", default=None, help="only pairs of this split (default: all)")
+    p.add_argument("--split", default=None, choices=SPLITS, help="only pairs of this split (default: all)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     p.set_defaults(func=_align)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+from invismap.data.manifest import SPLITS
+
 log = logging.getLogger(__name__)
 
 
@@ -30,7 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     show.add_argument("--out", required=True, help="output PNG")
     show.add_argument("--n", type=int, default=12, help="number of pairs (spread over the dataset)")
     show.add_argument("--condition", help="only this condition (day, night, ...)")
-    show.add_argument("--split", help="only this split (train, test, ...)")
+    show.add_argument("--split", choices=SPLITS, help="only this split")
     show.set_defaults(func=_show)
 
     summ = dsub.add_parser("summary", help="pairs per split/condition, boxes, thermal-only objects")

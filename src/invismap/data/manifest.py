@@ -89,9 +89,17 @@ class Manifest:
 
     def select(self, condition: str | Iterable[str] | None = None, split: str | Iterable[str] | None = None,
                names: Iterable[str] | None = None) -> Manifest:
-        """Samples matching a condition, a split and/or a set of names (None = any)."""
+        """Samples matching a condition, a split and/or a set of names (None = any; split 'all' = any).
+
+        >>> m = Manifest([Sample("a", Path("a.png"), Path("a.png"), "day", "train"),
+        ...               Sample("b", Path("b.png"), Path("b.png"), "night", "test")], Path("."))
+        >>> [s.name for s in m.select(split="test")], [s.name for s in m.select(split="all")]
+        (['b'], ['a', 'b'])
+        """
         conds = {condition} if isinstance(condition, str) else (set(condition) if condition else None)
         splits = {split} if isinstance(split, str) else (set(split) if split else None)
+        if splits is not None and "all" in splits:
+            splits = None
         keep = set(names) if names is not None else None
         out = [s for s in self.samples
                if (conds is None or s.condition in conds) and (splits is None or s.split in splits)
@@ -133,17 +141,30 @@ def training_pairs(manifest: Manifest, split: str, conditions: Sequence[str] | N
     ``conditions`` (empty = any), every ``val_every_nth`` held out (:meth:`Manifest.holdout`).
 
     Raises:
-        InvismapError: no such pairs in ``source``, or none left to train on.
+        InvismapError: no such pairs in ``source``, none left to train on, or test pairs among them.
     """
     pool = manifest.select(condition=list(conditions) if conditions else None,
                            split=None if split in ("", "all") else split)
     if len(pool) == 0:
         which = f"{'/'.join(conditions)} " if conditions else ""
         raise InvismapError(f"{source}: no {which}pairs in split '{split}'")
+    refuse_test_pairs(pool, split, source)
     train, val = pool.holdout(val_every_nth)
     if len(train) == 0:
         raise InvismapError(f"val_every_nth={val_every_nth} leaves no training pairs")
     return train, val
+
+
+def refuse_test_pairs(pairs: Manifest, split: str, source: str | Path = "manifest") -> None:
+    """Training data never holds a test pair: the split every result is reported on.
+
+    Raises:
+        InvismapError: naming ``source``, the ``split`` asked for and how many test pairs it holds.
+    """
+    n = sum(s.split == "test" for s in pairs)
+    if n:
+        raise InvismapError(f"{source}: split '{split}' holds {n} test pairs, and nothing trains on the test "
+                            "split that results are reported on: use split 'train'")
 
 
 def load_manifest(path: str | Path) -> Manifest:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from invismap.data.manifest import SPLITS
 from invismap.detector.fusion import FORMS, METHODS
 from invismap.detector.postprocess import NMS_IOU
 
@@ -84,7 +85,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--images", choices=("color", "thermal"), default="color", help="images to detect on")
     e.add_argument("--labels", choices=("color", "thermal"), default="color", help="labels to score against")
     e.add_argument("--condition", help="only this condition (day, night, ...)")
-    e.add_argument("--split", help="only this split (e.g. test)")
+    e.add_argument("--split", choices=SPLITS, help="only this split (e.g. test)")
     e.add_argument("--size", type=int, default=640, help="letterbox size (longest side)")
     e.add_argument("--tta-sizes", type=int, nargs="+", default=[], metavar="SIZE",
                    help="multi-scale test-time augmentation: also detect at these sizes, merged before NMS")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from invismap.data.manifest import SPLITS
 from invismap.engine.rundir import add_training_arguments, config_and_run_dir, report_training
 from invismap.errors import InvismapError
 
@@ -23,7 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "over images and paired margins over the reference maps.")
     p.add_argument("--data", required=True, help="manifest.csv or its folder")
     p.add_argument("--maps", nargs="+", required=True, help=MAP_HELP)
-    p.add_argument("--split", default="test", help="split to evaluate (default test)")
+    p.add_argument("--split", default="test", choices=SPLITS, help="split to evaluate (default test)")
     p.add_argument("--condition", nargs="+", default=["day", "night"], help="conditions (default day night)")
     p.add_argument("--teacher", default="yolov5n", help="color detector that defines 'missed' objects")
     p.add_argument("--conf", type=float, default=0.25,
@@ -45,7 +46,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--student", required=True, help="RUN/student.pt from 'invismap distill'")
     t.add_argument("--data", required=True, help="manifest.csv or its folder")
     t.add_argument("--out", required=True, help="target cache folder")
-    t.add_argument("--split", default="train", help="which split to score (default train; never test)")
+    t.add_argument("--split", default="train", choices=SPLITS,
+                   help="which split to score (default train; never test)")
     t.add_argument("--size", type=int, default=640, help="letterbox size (same as the predictor's)")
     t.add_argument("--kind", choices=["pair", "pair+detectors"], default="pair",
                    help="pair: the pair score F; pair+detectors: F with the thermal detector's objects "

@@ -46,7 +46,7 @@ from tqdm import tqdm
 
 from invismap.data.dataset import PairDataset, load_pair
 from invismap.data.letterbox import Letterbox, apply_letterbox, letterbox_params, map_to_original
-from invismap.data.manifest import CLASS_FOLD, ROAD_CLASSES, Manifest, load_manifest
+from invismap.data.manifest import CLASS_FOLD, ROAD_CLASSES, Manifest, load_manifest, refuse_test_pairs
 from invismap.detector.base import Detections
 from invismap.errors import InvismapError, file_error
 from invismap.invisibility.evaluate import detected_mask
@@ -351,6 +351,7 @@ def score_pairs(student: str | Path, data: str | Path, out: str | Path, split: s
     manifest = load_manifest(data).select(split=split)
     if len(manifest) == 0:
         raise InvismapError(f"{data}: no pairs in split '{split}'")
+    refuse_test_pairs(manifest, split, data)  # split 'all' of a dataset that has a test split
     return compute_targets(manifest, student, out, size, cfg, progress=progress)
 
 

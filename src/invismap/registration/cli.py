@@ -17,6 +17,8 @@ import argparse
 import logging
 import math
 
+from invismap.data.manifest import SPLITS
+
 log = logging.getLogger(__name__)
 
 
@@ -96,10 +98,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--every", type=int, default=1, help="keep every N-th thermal frame / pair")
     src.add_argument("--max-pairs", type=int, default=None)
     src.add_argument("--condition", default="unknown", help="condition written for every pair")
-    src.add_argument("--pair-split", default="all", help="split written for every pair")
+    src.add_argument("--pair-split", default="all", choices=SPLITS, help="split written for every pair")
     ds = p.add_argument_group("pair dataset")
     ds.add_argument("--data", help="manifest.csv (or its folder) of an existing pair dataset")
-    ds.add_argument("--split", default=None, help="only pairs of this split")
+    ds.add_argument("--split", default=None, choices=SPLITS, help="only pairs of this split")
     ds.add_argument("--shift", type=float, nargs=2, metavar=("DX", "DY"),
                     help="remove this color offset (color minus thermal, px): color moves by (-DX, -DY)")
     ds.add_argument("--offset-from", metavar="DISPLACEMENT_JSON",
@@ -124,7 +126,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "edge pixels only. Writes OUT/displacement.json, pairs.csv, displacement_hist.png, "
                     "displacement_rows.png.")
     p.add_argument("--data", required=True, help="manifest.csv (or its folder) of registered pairs")
-    p.add_argument("--split", default=None, help="only pairs of this split (e.g. test)")
+    p.add_argument("--split", default=None, choices=SPLITS, help="only pairs of this split (e.g. test)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--method", choices=("dis", "farneback"), default="dis", help="dense flow algorithm")
     p.add_argument("--big", type=_positive, default=5.0, help="'displaced' threshold, pixels")
