@@ -162,6 +162,38 @@ def test_interrupted_stage_resumes_and_changed_stage_starts_clean(tmp_path):
     assert not (tmp_path / "second" / "partial.bin").exists()  # new settings: started from an empty folder
 
 
+def test_a_changed_stage_that_stops_loses_no_finished_results(tmp_path):
+    """A changed stage runs beside its finished results (``<stage>.previous``): put back when it stops before
+    writing anything, taken back when the config is changed back, dropped once the new run finishes."""
+    cfg = ToyConfig(str(tmp_path))
+
+    def pipeline(stop: str = "") -> Pipeline:
+        def run(settings: Settings, inputs: Inputs, folder: Path, resume: bool) -> dict:
+            if stop == "at once":  # e.g. a bad setting found before any work
+                raise KeyboardInterrupt
+            (folder / "out.txt").write_text(str(settings.b))
+            if stop == "midway":
+                raise KeyboardInterrupt
+            return {"value": settings.b}
+
+        stage = Stage("s", (), lambda c: {"b": c.b}, run, lambda c: "make s", lambda s: "")
+        return Pipeline(cfg, [stage], echo=lambda line: None)
+
+    out, previous = tmp_path / "s" / "out.txt", tmp_path / "s.previous"
+    pipeline().run()
+    cfg.b = 2
+    with pytest.raises(KeyboardInterrupt):
+        pipeline("at once").run()
+    assert out.read_text() == "1" and not previous.exists() and pipeline().up_to_date("s") is False
+    with pytest.raises(KeyboardInterrupt):
+        pipeline("midway").run()
+    assert out.read_text() == "2" and (previous / "out.txt").read_text() == "1"
+    cfg.b = 1
+    assert pipeline().run() == {"s": "cached"} and out.read_text() == "1" and not previous.exists()
+    cfg.b = 2
+    assert pipeline().run() == {"s": "ran"} and out.read_text() == "2" and not previous.exists()
+
+
 def test_a_stage_sees_only_its_own_settings_and_inputs(tmp_path):
     """The stage contract: a stage that reads a setting outside its hashed settings, or the folder of a stage
     it does not name, fails instead of silently depending on something its cache key does not cover."""

@@ -11,7 +11,8 @@ everything downstream of them, nothing else. Each stage records ``OUT/<stage>/st
 
 written at the start (``finished: false``) and again when the stage ends. A stage found unfinished with the
 same hash (an interrupted run) continues where it stopped (trainers resume from their last checkpoint); a
-stage whose hash changed starts from an empty folder.
+stage whose hash changed starts from an empty folder, its finished results kept in ``OUT/<stage>.previous``
+until it finishes (put back if it stops before writing anything, e.g. on a bad setting).
 
 Code changes do not invalidate the cache (re-running everything after each edit would make iterating
 impractical). The record also keeps a digest of the package's source files; a cached stage that ran with other
@@ -40,6 +41,7 @@ from invismap.errors import InvismapError
 from invismap.io import write_json
 
 RECORD = "stage.json"
+PREVIOUS = ".previous"  # OUT/<stage>.previous: a stage's finished results while a changed one runs
 
 
 class Settings:
@@ -232,6 +234,7 @@ class Pipeline:
             tag = f"[{i}/{n}] {stage.name}"
             if stage.name not in wanted:
                 continue
+            self._take_back(stage.name)
             if only and stage.name != only:
                 if not self.up_to_date(stage.name) and stage.name in self._upstream(only):
                     raise InvismapError(f"--only {only}: stage '{stage.name}' it depends on "
@@ -255,18 +258,45 @@ class Pipeline:
             out |= {n} | self._upstream(n)
         return out
 
+    def _take_back(self, name: str) -> None:
+        """Put ``<stage>.previous`` back when its finished results are what the config asks for again (a
+        changed run stopped, then the config was changed back)."""
+        previous = self.dir(name).with_name(name + PREVIOUS)
+        try:
+            r = json.loads((previous / RECORD).read_text(encoding="utf-8"))
+        except (FileNotFoundError, ValueError):
+            return
+        if r.get("finished") and r.get("hash") == self.hash(name) and not self.up_to_date(name):
+            shutil.rmtree(self.dir(name), ignore_errors=True)
+            previous.rename(self.dir(name))
+
     def _run_stage(self, stage: Stage, tag: str, force: bool) -> None:
         folder, h = self.dir(stage.name), self.hash(stage.name)
         record = self.record(stage.name)
         resume = bool(record and not force and record.get("hash") == h and not record.get("finished"))
-        if folder.exists() and not resume:
+        # finished results wait beside the new run until it finishes; a run that fails before writing
+        # anything (a bad setting found at once) gets them back untouched
+        previous, replacing = folder.with_name(folder.name + PREVIOUS), bool(record and record.get("finished"))
+        if replacing:
+            shutil.rmtree(previous, ignore_errors=True)
+            folder.rename(previous)
+        elif folder.exists() and not resume:
             shutil.rmtree(folder)
         folder.mkdir(parents=True, exist_ok=True)
         write_json(folder / RECORD, {"stage": stage.name, "hash": h, "finished": False})
         self.echo(f"{tag}: {stage.plan(self.cfg)}" + (" (resuming)" if resume else ""))
         t0 = time.time()
-        summary = stage.run(self.settings(stage), self.inputs(stage), folder, resume) or {}
+        try:
+            summary = stage.run(self.settings(stage), self.inputs(stage), folder, resume) or {}
+        except BaseException:
+            if replacing and [p.name for p in folder.iterdir()] == [RECORD]:
+                shutil.rmtree(folder)
+                previous.rename(folder)
+            elif replacing:
+                self.echo(f"{tag}: stopped; the results it replaces are kept in {previous}")
+            raise
         seconds = time.time() - t0
         write_json(folder / RECORD, {"stage": stage.name, "hash": h, "finished": True, "code": code_digest(),
                                      "seconds": round(seconds, 1), "summary": summary})
+        shutil.rmtree(previous, ignore_errors=True)
         self.echo(f"{tag}: done in {_duration(seconds)} - {stage.result(summary)}")
