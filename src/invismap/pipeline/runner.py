@@ -276,7 +276,8 @@ class Pipeline:
         resume = bool(record and not force and record.get("hash") == h and not record.get("finished"))
         # finished results wait beside the new run until it finishes; a run that fails before writing
         # anything (a bad setting found at once) gets them back untouched
-        previous, replacing = folder.with_name(folder.name + PREVIOUS), bool(record and record.get("finished"))
+        previous = folder.with_name(folder.name + PREVIOUS)
+        replacing = bool(record and record.get("finished"))
         if replacing:
             shutil.rmtree(previous, ignore_errors=True)
             folder.rename(previous)
