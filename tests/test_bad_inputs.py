@@ -432,6 +432,13 @@ def manifest_path_traversal(t, mp):
                 [out / "manifest.csv", t / "out" / "evil.png", t / "evil.png"])
 
 
+@row("ds: is the dataset being read", "write the new dataset to another folder")
+def register_over_its_own_input(t, mp):
+    ds = make_dataset(t)
+    return Case(["register", "--data", str(ds), "--shift", "0", "3", "--out", str(ds)], ds,
+                [ds / "color", ds / "registration.json"])
+
+
 @row("ds/manifest.csv", "manifest lists no samples", "check the import source folder")
 def manifest_empty(t, mp):
     (t / "ds").mkdir()

@@ -42,6 +42,7 @@ from invismap.data.manifest import (
     Manifest,
     load_manifest,
     read_yolo_labels,
+    refuse_writing_over,
     save_manifest,
     training_pairs,
     write_yolo_labels,
@@ -276,6 +277,7 @@ def align_dataset(checkpoint: str | Path, manifest: str | Path | Manifest, out_d
 
     aligner = load_aligner(checkpoint, device)
     m = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
+    refuse_writing_over(m, out_dir)
     out_dir = Path(out_dir)
     samples = []
     for s in tqdm(m, desc="align", unit="pair", disable=not progress):

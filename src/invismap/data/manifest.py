@@ -167,6 +167,17 @@ def refuse_test_pairs(pairs: Manifest, split: str, source: str | Path = "manifes
                             "split that results are reported on: use split 'train'")
 
 
+def refuse_writing_over(manifest: Manifest, out_dir: str | Path) -> None:
+    """A command that writes a new pair dataset never writes it over the one it reads (its images would be
+    changed in place, and a second run would apply the change twice).
+
+    Raises:
+        InvismapError: ``out_dir`` is ``manifest``'s folder.
+    """
+    if Path(out_dir).resolve() == Path(manifest.root).resolve():
+        raise file_error(out_dir, "is the dataset being read", "write the new dataset to another folder")
+
+
 def load_manifest(path: str | Path) -> Manifest:
     """Read ``manifest.csv`` (or a folder containing it), validating every row."""
     path = Path(path)

@@ -34,6 +34,7 @@ from invismap.data.manifest import (
     Sample,
     evenly,
     read_yolo_labels,
+    refuse_writing_over,
     save_manifest,
     write_yolo_labels,
     yolo_to_xyxy,
@@ -378,6 +379,7 @@ def register_manifest(manifest: Manifest, out_dir: str | Path, *, H: np.ndarray 
     """
     if (H is None) == (calib is None):
         raise ValueError("give exactly one of H and calib")
+    refuse_writing_over(manifest, out_dir)
     out_dir = Path(out_dir)
     samples = list(manifest.select(split=split)) if split else list(manifest)
     if not samples:
