@@ -432,6 +432,12 @@ def manifest_path_traversal(t, mp):
                 [out / "manifest.csv", t / "out" / "evil.png", t / "evil.png"])
 
 
+@row("sheet.txt: could not write a .txt image", "write .png, or .jpg for 8-bit images")
+def show_to_a_text_file(t, mp):
+    return Case(["data", "show", str(make_dataset(t)), "--out", str(t / "out" / "sheet.txt")], t / "out",
+                [t / "out" / "sheet.txt"])
+
+
 @row("ds: is the dataset being read", "write the new dataset to another folder")
 def register_over_its_own_input(t, mp):
     ds = make_dataset(t)

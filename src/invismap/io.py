@@ -128,9 +128,13 @@ def write_image(path: str | Path, image: np.ndarray) -> None:
     path = Path(path)
     if image.ndim == 3:
         image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-    ok, buf = cv2.imencode(path.suffix or ".png", image)
+    try:
+        ok, buf = cv2.imencode(path.suffix or ".png", image)
+    except cv2.error:  # OpenCV has no writer for this suffix
+        ok = False
     if not ok:
-        raise file_error(path, "could not encode image")
+        raise file_error(path, f"could not write a {path.suffix or '.png'} image of {image.dtype} "
+                               f"{image.shape}", "write .png, or .jpg for 8-bit images")
     with atomic_write(path, "wb") as f:
         f.write(buf.tobytes())
 
