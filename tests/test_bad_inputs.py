@@ -13,6 +13,7 @@ a real kernel error or must prove that no traceback reaches the terminal, as a s
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 import resource
@@ -843,6 +844,23 @@ def eval_no_bootstrap(t, mp):
 def score_pairs_on_test(t, mp):
     return Case(["score-pairs", "--student", str(t / "student.pt"), "--data", str(make_dataset(t)), "--out",
                  str(t / "tg"), "--split", "test"], t / "tg", [t / "tg" / "targets.json"])
+
+
+@row("tg/targets.json", "targets were made with target.kind = 'pair', the config says 'pair+detectors'",
+     "or recompute them (score-pairs)")
+def predictor_targets_of_another_kind(t, mp):
+    cfg = make_predictor_config(t, "target: {kind: pair+detectors, light: 0.5}\n")
+    (t / "tg" / "targets.json").write_text(json.dumps({"size": 64, "square": False, "count": len(NAMES),
+                                                       "target": {"kind": "pair", "light": 0.0}}))
+    return predictor_case(t, cfg)
+
+
+@row("tg/targets.json", "targets were made at size 128 (square False), the config trains at size 64",
+     "set size: 128")
+def predictor_targets_of_another_size(t, mp):
+    cfg = make_predictor_config(t)
+    (t / "tg" / "targets.json").write_text(json.dumps({"size": 128, "square": False, "count": len(NAMES)}))
+    return predictor_case(t, cfg)
 
 
 @row("object_weight needs targets of kind 'pair+detectors'", "evidence.json")

@@ -108,6 +108,21 @@ def test_distill_run_resume_and_thermal_detector(msrs, assets, tmp_path, monkeyp
     assert out.shape[-1] == 85 and torch.isfinite(out).all()
 
 
+def test_a_run_resumes_only_with_its_own_settings(msrs, assets, tmp_path, monkeypatch):
+    """--resume with a changed learning setting is refused and the run's config.yaml kept; how it runs
+    (logging, checkpoints, device) may change."""
+    monkeypatch.setenv("INVISMAP_ASSETS", str(assets))
+    cfg = _cfg(msrs.root / "manifest.csv")
+    run_distill(cfg, tmp_path / "r", progress=False, stop_at=2)
+    saved = (tmp_path / "r" / "config.yaml").read_text()
+    with pytest.raises(InvismapError, match=r"--resume with 'size' changed \(160 -> 192\)"):
+        run_distill(replace(cfg, size=192), tmp_path / "r", progress=False, resume=True)
+    assert (tmp_path / "r" / "config.yaml").read_text() == saved
+    done = run_distill(replace(cfg, train=replace(cfg.train, log_every=1)), tmp_path / "r", progress=False,
+                       resume=True)
+    assert done.finished
+
+
 def test_soup_averages_its_students_and_resumes(msrs, assets, tmp_path, monkeypatch):
     monkeypatch.setenv("INVISMAP_ASSETS", str(assets))
     cfg = _cfg(msrs.root / "manifest.csv", soup=2, loss="head",

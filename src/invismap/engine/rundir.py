@@ -57,19 +57,54 @@ def can_resume(run_dir: str | Path) -> bool:
     return (run_dir / "ckpt" / "last.pt").is_file() or any(any(run_dir.glob(p)) for p in nested)
 
 
+# keys that say how a run is carried out, not what it learns: a resumed run may change them
+HOW_TO_RUN = {"cache", *(f"train.{k}" for k in ("eval_every", "ckpt_every", "log_every", "image_every",
+                                                 "num_workers", "device", "max_bad_steps", "precision",
+                                                 "channels_last", "compile"))}
+
+
 def start_run(run_dir: str | Path, cfg: Any, resume: bool) -> Path:
-    """Refuse to overwrite an earlier run unless resuming; write the resolved ``config.yaml`` (under torchrun
-    the first process writes it)."""
+    """Refuse to overwrite an earlier run unless resuming, and to resume one with other settings; write the
+    resolved ``config.yaml`` (under torchrun the first process writes it)."""
     from invismap.engine.distributed import is_main_process  # imports torch: not at --help time
 
     run_dir = Path(run_dir)
     if not resume and can_resume(run_dir):
         raise InvismapError(f"{run_dir}: a run already exists here (add --resume to continue it, "
                             "or choose another folder)")
+    if resume:
+        refuse_changed_settings(run_dir / "config.yaml", cfg)
     if is_main_process():
         with atomic_write(run_dir / "config.yaml", "w") as f:
             f.write(dump_config(cfg))
     return run_dir
+
+
+def refuse_changed_settings(saved: Path, cfg: Any) -> None:
+    """A resumed run keeps what it learns: every key of ``cfg`` outside :data:`HOW_TO_RUN` must equal the
+    run's ``config.yaml`` (keys that file lacks were added to the code since, and are not compared)."""
+    import yaml
+
+    try:
+        old = yaml.safe_load(saved.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return  # nothing written yet (stopped before its first checkpoint)
+    except (yaml.YAMLError, UnicodeDecodeError):
+        raise InvismapError(f"{saved}: not readable YAML (start a new --run)") from None
+    new = yaml.safe_load(dump_config(cfg))
+
+    def flat(d: dict, prefix: str = "") -> dict[str, Any]:
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    old, new = flat(old or {}), flat(new)
+    changed = [k for k in new if k in old and old[k] != new[k] and k not in HOW_TO_RUN]
+    if changed:
+        k = changed[0]
+        raise InvismapError(f"{saved}: --resume with '{k}' changed ({old[k]!r} -> {new[k]!r}); resume with "
+                            "the run's own settings, or start a new --run")
 
 
 def add_training_arguments(parser, stage: str, example: str) -> None:

@@ -91,6 +91,29 @@ def check_target_config(cfg: TargetConfig, key: str = "target") -> None:
                             "32, e.g. [416, 512, 800, 960])")
 
 
+def check_target_cache(target_dir: str | Path, size: int, square: bool, cfg: TargetConfig) -> None:
+    """Refuse a target cache made for another predictor: its ``targets.json`` must record the canvas
+    (``size``, ``square``) and the ``target`` settings the predictor config states (it trains on the cache as
+    it is, and records those settings as what it learnt). A cache without ``targets.json`` is not checked."""
+    path = Path(target_dir) / TARGETS_META
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return
+    except (ValueError, UnicodeDecodeError):
+        raise file_error(path, "not readable JSON", "recompute the targets with score-pairs") from None
+    made = (meta.get("size"), bool(meta.get("square", False)))
+    if made != (size, square):
+        raise file_error(path, f"targets were made at size {made[0]} (square {made[1]}), the config trains "
+                               f"at size {size} (square {square})", f"set size: {made[0]}, or recompute them")
+    asked = json.loads(json.dumps(asdict(cfg)))
+    for key, value in meta.get("target", {}).items():
+        if key in asked and asked[key] != value:
+            raise file_error(path, f"targets were made with target.{key} = {value!r}, the config says "
+                                   f"{asked[key]!r}", f"set target.{key}: {value!r}, or recompute them "
+                                   "(score-pairs) with the config's target settings")
+
+
 # ------------------------------------------------------------------------------------------- pure math
 
 def road_boxes(dets: Detections, conf: float) -> np.ndarray:
