@@ -895,7 +895,7 @@ def distill_more_data_without_training_pairs(t, mp):
                 [t / "run" / "student.pt"])
 
 
-@row("split 'all' holds 1 test pairs", "nothing trains on the test split", "use split 'train'")
+@row("split 'all' holds 1 test pair,", "nothing trains on the test split", "use split 'train'")
 def distill_on_every_split_of_a_split_dataset(t, mp):
     import_dataset("msrs", make_msrs_release(t / "src"), t / "ds", progress=False)
     (t / "c.yaml").write_text(f"data: {t / 'ds'}\nsplit: all\n")

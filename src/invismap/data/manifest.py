@@ -163,8 +163,8 @@ def refuse_test_pairs(pairs: Manifest, split: str, source: str | Path = "manifes
     """
     n = sum(s.split == "test" for s in pairs)
     if n:
-        raise InvismapError(f"{source}: split '{split}' holds {n} test pairs, and nothing trains on the test "
-                            "split that results are reported on: use split 'train'")
+        raise InvismapError(f"{source}: split '{split}' holds {n} test pair{'s' * (n != 1)}, and nothing "
+                            "trains on the test split that results are reported on: use split 'train'")
 
 
 def refuse_writing_over(manifest: Manifest, out_dir: str | Path) -> None:
