@@ -433,6 +433,13 @@ def manifest_path_traversal(t, mp):
                 [out / "manifest.csv", t / "out" / "evil.png", t / "evil.png"])
 
 
+@row("src/vi: 0001D.jpg and 0001D.png share a name", "keep one of them")
+def import_two_color_images_of_one_name(t, mp):
+    src = make_msrs(t / "src")
+    shutil.copy(src / "vi" / "0001D.png", src / "vi" / "0001D.jpg")
+    return import_case(t, src)
+
+
 @row("sheet.txt: could not write a .txt image", "write .png, or .jpg for 8-bit images")
 def show_to_a_text_file(t, mp):
     return Case(["data", "show", str(make_dataset(t)), "--out", str(t / "out" / "sheet.txt")], t / "out",

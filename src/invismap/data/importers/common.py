@@ -21,10 +21,17 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
 def list_images(folder: Path) -> dict[str, Path]:
-    """Images in ``folder`` keyed by file stem; an empty or missing folder is an error."""
+    """Images in ``folder`` keyed by file stem; an empty or missing folder, or two images of one stem
+    (``a.png`` and ``a.jpg``: which is the pair's?), is an error."""
     if not folder.is_dir():
         raise file_error(folder, "folder not found", "check the dataset layout")
-    images = {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
+    images: dict[str, Path] = {}
+    for p in sorted(folder.iterdir()):
+        if p.suffix.lower() in IMAGE_SUFFIXES:
+            if p.stem in images:
+                raise file_error(folder, f"{images[p.stem].name} and {p.name} share a name",
+                                 "keep one of them")
+            images[p.stem] = p
     if not images:
         raise file_error(folder, "no images found", f"expected files ending in {', '.join(IMAGE_SUFFIXES)}")
     return images
