@@ -676,6 +676,14 @@ def darknet_weights_truncated(t, mp):
                 t / "out", [t / "out" / "detections.json"])
 
 
+@row("m.weights", "Darknet weights are read through their .cfg", "pass m.cfg, with the .weights beside it")
+def darknet_weights_given_as_the_model(t, mp):
+    (t / "m.cfg").write_text(TINY_DARKNET)
+    (t / "m.weights").write_bytes(b"\0" * 64)
+    return Case(["detect", "--model", str(t / "m.weights"), str(image_dir(t)), "--out", str(t / "out")],
+                t / "out", [t / "out" / "detections.json"])
+
+
 @row("m.onnx", "not a readable ONNX model", "re-export it with 'invismap export'")
 def detector_onnx_not_onnx(t, mp):
     (t / "m.onnx").write_bytes(b"this is not a protobuf" * 10)

@@ -87,6 +87,9 @@ def resolve_model_path(name_or_path: str | Path) -> Path:
         from invismap.assets import find_asset
         return find_asset(NAMED_MODELS[text])
     path = Path(text).expanduser()
+    if path.suffix == ".weights":
+        raise file_error(path, "Darknet weights are read through their .cfg",
+                         f"pass {path.with_suffix('.cfg').name}, with the .weights beside it")
     if path.suffix not in (".pt", ".pth", ".cfg"):
         raise InvismapError(f"{text}: not a known model name nor a .pt/.pth/.cfg file "
                             f"(names: {', '.join(NAMED_MODELS)})")

@@ -17,10 +17,10 @@ MAP_HELP = ("map sources: predictor:RUN/predictor.pt (or .onnx), pair:RUN/studen
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval-invisibility", help="coverage of missed objects, separations, 95%% intervals",
                        description="Evaluate invisibility maps on a pair dataset, per condition: coverage of "
-                                   "missed objects' pixels at 35.9%% and 25%% flagged, pixel AUROC, "
+                                   "missed objects' pixels at 35.9% and 25% flagged, pixel AUROC, "
                                    "how well the map separates missed from detected and invisible from "
                                    "visible objects (pixel and object level), frame-level AUROC, "
-                                   "day/night overlap; 95%% bootstrap intervals "
+                                   "day/night overlap; 95% bootstrap intervals "
                                    "over images and paired margins over the reference maps.")
     p.add_argument("--data", required=True, help="manifest.csv or its folder")
     p.add_argument("--maps", nargs="+", required=True, help=MAP_HELP)
