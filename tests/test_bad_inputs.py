@@ -709,6 +709,13 @@ def detect_tiny_tta_size(t, mp):
                 [t / "out" / "detections.json"])
 
 
+@row("is a folder, not a file", "give a file name, e.g.")
+def eval_detector_json_to_a_folder(t, mp):
+    (t / "out").mkdir()
+    return Case(["eval-detector", "--data", str(make_dataset(t)), "--json", str(t / "out")], t / "out",
+                [t / "out" / "results.json"])
+
+
 @row("--bootstrap -1", "must be 0 (no intervals) or more")
 def eval_detector_negative_bootstrap(t, mp):
     return Case(["eval-detector", "--data", str(t), "--bootstrap", "-1", "--json", str(t / "out" / "e.json")],

@@ -88,6 +88,13 @@ def _write_error(path: Path, e: OSError) -> InvismapError:
     return file_error(path, f"cannot write: {e.strerror}")
 
 
+def check_output_file(path: str | Path | None) -> None:
+    """Refuse, before any work, an output file path that is an existing folder (``--json runs/x/``)."""
+    if path is not None and Path(path).is_dir():
+        raise file_error(path, "is a folder, not a file",
+                         f"give a file name, e.g. {Path(path) / 'results.json'}")
+
+
 def json_safe(obj: Any) -> Any:
     """``obj`` with plain JSON types only: numpy scalars as Python numbers, tuples as lists, NaN/inf as None
     (strict JSON has no NaN).

@@ -349,9 +349,10 @@ def _eval(args: argparse.Namespace) -> int:
     from invismap.detector.zoo import load_inference_detector
     from invismap.errors import InvismapError
     from invismap.invisibility.bootstrap import format_estimate
-    from invismap.io import write_json
+    from invismap.io import check_output_file, write_json
 
     check_detection_args(args)
+    check_output_file(args.json)
     if args.bootstrap < 0:
         raise InvismapError(f"--bootstrap {args.bootstrap}: must be 0 (no intervals) or more (e.g. 1000)")
     if args.reference is not None and str(args.reference) == str(args.model):

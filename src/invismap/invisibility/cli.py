@@ -140,8 +140,9 @@ def _eval(args) -> None:
     from invismap.invisibility.evaluate import format_table
     from invismap.invisibility.plots import write_plots
     from invismap.invisibility.sources import evaluate_specs
-    from invismap.io import write_json
+    from invismap.io import check_output_file, write_json
 
+    check_output_file(args.json)
     if args.bootstrap < 1:
         raise InvismapError(f"--bootstrap must be at least 1, got {args.bootstrap}")
     manifest = load_manifest(args.data).select(condition=args.condition, split=args.split)
