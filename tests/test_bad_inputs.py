@@ -643,7 +643,15 @@ def resume_from_truncated_checkpoint(t, mp):
     last = t / "run" / "ckpt" / "last.pt"
     last.write_bytes(last.read_bytes()[:4096])
     (t / "run" / "predictor.pt").unlink()
-    return predictor_case(t, cfg, resume=True)
+    return predictor_case(t, cfg, "train.max_steps=1", resume=True)
+
+
+@row("run/config.yaml", "--resume with 'unet.base_width' changed (8 -> 4)", "start a new --run")
+def resume_with_other_settings(t, mp):
+    cfg = make_predictor_config(t)
+    assert main(["train-predictor", str(cfg), "train.max_steps=1", "--run", str(t / "run")]) == 0
+    (t / "run" / "predictor.pt").unlink()
+    return predictor_case(t, cfg, "train.max_steps=1", "unet.base_width=4", resume=True)
 
 
 @row("ckpt/last.pt", "weights are for another architecture", "same model/config")
@@ -651,7 +659,8 @@ def resume_with_other_architecture(t, mp):
     cfg = make_predictor_config(t)
     assert main(["train-predictor", str(cfg), "train.max_steps=1", "--run", str(t / "run")]) == 0
     (t / "run" / "predictor.pt").unlink()
-    return predictor_case(t, cfg, "unet.base_width=4", resume=True)
+    (t / "run" / "config.yaml").unlink()  # the settings it ran with are lost: the weights still tell
+    return predictor_case(t, cfg, "train.max_steps=1", "unet.base_width=4", resume=True)
 
 
 @row("ckpt/last.pt", "nothing to resume from", "start without --resume")

@@ -61,7 +61,9 @@ def load_checkpoint(path: str | Path, kind: str | tuple[str, ...] | None = None,
         raise file_error(path, f"not a readable invismap checkpoint ({_first_line(e)})",
                          "re-create it, or resume from an earlier one") from None
     if not isinstance(state, dict) or "kind" not in state:
-        raise file_error(path, "not an invismap checkpoint (no 'kind')")
+        wanted = kind if isinstance(kind, str) else " or ".join(kind or ("invismap",))
+        raise file_error(path, "not an invismap checkpoint (no 'kind'; e.g. a detector's weights)",
+                         f"pass the {wanted} file an invismap run wrote")
     _check_version(path, state.get("version"))
     kinds = (kind,) if isinstance(kind, str) else kind
     if kinds and state["kind"] not in kinds:

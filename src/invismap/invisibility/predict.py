@@ -373,6 +373,9 @@ def _predict(args) -> None:
     else:
         from invismap.invisibility.export import optimize_for_inference
 
+        if str(args.model).endswith(".onnx"):
+            raise InvismapError(f"{args.model}: --backend torch runs the .pt checkpoint (RUN/predictor.pt); "
+                                "leave --backend out to run the .onnx file with ONNX Runtime")
         model, meta = load_predictor(args.model)
         model = optimize_for_inference(model)  # same maps to ~1e-6, faster (benchmarks/bench_predictor.py)
     size = args.size or int(meta["input_size"])
