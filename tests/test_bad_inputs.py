@@ -446,6 +446,14 @@ def show_to_a_text_file(t, mp):
                 [t / "out" / "sheet.txt"])
 
 
+@row("x.json: holds no offsets", "use the displacement.json of 'invismap displacement'")
+def register_offset_from_an_empty_json(t, mp):
+    ds = make_dataset(t)
+    (t / "x.json").write_text("{}")
+    return Case(["register", "--data", str(ds), "--offset-from", str(t / "x.json"), "--out", str(t / "out")],
+                t / "out", [t / "out" / "manifest.csv"])
+
+
 @row("ds: is the dataset being read", "write the new dataset to another folder")
 def register_over_its_own_input(t, mp):
     ds = make_dataset(t)

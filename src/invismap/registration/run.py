@@ -466,12 +466,14 @@ def load_offset(path: str | Path, key: str = "global") -> tuple[float, float]:
     except (ValueError, UnicodeDecodeError):
         raise file_error(path, "is not JSON",
                          "use the displacement.json of 'invismap displacement'") from None
+    if not isinstance(d, dict) or not ("global_offset" in d or d.get("offsets")):
+        raise file_error(path, "holds no offsets", "use the displacement.json of 'invismap displacement'")
     try:
         off = d["global_offset"] if key == "global" else d["offsets"][key]
         dx, dy = float(off["dx"]), float(off["dy"])
     except KeyError:
-        avail = ", ".join(["global"] + sorted((d.get("offsets") or {}).keys()))
-        raise file_error(path, f"has no offset '{key}'", f"available: {avail}") from None
+        have = (["global"] if "global_offset" in d else []) + sorted((d.get("offsets") or {}).keys())
+        raise file_error(path, f"has no offset '{key}'", f"available: {', '.join(have)}") from None
     except (ValueError, TypeError):
         raise file_error(path, f"offset '{key}' is missing or not finite (no trusted pixels?)") from None
     if not (math.isfinite(dx) and math.isfinite(dy)):
