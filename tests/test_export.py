@@ -133,6 +133,10 @@ def test_export_cli_errors(predictor_file, thermal_detector_file, tmp_path, caps
         (["--model", str(predictor_file), "--out", str(tmp_path / "p.pt")], "must end in .onnx"),
         (["--model", str(thermal_detector_file), "--out", str(tmp_path / "d.onnx"), "--size", "100"],
          "multiple of"),
+        (["--model", str(predictor_file), "--out", str(tmp_path / "p.onnx"), "--size", "320"],
+         "--size 320 is for detectors"),
+        (["--model", str(predictor_file), "--out", str(tmp_path / "p.onnx"), "--calibration-data", "ds"],
+         "add --int8, or leave it out"),
     ]
     for args, message in cases:
         assert main(["export", *args]) == 2, args

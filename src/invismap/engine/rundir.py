@@ -107,6 +107,18 @@ def refuse_changed_settings(saved: Path, cfg: Any) -> None:
                             "the run's own settings, or start a new --run")
 
 
+def _step(text: str) -> int:
+    import argparse
+
+    try:
+        step = int(text)
+    except ValueError:
+        step = 0
+    if step < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a step (an integer >= 1)")
+    return step
+
+
 def add_training_arguments(parser, stage: str, example: str) -> None:
     """The arguments every trainer command takes:
     ``CONFIG [key=value ...] [--run RUN] [--resume] [--stop-at STEP]`` (``--run-dir`` = ``--run``)."""
@@ -116,7 +128,7 @@ def add_training_arguments(parser, stage: str, example: str) -> None:
     parser.add_argument("--run", "--run-dir", dest="run",
                         help=f"run folder (default runs/{stage}/<config name>); --run-dir under torchrun")
     parser.add_argument("--resume", action="store_true", help="continue from RUN/ckpt/last.pt")
-    parser.add_argument("--stop-at", type=int, metavar="STEP",
+    parser.add_argument("--stop-at", type=_step, metavar="STEP",
                         help="stop after this step (checkpointed), e.g. to fit a time-limited job; continue "
                              "later with --resume (the schedule is that of train.max_steps)")
 

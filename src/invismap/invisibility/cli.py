@@ -76,7 +76,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     ex.add_argument("--calibration-data", metavar="DATA",
                     help="pair dataset (manifest.csv or folder) whose train split calibrates --int8")
     ex.add_argument("--calibration-frames", type=int, default=32, help="frames for --int8 (default 32)")
-    ex.add_argument("--size", type=int, default=640,
+    ex.add_argument("--size", type=int, default=None,
                     help="detector only: letterbox size recorded (default 640)")
     ex.set_defaults(func=_export)
 
@@ -105,8 +105,13 @@ def _export(args) -> None:
     if _checkpoint_kind(args.model) != "predictor":
         if args.int8:
             raise InvismapError("--int8 is for the predictor only (detectors export in float32)")
-        print(f"wrote {export_detector(args.model, args.out, size=args.size)}")
+        print(f"wrote {export_detector(args.model, args.out, size=args.size or 640)}")
         return
+    if args.size is not None:
+        raise InvismapError(f"--size {args.size} is for detectors: a predictor's export records the size it "
+                            "was trained at (predict --size runs it at another)")
+    if args.calibration_data and not args.int8:
+        raise InvismapError("--calibration-data calibrates an int8 export: add --int8, or leave it out")
     if not args.int8:
         print(f"wrote {export_predictor(args.model, args.out)}")
         return
