@@ -127,6 +127,8 @@ def _export(args) -> None:
 def _score_pairs(args) -> None:
     from invismap.invisibility.targets import TargetConfig, score_pairs
 
+    if not 0 <= args.light <= 1:
+        raise InvismapError(f"--light {args.light}: not allowed (a number in [0, 1], e.g. 0.5)")
     cfg = TargetConfig(kind=args.kind, light=args.light)
     out = score_pairs(args.student, args.data, args.out, args.split, args.size, cfg)
     print(f"targets ({cfg.kind}) cached in {out}")

@@ -228,6 +228,7 @@ def predict_source(model: nn.Module, source: str | Path, out_dir: str | Path,
             output folder.
     """
     from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
 
     kind, files = list_source(source)
     out_dir = Path(out_dir)
@@ -243,7 +244,8 @@ def predict_source(model: nn.Module, source: str | Path, out_dir: str | Path,
                 try:
                     loaded.append((path, name, read_color(path)))
                 except InvismapError as e:
-                    log.warning(f"skipped: {e}")
+                    with logging_redirect_tqdm():  # on a line of its own, not glued to the bar
+                        log.warning(f"skipped: {e}")
                     records.append({"source": str(path), "error": str(e)})
             if loaded:
                 images = [im for _, _, im in loaded]
