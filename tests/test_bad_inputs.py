@@ -654,7 +654,8 @@ def resume_from_truncated_checkpoint(t, mp):
     return predictor_case(t, cfg, "train.max_steps=1", resume=True)
 
 
-@row("run/config.yaml", "--resume with 'unet.base_width' changed (8 -> 4)", "start a new --run")
+@row("run/config.yaml", "resuming with 'unet.base_width' changed (8 -> 4)",
+     "start a new run (another --run folder")
 def resume_with_other_settings(t, mp):
     cfg = make_predictor_config(t)
     assert main(["train-predictor", str(cfg), "train.max_steps=1", "--run", str(t / "run")]) == 0
@@ -891,14 +892,6 @@ def predictor_targets_of_another_kind(t, mp):
     cfg = make_predictor_config(t, "target: {kind: pair+detectors, light: 0.5}\n")
     (t / "tg" / "targets.json").write_text(json.dumps({"size": 64, "square": False, "count": len(NAMES),
                                                        "target": {"kind": "pair", "light": 0.0}}))
-    return predictor_case(t, cfg)
-
-
-@row("tg/targets.json", "targets were made at size 128 (square False), the config trains at size 64",
-     "set size: 128")
-def predictor_targets_of_another_size(t, mp):
-    cfg = make_predictor_config(t)
-    (t / "tg" / "targets.json").write_text(json.dumps({"size": 128, "square": False, "count": len(NAMES)}))
     return predictor_case(t, cfg)
 
 

@@ -115,9 +115,11 @@ def test_a_run_resumes_only_with_its_own_settings(msrs, assets, tmp_path, monkey
     cfg = _cfg(msrs.root / "manifest.csv")
     run_distill(cfg, tmp_path / "r", progress=False, stop_at=2)
     saved = (tmp_path / "r" / "config.yaml").read_text()
-    with pytest.raises(InvismapError, match=r"--resume with 'size' changed \(160 -> 192\)"):
+    with pytest.raises(InvismapError, match=r"resuming with 'size' changed \(160 -> 192\)"):
         run_distill(replace(cfg, size=192), tmp_path / "r", progress=False, resume=True)
     assert (tmp_path / "r" / "config.yaml").read_text() == saved
+    # the same dataset named by its folder instead of its manifest.csv is no change
+    cfg = replace(cfg, data=str(msrs.root))
     done = run_distill(replace(cfg, train=replace(cfg.train, log_every=1)), tmp_path / "r", progress=False,
                        resume=True)
     assert done.finished

@@ -164,11 +164,13 @@ def test_interrupted_stage_resumes_and_changed_stage_starts_clean(tmp_path):
 
 def test_a_changed_stage_that_stops_loses_no_finished_results(tmp_path):
     """A changed stage runs beside its finished results (``<stage>.previous``): put back when it stops before
-    writing anything, taken back when the config is changed back, dropped once the new run finishes."""
-    cfg = ToyConfig(str(tmp_path))
+    writing anything, taken back when the config is changed back, dropped once the new run finishes. A
+    stopped ``--from`` run (same settings) resumes."""
+    cfg, resumed = ToyConfig(str(tmp_path)), []
 
     def pipeline(stop: str = "") -> Pipeline:
         def run(settings: Settings, inputs: Inputs, folder: Path, resume: bool) -> dict:
+            resumed.append(resume)
             if stop == "at once":  # e.g. a bad setting found before any work
                 raise KeyboardInterrupt
             (folder / "out.txt").write_text(str(settings.b))
@@ -192,6 +194,10 @@ def test_a_changed_stage_that_stops_loses_no_finished_results(tmp_path):
     assert pipeline().run() == {"s": "cached"} and out.read_text() == "1" and not previous.exists()
     cfg.b = 2
     assert pipeline().run() == {"s": "ran"} and out.read_text() == "2" and not previous.exists()
+    with pytest.raises(KeyboardInterrupt):
+        pipeline("midway").run(start="s")
+    assert not previous.exists()
+    assert pipeline().run() == {"s": "ran"} and resumed[-1] is True
 
 
 def test_a_stage_sees_only_its_own_settings_and_inputs(tmp_path):

@@ -143,8 +143,7 @@ def training_pairs(manifest: Manifest, split: str, conditions: Sequence[str] | N
     Raises:
         InvismapError: no such pairs in ``source``, none left to train on, or test pairs among them.
     """
-    pool = manifest.select(condition=list(conditions) if conditions else None,
-                           split=None if split in ("", "all") else split)
+    pool = manifest.select(condition=list(conditions) if conditions else None, split=split or None)
     if len(pool) == 0:
         which = f"{'/'.join(conditions)} " if conditions else ""
         raise InvismapError(f"{source}: no {which}pairs in split '{split}'")

@@ -61,9 +61,10 @@ def load_checkpoint(path: str | Path, kind: str | tuple[str, ...] | None = None,
         raise file_error(path, f"not a readable invismap checkpoint ({_first_line(e)})",
                          "re-create it, or resume from an earlier one") from None
     if not isinstance(state, dict) or "kind" not in state:
-        wanted = kind if isinstance(kind, str) else " or ".join(kind or ("invismap",))
+        wanted = kind if isinstance(kind, str) else " or ".join(kind) if kind else None
         raise file_error(path, "not an invismap checkpoint (no 'kind'; e.g. a detector's weights)",
-                         f"pass the {wanted} file an invismap run wrote")
+                         f"pass the {wanted} file an invismap run wrote" if wanted else
+                         "pass a file an invismap run wrote")
     _check_version(path, state.get("version"))
     kinds = (kind,) if isinstance(kind, str) else kind
     if kinds and state["kind"] not in kinds:

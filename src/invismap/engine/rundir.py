@@ -10,6 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from invismap.config import dump_config
 from invismap.errors import InvismapError
 from invismap.io import atomic_write
@@ -82,29 +84,49 @@ def start_run(run_dir: str | Path, cfg: Any, resume: bool) -> Path:
 
 def refuse_changed_settings(saved: Path, cfg: Any) -> None:
     """A resumed run keeps what it learns: every key of ``cfg`` outside :data:`HOW_TO_RUN` must equal the
-    run's ``config.yaml`` (keys that file lacks were added to the code since, and are not compared)."""
-    import yaml
-
+    run's ``config.yaml``. Paths are compared as the files they name (a dataset folder as its
+    ``manifest.csv``); not compared are keys that file lacks (added to the code since) and paths that no
+    longer exist (a moved folder)."""
     try:
         old = yaml.safe_load(saved.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return  # nothing written yet (stopped before its first checkpoint)
     except (yaml.YAMLError, UnicodeDecodeError):
         raise InvismapError(f"{saved}: not readable YAML (start a new --run)") from None
-    new = yaml.safe_load(dump_config(cfg))
+    if not isinstance(old, dict):
+        raise InvismapError(f"{saved}: not a run's config (start a new --run)")
+    old, new = _flat(old), _flat(yaml.safe_load(dump_config(cfg)))
+    for k in new:
+        if k in HOW_TO_RUN or k not in old or _gone(old[k]) or _as_file(old[k]) == _as_file(new[k]):
+            continue
+        raise InvismapError(f"{saved}: resuming with '{k}' changed ({old[k]!r} -> {new[k]!r}); resume with "
+                            "the run's own settings, or start a new run (another --run folder; in "
+                            "'invismap run', --from STAGE)")
 
-    def flat(d: dict, prefix: str = "") -> dict[str, Any]:
-        out = {}
-        for k, v in d.items():
-            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-        return out
 
-    old, new = flat(old or {}), flat(new)
-    changed = [k for k in new if k in old and old[k] != new[k] and k not in HOW_TO_RUN]
-    if changed:
-        k = changed[0]
-        raise InvismapError(f"{saved}: --resume with '{k}' changed ({old[k]!r} -> {new[k]!r}); resume with "
-                            "the run's own settings, or start a new --run")
+def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"lr": 1}}`` -> ``{"train.lr": 1}``."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def _as_file(v: Any) -> Any:
+    """A setting as compared on resume: an existing path as the file it names, lists element-wise."""
+    if isinstance(v, list):
+        return [_as_file(x) for x in v]
+    if isinstance(v, str) and v and Path(v).exists():
+        p = Path(v).resolve()
+        return str(p / "manifest.csv") if (p / "manifest.csv").is_file() else str(p)
+    return v
+
+
+def _gone(v: Any) -> bool:
+    """A path (or a list holding one) that no longer exists: its folder was moved or removed."""
+    if isinstance(v, list):
+        return any(_gone(x) for x in v)
+    return isinstance(v, str) and "/" in v and not Path(v).exists()
 
 
 def _step(text: str) -> int:

@@ -102,16 +102,17 @@ def _export(args) -> None:
 
     if not str(args.out).endswith(".onnx"):
         raise InvismapError(f"{args.out}: the output file must end in .onnx")
+    if args.calibration_data and not args.int8:
+        raise InvismapError("--calibration-data calibrates an int8 export: add --int8, or leave it out")
     if _checkpoint_kind(args.model) != "predictor":
         if args.int8:
             raise InvismapError("--int8 is for the predictor only (detectors export in float32)")
-        print(f"wrote {export_detector(args.model, args.out, size=args.size or 640)}")
+        size = 640 if args.size is None else args.size
+        print(f"wrote {export_detector(args.model, args.out, size=size)}")
         return
     if args.size is not None:
         raise InvismapError(f"--size {args.size} is for detectors: a predictor's export records the size it "
                             "was trained at (predict --size runs it at another)")
-    if args.calibration_data and not args.int8:
-        raise InvismapError("--calibration-data calibrates an int8 export: add --int8, or leave it out")
     if not args.int8:
         print(f"wrote {export_predictor(args.model, args.out)}")
         return

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from invismap.config import apply_overrides, from_dict, to_dict
-from invismap.data.manifest import Manifest, load_manifest
+from invismap.data.manifest import Manifest, load_manifest, refuse_test_pairs
 from invismap.engine.rundir import can_resume
 from invismap.errors import InvismapError
 from invismap.invisibility.evaluate import (
@@ -133,6 +133,7 @@ def predictor_ablation(base: PredictorConfig, variants: Mapping[str, Sequence[st
     if len(pairs) == 0:
         raise InvismapError(f"{data}: no {'/'.join(conditions)} pairs in split '{split}' "
                             "to cross-validate on")
+    refuse_test_pairs(pairs, split, data)
     configs = {name: variant_config(base, ov) for name, ov in variants.items()}
     parts = folds(pairs, k)
     detections = teacher_detections(pairs, load_detector(teacher), size=size, progress=progress)

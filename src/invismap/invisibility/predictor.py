@@ -422,7 +422,7 @@ def train_predictor(cfg: PredictorConfig, manifest: Manifest | str | Path | None
     target_dir = Path(target_dir if target_dir is not None else cfg.targets)
     if not str(target_dir) or str(target_dir) == ".":
         raise InvismapError("no target cache given (set targets: to the folder of NAME.npy maps)")
-    check_target_cache(target_dir, cfg.size, cfg.square, cfg.target)
+    check_target_cache(target_dir, cfg.target)
     train_pairs, val_pairs = training_pairs(manifest, cfg.split, cfg.conditions, cfg.val_every_nth,
                                             cfg.data or "manifest")
 

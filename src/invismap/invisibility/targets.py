@@ -91,10 +91,11 @@ def check_target_config(cfg: TargetConfig, key: str = "target") -> None:
                             "32, e.g. [416, 512, 800, 960])")
 
 
-def check_target_cache(target_dir: str | Path, size: int, square: bool, cfg: TargetConfig) -> None:
-    """Refuse a target cache made for another predictor: its ``targets.json`` must record the canvas
-    (``size``, ``square``) and the ``target`` settings the predictor config states (it trains on the cache as
-    it is, and records those settings as what it learnt). A cache without ``targets.json`` is not checked."""
+def check_target_cache(target_dir: str | Path, cfg: TargetConfig) -> None:
+    """Refuse a target cache made with other ``target`` settings than the predictor config states: it trains
+    on the cache as it is, and records those settings as what it learnt (``kind: pair`` targets use no
+    setting but the kind). The canvas is checked pair by pair as the maps are read (:func:`load_target`). A
+    cache without ``targets.json`` is not checked."""
     path = Path(target_dir) / TARGETS_META
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
@@ -102,13 +103,13 @@ def check_target_cache(target_dir: str | Path, size: int, square: bool, cfg: Tar
         return
     except (ValueError, UnicodeDecodeError):
         raise file_error(path, "not readable JSON", "recompute the targets with score-pairs") from None
-    made = (meta.get("size"), bool(meta.get("square", False)))
-    if made != (size, square):
-        raise file_error(path, f"targets were made at size {made[0]} (square {made[1]}), the config trains "
-                               f"at size {size} (square {square})", f"set size: {made[0]}, or recompute them")
+    made = meta.get("target") if isinstance(meta, dict) else None
+    if not isinstance(made, dict):
+        return  # written by cache_targets alone: no target settings recorded
     asked = json.loads(json.dumps(asdict(cfg)))
-    for key, value in meta.get("target", {}).items():
-        if key in asked and asked[key] != value:
+    used = set(asked) if made.get("kind") == "pair+detectors" else {"kind"}
+    for key, value in made.items():
+        if key in used and key in asked and asked[key] != value:
             raise file_error(path, f"targets were made with target.{key} = {value!r}, the config says "
                                    f"{asked[key]!r}", f"set target.{key}: {value!r}, or recompute them "
                                    "(score-pairs) with the config's target settings")

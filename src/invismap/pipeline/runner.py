@@ -12,7 +12,8 @@ everything downstream of them, nothing else. Each stage records ``OUT/<stage>/st
 written at the start (``finished: false``) and again when the stage ends. A stage found unfinished with the
 same hash (an interrupted run) continues where it stopped (trainers resume from their last checkpoint); a
 stage whose hash changed starts from an empty folder, its finished results kept in ``OUT/<stage>.previous``
-until it finishes (put back if it stops before writing anything, e.g. on a bad setting).
+until it finishes (put back if it stops before writing anything, e.g. on a bad setting, or when the config
+is changed back). ``--from`` re-runs a stage with unchanged settings in its emptied folder.
 
 Code changes do not invalidate the cache (re-running everything after each edit would make iterating
 impractical). The record also keeps a digest of the package's source files; a cached stage that ran with other
@@ -42,6 +43,7 @@ from invismap.io import write_json
 
 RECORD = "stage.json"
 PREVIOUS = ".previous"  # OUT/<stage>.previous: a stage's finished results while a changed one runs
+NOTHING_YET = {RECORD, "launch.yaml"}  # a stage folder holding only these has no results yet (steps.train)
 
 
 class Settings:
@@ -259,27 +261,32 @@ class Pipeline:
         return out
 
     def _take_back(self, name: str) -> None:
-        """Put ``<stage>.previous`` back when its finished results are what the config asks for again (a
-        changed run stopped, then the config was changed back)."""
-        previous = self.dir(name).with_name(name + PREVIOUS)
+        """Put ``<stage>.previous`` back when its finished results are what the config asks for again and the
+        stage folder holds a stopped run of other settings (the config was changed, then changed back)."""
+        previous, h = self.dir(name).with_name(name + PREVIOUS), self.hash(name)
         try:
             r = json.loads((previous / RECORD).read_text(encoding="utf-8"))
         except (FileNotFoundError, ValueError):
             return
-        if r.get("finished") and r.get("hash") == self.hash(name) and not self.up_to_date(name):
-            shutil.rmtree(self.dir(name), ignore_errors=True)
+        current = self.record(name) or {}
+        if r.get("finished") and r.get("hash") == h and current.get("hash") != h:
+            self.echo(f"{name}: the finished results of these settings are back from {previous} (the "
+                      "stopped run of other settings is dropped)")
+            if self.dir(name).exists():
+                shutil.rmtree(self.dir(name))
             previous.rename(self.dir(name))
 
     def _run_stage(self, stage: Stage, tag: str, force: bool) -> None:
         folder, h = self.dir(stage.name), self.hash(stage.name)
         record = self.record(stage.name)
         resume = bool(record and not force and record.get("hash") == h and not record.get("finished"))
-        # finished results wait beside the new run until it finishes; a run that fails before writing
-        # anything (a bad setting found at once) gets them back untouched
+        # finished results of other settings wait beside the new run until it finishes; a run that fails
+        # before writing anything (a bad setting found at once) gets them back untouched
         previous = folder.with_name(folder.name + PREVIOUS)
-        replacing = bool(record and record.get("finished"))
+        replacing = bool(record and record.get("finished") and record.get("hash") != h)
         if replacing:
-            shutil.rmtree(previous, ignore_errors=True)
+            if previous.exists():
+                shutil.rmtree(previous)
             folder.rename(previous)
         elif folder.exists() and not resume:
             shutil.rmtree(folder)
@@ -290,7 +297,7 @@ class Pipeline:
         try:
             summary = stage.run(self.settings(stage), self.inputs(stage), folder, resume) or {}
         except BaseException:
-            if replacing and [p.name for p in folder.iterdir()] == [RECORD]:
+            if replacing and {p.name for p in folder.iterdir()} <= NOTHING_YET:
                 shutil.rmtree(folder)
                 previous.rename(folder)
             elif replacing:
@@ -299,5 +306,6 @@ class Pipeline:
         seconds = time.time() - t0
         write_json(folder / RECORD, {"stage": stage.name, "hash": h, "finished": True, "code": code_digest(),
                                      "seconds": round(seconds, 1), "summary": summary})
-        shutil.rmtree(previous, ignore_errors=True)
+        if previous.exists():
+            shutil.rmtree(previous)
         self.echo(f"{tag}: done in {_duration(seconds)} - {stage.result(summary)}")

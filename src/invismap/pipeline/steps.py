@@ -305,7 +305,7 @@ def evaluate_other(s: Settings, inputs: Inputs, other, d: Path) -> dict:
         manifest = load_manifest(more_manifests(inputs)[other.format])
     else:
         manifest = import_dataset(other.format, other.src, d / "other" / other.format, progress=False)
-    manifest = manifest.select(split=None if other.split == "all" else other.split, condition=c.conditions)
+    manifest = manifest.select(split=other.split, condition=c.conditions)
     if len(manifest) == 0:
         raise InvismapError(f"{other.src}: no {'/'.join(c.conditions)} pairs in split '{other.split}' "
                             "to evaluate")
