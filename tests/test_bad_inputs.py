@@ -694,6 +694,13 @@ def darknet_weights_truncated(t, mp):
                 t / "out", [t / "out" / "detections.json"])
 
 
+@row("--out is the folder of the images read", "choose another --out")
+def detect_drawings_over_the_images(t, mp):
+    images = image_dir(t)
+    return Case(["detect", "--model", "yolov5n", str(images), "--out", str(images)], images,
+                [images / "detections.json"])
+
+
 @row("m.weights", "Darknet weights are read through their .cfg", "pass m.cfg, with the .weights beside it")
 def darknet_weights_given_as_the_model(t, mp):
     (t / "m.cfg").write_text(TINY_DARKNET)

@@ -116,6 +116,13 @@ def check_detection_args(args: argparse.Namespace) -> None:
     for flag, v in (("--conf", args.conf), ("--iou", args.iou)):
         if not (math.isfinite(v) and 0.0 <= v <= 1.0):
             raise InvismapError(f"{flag} {v}: must be a number in [0, 1]")
+    out = Path(args.out).resolve() if getattr(args, "out", None) else None
+    for source in (getattr(args, "source", None), getattr(args, "thermal", None)):
+        if out is not None and source is not None:
+            folder = Path(source).resolve()
+            if out in (folder, folder.parent if folder.is_file() else folder):
+                raise InvismapError(f"{args.out}: --out is the folder of the images read; the drawings "
+                                    "would replace them (choose another --out)")
 
 
 def _detect(args: argparse.Namespace) -> int:
