@@ -694,6 +694,20 @@ def darknet_weights_truncated(t, mp):
                 t / "out", [t / "out" / "detections.json"])
 
 
+@row("ds/manifest.csv: the output must end in .json", "an existing file of another kind would be replaced")
+def summary_json_over_the_manifest(t, mp):
+    ds = make_dataset(t)
+    return Case(["data", "summary", str(ds), "--json", str(ds / "manifest.csv")], ds, [])
+
+
+@row("board.png: the output must end in .yaml or .yml", "choose another file name")
+def calibrate_out_over_an_image(t, mp):
+    (t / "c").mkdir()
+    cv2.imwrite(str(t / "c" / "board.png"), np.zeros((H, W, 3), np.uint8))
+    return Case(["calibrate", "--color", str(t / "c"), "--thermal", str(t / "c"), "--pattern", "7x5",
+                 "--square", "0.04", "--out", str(t / "c" / "board.png")], t / "c", [])
+
+
 @row("--out is the folder of the images read", "choose another --out")
 def detect_drawings_over_the_images(t, mp):
     images = image_dir(t)

@@ -88,11 +88,18 @@ def _write_error(path: Path, e: OSError) -> InvismapError:
     return file_error(path, f"cannot write: {e.strerror}")
 
 
-def check_output_file(path: str | Path | None) -> None:
-    """Refuse, before any work, an output file path that is an existing folder (``--json runs/x/``)."""
-    if path is not None and Path(path).is_dir():
+def check_output_file(path: str | Path | None, suffixes: tuple[str, ...] = (".json",)) -> None:
+    """Refuse, before any work, an output file path that is an existing folder (``--json runs/x/``) or
+    does not end in one of ``suffixes`` (``--json data/manifest.csv`` would replace the manifest)."""
+    if path is None:
+        return
+    path = Path(path)
+    if path.is_dir():
         raise file_error(path, "is a folder, not a file",
-                         f"give a file name, e.g. {Path(path) / 'results.json'}")
+                         f"give a file name, e.g. {path / ('out' + suffixes[0])}")
+    if path.suffix.lower() not in suffixes:
+        raise file_error(path, f"the output must end in {' or '.join(suffixes)}",
+                         "choose another file name (an existing file of another kind would be replaced)")
 
 
 def json_safe(obj: Any) -> Any:

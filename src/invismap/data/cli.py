@@ -61,7 +61,9 @@ def _import(args) -> None:
 
 def _summary(args) -> None:
     from invismap.data.manifest import load_manifest
+    from invismap.io import check_output_file
 
+    check_output_file(args.json)
     _print_summary(load_manifest(args.data), args.json)
 
 

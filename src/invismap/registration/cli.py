@@ -142,8 +142,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
+    from invismap.io import check_output_file
     from invismap.registration.run import run_calibrate
 
+    check_output_file(args.out, (".yaml", ".yml"))
     calib, rep = run_calibrate(args.color, args.thermal, args.out, args.pattern, args.square,
                                homography=args.homography, plane_depth=args.plane_depth, pair_by=args.pair_by,
                                tolerance=args.tolerance, time_regex=args.time_regex, time_unit=args.time_unit,

@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 from invismap.errors import InvismapError, file_error
+from invismap.io import check_output_file
 
 # Flags for a sandbox without network: no first-run UI, no background connections, a fresh profile.
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -52,6 +53,7 @@ def check_page(page: str | Path) -> tuple[int, int]:
 
 def screenshot(page: str | Path, out: str | Path, width: int = 1400, height: int = 9000) -> Path:
     """A ``width`` x ``height`` PNG of the page (tall enough for a whole report)."""
+    check_output_file(out, (".png",))
     out = Path(out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp.png")  # renamed into place only once complete
