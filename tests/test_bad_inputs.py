@@ -1034,6 +1034,18 @@ def pipeline_nms_iou(t, mp):
     return Case(["run", str(t / "c.yaml"), f"out={t / 'out'}"], t / "out", [t / "out" / "import"])
 
 
+@row("config key 'data.max_pairs'", "-3 is not allowed (a count >= 0; 0 = all)")
+def pipeline_negative_count(t, mp):
+    (t / "c.yaml").write_text("data: {max_pairs: -3}\n")
+    return Case(["run", str(t / "c.yaml"), f"out={t / 'out'}"], t / "out", [t / "out" / "import"])
+
+
+@row("no pairs to align", "check --split")
+def align_an_empty_split(t, mp):
+    return Case(["align", "--model", str(t / "a.pt"), "--data", str(make_dataset(t)), "--split", "val",
+                 "--out", str(t / "out")], t / "out", [t / "out" / "manifest.csv"])
+
+
 @row("config key 'distill.extra_repeat'", "data.more is empty", "list a dataset there or set it to 1")
 def pipeline_extra_repeat_without_more(t, mp):
     (t / "c.yaml").write_text("distill: {extra_repeat: 2}\n")

@@ -275,9 +275,11 @@ def align_dataset(checkpoint: str | Path, manifest: str | Path | Manifest, out_d
     """
     from tqdm import tqdm
 
-    aligner = load_aligner(checkpoint, device)
     m = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
+    if len(m) == 0:
+        raise InvismapError(f"{m.root}: no pairs to align (check --split)")
     refuse_writing_over(m, out_dir)
+    aligner = load_aligner(checkpoint, device)
     out_dir = Path(out_dir)
     samples = []
     for s in tqdm(m, desc="align", unit="pair", disable=not progress):

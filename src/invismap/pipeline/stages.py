@@ -231,6 +231,13 @@ def check_config(cfg) -> None:
     if cfg.fusion.enabled and cfg.fusion.weights_per not in ("condition", "all"):
         raise InvismapError(f"config key 'fusion.weights_per': '{cfg.fusion.weights_per}' is not one of "
                             "condition, all")
+    counts = {"threads": (cfg.threads, "torch's default"), "data.max_pairs": (cfg.data.max_pairs, "all"),
+              "displacement.max_pairs": (cfg.displacement.max_pairs, "all"),
+              "evaluate.max_pairs": (cfg.evaluate.max_pairs, "all"),
+              "report.gallery": (cfg.report.gallery, "none")}
+    for key, (value, zero) in counts.items():
+        if value < 0:
+            raise InvismapError(f"config key '{key}': {value} is not allowed (a count >= 0; 0 = {zero})")
     if cfg.distill.extra_repeat > 1 and not cfg.data.more:
         raise InvismapError(f"config key 'distill.extra_repeat': {cfg.distill.extra_repeat} draws "
                             "data.more's pairs more often, and data.more is empty: list a dataset there or "
