@@ -227,6 +227,19 @@ def test_unknown_config_key_is_named(tmp_path):
     assert cfg.train.lr == 5.0 and cfg.mode == "head"
 
 
+def test_overrides_may_follow_the_options(tmp_path, capsys):
+    """``invismap run C --list a.b=1`` takes the override as ``invismap run C a.b=1 --list`` does; other
+    unknown arguments are still refused."""
+    (tmp_path / "c.yaml").write_text(f"out: {tmp_path / 'out'}\n")
+    listings = []
+    for argv in (["distill.size=96", "--list"], ["--list", "distill.size=96"], ["--list"]):
+        assert main(["run", str(tmp_path / "c.yaml"), *argv]) == 0
+        listings.append(capsys.readouterr().out)
+    assert listings[0] == listings[1] != listings[2]
+    with pytest.raises(SystemExit):
+        main(["run", str(tmp_path / "c.yaml"), "--list", "--bogus"])
+
+
 def test_every_subcommand_has_help(capsys):
     from invismap.cli import build_parser
 

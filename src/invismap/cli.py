@@ -46,7 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and isinstance(getattr(args, "overrides", None), list) and all(
+            "=" in a and not a.startswith("-") for a in extra):
+        args.overrides += extra  # key=value overrides written after an option (e.g. --from distill a.b=1)
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     # under torchrun every process runs this; the others than the first only log warnings and errors
     quiet = os.environ.get("RANK", "0") not in ("", "0")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING if quiet else logging.INFO,
