@@ -916,6 +916,15 @@ def predictor_targets_of_another_kind(t, mp):
     return predictor_case(t, cfg)
 
 
+@row("tg: holds targets made with other settings (size 128, pair targets)", "choose a new --out")
+def score_pairs_into_a_cache_of_other_settings(t, mp):
+    (t / "tg").mkdir()
+    (t / "tg" / "targets.json").write_text(json.dumps({"size": 128, "square": False, "count": 3,
+                                                       "target": {"kind": "pair"}}))
+    return Case(["score-pairs", "--student", str(t / "student.pt"), "--data", str(make_dataset(t)), "--out",
+                 str(t / "tg"), "--split", "all", "--size", "64"], t / "tg", [t / "tg" / "0001D.npy"])
+
+
 @row("object_weight needs targets of kind 'pair+detectors'", "evidence.json")
 def predictor_object_weight_without_evidence(t, mp):
     return predictor_case(t, make_predictor_config(t, "object_weight: 2.0\n"))

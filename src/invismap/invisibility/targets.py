@@ -284,8 +284,17 @@ def compute_targets(manifest: Manifest, student: str | Path, out: str | Path, si
     if len(manifest) == 0:
         raise InvismapError(f"{out}: no pairs to compute targets for")
     out = Path(out)
-    scorer = PairScorer.from_checkpoint(student)
     meta: dict = {"size": size, "square": square, "count": len(manifest), "target": asdict(cfg)}
+    try:  # a finished cache of other settings: its maps would be kept as if they were these
+        made = json.loads((out / TARGETS_META).read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError, UnicodeDecodeError):
+        made = None
+    new = json.loads(json.dumps(meta))
+    if isinstance(made, dict) and any(k in made and made[k] != new[k] for k in ("size", "square", "target")):
+        raise file_error(out, f"holds targets made with other settings (size {made.get('size')}, "
+                              f"{(made.get('target') or {}).get('kind', 'pair')} targets)",
+                         "choose a new --out, or delete it to recompute")
+    scorer = PairScorer.from_checkpoint(student)
     evidence, levels = None, {}
     if cfg.kind == "pair+detectors":
         thermal_detector = load_detector(str(Path(student).parent / "thermal_detector.pt"))
