@@ -67,6 +67,27 @@ def test_release_layout_split_from_folder_and_labels(tmp_path: Path):
                           ("test", "day"): 1, ("test", "night"): 1}
 
 
+def test_a_failed_reimport_leaves_the_dataset_whole(tmp_path: Path):
+    """A re-import that fails (a corrupt image found after the labels were converted) keeps the old
+    manifest and the labels it points at; one that succeeds replaces both, and leaves no staging folder.
+    Importing into the source folder itself keeps the source's own labels."""
+    src = make_release(tmp_path / "MSRS", labels=tmp_path / "MSRS" / "labels")
+    import_dataset("msrs", src, tmp_path / "ds", progress=False)
+    before = (tmp_path / "ds" / "manifest.csv").read_text()
+    _label(src / "labels" / "infrared" / "train" / "0001D.txt", 1)  # changed labels, then a corrupt image
+    (src / "test" / "ir" / "0004N.png").write_bytes(b"not a png")
+    with pytest.raises(InvismapError, match=r"0004N\.png"):
+        import_dataset("msrs", src, tmp_path / "ds", progress=False)
+    assert (tmp_path / "ds" / "manifest.csv").read_text() == before
+    assert _classes(load_manifest(tmp_path / "ds")[0].thermal_labels) == [2]
+    _pair(src / "test", "0004N", 0)
+    import_dataset("msrs", src, tmp_path / "ds", progress=False)
+    assert _classes(load_manifest(tmp_path / "ds")[0].thermal_labels) == [1]
+    assert not (tmp_path / "ds" / ".importing").exists()
+    import_dataset("msrs", src, src, progress=False)
+    assert _classes(load_manifest(src)[0].thermal_labels) == [1] and (src / "labels" / "infrared").is_dir()
+
+
 def test_release_without_labels_and_with_one_split(tmp_path: Path):
     src = make_release(tmp_path / "MSRS", splits={"test": ("0003D", "0004N")})
     (src / "pairs.csv").write_text("name,dev_split\n0003D,train\n")  # not part of the release: not read

@@ -223,6 +223,15 @@ def test_flir_16bit_v1_layout(tmp_path: Path):
     m = import_flir(tmp_path, tmp_path / "out", progress=False, thermal_dir="train/thermal_16_bit",
                     thermal_suffix="", color_dir="train/RGB", color_suffix="")
     assert [s.name for s in m] == ["FLIR_00001", "FLIR_00002"]
+    from invismap.cli import main  # the same options from the command line, as the error hints say
+
+    options = ["--option", "thermal_dir=train/thermal_16_bit", "--option", "thermal_suffix=",
+               "--option", "color_dir=train/RGB", "--option", "color_suffix="]
+    assert main(["data", "import", "flir", str(tmp_path), str(tmp_path / "cli"), *options]) == 0
+    assert [s.name for s in load_manifest(tmp_path / "cli")] == ["FLIR_00001", "FLIR_00002"]
+    with pytest.raises(InvismapError, match=r"thermal_suffix / color_suffix options .*--option"):
+        import_dataset("flir", tmp_path, tmp_path / "out2", progress=False,
+                       thermal_dir="train/thermal_16_bit", color_dir="train/RGB")
 
 
 def test_flir_raw_size_mismatch_asks_to_register(tmp_path: Path):

@@ -25,6 +25,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                      help="decode: read every image in full to check it (default); header: read only each "
                           "file's size, much faster for large sets (pixel data is checked when training "
                           "reads a pair)")
+    imp.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                     help="an option of the format's importer for another layout, e.g. for FLIR ADAS v1: "
+                          "--option thermal_dir=train/thermal_16_bit --option thermal_suffix= (repeatable; "
+                          "each importer's docstring lists its options)")
     imp.set_defaults(func=_import)
 
     show = dsub.add_parser("show", help="render a contact sheet (color | thermal, both label sets) to PNG")
@@ -53,8 +57,16 @@ def _print_summary(manifest, json_path=None) -> None:
 
 def _import(args) -> None:
     from invismap.data.importers import import_dataset
+    from invismap.errors import InvismapError
 
-    manifest = import_dataset(args.format, args.src, args.dst, check=args.check)
+    options = {}
+    for text in args.option:
+        key, eq, value = text.partition("=")
+        if not eq or not key:
+            raise InvismapError(f"--option {text}: write KEY=VALUE "
+                                "(e.g. --option thermal_suffix=_PreviewData)")
+        options[key] = value
+    manifest = import_dataset(args.format, args.src, args.dst, check=args.check, **options)
     print(f"imported {len(manifest)} pairs into {args.dst}/manifest.csv")
     _print_summary(manifest)
 

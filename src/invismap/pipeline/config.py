@@ -11,9 +11,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from invismap.align.run import AlignConfig
-from invismap.config import apply_overrides, from_dict, load_yaml
+from invismap.config import added_key, apply_overrides, from_dict, load_yaml
 from invismap.detector.postprocess import NMS_IOU
 from invismap.distill.run import DistillConfig
 from invismap.errors import InvismapError
@@ -26,6 +27,7 @@ class MoreData:
 
     format: str = "roadscene"  # an importer (invismap data import FORMAT)
     src: str = ""  # its folder; empty = the assets dataset of that name
+    options: dict[str, Any] | None = added_key(None)  # its importer's options (as data.options)
 
 
 @dataclass
@@ -35,6 +37,9 @@ class DataSection:
     format: str = "msrs"
     # the dataset's folder; empty = the assets dataset named like the format (see `invismap assets`)
     src: str = ""
+    # options of the format's importer for another layout (invismap data import --option KEY=VALUE), e.g.
+    # FLIR ADAS v1: {thermal_dir: train/thermal_16_bit, thermal_suffix: "", color_dir: train/RGB, ...}
+    options: dict[str, Any] | None = added_key(None)
     max_pairs: int = 0  # keep at most this many pairs per (split, condition), evenly spaced; 0 = all
     # how the import checks the images (of this dataset and data.more): decode (every image in full) or header
     # (sizes from the file headers only, for large sets; pixel data is checked when training reads it)
@@ -80,6 +85,7 @@ class OtherData:
     format: str = "roadscene"  # an importer (invismap data import FORMAT)
     src: str = ""  # its folder; empty = the assets dataset of that name
     split: str = "all"  # which of its pairs to score (all: nothing was trained on them)
+    options: dict[str, Any] | None = added_key(None)  # its importer's options (as data.options)
 
 
 @dataclass

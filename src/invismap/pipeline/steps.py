@@ -72,7 +72,7 @@ def import_pairs(s: Settings, inputs: Inputs, d: Path, resume: bool) -> dict:
     from invismap.data.summary import format_table, summarize
 
     c = s.data
-    manifest = subset(import_dataset(c.format, c.src, d, check=c.check), c.max_pairs)
+    manifest = subset(import_dataset(c.format, c.src, d, check=c.check, **(c.options or {})), c.max_pairs)
     save_manifest(manifest, d / "manifest.csv")
     rows = summarize(manifest)
     write_json(d / "summary.json", rows)
@@ -80,7 +80,7 @@ def import_pairs(s: Settings, inputs: Inputs, d: Path, resume: bool) -> dict:
     inputs.echo(format_table(rows))
     out = {"pairs": len(manifest), "table": rows}
     for m in c.more:  # as imported: their own split, all of their pairs
-        more = import_dataset(m.format, m.src, d / "more" / m.format, check=c.check)
+        more = import_dataset(m.format, m.src, d / "more" / m.format, check=c.check, **(m.options or {}))
         inputs.echo(f"{m.format} (data.more):\n{format_table(summarize(more))}")
         out.setdefault("more", {})[m.format] = len(more)
     return out
@@ -300,11 +300,12 @@ def evaluate_other(s: Settings, inputs: Inputs, other, d: Path) -> dict:
     from invismap.invisibility.sources import evaluate_specs
 
     c = s.evaluate
-    same = [m for m in s.more if (m.format, m.src) == (other.format, other.src)]
+    same = [m for m in s.more if (m.format, m.src, m.options) == (other.format, other.src, other.options)]
     if same:  # imported already (data.more)
         manifest = load_manifest(more_manifests(inputs)[other.format])
     else:
-        manifest = import_dataset(other.format, other.src, d / "other" / other.format, progress=False)
+        manifest = import_dataset(other.format, other.src, d / "other" / other.format, progress=False,
+                                  **(other.options or {}))
     manifest = manifest.select(split=other.split, condition=c.conditions)
     if len(manifest) == 0:
         raise InvismapError(f"{other.src}: no {'/'.join(c.conditions)} pairs in split '{other.split}' "

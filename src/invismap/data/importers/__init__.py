@@ -9,11 +9,15 @@ they are (the manifest points at them), labels are converted to YOLO txt with CO
 
 from __future__ import annotations
 
+import inspect
+import shutil
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
-from invismap.data.manifest import Manifest
-from invismap.errors import InvismapError
+from invismap.data.manifest import Manifest, save_manifest
+from invismap.errors import InvismapError, file_error
 from invismap.registry import Registry
 
 # format name -> its importer, imported on first use (one broken importer does not break the others)
@@ -38,10 +42,73 @@ def get_importer(fmt: str) -> Callable[..., Manifest]:
 
 
 def import_dataset(fmt: str, src: str | Path, dst: str | Path, **options) -> Manifest:
-    """Import ``src`` in format ``fmt`` into the pair dataset folder ``dst``."""
+    """Import ``src`` in format ``fmt`` into the pair dataset folder ``dst``.
+
+    The import is written into ``dst/.importing`` and moved in only when it has finished, so a failed or
+    interrupted re-import leaves the dataset that was there whole: its manifest and the labels it points at.
+    """
     src = Path(src)
     if not src.is_dir():
         raise InvismapError(f"{src}: source folder not found")
     if options.get("check", CHECKS[0]) not in CHECKS:
         raise InvismapError(f"image check '{options['check']}' is not one of {', '.join(CHECKS)}")
-    return get_importer(fmt)(src, Path(dst), **options)
+    importer = get_importer(fmt)
+    options = check_options(fmt, options)
+    dst = Path(dst).resolve()
+    staging = dst / ".importing"
+    try:
+        shutil.rmtree(staging, ignore_errors=True)  # left by an import that was killed
+        staging.mkdir(parents=True)
+    except OSError as e:
+        raise file_error(dst, f"cannot write the dataset here ({e.strerror})",
+                         "choose another output folder") from None
+    try:
+        return _move_in(importer(src, staging, **options), staging, dst)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def importer_options(importer: Callable[..., Manifest]) -> list[str]:
+    """The options an importer takes beyond ``src``, ``dst``, ``progress`` and ``check``."""
+    skip = {"src", "dst", "progress", "check"}
+    return [n for n in inspect.signature(importer).parameters if n not in skip]
+
+
+def check_options(fmt: str, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` checked against what the ``fmt`` importer takes, before any file is read; a number option
+    given as text (``--option test_fraction=0.2``) becomes a number."""
+    importer = get_importer(fmt)
+    params, known = inspect.signature(importer).parameters, importer_options(importer)
+    out = {}
+    for name, value in options.items():
+        if name not in known and name not in ("progress", "check"):
+            raise InvismapError(f"option '{name}' is not one the {fmt} importer takes "
+                                f"(it takes: {', '.join(known) or 'none'})")
+        if isinstance(value, str) and "float" in str(params[name].annotation):
+            try:
+                value = float(value)
+            except ValueError:
+                raise InvismapError(f"option '{name}': '{value}' is not a number") from None
+        out[name] = value
+    return out
+
+
+def _move_in(manifest: Manifest, staging: Path, dst: Path) -> Manifest:
+    """Move a finished import's label folders from ``staging`` into ``dst`` (replacing only those folders:
+    ``dst`` may hold the source's own files) and write its manifest there."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for new in sorted((staging / "labels").glob("*")):
+        (dst / "labels").mkdir(exist_ok=True)
+        target = dst / "labels" / new.name
+        if target.exists():
+            target.rename(staging / f"old-{new.name}")
+        new.rename(target)
+
+    def moved(path: Path | None) -> Path | None:
+        return dst / path.relative_to(staging) if path is not None and path.is_relative_to(staging) else path
+
+    samples = [replace(s, color=moved(s.color), thermal=moved(s.thermal), color_labels=moved(s.color_labels),
+                       thermal_labels=moved(s.thermal_labels)) for s in manifest.samples]
+    manifest = Manifest(samples, dst)
+    save_manifest(manifest, dst / "manifest.csv")
+    return manifest

@@ -8,7 +8,9 @@ Default layout, FLIR-aligned (Zhang et al. 2020)::
 
 Options describe other layouts: ``thermal_dir``/``color_dir`` (relative to SRC) and ``thermal_suffix``/
 ``color_suffix`` (a stem must end with it; "" takes every image). FLIR ADAS v1 is ``thermal_dir="train/
-thermal_16_bit", thermal_suffix="", color_dir="train/RGB", color_suffix=""`` (16-bit TIFFs are fine). A
+thermal_16_bit", thermal_suffix="", color_dir="train/RGB", color_suffix=""`` (16-bit TIFFs are fine); on the
+command line ``invismap data import flir SRC DST --option thermal_dir=train/thermal_16_bit --option
+thermal_suffix= ...``, in a pipeline config ``data: {format: flir, options: {thermal_dir: ...}}``. A
 pair's frame id is the last run of digits in the stem without its suffix; the name is ``FLIR_<digits>``.
 Raw FLIR ADAS color frames are larger than the thermal ones and not registered: the import then stops
 and asks to register first. ADAS v2 (``images_thermal_train/``, ``video_thermal_test/``, ...) is refused
@@ -55,7 +57,15 @@ def _frame_id(stem: str, suffix: str) -> str | None:
     return f"FLIR_{digits[-1]}" if digits else None
 
 
+OPTION_HINT = ("set the importer's thermal_dir / color_dir / thermal_suffix / color_suffix options "
+               "(invismap data import flir SRC DST --option thermal_suffix=..., or data.options in a "
+               "pipeline config)")
+
+
 def _by_frame(folder: Path, suffix: str) -> dict[str, Path]:
+    if not folder.is_dir():
+        raise file_error(folder, "folder not found (FLIR-aligned keeps its frames in JPEGImages/)",
+                         OPTION_HINT)
     frames: dict[str, Path] = {}
     for stem, path in list_images(folder).items():
         key = _frame_id(stem, suffix)
@@ -64,8 +74,7 @@ def _by_frame(folder: Path, suffix: str) -> dict[str, Path]:
         if key:
             frames[key] = path
     if not frames:
-        raise file_error(folder, f"no image names ending in '{suffix}' with a frame number",
-                         "set the thermal_suffix/color_suffix options")
+        raise file_error(folder, f"no image names ending in '{suffix}' with a frame number", OPTION_HINT)
     return frames
 
 
@@ -106,7 +115,8 @@ def import_flir(src: Path, dst: Path, progress: bool = True, thermal_dir: str = 
         raise file_error(src, "FLIR ADAS v2 layout (images_thermal_train/, video_thermal_test/, ...) is not "
                               "read: its color and thermal frames are not registered and only the video test "
                               "set is paired (by rgb_to_thermal_vid_map.json)",
-                         "use FLIR-aligned (JPEGImages/), or ADAS v1 with thermal_dir/color_dir")
+                         "use FLIR-aligned (JPEGImages/), or ADAS v1 with the thermal_dir / color_dir "
+                         "options (--option thermal_dir=...)")
     pairs = pair_by_stem(_by_frame(cdir, color_suffix), _by_frame(tdir, thermal_suffix), cdir, tdir)
     samples = [Sample(name, c, t, "unknown", split) for name, c, t in pairs]
     sizes = check_pair_sizes(samples, progress=progress, check=check)
