@@ -246,6 +246,30 @@ def test_predict_source_folder_writes_maps_and_overlays(predictor_file, pairs, t
     assert not list((tmp_path / "out").glob(".*"))  # no temp files left
 
 
+def test_an_interrupted_predict_leaves_the_last_runs_maps_whole(predictor_file, pairs, tmp_path):
+    """Maps are moved into --out only when the run ends: stopped midway, the folder keeps the last run's
+    maps and the index.json that describes them, not a mix of two runs."""
+    src = tmp_path / "imgs"
+    src.mkdir()
+    for s in pairs.samples[:2]:
+        (src / s.color.name).write_bytes(s.color.read_bytes())
+    model, _ = load_predictor(predictor_file)
+    out = tmp_path / "out"
+    predict_source(model, src, out, batch_size=1, size=128, progress=False)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def stop_at_second(images):
+        if calls.append(1) or len(calls) == 2:
+            raise KeyboardInterrupt
+        return [Detections(np.array([[10, 20, 200, 300]], np.float32), np.array([0.9], np.float32),
+                           np.array([0])) for _ in images]
+
+    calls: list = []
+    with pytest.raises(KeyboardInterrupt):
+        predict_source(model, src, out, boxes=stop_at_second, batch_size=1, size=128, progress=False)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
 def test_predict_source_video_writes_an_annotated_mp4(predictor_file, pairs, tmp_path):
     video = tmp_path / "clip.mp4"
     writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 10, (160, 120))

@@ -102,6 +102,36 @@ def check_output_file(path: str | Path | None, suffixes: tuple[str, ...] = (".js
                          "choose another file name (an existing file of another kind would be replaced)")
 
 
+@contextlib.contextmanager
+def staged_outputs(out: str | Path) -> Iterator[Path]:
+    """A folder inside ``out`` (``out/.partial``) to write a command's per-image outputs into; they are moved
+    into ``out`` only when the block ends without an error, so a run that stops midway leaves the previous
+    run's outputs and its index as they were. The caller writes its index into ``out`` after the block.
+
+    Example:
+        >>> with staged_outputs("runs/maps") as folder:  # doctest: +SKIP
+        ...     write_image(folder / "a_map.png", heat)
+    """
+    import shutil
+
+    out = Path(out)
+    staging = out / ".partial"
+    try:
+        shutil.rmtree(staging, ignore_errors=True)  # left by a run that was killed
+        staging.mkdir(parents=True)
+    except OSError as e:
+        raise _write_error(staging, e) from None
+    try:
+        yield staging
+        for path in sorted(staging.rglob("*")):
+            if path.is_file():
+                target = out / path.relative_to(staging)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(path, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def json_safe(obj: Any) -> Any:
     """``obj`` with plain JSON types only: numpy scalars as Python numbers, tuples as lists, NaN/inf as None
     (strict JSON has no NaN).

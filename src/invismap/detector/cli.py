@@ -135,7 +135,7 @@ def _detect(args: argparse.Namespace) -> int:
                             "(add --thermal and --thermal-detector)")
     from invismap.detector.postprocess import detect
     from invismap.detector.zoo import load_inference_detector
-    from invismap.io import read_color, read_thermal, write_image, write_json
+    from invismap.io import read_color, read_thermal, staged_outputs, write_image, write_json
 
     check_detection_args(args)
     files = list_images(Path(args.source))
@@ -144,17 +144,19 @@ def _detect(args: argparse.Namespace) -> int:
     out = Path(args.out)
     results, images = [], []
     batch = 8
-    for k in range(0, len(files), batch):
-        chunk = files[k:k + batch]
-        imgs = [read(f) for f in chunk]
-        for f, img, det in zip(chunk, imgs, detect(model, imgs, size=args.size, conf=args.conf, iou=args.iou,
-                                                     batch_size=batch, tta_sizes=args.tta_sizes)):
-            image_id = len(images) + 1
-            images.append({"id": image_id, "file_name": str(f),
-                           "width": img.shape[1], "height": img.shape[0]})
-            results += coco_results(det, image_id, str(f), model.names)
-            write_image(out / f"{f.stem}.png", draw_detections(img, det, model.names))
-            log.info("%s: %d detections", f.name, len(det))
+    with staged_outputs(out) as staging:  # an interrupted run leaves the last run's drawings whole
+        for k in range(0, len(files), batch):
+            chunk = files[k:k + batch]
+            imgs = [read(f) for f in chunk]
+            for f, img, det in zip(chunk, imgs, detect(model, imgs, size=args.size, conf=args.conf,
+                                                         iou=args.iou, batch_size=batch,
+                                                         tta_sizes=args.tta_sizes)):
+                image_id = len(images) + 1
+                images.append({"id": image_id, "file_name": str(f),
+                               "width": img.shape[1], "height": img.shape[0]})
+                results += coco_results(det, image_id, str(f), model.names)
+                write_image(staging / f"{f.stem}.png", draw_detections(img, det, model.names))
+                log.info("%s: %d detections", f.name, len(det))
     write_json(out / "detections.json", results)
     print(f"{len(results)} detections in {len(files)} images -> {out}/ (detections.json, annotated PNGs)")
     return 0
@@ -251,9 +253,10 @@ def _detect_fused(args: argparse.Namespace) -> int:
     from invismap.detector.fusion import fuse_with_map
     from invismap.detector.protocol import ScoringProtocol
     from invismap.detector.zoo import load_detector, load_inference_detector
+    from invismap.distill.student import ThermalDetector
     from invismap.errors import InvismapError, file_error
     from invismap.invisibility.sources import map_source
-    from invismap.io import image_size, read_color, read_thermal, write_image, write_json
+    from invismap.io import image_size, read_color, read_thermal, staged_outputs, write_image, write_json
 
     check_detection_args(args)
     if args.thermal is None or args.thermal_detector is None:
@@ -267,22 +270,28 @@ def _detect_fused(args: argparse.Namespace) -> int:
             raise file_error(t, f"size {wh_thermal[0]}x{wh_thermal[1]} differs from its color twin {c.name} "
                              f"({wh_color[0]}x{wh_color[1]})",
                              "register the pair first ('invismap register')")
-    model, thermal_model = load_inference_detector(args.model), load_detector(args.thermal_detector)
+    thermal_model = load_detector(args.thermal_detector)
+    if not isinstance(thermal_model, ThermalDetector):  # e.g. yolov5n.pt: the teacher, which reads color
+        raise file_error(args.thermal_detector, "is a color detector, not a thermal one",
+                         "give a distilled thermal detector (RUN/distill/thermal_detector.pt) to "
+                         "--thermal-detector")
+    model = load_inference_detector(args.model)
     invisibility = None if spec is None else map_source(spec)[1]
     out = Path(args.out)
     # a truck seen by one camera and a car by the other are one object: fused as the labels' classes
     protocol = ScoringProtocol(args.size, args.tta_sizes, args.iou, fold_classes=True)
     results = []
-    for image_id, (c, t) in enumerate(pairs, start=1):
-        rgb, thr = read_color(c), read_thermal(t)
-        heat = invisibility(None, rgb, thr) if invisibility else None
-        color, = protocol.detect(model, [rgb], conf=args.conf, classes=None, batch_size=1)
-        thermal, = protocol.detect(thermal_model, [thr], conf=args.conf, classes=None, batch_size=1)
-        fused = fuse_with_map(color, thermal, heat, params, image_size=(rgb.shape[1], rgb.shape[0]))
-        results += coco_results(fused, image_id, str(c), model.names)
-        write_yolo(out / "labels" / f"{c.stem}.txt", fused, rgb.shape[1], rgb.shape[0])
-        write_image(out / f"{c.stem}.png", draw_fused(rgb, thr, fused, heat, model.names))
-        log.info("%s + %s: %d fused detections", c.name, t.name, len(fused))
+    with staged_outputs(out) as staging:  # an interrupted run leaves the last run's outputs whole
+        for image_id, (c, t) in enumerate(pairs, start=1):
+            rgb, thr = read_color(c), read_thermal(t)
+            heat = invisibility(None, rgb, thr) if invisibility else None
+            color, = protocol.detect(model, [rgb], conf=args.conf, classes=None, batch_size=1)
+            thermal, = protocol.detect(thermal_model, [thr], conf=args.conf, classes=None, batch_size=1)
+            fused = fuse_with_map(color, thermal, heat, params, image_size=(rgb.shape[1], rgb.shape[0]))
+            results += coco_results(fused, image_id, str(c), model.names)
+            write_yolo(staging / "labels" / f"{c.stem}.txt", fused, rgb.shape[1], rgb.shape[0])
+            write_image(staging / f"{c.stem}.png", draw_fused(rgb, thr, fused, heat, model.names))
+            log.info("%s + %s: %d fused detections", c.name, t.name, len(fused))
     write_json(out / "detections.json", results)
     print(f"{len(results)} fused detections in {len(pairs)} pairs (map: {args.map}) -> {out}/ "
           "(detections.json, labels/*.txt, drawings)")

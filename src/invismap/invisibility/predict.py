@@ -38,7 +38,7 @@ from invismap.data.letterbox import apply_letterbox, letterbox_params, map_to_or
 from invismap.data.manifest import COCO_NAMES
 from invismap.detector.base import Detections
 from invismap.errors import InvismapError, file_error
-from invismap.io import atomic_write, read_color, write_image, write_json
+from invismap.io import atomic_write, read_color, staged_outputs, write_image, write_json
 
 log = logging.getLogger(__name__)
 
@@ -238,40 +238,41 @@ def predict_source(model: nn.Module, source: str | Path, out_dir: str | Path,
     else:
         records = []
         bar = tqdm(total=len(files), desc="predict", unit="img", disable=not progress, dynamic_ncols=True)
-        for chunk in _chunks(list(zip(files, _output_names(files))), batch_size):
-            loaded = []
-            for path, name in chunk:
-                try:
-                    loaded.append((path, name, read_color(path)))
-                except InvismapError as e:
-                    with logging_redirect_tqdm():  # on a line of its own, not glued to the bar
-                        log.warning(f"skipped: {e}")
-                    records.append({"source": str(path), "error": str(e)})
-            if loaded:
-                images = [im for _, _, im in loaded]
-                heats = predict_images(model, images, size, batch_size)
-                dets = box_fn(images) if box_fn else [None] * len(images)
-                for (path, name, rgb), heat, det in zip(loaded, heats, dets):
-                    records.append(_write_image_outputs(out_dir, name, path, rgb, heat, det))
-            bar.update(len(chunk))
-            release_freed_memory()
-        bar.close()
-        if all("error" in r for r in records):
-            raise InvismapError(f"{source}: none of the {len(files)} images could be read")
+        with staged_outputs(out_dir) as staging:  # an interrupted run leaves the last run's maps whole
+            for chunk in _chunks(list(zip(files, _output_names(files))), batch_size):
+                loaded = []
+                for path, name in chunk:
+                    try:
+                        loaded.append((path, name, read_color(path)))
+                    except InvismapError as e:
+                        with logging_redirect_tqdm():  # on a line of its own, not glued to the bar
+                            log.warning(f"skipped: {e}")
+                        records.append({"source": str(path), "error": str(e)})
+                if loaded:
+                    images = [im for _, _, im in loaded]
+                    heats = predict_images(model, images, size, batch_size)
+                    dets = box_fn(images) if box_fn else [None] * len(images)
+                    for (path, name, rgb), heat, det in zip(loaded, heats, dets):
+                        records.append(_write_image_outputs(staging, out_dir, name, path, rgb, heat, det))
+                bar.update(len(chunk))
+                release_freed_memory()
+            bar.close()
+            if all("error" in r for r in records):
+                raise InvismapError(f"{source}: none of the {len(files)} images could be read")
     write_json(out_dir / "index.json", records)
     return records
 
 
-def _write_image_outputs(out_dir: Path, name: str, path: Path, rgb: np.ndarray, heat: np.ndarray,
-                         det: Detections | None) -> dict:
-    files = {"map_png": out_dir / f"{name}_map.png", "map_npy": out_dir / f"{name}_map.npy",
-             "overlay": out_dir / f"{name}_overlay.png"}
-    write_image(files["map_png"], (heat * 65535 + 0.5).astype(np.uint16))
-    with atomic_write(files["map_npy"], "wb") as f:
+def _write_image_outputs(folder: Path, out_dir: Path, name: str, path: Path, rgb: np.ndarray,
+                         heat: np.ndarray, det: Detections | None) -> dict:
+    """Write one image's outputs into ``folder``; its record names them where they will be, in ``out_dir``."""
+    files = {"map_png": f"{name}_map.png", "map_npy": f"{name}_map.npy", "overlay": f"{name}_overlay.png"}
+    write_image(folder / files["map_png"], (heat * 65535 + 0.5).astype(np.uint16))
+    with atomic_write(folder / files["map_npy"], "wb") as f:
         np.save(f, heat.astype(np.float32))
-    write_image(files["overlay"], overlay(rgb, heat, det))
+    write_image(folder / files["overlay"], overlay(rgb, heat, det))
     rec = {"source": str(path), "width": rgb.shape[1], "height": rgb.shape[0], **_stats(heat),
-           **{k: str(v) for k, v in files.items()}}
+           **{k: str(out_dir / v) for k, v in files.items()}}
     if det is not None:
         rec["detections"] = len(det)
     return rec
