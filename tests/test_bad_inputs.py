@@ -34,6 +34,7 @@ from invismap.data.importers import import_dataset
 from invismap.engine.checkpoint import save_checkpoint
 from invismap.errors import InvismapError
 from invismap.invisibility.unet import InvisibilityUNet, UNetConfig
+from invismap.pipeline.runner import RECORD
 
 W, H = 64, 48  # generated test images
 NAMES = ("0001D", "0002N", "0003D")
@@ -1075,6 +1076,70 @@ def pipeline_more_dataset_twice(t, mp):
     return Case(["run", str(t / "c.yaml"), f"out={t / 'out'}"], t / "out", [t / "out" / "import"])
 
 
+@row("a folder this pipeline did not make", "choose another out=")
+def pipeline_out_is_a_foreign_folder(t, mp):
+    (t / "out" / "import").mkdir(parents=True)
+    (t / "out" / "import" / "notes.txt").write_text("mine")
+    (t / "c.yaml").write_text(f"data: {{src: {t}}}\n")
+    return Case(["run", str(t / "c.yaml"), f"out={t / 'out'}"], t / "out", [t / "out" / "import" / RECORD])
+
+
+@row("option 'thermal_folder' is not one the flir importer takes", "thermal_dir")
+def import_unknown_option(t, mp):
+    return Case(["data", "import", "flir", str(make_msrs(t / "src")), str(t / "dst"), "--option",
+                 "thermal_folder=ir"], t / "dst", [t / "dst" / "manifest.csv"])
+
+
+@row("config key 'data.more.options'", "option 'test_fraction': 'a third' is not a number")
+def pipeline_importer_option_not_a_number(t, mp):
+    (t / "c.yaml").write_text(f"data: {{more: [{{format: roadscene, src: {t}, "
+                              "options: {test_fraction: a third}}]}\n")
+    return Case(["run", str(t / "c.yaml"), f"out={t / 'out'}"], t / "out", [t / "out" / "import"])
+
+
+@row("yolov5n.pt: is a color detector, not a thermal one", "RUN/distill/thermal_detector.pt")
+def detect_fused_with_a_color_detector_as_thermal(t, mp):
+    from conftest import find_assets
+
+    assets = find_assets()
+    if assets is None:
+        pytest.skip("real assets not found (the color detector's weights)")
+    src = make_msrs(t / "src")
+    return Case(["detect", str(src / "vi"), "--thermal", str(src / "ir"), "--thermal-detector",
+                 str(assets / "weights" / "yolov5n.pt"), "--out", str(t / "out")], t / "out",
+                [t / "out" / "detections.json"])
+
+
+def pipeline_case(t: Path, yaml_text: str) -> Case:
+    (t / "c.yaml").write_text(yaml_text)
+    return Case(["run", str(t / "c.yaml"), f"out={t / 'out'}"], t / "out", [t / "out" / "import"])
+
+
+@row("config key 'evaluate.conditions'", "'nite' is not allowed", "day, dawn, dusk, night")
+def pipeline_unknown_condition(t, mp):
+    return pipeline_case(t, "evaluate: {conditions: [day, nite]}\n")
+
+
+@row("config key 'evaluate.baselines'", "unknown map source 'darknes'", "known:")
+def pipeline_unknown_baseline(t, mp):
+    return pipeline_case(t, "evaluate: {baselines: [darknes]}\n")
+
+
+@row("config key 'evaluate.references'", "'contrast' is not a scored map")
+def pipeline_reference_not_scored(t, mp):
+    return pipeline_case(t, "evaluate: {baselines: [darkness], references: [contrast]}\n")
+
+
+@row("config key 'evaluate.tau'", "35 is not allowed (a number between 0 and 1)")
+def pipeline_tau_in_percent(t, mp):
+    return pipeline_case(t, "evaluate: {tau: 35}\n")
+
+
+@row("config key 'experiments.detector', variant 'long'", "train.max_stepz")
+def pipeline_experiment_variant_unknown_key(t, mp):
+    return pipeline_case(t, "experiments: {detector: {long: [train.max_stepz=1200]}}\n")
+
+
 # ---- subprocess rows: a real kernel error, and proof that no traceback reaches the terminal --------
 
 @row("evil.pt", "refused to load", "possibly malicious", subprocess=True)
@@ -1082,7 +1147,7 @@ def subprocess_malicious_checkpoint(t, mp):
     return checkpoint_malicious_pickle(t, mp)
 
 
-@row("dst/labels/color/0001D.txt", "output folder is not writable", "choose another --out folder",
+@row("dst: cannot write the dataset here (Permission denied)", "choose another output folder",
      subprocess=True)
 def read_only_output_folder(t, mp):
     case = import_case(t, make_msrs(t / "src"))

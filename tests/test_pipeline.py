@@ -200,6 +200,20 @@ def test_a_changed_stage_that_stops_loses_no_finished_results(tmp_path):
     assert pipeline().run() == {"s": "ran"} and resumed[-1] is True
 
 
+def test_a_folder_the_pipeline_did_not_make_is_refused_not_deleted(tmp_path):
+    """``out=`` pointing at a folder that holds a stage's name (e.g. the user's own ``import/``) is refused
+    before any stage runs; an empty folder or one with a stage record is the pipeline's to use."""
+    cfg = ToyConfig(str(tmp_path))
+    (tmp_path / "third").mkdir()
+    (tmp_path / "third" / "notes.txt").write_text("mine")
+    with pytest.raises(InvismapError, match=r"third: a folder this pipeline did not make"):
+        toy_pipeline(cfg).run()
+    assert (tmp_path / "third" / "notes.txt").read_text() == "mine" and cfg.calls == []
+    assert toy_pipeline(cfg).run(until="second") == {"first": "ran", "second": "ran"}  # 'third' not touched
+    (tmp_path / "third" / "notes.txt").unlink()
+    assert toy_pipeline(cfg).run()["third"] == "ran"
+
+
 def test_a_stage_sees_only_its_own_settings_and_inputs(tmp_path):
     """The stage contract: a stage that reads a setting outside its hashed settings, or the folder of a stage
     it does not name, fails instead of silently depending on something its cache key does not cover."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import cv2
@@ -43,6 +44,9 @@ def test_subcommands_registered():
     with pytest.raises(SystemExit):
         p.parse_args(["calibrate", "--color", "a", "--thermal", "b", "--pattern", "6x6", "--square", "0.04",
                       "--out", "x.yaml"])  # square pattern refused
+    with pytest.raises(SystemExit):
+        p.parse_args(["calibrate", "--color", "a", "--thermal", "b", "--pattern", "9x6", "--square", "40",
+                      "--out", "x.yaml"])  # millimetres where metres are asked for
 
 
 @pytest.fixture(scope="module")
@@ -62,16 +66,20 @@ def board_dirs(tmp_path_factory):
 
 def test_calibrate_register_cli(board_dirs, tmp_path, capsys):
     rig, root = board_dirs
-    out = tmp_path / "rig.yaml"
-    assert _run(["calibrate", "--color", str(root / "rgb"), "--thermal", str(root / "ir"), "--pattern", "9x6",
+    out, color = tmp_path / "rig.yaml", tmp_path / "rgb"
+    shutil.copytree(root / "rgb", color)
+    shutil.copy(color / "img_000.png", color / "img_999.png")  # a board view with no thermal twin
+    assert _run(["calibrate", "--color", str(color), "--thermal", str(root / "ir"), "--pattern", "9x6",
                  "--square", "0.04", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "thermal RMS reprojection error" in text
+    assert "1 image(s) without a twin" in text and "img_999.png" in text
     calib = load_calibration(out)
     assert abs(calib.thermal.K[0, 0] / rig.thermal.K[0, 0] - 1) < 0.02
     assert yaml.safe_load(out.read_text())["homography"]["maps"].startswith("undistorted color")
     report = json.loads((tmp_path / "rig.report.json").read_text())
     assert report["color_rms"] < 0.5 and len(report["pairs"]) == 8
+    assert report["unpaired"] == [str(color / "img_999.png")]
 
     # Raw registration, folders paired by timestamps in the names (thermal 4 ms late).
     reg = tmp_path / "reg"

@@ -232,6 +232,7 @@ class Pipeline:
         status: dict[str, str] = {}
         n = len(self.stages)
         wanted = self._upstream(until) | {until} if until else set(names)
+        self._refuse_foreign_folders(wanted)
         for i, stage in enumerate(self.stages, 1):
             tag = f"[{i}/{n}] {stage.name}"
             if stage.name not in wanted:
@@ -253,6 +254,19 @@ class Pipeline:
             self._run_stage(stage, tag, force=stage.name in forced or bool(only))
             status[stage.name] = "ran"
         return status
+
+    def _refuse_foreign_folders(self, names: set[str]) -> None:
+        """Refuse to start when a stage's folder (or its ``.previous``) holds files but no stage record: the
+        pipeline did not make it, and re-running that stage would delete what it holds."""
+        for name in sorted(names):
+            for folder in (self.dir(name), self.dir(name).with_name(name + PREVIOUS)):
+                if folder.is_dir() and any(folder.iterdir()) and not (folder / RECORD).is_file():
+                    raise InvismapError(f"{folder}: a folder this pipeline did not make (no {RECORD}), and "
+                                        f"stage '{name}' would write over it; choose another out= for the "
+                                        "run, or move the folder away")
+                if folder.exists() and not folder.is_dir():
+                    raise InvismapError(f"{folder}: a file where stage '{name}' writes its folder; choose "
+                                        "another out= for the run, or move the file away")
 
     def _upstream(self, name: str) -> set[str]:
         out: set[str] = set()

@@ -206,6 +206,50 @@ STAGES = [
 FUSION_MAPS = ("predictor", "pair")
 
 
+def _check_evaluation(c) -> None:
+    """The evaluate section's names and ranges, which the stages would otherwise meet only when they start."""
+    from invismap.data.manifest import CONDITIONS
+    from invismap.invisibility.sources import SOURCES, map_source_name
+
+    bad = [x for x in c.conditions if x not in CONDITIONS]
+    if bad or not c.conditions:
+        raise InvismapError(f"config key 'evaluate.conditions': {bad[0] if bad else '[]'!r} is not allowed "
+                            f"(a list of {', '.join(CONDITIONS)})")
+    kinds = [map_source_name(b) for b in c.baselines]
+    bad = [k for k in kinds if k not in SOURCES]
+    if bad:
+        raise InvismapError(f"config key 'evaluate.baselines': unknown map source '{bad[0]}' "
+                            f"(known: {', '.join(SOURCES.names())})")
+    scored = {"predictor", "pair", "prior", *kinds}
+    bad = [r for r in c.references if r not in scored]
+    if bad:
+        raise InvismapError(f"config key 'evaluate.references': '{bad[0]}' is not a scored map (scored: "
+                            f"{', '.join(sorted(scored))})")
+    for key, value in (("tau", c.tau), ("conf", c.conf)):
+        if not 0 < value < 1:  # a float already (from_dict)
+            raise InvismapError(f"config key 'evaluate.{key}': {value:g} is not allowed (a number between 0 "
+                                "and 1)")
+
+
+def _check_experiments(cfg) -> None:
+    """Every experiment variant's overrides, applied to a copy of the section they change."""
+    from invismap.distill.experiments import LOSS_VARIANTS
+    from invismap.distill.experiments import variant_config as distill_variant
+    from invismap.invisibility.experiments import variant_config as predictor_variant
+
+    bad = [v for v in cfg.experiments.losses if v not in LOSS_VARIANTS]
+    if bad:
+        raise InvismapError(f"config key 'experiments.losses': unknown loss variant '{bad[0]}' (known: "
+                            f"{', '.join(LOSS_VARIANTS)})")
+    for key, section, apply in (("detector", cfg.distill, distill_variant),
+                                ("predictor", cfg.predictor, predictor_variant)):
+        for name, overrides in getattr(cfg.experiments, key).items():
+            try:
+                apply(section, list(overrides))
+            except InvismapError as e:
+                raise InvismapError(f"config key 'experiments.{key}', variant '{name}': {e}") from None
+
+
 def check_config(cfg) -> None:
     """Refuse combinations that cannot run, before any stage starts."""
     from invismap.detector.fusion import METHODS
@@ -267,8 +311,17 @@ def check_config(cfg) -> None:
     if c.detector_size < 32 or c.detector_size % 32:
         raise InvismapError(f"config key 'evaluate.detector_size': {c.detector_size} is not allowed "
                             "(a multiple of 32, e.g. 640)")
-    from invismap.data.importers import CHECKS
+    from invismap.data.importers import CHECKS, check_options
 
+    entries = [("data", cfg.data)] + [("data.more", m) for m in cfg.data.more] + \
+        [("evaluate.other", o) for o in cfg.evaluate.other]
+    for key, entry in entries:
+        try:
+            check_options(entry.format, entry.options or {})
+        except InvismapError as e:
+            raise InvismapError(f"config key '{key}.options': {e}") from None
+    _check_evaluation(cfg.evaluate)
+    _check_experiments(cfg)
     if cfg.data.check not in CHECKS:
         raise InvismapError(f"config key 'data.check': '{cfg.data.check}' is not one of {', '.join(CHECKS)}")
     if cfg.nproc < 1:

@@ -41,6 +41,14 @@ def _positive(text: str) -> float:
     return v
 
 
+def _square(text: str) -> float:
+    v = _positive(text)
+    if v > 1:  # a checkerboard square is centimetres wide; 40 is almost surely millimetres
+        raise argparse.ArgumentTypeError(f"the square side is in metres: {text} m is not a board's square "
+                                         f"(for {text} mm write {v / 1000:g})")
+    return v
+
+
 def _depth(text: str) -> float:
     v = float(text)  # "inf" allowed
     if not (v > 0):
@@ -61,7 +69,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--thermal", required=True,
                    help="folder of thermal board images, taken with the color ones")
     p.add_argument("--pattern", type=_pattern, required=True, help="inner corners COLSxROWS, e.g. 9x6")
-    p.add_argument("--square", type=_positive, required=True, help="square side in metres, e.g. 0.04")
+    p.add_argument("--square", type=_square, required=True, help="square side in metres, e.g. 0.04")
     p.add_argument("--out", required=True, help="output calibration YAML")
     p.add_argument("--homography", choices=("corners", "plane"), default="corners",
                    help="corners: RANSAC fit to the corners of all views (exact when boards sit at one depth "
@@ -151,6 +159,9 @@ def _calibrate(args: argparse.Namespace) -> int:
                                tolerance=args.tolerance, time_regex=args.time_regex, time_unit=args.time_unit,
                                fix_k3=not args.free_k3)
     n = len(rep["pairs"])
+    if rep["unpaired"]:
+        print(f"note: {len(rep['unpaired'])} image(s) without a twin in the other folder were not used "
+              f"(e.g. {rep['unpaired'][0]}; the full list is in the report)")
     print(f"board found in {sum(rep['color_found'])}/{n} color and "
           f"{sum(rep['thermal_found'])}/{n} thermal images")
     print(f"color   RMS reprojection error {rep['color_rms']:.3f} px  fx={calib.color.K[0, 0]:.1f} "

@@ -223,6 +223,9 @@ def run_calibrate(color_dir: str | Path, thermal_dir: str | Path, out: str | Pat
     except ValueError as e:
         raise InvismapError(f"{color_dir} + {thermal_dir}: {e}") from None
     report["pairs"] = [name for name, *_ in pairs]
+    used = {p for _, c, t, _ in pairs for p in (c, t)}  # board views without a twin, named in the report
+    report["unpaired"] = [str(p) for d in (color_dir, thermal_dir) for p in list_images(Path(d))
+                          if p not in used]
     out = Path(out)
     calib_mod.save_calibration(out, calib)
     write_json(out.with_name(out.stem + ".report.json"), report)
