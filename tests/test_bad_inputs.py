@@ -1140,6 +1140,19 @@ def pipeline_experiment_variant_unknown_key(t, mp):
     return pipeline_case(t, "experiments: {detector: {long: [train.max_stepz=1200]}}\n")
 
 
+@row("config key 'evaluate.other'", "nowhere: folder not found")
+def pipeline_other_camera_missing(t, mp):
+    return pipeline_case(t, f"evaluate: {{other: [{{format: roadscene, src: {t / 'nowhere'}}}]}}\n")
+
+
+@row("src/cropinfrared: folder not found", "RoadScene keeps crop_LR_visible/ and cropinfrared/ side by side")
+def roadscene_thermal_folder_missing(t, mp):
+    (t / "src" / "crop_LR_visible").mkdir(parents=True)
+    cv2.imwrite(str(t / "src" / "crop_LR_visible" / "FLIR_00001.jpg"), np.zeros((H, W, 3), np.uint8))
+    return Case(["data", "import", "roadscene", str(t / "src"), str(t / "dst")], t / "dst",
+                [t / "dst" / "manifest.csv"])
+
+
 # ---- subprocess rows: a real kernel error, and proof that no traceback reaches the terminal --------
 
 @row("evil.pt", "refused to load", "possibly malicious", subprocess=True)

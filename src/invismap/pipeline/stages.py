@@ -320,6 +320,8 @@ def check_config(cfg) -> None:
             check_options(entry.format, entry.options or {})
         except InvismapError as e:
             raise InvismapError(f"config key '{key}.options': {e}") from None
+        if key != "data" and not Path(entry.src).is_dir():  # data.src is imported first anyway
+            raise InvismapError(f"config key '{key}': {entry.src}: folder not found (its src)")
     _check_evaluation(cfg.evaluate)
     _check_experiments(cfg)
     if cfg.data.check not in CHECKS:

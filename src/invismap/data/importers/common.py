@@ -20,11 +20,13 @@ from invismap.io import read_color, read_thermal
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
-def list_images(folder: Path) -> dict[str, Path]:
+def list_images(folder: Path, layout: str = "") -> dict[str, Path]:
     """Images in ``folder`` keyed by file stem; an empty or missing folder, or two images of one stem
-    (``a.png`` and ``a.jpg``: which is the pair's?), is an error."""
+    (``a.png`` and ``a.jpg``: which is the pair's?), is an error. ``layout`` says, for a missing folder, where
+    the importer looks (e.g. ``"RoadScene keeps crop_LR_visible/ and cropinfrared/ side by side"``)."""
     if not folder.is_dir():
-        raise file_error(folder, "folder not found", "check the dataset layout")
+        raise file_error(folder, "folder not found", f"{layout}; point at that folder" if layout
+                         else "check the dataset layout")
     images: dict[str, Path] = {}
     for p in sorted(folder.iterdir()):
         if p.suffix.lower() in IMAGE_SUFFIXES:

@@ -78,7 +78,8 @@ def import_kaist(src: Path, dst: Path, progress: bool = True, check: str = "deco
     for video in videos:
         set_id = int(video.parent.name[3:])
         cdir, tdir = video / "visible", video / "lwir"
-        for stem, c, t in pair_by_stem(list_images(cdir), list_images(tdir), cdir, tdir):
+        layout = "KAIST keeps setXX/VYYY/visible and setXX/VYYY/lwir"
+        for stem, c, t in pair_by_stem(list_images(cdir, layout), list_images(tdir, layout), cdir, tdir):
             frame = re.fullmatch(r"I(\d+)", stem)
             if not frame:
                 raise file_error(c, "name is not IZZZZZ", "KAIST frames are named I00000.jpg, I00001.jpg ...")

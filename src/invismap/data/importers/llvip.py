@@ -25,7 +25,8 @@ def import_llvip(src: Path, dst: Path, progress: bool = True, check: str = "deco
     for split in ("train", "test"):
         cdir, tdir = src / "visible" / split, src / "infrared" / split
         if cdir.is_dir() or tdir.is_dir():
-            pairs = pair_by_stem(list_images(cdir), list_images(tdir), cdir, tdir)
+            layout = f"LLVIP keeps visible/{split} and infrared/{split} side by side"
+            pairs = pair_by_stem(list_images(cdir, layout), list_images(tdir, layout), cdir, tdir)
             for name, c, t in pairs:
                 if name in seen:
                     raise file_error(c, f"name {name} is in both train and test", "LLVIP names are unique")

@@ -55,7 +55,8 @@ def import_m3fd(src: Path, dst: Path, progress: bool = True, conditions: str | P
     """Import an M3FD folder into ``dst`` (manifest.csv + labels/thermal); returns the manifest."""
     src, dst = Path(src).resolve(), Path(dst).resolve()
     cdir, tdir = src / "Vis", src / "Ir"
-    pairs = pair_by_stem(list_images(cdir), list_images(tdir), cdir, tdir)
+    layout = "M3FD keeps Vis/ and Ir/ side by side"
+    pairs = pair_by_stem(list_images(cdir, layout), list_images(tdir, layout), cdir, tdir)
     table = {}
     if conditions is not None:
         table = _read_conditions(Path(conditions) if Path(conditions).is_file() else src / conditions)

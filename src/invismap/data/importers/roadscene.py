@@ -126,7 +126,8 @@ def import_roadscene(src: Path, dst: Path, progress: bool = True,
     """
     src, dst = Path(src).resolve(), Path(dst).resolve()
     cdir, tdir = src / "crop_LR_visible", src / "cropinfrared"
-    pairs = pair_by_stem(list_images(cdir), list_images(tdir), cdir, tdir)
+    layout = "RoadScene keeps crop_LR_visible/ and cropinfrared/ side by side"
+    pairs = pair_by_stem(list_images(cdir, layout), list_images(tdir, layout), cdir, tdir)
     meta_path = src / "_meta" / "roadscene_meta.csv"
     boxes_path = src / "_meta" / "roadscene_flir_boxes_crop.json"
     meta, boxes = _read_meta(meta_path), _read_boxes(boxes_path)
