@@ -1097,19 +1097,6 @@ def pipeline_importer_option_not_a_number(t, mp):
     return Case(["run", str(t / "c.yaml"), f"out={t / 'out'}"], t / "out", [t / "out" / "import"])
 
 
-@row("yolov5n.pt: is a color detector, not a thermal one", "RUN/distill/thermal_detector.pt")
-def detect_fused_with_a_color_detector_as_thermal(t, mp):
-    from conftest import find_assets
-
-    assets = find_assets()
-    if assets is None:
-        pytest.skip("real assets not found (the color detector's weights)")
-    src = make_msrs(t / "src")
-    return Case(["detect", str(src / "vi"), "--thermal", str(src / "ir"), "--thermal-detector",
-                 str(assets / "weights" / "yolov5n.pt"), "--out", str(t / "out")], t / "out",
-                [t / "out" / "detections.json"])
-
-
 def pipeline_case(t: Path, yaml_text: str) -> Case:
     (t / "c.yaml").write_text(yaml_text)
     return Case(["run", str(t / "c.yaml"), f"out={t / 'out'}"], t / "out", [t / "out" / "import"])
@@ -1125,9 +1112,9 @@ def pipeline_unknown_baseline(t, mp):
     return pipeline_case(t, "evaluate: {baselines: [darknes]}\n")
 
 
-@row("config key 'evaluate.references'", "'contrast' is not a scored map")
-def pipeline_reference_not_scored(t, mp):
-    return pipeline_case(t, "evaluate: {baselines: [darkness], references: [contrast]}\n")
+@row("config key 'evaluate.references'", "'darknes' is not a map source")
+def pipeline_reference_unknown(t, mp):
+    return pipeline_case(t, "evaluate: {references: [prior, darknes]}\n")
 
 
 @row("config key 'evaluate.tau'", "35 is not allowed (a number between 0 and 1)")
@@ -1151,6 +1138,17 @@ def roadscene_thermal_folder_missing(t, mp):
     cv2.imwrite(str(t / "src" / "crop_LR_visible" / "FLIR_00001.jpg"), np.zeros((H, W, 3), np.uint8))
     return Case(["data", "import", "roadscene", str(t / "src"), str(t / "dst")], t / "dst",
                 [t / "dst" / "manifest.csv"])
+
+
+@row("option 'check' is not an importer option", "--check")
+def import_check_given_as_an_option(t, mp):
+    return Case(["data", "import", "msrs", str(make_msrs(t / "src")), str(t / "dst"), "--option",
+                 "check=header"], t / "dst", [t / "dst" / "manifest.csv"])
+
+
+@row("config key 'data.more.format'", "unknown dataset format 'roadscen'")
+def pipeline_unknown_more_format(t, mp):
+    return pipeline_case(t, f"data: {{more: [{{format: roadscen, src: {t}}}]}}\n")
 
 
 # ---- subprocess rows: a real kernel error, and proof that no traceback reaches the terminal --------

@@ -335,6 +335,13 @@ def test_cli_detect_warns_when_weights_were_chosen_otherwise(msrs_dir, weights_d
     with caplog.at_level(logging.WARNING):
         assert main(argv + ["--out", str(tmp_path / "three")]) == 0
     assert "chosen with NMS IoU 0.4, this run uses 0.45; give --iou 0.4" in caplog.text
+    assert "not a distilled thermal detector" not in caplog.text
+    caplog.clear()
+    teacher_as_thermal = argv[:argv.index("--thermal-detector") + 1] + [str(weights_dir / "yolov5n.pt")] + \
+        argv[argv.index("--thermal-detector") + 2:]
+    with caplog.at_level(logging.WARNING):  # the color teacher as the thermal detector: said, not refused
+        assert main(teacher_as_thermal + ["--out", str(tmp_path / "four")]) == 0
+    assert "yolov5n.pt: not a distilled thermal detector" in caplog.text
 
 
 def test_cached_detections_are_recomputed_when_the_sizes_change(msrs_dir, weights_dir, thermal_detector,

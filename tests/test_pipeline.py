@@ -212,6 +212,33 @@ def test_a_folder_the_pipeline_did_not_make_is_refused_not_deleted(tmp_path):
     assert toy_pipeline(cfg).run(until="second") == {"first": "ran", "second": "ran"}  # 'third' not touched
     (tmp_path / "third" / "notes.txt").unlink()
     assert toy_pipeline(cfg).run()["third"] == "ran"
+    # the pipeline's own folders are deleted whole (renamed first): a changed stage leaves no record-less rest
+    cfg.c = 2
+    assert toy_pipeline(cfg).run()["third"] == "ran"
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith((".previous", ".deleting"))]
+
+
+def test_files_an_importer_option_names_outside_the_dataset_are_in_the_import_hash(tmp_path):
+    """An MSRS ``labels`` folder kept apart from the images: editing it re-runs the import; a config without
+    options hashes as before options existed."""
+    from invismap.pipeline import STAGES
+    from invismap.pipeline.config import PipelineConfig
+
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.png").write_bytes(b"x")
+    (tmp_path / "labels" / "infrared").mkdir(parents=True)
+    (tmp_path / "labels" / "infrared" / "a.txt").write_text("0 0.5 0.5 0.1 0.1\n")
+
+    def import_hash(options=None) -> str:
+        cfg = PipelineConfig(out=str(tmp_path / "out"))
+        cfg.data.src, cfg.data.options = str(tmp_path / "src"), options
+        return Pipeline(cfg, STAGES, echo=lambda line: None).hash("import")
+
+    plain, inside = import_hash(), import_hash({"split_column": "dev_split"})
+    with_labels = import_hash({"labels": str(tmp_path / "labels")})
+    (tmp_path / "labels" / "infrared" / "a.txt").write_text("0 0.5 0.5 0.1 0.1\n2 0.2 0.2 0.1 0.1\n")
+    assert len({plain, inside, with_labels, import_hash({"labels": str(tmp_path / "labels")})}) == 4
+    assert import_hash() == plain
 
 
 def test_a_stage_sees_only_its_own_settings_and_inputs(tmp_path):

@@ -56,7 +56,7 @@ def _print_summary(manifest, json_path=None) -> None:
 
 
 def _import(args) -> None:
-    from invismap.data.importers import import_dataset
+    from invismap.data.importers import check_options, import_dataset
     from invismap.errors import InvismapError
 
     options = {}
@@ -66,7 +66,8 @@ def _import(args) -> None:
             raise InvismapError(f"--option {text}: write KEY=VALUE "
                                 "(e.g. --option thermal_suffix=_PreviewData)")
         options[key] = value
-    manifest = import_dataset(args.format, args.src, args.dst, check=args.check, **options)
+    manifest = import_dataset(args.format, args.src, args.dst, check=args.check,
+                              **check_options(args.format, options))
     print(f"imported {len(manifest)} pairs into {args.dst}/manifest.csv")
     _print_summary(manifest)
 

@@ -271,10 +271,9 @@ def _detect_fused(args: argparse.Namespace) -> int:
                              f"({wh_color[0]}x{wh_color[1]})",
                              "register the pair first ('invismap register')")
     thermal_model = load_detector(args.thermal_detector)
-    if not isinstance(thermal_model, ThermalDetector):  # e.g. yolov5n.pt: the teacher, which reads color
-        raise file_error(args.thermal_detector, "is a color detector, not a thermal one",
-                         "give a distilled thermal detector (RUN/distill/thermal_detector.pt) to "
-                         "--thermal-detector")
+    if not isinstance(thermal_model, ThermalDetector):  # e.g. yolov5n.pt, the teacher, trained on color
+        log.warning(f"{args.thermal_detector}: not a distilled thermal detector; if it was trained on color "
+                    "images (e.g. the teacher), give RUN/distill/thermal_detector.pt to --thermal-detector")
     model = load_inference_detector(args.model)
     invisibility = None if spec is None else map_source(spec)[1]
     out = Path(args.out)

@@ -150,6 +150,15 @@ def _digest(obj: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def _delete(folder: Path) -> None:
+    """Delete a stage folder whole: renamed first, so a run killed while deleting never leaves a stage folder
+    that lost its ``stage.json`` but kept other files."""
+    doomed = folder.with_name(f".{folder.name}.deleting")
+    shutil.rmtree(doomed, ignore_errors=True)
+    folder.rename(doomed)
+    shutil.rmtree(doomed)
+
+
 def _duration(seconds: float) -> str:
     m, s = divmod(round(seconds), 60)
     return f"{m}m{s:02d}s" if m else f"{seconds:.1f}s"
@@ -256,17 +265,18 @@ class Pipeline:
         return status
 
     def _refuse_foreign_folders(self, names: set[str]) -> None:
-        """Refuse to start when a stage's folder (or its ``.previous``) holds files but no stage record: the
-        pipeline did not make it, and re-running that stage would delete what it holds."""
+        """Refuse to start when a stage's folder holds files but no stage record: the pipeline did not make
+        it (its own folders are deleted whole, :func:`_delete`), and re-running that stage would delete what
+        it holds."""
         for name in sorted(names):
-            for folder in (self.dir(name), self.dir(name).with_name(name + PREVIOUS)):
-                if folder.is_dir() and any(folder.iterdir()) and not (folder / RECORD).is_file():
-                    raise InvismapError(f"{folder}: a folder this pipeline did not make (no {RECORD}), and "
-                                        f"stage '{name}' would write over it; choose another out= for the "
-                                        "run, or move the folder away")
-                if folder.exists() and not folder.is_dir():
-                    raise InvismapError(f"{folder}: a file where stage '{name}' writes its folder; choose "
-                                        "another out= for the run, or move the file away")
+            folder = self.dir(name)
+            if folder.is_dir() and any(folder.iterdir()) and not (folder / RECORD).is_file():
+                raise InvismapError(f"{folder}: a folder this pipeline did not make (no {RECORD}), and stage "
+                                    f"'{name}' would write over it; choose another out= for the run, or move "
+                                    "the folder away")
+            if folder.exists() and not folder.is_dir():
+                raise InvismapError(f"{folder}: a file where stage '{name}' writes its folder; choose "
+                                    "another out= for the run, or move the file away")
 
     def _upstream(self, name: str) -> set[str]:
         out: set[str] = set()
@@ -287,7 +297,7 @@ class Pipeline:
             self.echo(f"{name}: the finished results of these settings are back from {previous} (the "
                       "stopped run of other settings is dropped)")
             if self.dir(name).exists():
-                shutil.rmtree(self.dir(name))
+                _delete(self.dir(name))
             previous.rename(self.dir(name))
 
     def _run_stage(self, stage: Stage, tag: str, force: bool) -> None:
@@ -300,10 +310,10 @@ class Pipeline:
         replacing = bool(record and record.get("finished") and record.get("hash") != h)
         if replacing:
             if previous.exists():
-                shutil.rmtree(previous)
+                _delete(previous)
             folder.rename(previous)
         elif folder.exists() and not resume:
-            shutil.rmtree(folder)
+            _delete(folder)
         folder.mkdir(parents=True, exist_ok=True)
         write_json(folder / RECORD, {"stage": stage.name, "hash": h, "finished": False})
         self.echo(f"{tag}: {stage.plan(self.cfg)}" + (" (resuming)" if resume else ""))
@@ -312,7 +322,7 @@ class Pipeline:
             summary = stage.run(self.settings(stage), self.inputs(stage), folder, resume) or {}
         except BaseException:
             if replacing and {p.name for p in folder.iterdir()} <= NOTHING_YET:
-                shutil.rmtree(folder)
+                _delete(folder)
                 previous.rename(folder)
             elif replacing:
                 self.echo(f"{tag}: stopped; the results it replaces are kept in {previous}")
@@ -321,5 +331,5 @@ class Pipeline:
         write_json(folder / RECORD, {"stage": stage.name, "hash": h, "finished": True, "code": code_digest(),
                                      "seconds": round(seconds, 1), "summary": summary})
         if previous.exists():
-            shutil.rmtree(previous)
+            _delete(previous)
         self.echo(f"{tag}: done in {_duration(seconds)} - {stage.result(summary)}")

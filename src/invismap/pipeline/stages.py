@@ -25,6 +25,30 @@ def _fingerprint(folder: str) -> list:
     return sorted((p.relative_to(root).as_posix(), p.stat().st_size) for p in root.rglob("*") if p.is_file())
 
 
+def _option_files(*entries) -> list:
+    """Names and sizes of the files that importer options name outside their dataset's folder (an MSRS
+    ``labels`` folder, a FLIR ``annotations`` json): an edited one changes the import stage's hash."""
+    out = []
+    for entry in entries:
+        src = Path(entry.src).resolve()
+        for key, value in sorted((entry.options or {}).items()):
+            path = Path(str(value)) if Path(str(value)).exists() else src / str(value)
+            if path.exists() and not path.resolve().is_relative_to(src):
+                files = _fingerprint(str(path)) if path.is_dir() else [(path.name, path.stat().st_size)]
+                out.append([entry.format, key, files])
+    return out
+
+
+def _import_settings(cfg) -> dict:
+    """What the import stage reads: the data section and the files of every dataset it imports."""
+    settings = {"data": cfg.data, "files": _fingerprint(cfg.data.src),
+                "more_files": [_fingerprint(m.src) for m in cfg.data.more]}
+    outside = _option_files(cfg.data, *cfg.data.more)
+    if outside:  # only then: runs made before options existed keep their hash
+        settings["option_files"] = outside
+    return settings
+
+
 def _protocol_record(cfg) -> dict:
     """The scoring protocol's settings among a stage's inputs (a changed protocol scores again)."""
     return steps.scoring_protocol(cfg.evaluate, cfg.distill.size).record()
@@ -98,8 +122,7 @@ def _fmt_predictor_cv(s: dict) -> str:
 
 
 STAGES = [
-    Stage("import", (), lambda cfg: {"data": cfg.data, "files": _fingerprint(cfg.data.src),
-                                     "more_files": [_fingerprint(m.src) for m in cfg.data.more]},
+    Stage("import", (), _import_settings,
           steps.import_pairs,
           lambda cfg: f"import {cfg.data.format} pairs from {cfg.data.src}"
                       + (f" (at most {cfg.data.max_pairs} per split and condition)"
@@ -211,20 +234,23 @@ def _check_evaluation(c) -> None:
     from invismap.data.manifest import CONDITIONS
     from invismap.invisibility.sources import SOURCES, map_source_name
 
+    if not c.conditions:
+        raise InvismapError("config key 'evaluate.conditions' is empty: list the conditions to score "
+                            f"(of {', '.join(CONDITIONS)})")
     bad = [x for x in c.conditions if x not in CONDITIONS]
-    if bad or not c.conditions:
-        raise InvismapError(f"config key 'evaluate.conditions': {bad[0] if bad else '[]'!r} is not allowed "
-                            f"(a list of {', '.join(CONDITIONS)})")
+    if bad:
+        raise InvismapError(f"config key 'evaluate.conditions': '{bad[0]}' is not allowed (a list of "
+                            f"{', '.join(CONDITIONS)})")
     kinds = [map_source_name(b) for b in c.baselines]
     bad = [k for k in kinds if k not in SOURCES]
     if bad:
         raise InvismapError(f"config key 'evaluate.baselines': unknown map source '{bad[0]}' "
                             f"(known: {', '.join(SOURCES.names())})")
-    scored = {"predictor", "pair", "prior", *kinds}
-    bad = [r for r in c.references if r not in scored]
+    maps = {"predictor", "pair", "prior", *SOURCES.names()}  # one that is not scored is skipped
+    bad = [r for r in c.references if r not in maps]
     if bad:
-        raise InvismapError(f"config key 'evaluate.references': '{bad[0]}' is not a scored map (scored: "
-                            f"{', '.join(sorted(scored))})")
+        raise InvismapError(f"config key 'evaluate.references': '{bad[0]}' is not a map source (known: "
+                            f"{', '.join(sorted(maps))})")
     for key, value in (("tau", c.tau), ("conf", c.conf)):
         if not 0 < value < 1:  # a float already (from_dict)
             raise InvismapError(f"config key 'evaluate.{key}': {value:g} is not allowed (a number between 0 "
@@ -311,11 +337,14 @@ def check_config(cfg) -> None:
     if c.detector_size < 32 or c.detector_size % 32:
         raise InvismapError(f"config key 'evaluate.detector_size': {c.detector_size} is not allowed "
                             "(a multiple of 32, e.g. 640)")
-    from invismap.data.importers import CHECKS, check_options
+    from invismap.data.importers import CHECKS, IMPORTERS, check_options
 
     entries = [("data", cfg.data)] + [("data.more", m) for m in cfg.data.more] + \
         [("evaluate.other", o) for o in cfg.evaluate.other]
     for key, entry in entries:
+        if entry.format not in IMPORTERS:
+            raise InvismapError(f"config key '{key}.format': unknown dataset format '{entry.format}' (known: "
+                                f"{', '.join(IMPORTERS.names())})")
         try:
             check_options(entry.format, entry.options or {})
         except InvismapError as e:

@@ -300,7 +300,8 @@ def evaluate_other(s: Settings, inputs: Inputs, other, d: Path) -> dict:
     from invismap.invisibility.sources import evaluate_specs
 
     c = s.evaluate
-    same = [m for m in s.more if (m.format, m.src, m.options) == (other.format, other.src, other.options)]
+    same = [m for m in s.more
+            if (m.format, m.src, m.options or {}) == (other.format, other.src, other.options or {})]
     if same:  # imported already (data.more)
         manifest = load_manifest(more_manifests(inputs)[other.format])
     else:

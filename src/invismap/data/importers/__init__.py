@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import shutil
+import typing
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -41,8 +42,10 @@ def get_importer(fmt: str) -> Callable[..., Manifest]:
     return IMPORTERS.get(fmt)
 
 
-def import_dataset(fmt: str, src: str | Path, dst: str | Path, **options) -> Manifest:
-    """Import ``src`` in format ``fmt`` into the pair dataset folder ``dst``.
+def import_dataset(fmt: str, src: str | Path, dst: str | Path, progress: bool = True, check: str = "decode",
+                   **options) -> Manifest:
+    """Import ``src`` in format ``fmt`` into the pair dataset folder ``dst``; ``options`` are the importer's
+    own (:func:`check_options`).
 
     The import is written into ``dst/.importing`` and moved in only when it has finished, so a failed or
     interrupted re-import leaves the dataset that was there whole: its manifest and the labels it points at.
@@ -50,8 +53,8 @@ def import_dataset(fmt: str, src: str | Path, dst: str | Path, **options) -> Man
     src = Path(src)
     if not src.is_dir():
         raise InvismapError(f"{src}: source folder not found")
-    if options.get("check", CHECKS[0]) not in CHECKS:
-        raise InvismapError(f"image check '{options['check']}' is not one of {', '.join(CHECKS)}")
+    if check not in CHECKS:
+        raise InvismapError(f"image check '{check}' is not one of {', '.join(CHECKS)}")
     importer = get_importer(fmt)
     options = check_options(fmt, options)
     dst = Path(dst).resolve()
@@ -63,7 +66,7 @@ def import_dataset(fmt: str, src: str | Path, dst: str | Path, **options) -> Man
         raise file_error(dst, f"cannot write the dataset here ({e.strerror})",
                          "choose another output folder") from None
     try:
-        return _move_in(importer(src, staging, **options), staging, dst)
+        return _move_in(importer(src, staging, progress=progress, check=check, **options), staging, dst)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -78,13 +81,16 @@ def check_options(fmt: str, options: dict[str, Any]) -> dict[str, Any]:
     """``options`` checked against what the ``fmt`` importer takes, before any file is read; a number option
     given as text (``--option test_fraction=0.2``) becomes a number."""
     importer = get_importer(fmt)
-    params, known = inspect.signature(importer).parameters, importer_options(importer)
+    hints, known = typing.get_type_hints(importer), importer_options(importer)
     out = {}
     for name, value in options.items():
-        if name not in known and name not in ("progress", "check"):
+        if name in ("check", "src", "dst", "progress"):
+            raise InvismapError(f"option '{name}' is not an importer option: set it with the command's own "
+                                "argument (--check, SRC, DST) or the config's data.check / src")
+        if name not in known:
             raise InvismapError(f"option '{name}' is not one the {fmt} importer takes "
                                 f"(it takes: {', '.join(known) or 'none'})")
-        if isinstance(value, str) and "float" in str(params[name].annotation):
+        if isinstance(value, str) and float in (hints.get(name), *typing.get_args(hints.get(name))):
             try:
                 value = float(value)
             except ValueError:
