@@ -161,6 +161,34 @@ def test_cli_detect_writes_images_and_results(msrs_dir, weights_dir, tmp_path):
         _run(["detect", str(tmp_path), "--out", str(out)])  # holds only folders
 
 
+def test_an_interrupted_detect_leaves_the_last_runs_outputs_whole(msrs_dir, weights_dir, tmp_path,
+                                                                   monkeypatch):
+    """Drawings are moved into --out only when the run ends: stopped midway, the folder keeps the last
+    run's drawings and detections.json."""
+    from invismap.detector import cli
+
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    for n in ("00001D", "00010N"):
+        (src / f"{n}.png").write_bytes((msrs_dir / "ir" / f"{n}.png").read_bytes())
+    argv = ["detect", "--model", str(weights_dir / "yolov5n.pt"), str(src), "--out", str(out),
+            "--size", "160"]
+    _run([*argv, "--modality", "thermal"])
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    drawn = []
+
+    def stop_at_second(*a, **k):
+        drawn.append(1)
+        if len(drawn) == 2:
+            raise KeyboardInterrupt
+        return np.zeros((8, 8, 3), np.uint8)
+
+    monkeypatch.setattr(cli, "draw_detections", stop_at_second)
+    with pytest.raises(KeyboardInterrupt):
+        _run([*argv, "--modality", "color"])
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
 def _thermal_images(msrs_dir, names=("00024N", "00026N", "00279D")):
     from invismap.io import read_thermal
 
