@@ -1151,6 +1151,22 @@ def pipeline_unknown_more_format(t, mp):
     return pipeline_case(t, f"data: {{more: [{{format: roadscen, src: {t}}}]}}\n")
 
 
+@row("holds files that are not an earlier run's outputs (no index.json)", "choose a new or empty --out")
+def predict_into_the_image_folder(t, mp):
+    src = make_msrs(t / "src")
+    model = make_predictor_checkpoint(t / "p.pt")
+    return Case(["predict", "--model", str(model), str(src / "vi"), "--out", str(src / "vi")],
+                src / "vi", [src / "vi" / "index.json", src / "vi" / "0001D_map.png"])
+
+
+@row("out: holds files that are not an earlier run's outputs (no detections.json)", "choose a new or empty")
+def detect_into_a_folder_of_other_images(t, mp):
+    src = make_msrs(t / "src")
+    shutil.copytree(src / "vi", t / "out")  # the color twins of the thermal images read: same names
+    return Case(["detect", "--model", "yolov5n", str(src / "ir"), "--out", str(t / "out")], t / "out",
+                [t / "out" / "detections.json"])
+
+
 # ---- subprocess rows: a real kernel error, and proof that no traceback reaches the terminal --------
 
 @row("evil.pt", "refused to load", "possibly malicious", subprocess=True)

@@ -268,6 +268,11 @@ def test_an_interrupted_predict_leaves_the_last_runs_maps_whole(predictor_file, 
     with pytest.raises(KeyboardInterrupt):
         predict_source(model, src, out, boxes=stop_at_second, batch_size=1, size=128, progress=False)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    # a finished run replaces the last one whole: no maps of images it did not read are left beside its index
+    first = min(src.iterdir())
+    predict_source(model, first, out, size=128, progress=False)
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["index.json"] + [f"{first.stem}_{k}" for k in ("map.png", "map.npy", "overlay.png")])
 
 
 def test_predict_source_video_writes_an_annotated_mp4(predictor_file, pairs, tmp_path):

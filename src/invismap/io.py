@@ -102,20 +102,36 @@ def check_output_file(path: str | Path | None, suffixes: tuple[str, ...] = (".js
                          "choose another file name (an existing file of another kind would be replaced)")
 
 
+STAGING = ".partial"  # OUT/.partial: a command's outputs until it finishes (staged_outputs)
+
+
+def check_output_folder(out: str | Path, index: str) -> None:
+    """Refuse an output folder that holds files but not ``index``: they are not an earlier run's outputs of
+    this command (e.g. the user's images), and the run would write over or beside them."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise file_error(out, "is a file, not a folder", "give a folder to --out")
+    if out.is_dir() and any(p.name != STAGING for p in out.iterdir()) and not (out / index).is_file():
+        raise file_error(out, f"holds files that are not an earlier run's outputs (no {index})",
+                         "choose a new or empty --out folder")
+
+
 @contextlib.contextmanager
-def staged_outputs(out: str | Path) -> Iterator[Path]:
-    """A folder inside ``out`` (``out/.partial``) to write a command's per-image outputs into; they are moved
-    into ``out`` only when the block ends without an error, so a run that stops midway leaves the previous
-    run's outputs and its index as they were. The caller writes its index into ``out`` after the block.
+def staged_outputs(out: str | Path, index: str) -> Iterator[Path]:
+    """A folder inside ``out`` (``out/.partial``) to write a command's outputs into, ``out`` being new, empty
+    or an earlier run's outputs (it holds ``index``; :func:`check_output_folder`). When the block ends without
+    an error the earlier run's files are replaced by the new ones, whole; a run that stops midway leaves them
+    as they were. The caller writes its new ``index`` into ``out`` after the block.
 
     Example:
-        >>> with staged_outputs("runs/maps") as folder:  # doctest: +SKIP
+        >>> with staged_outputs("runs/maps", "index.json") as folder:  # doctest: +SKIP
         ...     write_image(folder / "a_map.png", heat)
     """
     import shutil
 
     out = Path(out)
-    staging = out / ".partial"
+    check_output_folder(out, index)
+    staging = out / STAGING
     try:
         shutil.rmtree(staging, ignore_errors=True)  # left by a run that was killed
         staging.mkdir(parents=True)
@@ -123,11 +139,12 @@ def staged_outputs(out: str | Path) -> Iterator[Path]:
         raise _write_error(staging, e) from None
     try:
         yield staging
-        for path in sorted(staging.rglob("*")):
-            if path.is_file():
-                target = out / path.relative_to(staging)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(path, target)
+        (out / index).unlink(missing_ok=True)  # first: a run killed from here on leaves no index over a mix
+        for old in out.iterdir():
+            if old.name != STAGING:
+                shutil.rmtree(old) if old.is_dir() else old.unlink()
+        for path in staging.iterdir():
+            path.rename(out / path.name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

@@ -123,6 +123,10 @@ def check_detection_args(args: argparse.Namespace) -> None:
             if out in (folder, folder.parent if folder.is_file() else folder):
                 raise InvismapError(f"{args.out}: --out is the folder of the images read; the drawings "
                                     "would replace them (choose another --out)")
+    if out is not None:  # before any model loads: not a folder of the user's own files
+        from invismap.io import check_output_folder
+
+        check_output_folder(out, "detections.json")
 
 
 def _detect(args: argparse.Namespace) -> int:
@@ -144,7 +148,8 @@ def _detect(args: argparse.Namespace) -> int:
     out = Path(args.out)
     results, images = [], []
     batch = 8
-    with staged_outputs(out) as staging:  # an interrupted run leaves the last run's drawings whole
+    # an interrupted run leaves the last run's drawings whole; a finished one replaces them whole
+    with staged_outputs(out, "detections.json") as staging:
         for k in range(0, len(files), batch):
             chunk = files[k:k + batch]
             imgs = [read(f) for f in chunk]
@@ -280,7 +285,7 @@ def _detect_fused(args: argparse.Namespace) -> int:
     # a truck seen by one camera and a car by the other are one object: fused as the labels' classes
     protocol = ScoringProtocol(args.size, args.tta_sizes, args.iou, fold_classes=True)
     results = []
-    with staged_outputs(out) as staging:  # an interrupted run leaves the last run's outputs whole
+    with staged_outputs(out, "detections.json") as staging:  # as in _detect
         for image_id, (c, t) in enumerate(pairs, start=1):
             rgb, thr = read_color(c), read_thermal(t)
             heat = invisibility(None, rgb, thr) if invisibility else None

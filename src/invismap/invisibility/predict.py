@@ -38,7 +38,7 @@ from invismap.data.letterbox import apply_letterbox, letterbox_params, map_to_or
 from invismap.data.manifest import COCO_NAMES
 from invismap.detector.base import Detections
 from invismap.errors import InvismapError, file_error
-from invismap.io import atomic_write, read_color, staged_outputs, write_image, write_json
+from invismap.io import atomic_write, check_output_folder, read_color, staged_outputs, write_image, write_json
 
 log = logging.getLogger(__name__)
 
@@ -233,12 +233,14 @@ def predict_source(model: nn.Module, source: str | Path, out_dir: str | Path,
     kind, files = list_source(source)
     out_dir = Path(out_dir)
     box_fn = _box_fn(boxes)
-    if kind == "video":
-        records = [_predict_video(model, files[0], out_dir, box_fn, batch_size, size, progress)]
-    else:
-        records = []
-        bar = tqdm(total=len(files), desc="predict", unit="img", disable=not progress, dynamic_ncols=True)
-        with staged_outputs(out_dir) as staging:  # an interrupted run leaves the last run's maps whole
+    # an interrupted run leaves the last run's maps whole; a finished one replaces them whole
+    with staged_outputs(out_dir, "index.json") as staging:
+        if kind == "video":
+            record = _predict_video(model, files[0], staging, box_fn, batch_size, size, progress)
+            records = [{**record, "overlay_video": str(out_dir / Path(record["overlay_video"]).name)}]
+        else:
+            records = []
+            bar = tqdm(total=len(files), desc="predict", unit="img", disable=not progress, dynamic_ncols=True)
             for chunk in _chunks(list(zip(files, _output_names(files))), batch_size):
                 loaded = []
                 for path, name in chunk:
@@ -363,6 +365,10 @@ def _predict(args) -> None:
 
     if args.batch < 1:
         raise InvismapError(f"--batch must be at least 1, got {args.batch}")
+    if args.size is not None and not 32 <= args.size <= 8192:
+        raise InvismapError(f"--size {args.size}: must be between 32 and 8192 pixels (e.g. 640; leave it out "
+                            "for the predictor's training size)")
+    check_output_folder(args.out, "index.json")  # before any model loads: not the user's own images
     device = resolve_device(args.device)
     backend = args.backend or ("onnxruntime" if str(args.model).endswith(".onnx") else "torch")
     if backend == "onnxruntime":
@@ -381,7 +387,7 @@ def _predict(args) -> None:
                                 "leave --backend out to run the .onnx file with ONNX Runtime")
         model, meta = load_predictor(args.model)
         model = optimize_for_inference(model)  # same maps to ~1e-6, faster (benchmarks/bench_predictor.py)
-    size = args.size or int(meta["input_size"])
+    size = args.size if args.size is not None else int(meta["input_size"])
     if size % 32:
         raise InvismapError(f"--size {size} must be a multiple of 32")
     if size != meta["input_size"]:
