@@ -1071,8 +1071,9 @@ def pipeline_other_dataset_distilled_on(t, mp):
 
 @row("config key 'data.more'", "format 'roadscene' is listed twice")
 def pipeline_more_dataset_twice(t, mp):
-    (t / "c.yaml").write_text(f"data: {{more: [{{format: roadscene, src: {t}}}, "
-                              f"{{format: roadscene, src: {t}}}]}}\n")
+    (t / "rs").mkdir()
+    (t / "c.yaml").write_text(f"data: {{more: [{{format: roadscene, src: {t / 'rs'}}}, "
+                              f"{{format: roadscene, src: {t / 'rs'}}}]}}\n")
     return Case(["run", str(t / "c.yaml"), f"out={t / 'out'}"], t / "out", [t / "out" / "import"])
 
 
@@ -1080,7 +1081,8 @@ def pipeline_more_dataset_twice(t, mp):
 def pipeline_out_is_a_foreign_folder(t, mp):
     (t / "out" / "import").mkdir(parents=True)
     (t / "out" / "import" / "notes.txt").write_text("mine")
-    (t / "c.yaml").write_text(f"data: {{src: {t}}}\n")
+    (t / "ds").mkdir()
+    (t / "c.yaml").write_text(f"data: {{src: {t / 'ds'}}}\n")
     return Case(["run", str(t / "c.yaml"), f"out={t / 'out'}"], t / "out", [t / "out" / "import" / RECORD])
 
 
@@ -1165,6 +1167,43 @@ def detect_into_a_folder_of_other_images(t, mp):
     shutil.copytree(src / "vi", t / "out")  # the color twins of the thermal images read: same names
     return Case(["detect", "--model", "yolov5n", str(src / "ir"), "--out", str(t / "out")], t / "out",
                 [t / "out" / "detections.json"])
+
+
+@row("config key 'out'", "is inside data's folder", "choose an out= outside the dataset")
+def pipeline_out_inside_the_dataset(t, mp):
+    return pipeline_case(t, f"data: {{src: {t}}}\n")
+
+
+@row("config key 'evaluate.other'", "format 'roadscene' is listed twice")
+def pipeline_other_camera_twice(t, mp):
+    (t / "rs").mkdir()
+    return pipeline_case(t, f"evaluate: {{other: [{{format: roadscene, src: {t / 'rs'}, split: all}}, "
+                            f"{{format: roadscene, src: {t / 'rs'}, split: test}}]}}\n")
+
+
+@row("config key 'evaluate.split'", "'tset' is not a split (train, val, test or all)")
+def pipeline_split_typo(t, mp):
+    return pipeline_case(t, "evaluate: {split: tset}\n")
+
+
+@row("config key 'register.offset'", "'nonsense' is not one of global")
+def pipeline_unknown_offset(t, mp):
+    return pipeline_case(t, "register: {enabled: true, offset: nonsense}\n")
+
+
+@row("config key 'experiments.pairs'", "-5 is not allowed")
+def pipeline_negative_pairs(t, mp):
+    return pipeline_case(t, "experiments: {pairs: [-5]}\n")
+
+
+@row("config key 'experiments.detector', variant 'a'", "give a list of overrides ([loss=head])")
+def pipeline_variant_overrides_not_a_list(t, mp):
+    return pipeline_case(t, "experiments: {detector: {a: loss=head}}\n")
+
+
+@row("config key 'data.options'", "option 'labels': 5 is not text (a name or a path)")
+def pipeline_importer_option_not_text(t, mp):
+    return pipeline_case(t, "data: {options: {labels: 5}}\n")
 
 
 # ---- subprocess rows: a real kernel error, and proof that no traceback reaches the terminal --------

@@ -263,17 +263,66 @@ def _check_experiments(cfg) -> None:
     from invismap.distill.experiments import variant_config as distill_variant
     from invismap.invisibility.experiments import variant_config as predictor_variant
 
-    bad = [v for v in cfg.experiments.losses if v not in LOSS_VARIANTS]
+    e = cfg.experiments
+    bad = [v for v in e.losses if v not in LOSS_VARIANTS]
     if bad:
         raise InvismapError(f"config key 'experiments.losses': unknown loss variant '{bad[0]}' (known: "
                             f"{', '.join(LOSS_VARIANTS)})")
+    bad = [n for n in e.pairs if n < 1]
+    if bad:
+        raise InvismapError(f"config key 'experiments.pairs': {bad[0]} is not allowed (numbers of pairs "
+                            ">= 1; the curve always ends with all of them)")
+    if e.max_steps < 0:
+        raise InvismapError(f"config key 'experiments.max_steps': {e.max_steps} is not allowed (steps >= 0; "
+                            "0 = the distill section's)")
     for key, section, apply in (("detector", cfg.distill, distill_variant),
                                 ("predictor", cfg.predictor, predictor_variant)):
-        for name, overrides in getattr(cfg.experiments, key).items():
+        for name, overrides in getattr(e, key).items():
+            if isinstance(overrides, str):
+                raise InvismapError(f"config key 'experiments.{key}', variant '{name}': give a list of "
+                                    f"overrides ([{overrides}]), not one text")
             try:
                 apply(section, list(overrides))
-            except InvismapError as e:
-                raise InvismapError(f"config key 'experiments.{key}', variant '{name}': {e}") from None
+            except InvismapError as err:
+                raise InvismapError(f"config key 'experiments.{key}', variant '{name}': {err}") from None
+
+
+def _check_data(cfg) -> None:
+    """Splits, offset keys, the datasets and their importer options, and where the run writes."""
+    from invismap.data.importers import IMPORTERS, check_options
+    from invismap.data.manifest import SPLITS
+    from invismap.registration.run import OFFSET_KEYS
+
+    splits = [("evaluate.split", cfg.evaluate.split), ("distill.split", cfg.distill.split),
+              ("predictor.split", cfg.predictor.split), ("displacement.split", cfg.displacement.split)]
+    for key, split in splits + [("evaluate.other.split", o.split) for o in cfg.evaluate.other]:
+        if split not in SPLITS:
+            raise InvismapError(f"config key '{key}': '{split}' is not a split (train, val, test or all)")
+    if cfg.register.enabled and cfg.register.offset not in OFFSET_KEYS:
+        raise InvismapError(f"config key 'register.offset': '{cfg.register.offset}' is not one of "
+                            f"{', '.join(OFFSET_KEYS)}")
+    entries = [("data", cfg.data)] + [("data.more", m) for m in cfg.data.more] + \
+        [("evaluate.other", o) for o in cfg.evaluate.other]
+    for key, entry in entries:
+        if entry.format not in IMPORTERS:
+            raise InvismapError(f"config key '{key}.format': unknown dataset format '{entry.format}' (known: "
+                                f"{', '.join(IMPORTERS.names())})")
+        try:
+            check_options(entry.format, entry.options or {})
+        except InvismapError as err:
+            raise InvismapError(f"config key '{key}.options': {err}") from None
+        if key != "data" and not Path(entry.src).is_dir():  # data.src is imported first anyway
+            raise InvismapError(f"config key '{key}': {entry.src}: folder not found (its src)")
+        if entry.src and Path(cfg.out).resolve().is_relative_to(Path(entry.src).resolve()):
+            raise InvismapError(f"config key 'out': {cfg.out} is inside {key}'s folder {entry.src}: the "
+                                "run's own files would change the dataset's fingerprint, so nothing would "
+                                "stay cached; choose an out= outside the dataset")
+    for key, formats in (("data.more", [m.format for m in cfg.data.more]),
+                         ("evaluate.other", [o.format for o in cfg.evaluate.other])):
+        twice = [f for f in formats if formats.count(f) > 1]
+        if twice:  # each writes OUT/.../<format>: the second would replace the first
+            raise InvismapError(f"config key '{key}': format '{twice[0]}' is listed twice "
+                                "(one entry per dataset format)")
 
 
 def check_config(cfg) -> None:
@@ -327,30 +376,14 @@ def check_config(cfg) -> None:
             raise InvismapError(f"config key 'evaluate.other': {other.format} is also in data.more (its "
                                 f"'{cfg.distill.split}' pairs are distilled on), so score it on split "
                                 f"'{cfg.evaluate.split}', not '{other.split}'")
-    formats = [m.format for m in cfg.data.more]
-    twice = [f for f in formats if formats.count(f) > 1]
-    if twice:
-        raise InvismapError(f"config key 'data.more': format '{twice[0]}' is listed twice "
-                            "(one entry per dataset)")
     if cfg.experiments.predictor and cfg.experiments.folds < 2:
         raise InvismapError(f"config key 'experiments.folds': {cfg.experiments.folds} is not allowed (>= 2)")
     if c.detector_size < 32 or c.detector_size % 32:
         raise InvismapError(f"config key 'evaluate.detector_size': {c.detector_size} is not allowed "
                             "(a multiple of 32, e.g. 640)")
-    from invismap.data.importers import CHECKS, IMPORTERS, check_options
+    from invismap.data.importers import CHECKS
 
-    entries = [("data", cfg.data)] + [("data.more", m) for m in cfg.data.more] + \
-        [("evaluate.other", o) for o in cfg.evaluate.other]
-    for key, entry in entries:
-        if entry.format not in IMPORTERS:
-            raise InvismapError(f"config key '{key}.format': unknown dataset format '{entry.format}' (known: "
-                                f"{', '.join(IMPORTERS.names())})")
-        try:
-            check_options(entry.format, entry.options or {})
-        except InvismapError as e:
-            raise InvismapError(f"config key '{key}.options': {e}") from None
-        if key != "data" and not Path(entry.src).is_dir():  # data.src is imported first anyway
-            raise InvismapError(f"config key '{key}': {entry.src}: folder not found (its src)")
+    _check_data(cfg)
     _check_evaluation(cfg.evaluate)
     _check_experiments(cfg)
     if cfg.data.check not in CHECKS:

@@ -449,6 +449,10 @@ def correct_offset(manifest: Manifest, dx: float, dy: float, out_dir: str | Path
                              info={"offset_removed": {"dx": float(dx), "dy": float(dy)}})
 
 
+# the offsets a displacement.json may hold (load_offset's keys)
+OFFSET_KEYS = ("global", "pooled_flow", "phase", "ecc", "edge_ncc_per_box", "labels")
+
+
 def load_offset(path: str | Path, key: str = "global") -> tuple[float, float]:
     """An offset ``(dx, dy)`` from a ``displacement.json`` (or its folder).
 

@@ -90,13 +90,25 @@ def check_options(fmt: str, options: dict[str, Any]) -> dict[str, Any]:
         if name not in known:
             raise InvismapError(f"option '{name}' is not one the {fmt} importer takes "
                                 f"(it takes: {', '.join(known) or 'none'})")
-        if isinstance(value, str) and float in (hints.get(name), *typing.get_args(hints.get(name))):
-            try:
-                value = float(value)
-            except ValueError:
-                raise InvismapError(f"option '{name}': '{value}' is not a number") from None
-        out[name] = value
+        out[name] = _option_value(name, value, typing.get_args(hints.get(name)) or (hints.get(name),))
     return out
+
+
+def _option_value(name: str, value: Any, types: tuple) -> Any:
+    """An option's value as the importer's annotation ``types`` want: a number (also from text), or text."""
+    if value is None and type(None) in types:
+        return None
+    if float in types:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = None
+        if number is None or isinstance(value, bool):  # True would read as 1.0
+            raise InvismapError(f"option '{name}': {value!r} is not a number")
+        return number
+    if str in types and not isinstance(value, (str, Path)):
+        raise InvismapError(f"option '{name}': {value!r} is not text (a name or a path)")
+    return value
 
 
 def _move_in(manifest: Manifest, staging: Path, dst: Path) -> Manifest:
