@@ -176,7 +176,7 @@ def distill_case(t: Path, config: str) -> Case:
     """``invismap distill`` on ``config`` (YAML text) over a small dataset; nothing may be written."""
     (t / "c.yaml").write_text(f"data: {make_dataset(t)}\n{config}")
     return Case(["distill", str(t / "c.yaml"), "--run", str(t / "run")], t / "run",
-                [t / "run" / "student.pt"])
+                [t / "run" / "student.pt", t / "run" / "config.yaml"])
 
 
 def predictor_case(t: Path, cfg: Path, *extra: str, resume: bool = False) -> Case:
@@ -1204,6 +1204,58 @@ def pipeline_variant_overrides_not_a_list(t, mp):
 @row("config key 'data.options'", "option 'labels': 5 is not text (a name or a path)")
 def pipeline_importer_option_not_text(t, mp):
     return pipeline_case(t, "data: {options: {labels: 5}}\n")
+
+
+@row("config key 'augment.scale'", "[2.0, 1.0] is not allowed ([low, high] with 0 < low <= high)")
+def distill_zoom_range_reversed(t, mp):
+    return distill_case(t, "augment: {scale: [2, 1]}\n")
+
+
+@row("config key 'augment.translate'", "-1.0 is not allowed (a fraction of the image size in [0, 1))")
+def distill_negative_shift(t, mp):
+    return distill_case(t, "augment: {translate: -1}\n")
+
+
+@row("--size -32: must be between 32 and 8192 pixels")
+def export_negative_size(t, mp):
+    return Case(["export", "--model", "yolov5n", "--out", str(t / "out" / "d.onnx"), "--size=-32"], t / "out",
+                [t / "out" / "d.onnx"])
+
+
+@row("--size 0: must be between 32 and 8192 pixels")
+def predict_size_zero(t, mp):
+    model = make_predictor_checkpoint(t / "p.pt")
+    return Case(["predict", "--model", str(model), str(make_msrs(t / "src") / "vi"), "--out", str(t / "out"),
+                 "--size", "0"], t / "out", [t / "out" / "index.json"])
+
+
+def eval_invisibility_case(t: Path, *extra: str) -> Case:
+    return Case(["eval-invisibility", "--data", str(make_dataset(t)), "--maps", "darkness", "--json",
+                 str(t / "out" / "e.json"), *extra], t / "out", [t / "out" / "e.json"])
+
+
+@row("--tau 2: must be a number between 0 and 1")
+def eval_invisibility_tau_out_of_range(t, mp):
+    return eval_invisibility_case(t, "--tau", "2")
+
+
+@row("--references darknes: not a map source", "known: darkness")
+def eval_invisibility_reference_typo(t, mp):
+    return eval_invisibility_case(t, "--references", "darknes")
+
+
+@row("e10.json: is a file, not a folder", "give a folder to --plots")
+def eval_invisibility_plots_is_a_file(t, mp):
+    (t / "e10.json").write_text("{}")
+    return eval_invisibility_case(t, "--plots", str(t / "e10.json"))
+
+
+@row("pairs.csv: is a file, not the dataset's folder", "give its folder")
+def import_a_file_as_the_dataset(t, mp):
+    src = make_msrs(t / "src")
+    (src / "pairs.csv").write_text("name,dev_split\n")
+    return Case(["data", "import", "msrs", str(src / "pairs.csv"), str(t / "dst")], t / "dst",
+                [t / "dst" / "manifest.csv"])
 
 
 # ---- subprocess rows: a real kernel error, and proof that no traceback reaches the terminal --------

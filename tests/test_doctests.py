@@ -14,7 +14,7 @@ MODULES = ["invismap.invisibility.metrics", "invismap.invisibility.bootstrap",
            "invismap.data.manifest", "invismap.data.dataset", "invismap.io",
            "invismap.invisibility.baselines", "invismap.invisibility.unet", "invismap.detector.fusion",
            "invismap.detector.ap_bootstrap", "invismap.detector.fusion_eval", "invismap.detector.protocol",
-           "invismap.detector.evaluate"]
+           "invismap.detector.evaluate", "invismap.data.letterbox"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from invismap.errors import InvismapError
+
 PAD_VALUE = 114  # YOLOv5's gray
 
 
@@ -45,6 +47,18 @@ class Letterbox:
         """Rows and columns of the canvas that hold the image (not the padding)."""
         h, w = _scaled(self.orig_h, self.scale), _scaled(self.orig_w, self.scale)
         return slice(self.pad_y, self.pad_y + h), slice(self.pad_x, self.pad_x + w)
+
+
+def check_size(size: int | None, flag: str = "--size") -> None:
+    """Refuse a letterbox size no model can use, naming the flag (a negative one ran and gave constant maps).
+
+    >>> check_size(-32)
+    Traceback (most recent call last):
+    ...
+    invismap.errors.InvismapError: --size -32: must be between 32 and 8192 pixels (e.g. 640)
+    """
+    if size is not None and not 32 <= size <= 8192:
+        raise InvismapError(f"{flag} {size}: must be between 32 and 8192 pixels (e.g. 640)")
 
 
 def _scaled(n: int, scale: float) -> int:

@@ -144,9 +144,12 @@ def check_distill_config(cfg: DistillConfig) -> None:
             raise bad(f"augment.{key}", getattr(cfg.augment, key), "a probability in [0, 1]")
     if cfg.augment.crop is not None and any(c < 32 or c % 32 for c in cfg.augment.crop):
         raise bad("augment.crop", list(cfg.augment.crop), "[height, width], multiples of 32, or null")
-    g = cfg.augment.thermal_gamma
-    if not 0 < g[0] <= g[1]:
-        raise bad("augment.thermal_gamma", list(g), "[low, high] with 0 < low <= high")
+    for key in ("thermal_gamma", "scale"):
+        low, high = getattr(cfg.augment, key)
+        if not 0 < low <= high:
+            raise bad(f"augment.{key}", [low, high], "[low, high] with 0 < low <= high")
+    if not 0 <= cfg.augment.translate < 1:
+        raise bad("augment.translate", cfg.augment.translate, "a fraction of the image size in [0, 1)")
     check_train_config(cfg.train)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from invismap.data.letterbox import check_size
 from invismap.data.manifest import SPLITS
 from invismap.engine.rundir import add_training_arguments, config_and_run_dir, report_training
 from invismap.errors import InvismapError
@@ -104,6 +105,7 @@ def _export(args) -> None:
         raise InvismapError(f"{args.out}: the output file must end in .onnx")
     if args.calibration_data and not args.int8:
         raise InvismapError("--calibration-data calibrates an int8 export: add --int8, or leave it out")
+    check_size(args.size)
     if _checkpoint_kind(args.model) != "predictor":
         if args.int8:
             raise InvismapError("--int8 is for the predictor only (detectors export in float32)")
@@ -130,6 +132,7 @@ def _score_pairs(args) -> None:
 
     if not 0 <= args.light <= 1:
         raise InvismapError(f"--light {args.light}: not allowed (a number in [0, 1], e.g. 0.5)")
+    check_size(args.size)
     cfg = TargetConfig(kind=args.kind, light=args.light)
     out = score_pairs(args.student, args.data, args.out, args.split, args.size, cfg)
     print(f"targets ({cfg.kind}) cached in {out}")
@@ -145,14 +148,24 @@ def _train_predictor(args) -> None:
 
 def _eval(args) -> None:
     from invismap.data.manifest import load_manifest
+    from invismap.errors import file_error
     from invismap.invisibility.evaluate import format_table
     from invismap.invisibility.plots import write_plots
-    from invismap.invisibility.sources import evaluate_specs
+    from invismap.invisibility.sources import SOURCES, evaluate_specs
     from invismap.io import check_output_file, write_json
 
     check_output_file(args.json)
     if args.bootstrap < 1:
         raise InvismapError(f"--bootstrap must be at least 1, got {args.bootstrap}")
+    for flag, value in (("--tau", args.tau), ("--conf", args.conf)):
+        if not 0 < value < 1:
+            raise InvismapError(f"{flag} {value:g}: must be a number between 0 and 1")
+    unknown = [r for r in args.references if r not in SOURCES]  # a known one not in --maps is skipped
+    if unknown:
+        raise InvismapError(f"--references {unknown[0]}: not a map source "
+                            f"(known: {', '.join(SOURCES.names())})")
+    if args.plots and Path(args.plots).exists() and not Path(args.plots).is_dir():
+        raise file_error(args.plots, "is a file, not a folder", "give a folder to --plots")
     manifest = load_manifest(args.data).select(condition=args.condition, split=args.split)
     if len(manifest) == 0:
         raise InvismapError(f"{args.data}: no pairs in split '{args.split}' with condition {args.condition}")

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from invismap.data.letterbox import apply_letterbox, letterbox_params, map_to_original
+from invismap.data.letterbox import apply_letterbox, check_size, letterbox_params, map_to_original
 from invismap.data.manifest import COCO_NAMES
 from invismap.detector.base import Detections
 from invismap.errors import InvismapError, file_error
@@ -365,9 +365,7 @@ def _predict(args) -> None:
 
     if args.batch < 1:
         raise InvismapError(f"--batch must be at least 1, got {args.batch}")
-    if args.size is not None and not 32 <= args.size <= 8192:
-        raise InvismapError(f"--size {args.size}: must be between 32 and 8192 pixels (e.g. 640; leave it out "
-                            "for the predictor's training size)")
+    check_size(args.size)
     check_output_folder(args.out, "index.json")  # before any model loads: not the user's own images
     device = resolve_device(args.device)
     backend = args.backend or ("onnxruntime" if str(args.model).endswith(".onnx") else "torch")

@@ -246,11 +246,10 @@ def _check_evaluation(c) -> None:
     if bad:
         raise InvismapError(f"config key 'evaluate.baselines': unknown map source '{bad[0]}' "
                             f"(known: {', '.join(SOURCES.names())})")
-    maps = {"predictor", "pair", "prior", *SOURCES.names()}  # one that is not scored is skipped
-    bad = [r for r in c.references if r not in maps]
+    bad = [r for r in c.references if r not in SOURCES]  # a known one that is not scored is skipped
     if bad:
         raise InvismapError(f"config key 'evaluate.references': '{bad[0]}' is not a map source (known: "
-                            f"{', '.join(sorted(maps))})")
+                            f"{', '.join(SOURCES.names())})")
     for key, value in (("tau", c.tau), ("conf", c.conf)):
         if not 0 < value < 1:  # a float already (from_dict)
             raise InvismapError(f"config key 'evaluate.{key}': {value:g} is not allowed (a number between 0 "

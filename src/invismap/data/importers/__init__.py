@@ -51,6 +51,8 @@ def import_dataset(fmt: str, src: str | Path, dst: str | Path, progress: bool = 
     interrupted re-import leaves the dataset that was there whole: its manifest and the labels it points at.
     """
     src = Path(src)
+    if src.is_file():
+        raise file_error(src, "is a file, not the dataset's folder", f"give its folder ({src.parent})")
     if not src.is_dir():
         raise InvismapError(f"{src}: source folder not found")
     if check not in CHECKS:
