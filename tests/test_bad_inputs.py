@@ -1153,12 +1153,21 @@ def pipeline_unknown_more_format(t, mp):
     return pipeline_case(t, f"data: {{more: [{{format: roadscen, src: {t}}}]}}\n")
 
 
-@row("holds files that are not an earlier run's outputs (no index.json)", "choose a new or empty --out")
+@row("vi: --out is the folder of the images read", "choose another --out")
 def predict_into_the_image_folder(t, mp):
     src = make_msrs(t / "src")
     model = make_predictor_checkpoint(t / "p.pt")
     return Case(["predict", "--model", str(model), str(src / "vi"), "--out", str(src / "vi")],
                 src / "vi", [src / "vi" / "index.json", src / "vi" / "0001D_map.png"])
+
+
+@row("holds files that are not an earlier run's outputs (no index.json)", "choose a new or empty --out")
+def predict_into_a_folder_of_other_files(t, mp):
+    model, src = make_predictor_checkpoint(t / "p.pt"), make_msrs(t / "src")
+    (t / "out").mkdir()
+    (t / "out" / "notes.txt").write_text("mine")
+    return Case(["predict", "--model", str(model), str(src / "vi"), "--out", str(t / "out")], t / "out",
+                [t / "out" / "index.json"])
 
 
 @row("out: holds files that are not an earlier run's outputs (no detections.json)", "choose a new or empty")
@@ -1181,7 +1190,7 @@ def pipeline_other_camera_twice(t, mp):
                             f"{{format: roadscene, src: {t / 'rs'}, split: test}}]}}\n")
 
 
-@row("config key 'evaluate.split'", "'tset' is not a split (train, val, test or all)")
+@row("config key 'evaluate.split'", "'tset' is not a split (train, val, test, all)")
 def pipeline_split_typo(t, mp):
     return pipeline_case(t, "evaluate: {split: tset}\n")
 
@@ -1196,7 +1205,7 @@ def pipeline_negative_pairs(t, mp):
     return pipeline_case(t, "experiments: {pairs: [-5]}\n")
 
 
-@row("config key 'experiments.detector', variant 'a'", "give a list of overrides ([loss=head])")
+@row("config key 'experiments.detector', variant 'a'", "give a list of overrides (e.g. [loss=head])")
 def pipeline_variant_overrides_not_a_list(t, mp):
     return pipeline_case(t, "experiments: {detector: {a: loss=head}}\n")
 

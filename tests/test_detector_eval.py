@@ -153,7 +153,8 @@ def test_cli_detect_writes_images_and_results(msrs_dir, weights_dir, tmp_path):
     out = tmp_path / "out"
     _run(["detect", "--model", str(weights_dir / "yolov5n.pt"), str(src), "--out", str(out),
           "--modality", "thermal", "--conf", "0.2"])
-    assert sorted(p.name for p in out.iterdir()) == ["00001D.png", "00010N.png", "detections.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".outputs.json", "00001D.png", "00010N.png",
+                                                     "detections.json"]
     results = json.loads((out / "detections.json").read_text())
     assert results and {"image_id", "category_id", "bbox", "score"} <= set(results[0])
     assert all(r["score"] > 0.2 and r["bbox"][2] > 0 for r in results)

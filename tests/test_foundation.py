@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import re
 import shutil
 from dataclasses import dataclass, field, replace
@@ -273,3 +274,39 @@ def test_partial_section_keeps_the_stage_defaults():
     assert load_config(_Stage, None, []).train.lr == 0.5
     cfg = load_config(_Stage, None, ["train.lr=0.25"])
     assert cfg.train.lr == 0.25 and cfg.train.steps == 99  # not the section class's generic 10
+
+
+def test_staged_outputs_replace_only_the_last_runs_files_and_put_them_back_on_failure(tmp_path, monkeypatch):
+    """A finished run replaces the files the last one listed (and its index), never the user's own; when
+    moving the new files in fails, the last run's files are put back."""
+    import os
+
+    import invismap.io as io_mod
+    from invismap.errors import InvismapError
+    from invismap.io import staged_outputs
+
+    out = tmp_path / "out"
+
+    def run(names: list[str]) -> None:
+        with staged_outputs(out, "index.json") as staging:
+            for n in names:
+                (staging / n).write_text(n)
+        (out / "index.json").write_text(json.dumps(names))
+
+    run(["a.png", "b.png"])
+    (out / "notes.txt").write_text("mine")
+    run(["c.png"])
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["c.png", "index.json",
+                                                                                    "notes.txt"]
+    real = os.replace
+
+    def full_disk(src, dst):
+        if ".partial" in str(src):  # moving a new file in
+            raise OSError(28, "No space left on device")
+        return real(src, dst)
+
+    monkeypatch.setattr(io_mod.os, "replace", full_disk)
+    with pytest.raises(InvismapError, match="disk full"):
+        run(["d.png"])
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["c.png", "index.json",
+                                                                                    "notes.txt"]

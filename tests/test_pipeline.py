@@ -443,9 +443,10 @@ def test_geometry_refuses_a_split_without_pairs(tiny_run, tmp_path):
     from invismap.pipeline.steps import geometry
 
     args, _ = tiny_run
-    p = build_pipeline(args[0], [*args[1:], "evaluate.split=nosuch"])
+    # MSRS has no val pairs (a split name that does not exist is refused by check_config before any stage)
+    p = build_pipeline(args[0], [*args[1:], "evaluate.split=val"])
     stage = p.by_name["geometry"]
-    with pytest.raises(InvismapError, match="no pairs in split 'nosuch' for the weak-alignment benchmark"):
+    with pytest.raises(InvismapError, match="no pairs in split 'val' for the weak-alignment benchmark"):
         geometry(p.settings(stage), p.inputs(stage), tmp_path, False)
     assert not list(tmp_path.iterdir())  # nothing written
 

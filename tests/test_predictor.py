@@ -243,7 +243,7 @@ def test_predict_source_folder_writes_maps_and_overlays(predictor_file, pairs, t
         assert tuple(over[100, 10]) == (0, 255, 0)  # the box's left edge is drawn
     index = json.loads((tmp_path / "out" / "index.json").read_text())
     assert index[0]["detections"] == 1 and 0 <= index[0]["mean"] <= 1
-    assert not list((tmp_path / "out").glob(".*"))  # no temp files left
+    assert [p.name for p in (tmp_path / "out").glob(".*")] == [".outputs.json"]  # no temp files left
 
 
 def test_an_interrupted_predict_leaves_the_last_runs_maps_whole(predictor_file, pairs, tmp_path):
@@ -268,11 +268,14 @@ def test_an_interrupted_predict_leaves_the_last_runs_maps_whole(predictor_file, 
     with pytest.raises(KeyboardInterrupt):
         predict_source(model, src, out, boxes=stop_at_second, batch_size=1, size=128, progress=False)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
-    # a finished run replaces the last one whole: no maps of images it did not read are left beside its index
+    # a finished run replaces the last one's files (no maps of images it did not read are left beside its
+    # index) and nothing else: a file the user keeps there stays
+    (out / "notes.txt").write_text("mine")
     first = min(src.iterdir())
     predict_source(model, first, out, size=128, progress=False)
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["index.json"] + [f"{first.stem}_{k}" for k in ("map.png", "map.npy", "overlay.png")])
+        [".outputs.json", "index.json", "notes.txt"] + [f"{first.stem}_{k}" for k in ("map.png", "map.npy",
+                                                                                      "overlay.png")])
 
 
 def test_predict_source_video_writes_an_annotated_mp4(predictor_file, pairs, tmp_path):
@@ -292,7 +295,7 @@ def test_predict_source_video_writes_an_annotated_mp4(predictor_file, pairs, tmp
             break
         frames.append(frame)
     assert len(frames) == 5 and frames[0].shape == (120, 160, 3)
-    assert not list((tmp_path / "out").glob(".*"))
+    assert [p.name for p in (tmp_path / "out").glob(".*")] == [".outputs.json"]  # no temp files left
 
 
 def test_predict_source_errors(predictor_file, tmp_path):

@@ -103,15 +103,18 @@ def check_output_file(path: str | Path | None, suffixes: tuple[str, ...] = (".js
 
 
 STAGING = ".partial"  # OUT/.partial: a command's outputs until it finishes (staged_outputs)
+OUTPUTS = ".outputs.json"  # OUT/.outputs.json: the files the last finished run wrote (staged_outputs)
 
 
 def check_output_folder(out: str | Path, index: str) -> None:
     """Refuse an output folder that holds files but not ``index``: they are not an earlier run's outputs of
-    this command (e.g. the user's images), and the run would write over or beside them."""
+    this command (e.g. the user's images), and the run would write over or beside them. Hidden files
+    (``.DS_Store``, a killed run's ``.partial``) do not count."""
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise file_error(out, "is a file, not a folder", "give a folder to --out")
-    if out.is_dir() and any(p.name != STAGING for p in out.iterdir()) and not (out / index).is_file():
+        raise file_error(out, "is a file, not a folder", "give a folder")
+    visible = out.is_dir() and any(not p.name.startswith(".") for p in out.iterdir())
+    if visible and not (out / index).is_file():
         raise file_error(out, f"holds files that are not an earlier run's outputs (no {index})",
                          "choose a new or empty --out folder")
 
@@ -119,9 +122,10 @@ def check_output_folder(out: str | Path, index: str) -> None:
 @contextlib.contextmanager
 def staged_outputs(out: str | Path, index: str) -> Iterator[Path]:
     """A folder inside ``out`` (``out/.partial``) to write a command's outputs into, ``out`` being new, empty
-    or an earlier run's outputs (it holds ``index``; :func:`check_output_folder`). When the block ends without
-    an error the earlier run's files are replaced by the new ones, whole; a run that stops midway leaves them
-    as they were. The caller writes its new ``index`` into ``out`` after the block.
+    or an earlier run's outputs (:func:`check_output_folder`). When the block ends without an error, the files
+    the last finished run wrote (listed in ``out/.outputs.json``) and its ``index`` make way for the new
+    files; nothing else in ``out`` is touched. A run that stops midway leaves the last run's files as they
+    were. The caller writes its new ``index`` into ``out`` after the block.
 
     Example:
         >>> with staged_outputs("runs/maps", "index.json") as folder:  # doctest: +SKIP
@@ -139,14 +143,47 @@ def staged_outputs(out: str | Path, index: str) -> Iterator[Path]:
         raise _write_error(staging, e) from None
     try:
         yield staging
-        (out / index).unlink(missing_ok=True)  # first: a run killed from here on leaves no index over a mix
-        for old in out.iterdir():
-            if old.name != STAGING:
-                shutil.rmtree(old) if old.is_dir() else old.unlink()
-        for path in staging.iterdir():
-            path.rename(out / path.name)
+        new = sorted(p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file())
+        _replace_outputs(out, staging, [index, *_last_outputs(out)], new)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _last_outputs(out: Path) -> list[str]:
+    """The files the last finished run wrote into ``out`` (relative paths); none before the list existed."""
+    try:
+        names = json.loads((out / OUTPUTS).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    inside = [n for n in names if isinstance(n, str) and not Path(n).is_absolute()]
+    return [n for n in inside if ".." not in Path(n).parts]  # a list edited by hand cannot reach outside
+
+
+def _replace_outputs(out: Path, staging: Path, old: list[str], new: list[str]) -> None:
+    """Move the ``old`` files aside, the ``new`` ones from ``staging`` in, then drop the old ones; if any step
+    fails, the old files are put back (the new run's are lost, and the error says why)."""
+    import shutil
+
+    aside = out / ".replaced"
+    shutil.rmtree(aside, ignore_errors=True)
+    moved: list[str] = []
+    try:
+        for name in old:
+            if (out / name).is_file():
+                (aside / name).parent.mkdir(parents=True, exist_ok=True)
+                os.replace(out / name, aside / name)
+                moved.append(name)
+        for name in new:
+            (out / name).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staging / name, out / name)
+        with atomic_write(out / OUTPUTS, "w") as f:
+            json.dump(new, f)
+    except OSError as e:
+        for name in moved:
+            with contextlib.suppress(OSError):
+                os.replace(aside / name, out / name)
+        raise _write_error(out, e) from None
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def json_safe(obj: Any) -> Any:

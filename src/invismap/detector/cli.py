@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from invismap.data.letterbox import check_size
 from invismap.data.manifest import SPLITS
 from invismap.detector.fusion import FORMS, METHODS
 from invismap.detector.postprocess import NMS_IOU
@@ -111,8 +112,7 @@ def check_detection_args(args: argparse.Namespace) -> None:
     from invismap.errors import InvismapError
 
     for flag, size in [("--size", args.size)] + [("--tta-sizes", s) for s in args.tta_sizes]:
-        if not 32 <= size <= 8192:
-            raise InvismapError(f"{flag} {size}: must be between 32 and 8192 pixels (e.g. 640)")
+        check_size(size, flag)
     for flag, v in (("--conf", args.conf), ("--iou", args.iou)):
         if not (math.isfinite(v) and 0.0 <= v <= 1.0):
             raise InvismapError(f"{flag} {v}: must be a number in [0, 1]")

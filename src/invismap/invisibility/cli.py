@@ -8,7 +8,7 @@ from pathlib import Path
 from invismap.data.letterbox import check_size
 from invismap.data.manifest import SPLITS
 from invismap.engine.rundir import add_training_arguments, config_and_run_dir, report_training
-from invismap.errors import InvismapError
+from invismap.errors import InvismapError, file_error
 
 MAP_HELP = ("map sources: predictor:RUN/predictor.pt (or .onnx), pair:RUN/student.pt, "
             "prior:TARGETS (the fixed prior), darkness, contrast, random, oracle (uses labels); "
@@ -148,7 +148,6 @@ def _train_predictor(args) -> None:
 
 def _eval(args) -> None:
     from invismap.data.manifest import load_manifest
-    from invismap.errors import file_error
     from invismap.invisibility.evaluate import format_table
     from invismap.invisibility.plots import write_plots
     from invismap.invisibility.sources import SOURCES, evaluate_specs

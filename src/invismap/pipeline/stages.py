@@ -277,18 +277,17 @@ def _check_experiments(cfg) -> None:
     for key, section, apply in (("detector", cfg.distill, distill_variant),
                                 ("predictor", cfg.predictor, predictor_variant)):
         for name, overrides in getattr(e, key).items():
-            if isinstance(overrides, str):
+            if not isinstance(overrides, list):
                 raise InvismapError(f"config key 'experiments.{key}', variant '{name}': give a list of "
-                                    f"overrides ([{overrides}]), not one text")
+                                    f"overrides (e.g. [{overrides}]), not {overrides!r}")
             try:
                 apply(section, list(overrides))
             except InvismapError as err:
                 raise InvismapError(f"config key 'experiments.{key}', variant '{name}': {err}") from None
 
 
-def _check_data(cfg) -> None:
-    """Splits, offset keys, the datasets and their importer options, and where the run writes."""
-    from invismap.data.importers import IMPORTERS, check_options
+def _check_names(cfg) -> None:
+    """Split names and the registration's offset key, which the stages would meet only when they start."""
     from invismap.data.manifest import SPLITS
     from invismap.registration.run import OFFSET_KEYS
 
@@ -296,10 +295,17 @@ def _check_data(cfg) -> None:
               ("predictor.split", cfg.predictor.split), ("displacement.split", cfg.displacement.split)]
     for key, split in splits + [("evaluate.other.split", o.split) for o in cfg.evaluate.other]:
         if split not in SPLITS:
-            raise InvismapError(f"config key '{key}': '{split}' is not a split (train, val, test or all)")
+            raise InvismapError(f"config key '{key}': '{split}' is not a split ({', '.join(SPLITS)})")
     if cfg.register.enabled and cfg.register.offset not in OFFSET_KEYS:
         raise InvismapError(f"config key 'register.offset': '{cfg.register.offset}' is not one of "
                             f"{', '.join(OFFSET_KEYS)}")
+
+
+def _check_datasets(cfg) -> None:
+    """Each dataset's format, importer options and folder, one entry per format, and out= outside the
+    folders the import stage fingerprints."""
+    from invismap.data.importers import IMPORTERS, check_options
+
     entries = [("data", cfg.data)] + [("data.more", m) for m in cfg.data.more] + \
         [("evaluate.other", o) for o in cfg.evaluate.other]
     for key, entry in entries:
@@ -312,7 +318,8 @@ def _check_data(cfg) -> None:
             raise InvismapError(f"config key '{key}.options': {err}") from None
         if key != "data" and not Path(entry.src).is_dir():  # data.src is imported first anyway
             raise InvismapError(f"config key '{key}': {entry.src}: folder not found (its src)")
-        if entry.src and Path(cfg.out).resolve().is_relative_to(Path(entry.src).resolve()):
+        fingerprinted = key != "evaluate.other"
+        if fingerprinted and entry.src and Path(cfg.out).resolve().is_relative_to(Path(entry.src).resolve()):
             raise InvismapError(f"config key 'out': {cfg.out} is inside {key}'s folder {entry.src}: the "
                                 "run's own files would change the dataset's fingerprint, so nothing would "
                                 "stay cached; choose an out= outside the dataset")
@@ -382,7 +389,8 @@ def check_config(cfg) -> None:
                             "(a multiple of 32, e.g. 640)")
     from invismap.data.importers import CHECKS
 
-    _check_data(cfg)
+    _check_names(cfg)
+    _check_datasets(cfg)
     _check_evaluation(cfg.evaluate)
     _check_experiments(cfg)
     if cfg.data.check not in CHECKS:
