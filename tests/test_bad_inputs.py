@@ -1267,6 +1267,12 @@ def import_a_file_as_the_dataset(t, mp):
                 [t / "dst" / "manifest.csv"])
 
 
+@row("--tta-sizes 640: given twice, or equal to --size 640", "list each added size once")
+def detect_tta_size_equal_to_size(t, mp):
+    return Case(["detect", str(image_dir(t)), "--tta-sizes", "512", "640", "--out", str(t / "out")],
+                t / "out", [t / "out" / "detections.json"])
+
+
 # ---- subprocess rows: a real kernel error, and proof that no traceback reaches the terminal --------
 
 @row("evil.pt", "refused to load", "possibly malicious", subprocess=True)

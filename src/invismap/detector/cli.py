@@ -113,6 +113,10 @@ def check_detection_args(args: argparse.Namespace) -> None:
 
     for flag, size in [("--size", args.size)] + [("--tta-sizes", s) for s in args.tta_sizes]:
         check_size(size, flag)
+    repeated = [s for i, s in enumerate(args.tta_sizes) if s == args.size or s in args.tta_sizes[:i]]
+    if repeated:  # recorded as given, it would claim a size that adds nothing
+        raise InvismapError(f"--tta-sizes {repeated[0]}: given twice, or equal to --size {args.size} (which "
+                            "always runs); list each added size once")
     for flag, v in (("--conf", args.conf), ("--iou", args.iou)):
         if not (math.isfinite(v) and 0.0 <= v <= 1.0):
             raise InvismapError(f"{flag} {v}: must be a number in [0, 1]")
