@@ -106,11 +106,16 @@ STAGING = ".partial"  # OUT/.partial: a command's outputs until it finishes (sta
 OUTPUTS = ".outputs.json"  # OUT/.outputs.json: the files the last finished run wrote (staged_outputs)
 
 
-def check_output_folder(out: str | Path, index: str) -> None:
-    """Refuse an output folder that holds files but not ``index``: they are not an earlier run's outputs of
-    this command (e.g. the user's images), and the run would write over or beside them. Hidden files
-    (``.DS_Store``, a killed run's ``.partial``) do not count."""
+def check_output_folder(out: str | Path, index: str, reads: tuple[str | Path | None, ...] = ()) -> None:
+    """Refuse an output folder that is the folder of an input the command ``reads`` (a file or a folder of
+    images), or that holds files but not ``index``: they are not an earlier run's outputs of this command
+    (e.g. the user's images), and the run would write over or beside them. Hidden files (``.DS_Store``, a
+    killed run's ``.partial``) do not count."""
     out = Path(out)
+    for source in (Path(s).resolve() for s in reads if s is not None):
+        if out.resolve() == (source.parent if source.is_file() else source):
+            raise file_error(out, "--out is the folder of the images read; outputs would land among them, "
+                             "and a second run would read them as images", "choose another --out")
     if out.exists() and not out.is_dir():
         raise file_error(out, "is a file, not a folder", "give a folder")
     visible = out.is_dir() and any(not p.name.startswith(".") for p in out.iterdir())

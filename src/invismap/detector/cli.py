@@ -120,17 +120,10 @@ def check_detection_args(args: argparse.Namespace) -> None:
     for flag, v in (("--conf", args.conf), ("--iou", args.iou)):
         if not (math.isfinite(v) and 0.0 <= v <= 1.0):
             raise InvismapError(f"{flag} {v}: must be a number in [0, 1]")
-    out = Path(args.out).resolve() if getattr(args, "out", None) else None
-    for source in (getattr(args, "source", None), getattr(args, "thermal", None)):
-        if out is not None and source is not None:
-            folder = Path(source).resolve()
-            if out in (folder, folder.parent if folder.is_file() else folder):
-                raise InvismapError(f"{args.out}: --out is the folder of the images read; the drawings "
-                                    "would replace them (choose another --out)")
-    if out is not None:  # before any model loads: not a folder of the user's own files
+    if getattr(args, "out", None):  # before any model loads: not a folder of the user's own files
         from invismap.io import check_output_folder
 
-        check_output_folder(out, "detections.json")
+        check_output_folder(args.out, "detections.json", reads=(args.source, getattr(args, "thermal", None)))
 
 
 def _detect(args: argparse.Namespace) -> int:

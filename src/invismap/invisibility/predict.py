@@ -366,11 +366,7 @@ def _predict(args) -> None:
     if args.batch < 1:
         raise InvismapError(f"--batch must be at least 1, got {args.batch}")
     check_size(args.size)
-    source, out = Path(args.source).resolve(), Path(args.out).resolve()
-    if out == (source if source.is_dir() else source.parent):
-        raise InvismapError(f"{args.out}: --out is the folder of the images read; a second run would read "
-                            "the maps as images (choose another --out)")
-    check_output_folder(args.out, "index.json")  # before any model loads: not the user's own images
+    check_output_folder(args.out, "index.json", reads=(args.source,))  # before any model loads
     device = resolve_device(args.device)
     backend = args.backend or ("onnxruntime" if str(args.model).endswith(".onnx") else "torch")
     if backend == "onnxruntime":
