@@ -179,6 +179,12 @@ def distill_case(t: Path, config: str) -> Case:
                 [t / "run" / "student.pt", t / "run" / "config.yaml"])
 
 
+def pipeline_case(t: Path, yaml_text: str) -> Case:
+    """``invismap run`` on a pipeline config (YAML text); no stage may start."""
+    (t / "c.yaml").write_text(yaml_text)
+    return Case(["run", str(t / "c.yaml"), f"out={t / 'out'}"], t / "out", [t / "out" / "import"])
+
+
 def predictor_case(t: Path, cfg: Path, *extra: str, resume: bool = False) -> Case:
     argv = ["train-predictor", str(cfg), *extra, "--run", str(t / "run")] + (["--resume"] if resume else [])
     return Case(argv, t / "run", [t / "run" / "predictor.pt"])
@@ -1022,32 +1028,27 @@ def distill_thermal_teacher_with_mid_loss(t, mp):
 
 @row("config key 'fusion.maps'", "unknown map 'darkness'", "known: predictor, pair")
 def pipeline_fusion_unknown_map(t, mp):
-    (t / "c.yaml").write_text("fusion: {enabled: true, maps: [predictor, darkness]}\n")
-    return Case(["run", str(t / "c.yaml"), f"out={t / 'out'}"], t / "out", [t / "out" / "import"])
+    return pipeline_case(t, "fusion: {enabled: true, maps: [predictor, darkness]}\n")
 
 
 @row("config key 'fusion.weights_per'", "'night' is not one of condition, all")
 def pipeline_fusion_weights_per(t, mp):
-    (t / "c.yaml").write_text("fusion: {enabled: true, weights_per: night}\n")
-    return Case(["run", str(t / "c.yaml"), f"out={t / 'out'}"], t / "out", [t / "out" / "import"])
+    return pipeline_case(t, "fusion: {enabled: true, weights_per: night}\n")
 
 
 @row("config key 'evaluate.tta_sizes'", "16 is not allowed (multiples of 32")
 def pipeline_tta_sizes(t, mp):
-    (t / "c.yaml").write_text("evaluate: {tta_sizes: [512, 16]}\n")
-    return Case(["run", str(t / "c.yaml"), f"out={t / 'out'}"], t / "out", [t / "out" / "import"])
+    return pipeline_case(t, "evaluate: {tta_sizes: [512, 16]}\n")
 
 
 @row("config key 'evaluate.nms_iou'", "1.5 is not allowed (a number between 0 and 1")
 def pipeline_nms_iou(t, mp):
-    (t / "c.yaml").write_text("evaluate: {nms_iou: 1.5}\n")
-    return Case(["run", str(t / "c.yaml"), f"out={t / 'out'}"], t / "out", [t / "out" / "import"])
+    return pipeline_case(t, "evaluate: {nms_iou: 1.5}\n")
 
 
 @row("config key 'data.max_pairs'", "-3 is not allowed (a count >= 0; 0 = all)")
 def pipeline_negative_count(t, mp):
-    (t / "c.yaml").write_text("data: {max_pairs: -3}\n")
-    return Case(["run", str(t / "c.yaml"), f"out={t / 'out'}"], t / "out", [t / "out" / "import"])
+    return pipeline_case(t, "data: {max_pairs: -3}\n")
 
 
 @row("no pairs to align", "check --split")
@@ -1058,23 +1059,20 @@ def align_an_empty_split(t, mp):
 
 @row("config key 'distill.extra_repeat'", "data.more is empty", "list a dataset there or set it to 1")
 def pipeline_extra_repeat_without_more(t, mp):
-    (t / "c.yaml").write_text("distill: {extra_repeat: 2}\n")
-    return Case(["run", str(t / "c.yaml"), f"out={t / 'out'}"], t / "out", [t / "out" / "import"])
+    return pipeline_case(t, "distill: {extra_repeat: 2}\n")
 
 
 @row("config key 'evaluate.other'", "roadscene is also in data.more", "score it on split 'test'")
 def pipeline_other_dataset_distilled_on(t, mp):
-    (t / "c.yaml").write_text(f"data: {{more: [{{format: roadscene, src: {t}}}]}}\n"
-                              f"evaluate: {{other: [{{format: roadscene, src: {t}, split: all}}]}}\n")
-    return Case(["run", str(t / "c.yaml"), f"out={t / 'out'}"], t / "out", [t / "out" / "import"])
+    return pipeline_case(t, f"data: {{more: [{{format: roadscene, src: {t}}}]}}\n"
+                            f"evaluate: {{other: [{{format: roadscene, src: {t}, split: all}}]}}\n")
 
 
 @row("config key 'data.more'", "format 'roadscene' is listed twice")
 def pipeline_more_dataset_twice(t, mp):
     (t / "rs").mkdir()
-    (t / "c.yaml").write_text(f"data: {{more: [{{format: roadscene, src: {t / 'rs'}}}, "
-                              f"{{format: roadscene, src: {t / 'rs'}}}]}}\n")
-    return Case(["run", str(t / "c.yaml"), f"out={t / 'out'}"], t / "out", [t / "out" / "import"])
+    return pipeline_case(t, f"data: {{more: [{{format: roadscene, src: {t / 'rs'}}}, "
+                            f"{{format: roadscene, src: {t / 'rs'}}}]}}\n")
 
 
 @row("a folder this pipeline did not make", "choose another out=")
@@ -1082,8 +1080,8 @@ def pipeline_out_is_a_foreign_folder(t, mp):
     (t / "out" / "import").mkdir(parents=True)
     (t / "out" / "import" / "notes.txt").write_text("mine")
     (t / "ds").mkdir()
-    (t / "c.yaml").write_text(f"data: {{src: {t / 'ds'}}}\n")
-    return Case(["run", str(t / "c.yaml"), f"out={t / 'out'}"], t / "out", [t / "out" / "import" / RECORD])
+    case = pipeline_case(t, f"data: {{src: {t / 'ds'}}}\n")
+    return Case(case.argv, case.out, [t / "out" / "import" / RECORD])
 
 
 @row("option 'thermal_folder' is not one the flir importer takes", "thermal_dir")
@@ -1094,14 +1092,8 @@ def import_unknown_option(t, mp):
 
 @row("config key 'data.more.options'", "option 'test_fraction': 'a third' is not a number")
 def pipeline_importer_option_not_a_number(t, mp):
-    (t / "c.yaml").write_text(f"data: {{more: [{{format: roadscene, src: {t}, "
-                              "options: {test_fraction: a third}}]}\n")
-    return Case(["run", str(t / "c.yaml"), f"out={t / 'out'}"], t / "out", [t / "out" / "import"])
-
-
-def pipeline_case(t: Path, yaml_text: str) -> Case:
-    (t / "c.yaml").write_text(yaml_text)
-    return Case(["run", str(t / "c.yaml"), f"out={t / 'out'}"], t / "out", [t / "out" / "import"])
+    return pipeline_case(t, f"data: {{more: [{{format: roadscene, src: {t}, "
+                            "options: {test_fraction: a third}}]}\n")
 
 
 @row("config key 'evaluate.conditions'", "'nite' is not allowed", "day, dawn, dusk, night")
